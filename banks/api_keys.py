@@ -1,0 +1,46 @@
+"""Issuing and checking API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.utils import timezone
+
+from banks.models import ApiKey, bank_id_validator
+
+KEY_PREFIX = "ops_"
+
+
+def _hash(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def api_key_create(*, name: str = "", admin: bool = False, bank_ids: list[str] | None = None) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the raw key, which is never stored.
+
+    Raises ValueError when the key would reach nothing (neither admin nor any bank)
+    or a bank id is malformed.
+    """
+    bank_ids = sorted(set(bank_ids or []))
+    if not admin and not bank_ids:
+        raise ValueError("an API key must be an admin key or name at least one bank")
+    for bank_id in bank_ids:
+        bank_id_validator(bank_id)
+    raw = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey.objects.create(
+        name=name,
+        prefix=raw[: len(KEY_PREFIX) + 8],
+        key_hash=_hash(raw),
+        is_admin=admin,
+        bank_ids=[] if admin else bank_ids,
+    )
+    return key, raw
+
+
+def api_key_authenticate(raw_key: str) -> ApiKey | None:
+    """The live key matching `raw_key`, or None."""
+    key = ApiKey.objects.filter(key_hash=_hash(raw_key), revoked_at__isnull=True).first()
+    if key is not None:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+    return key

@@ -1,0 +1,9 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class BanksConfig(AppConfig):
+    name = "banks"
+    verbose_name = "Memory banks"
+    default_auto_field = "django.db.models.BigAutoField"

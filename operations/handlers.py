@@ -1,0 +1,140 @@
+"""The handler contract: what a handler receives and how it talks back.
+
+A handler is a function `handle(ctx: OperationContext) -> dict | None`, declared
+in the registry by its dotted path. It:
+
+- reads its input from `ctx.payload` (JSON primitives) and the operation's
+  fields (`ctx.bank_id`, `ctx.document_id`, …), never from model instances
+  passed in;
+- reports progress with `ctx.progress(stage, processed=…, total=…)`, which also
+  checks for cancellation; between items with no progress to report it calls
+  `ctx.checkpoint()`;
+- returns a JSON-able dict (stored as `result_metadata`) or None;
+- raises `PermanentError` for a failure a retry cannot fix (bad input, an
+  unreadable file); any other exception is transient and retried with backoff;
+- must be idempotent: after a crash or a lost lease the operation runs again
+  from the start, so a second run must converge on the same rows.
+
+`ctx.progress` and `ctx.checkpoint` raise `OperationCancelled` when a cancel was
+requested and `LeaseLost` when another worker now owns the operation; handlers
+let both propagate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.utils import timezone
+
+
+class PermanentError(Exception):
+    """A failure that retrying cannot fix: the operation fails at once."""
+
+
+class OperationCancelled(Exception):
+    """Raised at a checkpoint when a cancel was requested for the operation."""
+
+
+class LeaseLost(Exception):
+    """Raised at a checkpoint when the worker no longer owns the operation."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's claim on one operation; every write it makes is fenced by `lease_id`."""
+
+    operation_id: str
+    lease_id: str
+    operation_type: str
+    bank_id: str
+    worker: str
+    task_id: str
+    attempt: int
+    payload: dict[str, Any]
+    document_id: str | None = None
+    filename: str | None = None
+    mental_model_id: str | None = None
+    tag: str | None = None
+    parent_id: str | None = None
+    serial_key: str | None = None
+
+
+# Checkpoints between items can be very frequent; the cancellation flag is read
+# from the database at most this often.
+CHECKPOINT_INTERVAL_SECONDS = 0.2
+
+
+@dataclass
+class OperationContext:
+    lease: Lease
+    stage: str = "started"
+    _last_check: float = field(default=0.0, repr=False)
+
+    @property
+    def operation_id(self) -> str:
+        return self.lease.operation_id
+
+    @property
+    def bank_id(self) -> str:
+        return self.lease.bank_id
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self.lease.payload
+
+    @property
+    def document_id(self) -> str | None:
+        return self.lease.document_id
+
+    @property
+    def filename(self) -> str | None:
+        return self.lease.filename
+
+    @property
+    def mental_model_id(self) -> str | None:
+        return self.lease.mental_model_id
+
+    @property
+    def attempt(self) -> int:
+        """0 on the first run, n on the n-th retry."""
+        return self.lease.attempt
+
+    def progress(
+        self,
+        stage: str,
+        *,
+        processed: int | None = None,
+        total: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Record progress, then check for cancellation (see `checkpoint`)."""
+        from operations import services
+
+        self.stage = stage
+        report = {
+            "stage": stage,
+            "at": timezone.now().isoformat(),
+            "processed": processed,
+            "total": total,
+            "detail": detail,
+        }
+        if not services.operation_progress(lease=self.lease, progress=report):
+            raise LeaseLost(self.operation_id)
+        self.checkpoint(force=True)
+
+    def checkpoint(self, *, force: bool = False) -> None:
+        """Raise OperationCancelled if a cancel was requested, LeaseLost if the
+        operation is no longer ours; otherwise return at once."""
+        from operations import services
+
+        now = time.monotonic()
+        if not force and now - self._last_check < CHECKPOINT_INTERVAL_SECONDS:
+            return
+        self._last_check = now
+        state = services.operation_lease_state(lease=self.lease)
+        if state == "lost":
+            raise LeaseLost(self.operation_id)
+        if state == "cancel_requested":
+            raise OperationCancelled(self.operation_id)

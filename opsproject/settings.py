@@ -1,0 +1,233 @@
+"""The one settings module.
+
+Everything comes from the environment through the strict helpers in
+`opsproject.env`, with defaults that make up the embedded deployment: SQLite in
+WAL mode and kombu's filesystem broker under `OPS_DATA_DIR` (default `./var`).
+Setting `DATABASE_URL` and `CELERY_BROKER_URL` switches to the scaled deployment
+(PostgreSQL and Redis); nothing else changes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from opsproject.env import env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Where the embedded deployment keeps its database, broker folders and secrets.
+# Relative paths are taken from the working directory, so one checkout can run
+# several embedded platforms side by side.
+DATA_DIR = Path(env_str("OPS_DATA_DIR", "var")).resolve()
+
+
+def _secret_key() -> str:
+    configured = env_str("DJANGO_SECRET_KEY", "")
+    if configured:
+        return configured
+    # The embedded deployment keeps a generated key on disk so sessions survive
+    # restarts without anyone having to invent a secret.
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_celery_results",
+    "operations",
+    "banks",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "opsproject.urls"
+WSGI_APPLICATION = "opsproject.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------
+
+DATABASE_URL = env_str("DATABASE_URL", "")
+if DATABASE_URL:
+    try:
+        _database = dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from None
+else:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    _database = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(DATA_DIR / "ops.sqlite3"),
+        "OPTIONS": {
+            # WAL lets the API read while workers write; IMMEDIATE takes the write
+            # lock up front so concurrent transactions queue on busy_timeout
+            # instead of failing with "database is locked" on lock upgrade.
+            "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+        },
+    }
+DATABASES = {"default": _database}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+EMBEDDED_DATABASE = _database["ENGINE"].endswith("sqlite3")
+
+# --- Auth, i18n, static ---------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Admin assets are served straight from the installed apps: no collectstatic step.
+WHITENOISE_USE_FINDERS = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("OPS_LOG_LEVEL", "INFO")},
+}
+
+# --- Celery ---------------------------------------------------------------------
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "")
+EMBEDDED_BROKER = not CELERY_BROKER_URL
+if EMBEDDED_BROKER:
+    _broker_dir = DATA_DIR / "broker"
+    for _folder in ("queue", "processed", "control"):
+        (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
+        "store_processed": False,
+        # Workers poll the folder; 50 ms keeps pick-up well under 100 ms.
+        "polling_interval": env_float("OPS_BROKER_POLL_SECONDS", 0.05, minimum=0.01),
+    }
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # A message a worker fetched but never acknowledged comes back after this
+        # long. It must outlast the longest hard time limit: a redelivery of a
+        # running operation is dropped by the claim, but it is wasted work.
+        "visibility_timeout": env_int("OPS_BROKER_VISIBILITY_TIMEOUT", 3600, minimum=60),
+        "socket_connect_timeout": 3,
+        "socket_timeout": 10,
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {}
+
+CELERY_RESULT_BACKEND = "django-db"
+# The Operation row is the record of a run. Celery stores only errors that
+# escape the platform (a crash outside a handler, a hard time limit): the
+# success path pays nothing for the result backend.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_STORE_ERRORS_EVEN_IF_IGNORED = True
+CELERY_RESULT_EXTENDED = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+# A killed worker's message is acknowledged, not requeued: the lease reaper puts
+# the operation back, which also stops an out-of-memory kill from looping.
+CELERY_TASK_REJECT_ON_WORKER_LOST = False
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = "ops.system"
+# A failed publish must not hold a request: the sweeper re-publishes what the
+# broker did not take.
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+
+# --- The platform -----------------------------------------------------------------
+
+# This node's name, shown on the operations it runs.
+OPS_NODE_NAME = env_str("OPS_NODE_NAME", socket.gethostname())
+# Extra modules that declare operation types (imported at start-up).
+OPS_OPERATION_TYPE_MODULES = env_list("OPS_OPERATION_TYPE_MODULES", [])
+OPS_WORKER_MAX_SLOTS = env_int("OPS_WORKER_MAX_SLOTS", 10, minimum=1)
+OPS_WORKER_MAX_RETRIES = env_int("OPS_WORKER_MAX_RETRIES", 3, minimum=0)
+OPS_RETRY_BACKOFF_SECONDS = env_float("OPS_RETRY_BACKOFF_SECONDS", 2.0, minimum=0)
+OPS_RETRY_BACKOFF_CAP_SECONDS = env_float("OPS_RETRY_BACKOFF_CAP_SECONDS", 600.0, minimum=0)
+OPS_LEASE_SECONDS = env_float("OPS_LEASE_SECONDS", 60.0, minimum=1)
+OPS_HEARTBEAT_SECONDS = env_float("OPS_HEARTBEAT_SECONDS", OPS_LEASE_SECONDS / 4, minimum=0.1)
+if OPS_HEARTBEAT_SECONDS >= OPS_LEASE_SECONDS:
+    raise ImproperlyConfigured(
+        f"OPS_HEARTBEAT_SECONDS ({OPS_HEARTBEAT_SECONDS}) must be shorter than "
+        f"OPS_LEASE_SECONDS ({OPS_LEASE_SECONDS})."
+    )
+OPS_SWEEP_INTERVAL_SECONDS = env_float("OPS_SWEEP_INTERVAL_SECONDS", 5.0, minimum=0.1)
+OPS_REDISPATCH_SECONDS = env_float("OPS_REDISPATCH_SECONDS", 120.0, minimum=1)
+OPS_CANCEL_GRACE_SECONDS = env_float("OPS_CANCEL_GRACE_SECONDS", 30.0, minimum=0)
+OPS_OPERATION_RETENTION_DAYS = env_int("OPS_OPERATION_RETENTION_DAYS", 30, minimum=1)
+OPS_BIND = env_str("OPS_BIND", "127.0.0.1:8000")
+OPS_WEB_WORKERS = env_int("OPS_WEB_WORKERS", 2, minimum=1)
+
+CELERY_BEAT_SCHEDULE = {
+    "sweep": {
+        "task": "ops.sweep",
+        "schedule": OPS_SWEEP_INTERVAL_SECONDS,
+        # A sweep nobody ran in time is superseded by the next one.
+        "options": {"queue": "ops.system", "expires": max(OPS_SWEEP_INTERVAL_SECONDS * 2, 1.0)},
+    },
+}
