@@ -79,4 +79,5 @@ register(
         name="test_dedupe", handler="tests.optypes.sleep", dedupe=Scope.BANK, serialize=Scope.BANK
     )
 )
+register(OperationType(name="test_serial", handler="tests.optypes.sleep", serialize=Scope.BANK))
 register(OperationType(name="test_batch", rollup=True))

@@ -1,0 +1,106 @@
+"""The embedded default end to end: `runplatform` with no DATABASE_URL and no
+CELERY_BROKER_URL, in an empty directory, runs an operation to completion."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_DIR, wait_for
+
+pytestmark = pytest.mark.workers
+
+MANAGE = str(PROJECT_DIR / "manage.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def embedded_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SECRET_KEY", "OPS_DATA_DIR")
+        and not k.startswith("OPS_WORKER_")
+    }
+    env.update(PYTHONPATH=str(PROJECT_DIR), OPS_OPERATION_TYPE_MODULES="tests.optypes", **extra)
+    return env
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
+def test_runplatform_embedded_default(tmp_path: Path) -> None:
+    port = free_port()
+    env = embedded_env(OPS_BIND=f"127.0.0.1:{port}", OPS_WORKER_MAX_SLOTS="2")
+    log_path = tmp_path / "platform.log"
+    with open(log_path, "wb") as log:
+        platform = subprocess.Popen(
+            [sys.executable, MANAGE, "runplatform"], cwd=tmp_path, env=env,
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    output = lambda: log_path.read_text(errors="replace")  # noqa: E731
+    try:
+        wait_for(lambda: output().count(" ready.") >= 2, timeout=90, message="workers ready")
+        assert "Platform running, embedded" in output()
+        database = tmp_path / "var" / "ops.sqlite3"
+        assert database.exists() and (tmp_path / "var" / "broker" / "queue").is_dir()
+
+        submitted = subprocess.run(
+            [sys.executable, MANAGE, "shell", "-c",
+             "from banks.models import Bank; Bank.objects.create(bank_id='local');"
+             "from operations import services;"
+             "print(services.operation_submit(bank_id='local', operation_type='test_echo',"
+             " payload={'value': 42}).operation.pk)"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        operation_id = submitted.stdout.strip().splitlines()[-1].replace("-", "")
+
+        def row() -> tuple[str, str] | None:
+            with sqlite3.connect(database) as db:
+                return db.execute(
+                    "select status, result_metadata from operations_operation where id = ?",
+                    (operation_id,),
+                ).fetchone()
+
+        status, result = wait_for(
+            lambda: (r := row()) and r[0] == "completed" and r, timeout=30, message="completion"
+        )
+        assert json.loads(result) == {"echo": 42, "worker": f"shared@{socket.gethostname()}"}
+        with sqlite3.connect(database) as db:
+            assert db.execute("pragma journal_mode").fetchone()[0] == "wal"
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=10) as page:
+            assert page.status == 200
+    finally:
+        child_pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", output())]
+        platform.send_signal(signal.SIGTERM)
+        code = platform.wait(timeout=90)
+    assert code == 0, output()[-3000:]
+    # Every child (web, runworkers, its workers, beat) stopped with it.
+    assert len(child_pids) >= 5
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in child_pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in child_pids if alive(pid)]

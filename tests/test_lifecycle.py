@@ -1,0 +1,437 @@
+"""Every transition of the lifecycle service, including each refused one."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from operations import registry, services
+from operations.handlers import Lease
+from operations.models import TRANSITIONS, Operation, OperationStatus
+from operations.services import CancelOutcome, OperationNotFound, TransitionRefused
+
+pytestmark = pytest.mark.django_db
+
+ALL_STATUSES = [s.value for s in OperationStatus]
+
+
+def submit(operation_type: str = "test_echo", **fields: Any) -> Operation:
+    return services.operation_submit(bank_id="alpha", operation_type=operation_type, **fields).operation
+
+
+def claim(operation: Operation) -> Lease:
+    lease = services.operation_claim(operation_id=str(operation.pk), worker="w@test", task_id="t1")
+    assert lease is not None
+    return lease
+
+
+def in_status(status: str, operation_type: str = "test_echo") -> tuple[Operation, Lease | None]:
+    """An operation brought to `status` through the service itself."""
+    operation = submit(operation_type)
+    if status == "pending":
+        return operation, None
+    if status == "cancelled":
+        services.operation_cancel(operation_id=operation.pk)
+        return operation, None
+    lease = claim(operation)
+    if status == "completed":
+        services.operation_complete(lease=lease, result={})
+    elif status == "failed":
+        services.operation_fail(lease=lease, error="boom", permanent=True)
+    return operation, lease
+
+
+def status_of(operation: Operation) -> str:
+    return Operation.objects.get(pk=operation.pk).status
+
+
+# --- submit ---------------------------------------------------------------------------
+
+
+def test_submit_creates_a_pending_row_with_the_type_defaults(alpha: Any) -> None:
+    operation = submit("test_echo", payload={"value": 1}, items_count=3, tag="nightly", document_id="d1")
+    row = Operation.objects.get(pk=operation.pk)
+    assert row.status == "pending"
+    assert row.task_payload == {"value": 1}
+    assert row.items_count == 3 and row.tag == "nightly" and row.document_id == "d1"
+    assert row.max_retries == 3  # OPS_WORKER_MAX_RETRIES
+    assert row.retry_count == 0 and row.dedupe_key is None and row.serial_key is None
+
+
+def test_submit_of_an_unknown_type_is_refused(alpha: Any) -> None:
+    with pytest.raises(registry.UnknownOperationType):
+        submit("no_such_type")
+    assert Operation.objects.count() == 0
+
+
+def test_submit_deduplicates_while_pending_only(alpha: Any, beta: Any) -> None:
+    first = services.operation_submit(bank_id="alpha", operation_type="test_dedupe")
+    again = services.operation_submit(bank_id="alpha", operation_type="test_dedupe")
+    other_bank = services.operation_submit(bank_id="beta", operation_type="test_dedupe")
+    assert not first.deduplicated and again.deduplicated
+    assert again.operation.pk == first.operation.pk
+    assert not other_bank.deduplicated and other_bank.operation.pk != first.operation.pk
+    assert first.operation.dedupe_key == "test_dedupe:alpha"
+    claim(first.operation)  # no longer pending: a new submit makes a new row
+    later = services.operation_submit(bank_id="alpha", operation_type="test_dedupe")
+    assert not later.deduplicated and later.operation.pk != first.operation.pk
+
+
+# --- claim --------------------------------------------------------------------------
+
+
+def test_claim_takes_a_pending_operation_once(alpha: Any) -> None:
+    operation = submit()
+    lease = claim(operation)
+    row = Operation.objects.get(pk=operation.pk)
+    assert row.status == "processing" and row.worker == "w@test" and row.task_id == "t1"
+    assert str(row.lease_id) == lease.lease_id and row.heartbeat_at is not None
+    assert services.operation_claim(operation_id=str(operation.pk), worker="w2", task_id="t2") is None
+
+
+def test_claim_refuses_an_operation_that_is_not_due(alpha: Any) -> None:
+    operation = submit()
+    Operation.objects.filter(pk=operation.pk).update(next_retry_at=timezone.now() + timedelta(hours=1))
+    assert services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t") is None
+    Operation.objects.filter(pk=operation.pk).update(next_retry_at=timezone.now() - timedelta(seconds=1))
+    assert services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t") is not None
+
+
+def test_claim_of_a_missing_operation_is_dropped(alpha: Any) -> None:
+    assert services.operation_claim(
+        operation_id="00000000-0000-0000-0000-000000000000", worker="w", task_id="t"
+    ) is None
+
+
+def test_one_processing_per_serialization_key(alpha: Any) -> None:
+    running = submit("test_dedupe")
+    lease = claim(running)
+    waiting = submit("test_dedupe")
+    assert waiting.pk != running.pk
+    assert services.operation_claim(operation_id=str(waiting.pk), worker="w", task_id="t") is None
+    assert status_of(waiting) == "pending"
+    services.operation_complete(lease=lease, result=None)
+    assert services.operation_claim(operation_id=str(waiting.pk), worker="w", task_id="t") is not None
+
+
+# --- progress, complete, fail --------------------------------------------------------
+
+
+def test_progress_is_fenced_by_the_lease(alpha: Any) -> None:
+    operation = submit()
+    lease = claim(operation)
+    report = {"stage": "s", "processed": 1, "total": 2}
+    assert services.operation_progress(lease=lease, progress=report)
+    assert Operation.objects.get(pk=operation.pk).progress == report
+    stale = Lease(**{**lease.__dict__, "lease_id": "00000000-0000-0000-0000-000000000001"})
+    assert not services.operation_progress(lease=stale, progress=report)
+    assert services.operation_lease_state(lease=stale) == "lost"
+    assert services.operation_lease_state(lease=lease) == "ok"
+
+
+def test_complete_records_the_result_once(alpha: Any) -> None:
+    operation = submit()
+    lease = claim(operation)
+    assert services.operation_complete(lease=lease, result={"n": 1})
+    row = Operation.objects.get(pk=operation.pk)
+    assert row.status == "completed" and row.result_metadata == {"n": 1} and row.completed_at
+    assert row.lease_id is None
+    assert not services.operation_complete(lease=lease, result={"n": 2})
+    assert Operation.objects.get(pk=operation.pk).result_metadata == {"n": 1}
+
+
+def test_transient_failure_reschedules_with_backoff(alpha: Any, settings: Any) -> None:
+    settings.OPS_RETRY_BACKOFF_SECONDS = 10
+    operation = submit()
+    lease = claim(operation)
+    before = timezone.now()
+    assert services.operation_fail(lease=lease, error="flaky", permanent=False, stage="fetch") == "pending"
+    row = Operation.objects.get(pk=operation.pk)
+    assert row.retry_count == 1 and row.status == "pending" and row.lease_id is None
+    assert before <= row.next_retry_at <= timezone.now() + timedelta(seconds=10)
+    assert row.error_message == "flaky (stage: fetch)"
+    assert [e["error"] for e in row.error_history] == ["flaky (stage: fetch)"]
+    # Parked: not claimable until due.
+    assert services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t") is None
+
+
+def test_failure_after_the_retry_budget_is_final(alpha: Any) -> None:
+    operation = submit()
+    for attempt in range(4):
+        Operation.objects.filter(pk=operation.pk).update(next_retry_at=None)
+        lease = claim(operation)
+        outcome = services.operation_fail(lease=lease, error=f"e{attempt}", permanent=False)
+        assert outcome == ("pending" if attempt < 3 else "failed")
+    row = Operation.objects.get(pk=operation.pk)
+    assert row.retry_count == 3 and row.error_message == "e3" and len(row.error_history) == 4
+
+
+def test_permanent_failure_is_not_retried(alpha: Any) -> None:
+    operation = submit()
+    lease = claim(operation)
+    assert services.operation_fail(lease=lease, error="bad input", permanent=True) == "failed"
+    row = Operation.objects.get(pk=operation.pk)
+    assert row.retry_count == 0 and row.next_retry_at is None and row.completed_at
+
+
+def test_error_message_is_capped(alpha: Any) -> None:
+    operation = submit()
+    services.operation_fail(lease=claim(operation), error="x" * 9000, permanent=True)
+    assert len(Operation.objects.get(pk=operation.pk).error_message) == 5000
+
+
+# --- cancel -----------------------------------------------------------------------------
+
+
+def test_cancel_of_a_pending_operation_is_immediate(alpha: Any) -> None:
+    operation = submit()
+    assert services.operation_cancel(operation_id=operation.pk) is CancelOutcome.CANCELLED
+    row = Operation.objects.get(pk=operation.pk)
+    assert row.status == "cancelled" and row.completed_at
+    assert services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t") is None
+
+
+def test_cancel_of_a_processing_operation_is_a_request(alpha: Any) -> None:
+    operation = submit()
+    lease = claim(operation)
+    assert services.operation_cancel(operation_id=operation.pk) is CancelOutcome.REQUESTED
+    assert services.operation_cancel(operation_id=operation.pk) is CancelOutcome.REQUESTED
+    assert status_of(operation) == "processing"
+    assert services.operation_lease_state(lease=lease) == "cancel_requested"
+    assert services.operation_confirm_cancel(lease=lease, stage="step 2")
+    row = Operation.objects.get(pk=operation.pk)
+    assert row.status == "cancelled" and row.error_message == "cancelled during stage step 2"
+
+
+def test_a_failure_after_a_cancel_request_ends_cancelled(alpha: Any) -> None:
+    operation = submit()
+    lease = claim(operation)
+    services.operation_cancel(operation_id=operation.pk)
+    assert services.operation_fail(lease=lease, error="boom", permanent=False) == "cancelled"
+    assert status_of(operation) == "cancelled"
+
+
+@pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
+def test_cancel_of_a_terminal_operation_is_refused(alpha: Any, status: str) -> None:
+    operation, _ = in_status(status)
+    with pytest.raises(TransitionRefused) as refused:
+        services.operation_cancel(operation_id=operation.pk)
+    assert refused.value.status == status
+    assert status_of(operation) == status
+
+
+def test_transitions_of_a_missing_operation(alpha: Any) -> None:
+    missing = "00000000-0000-0000-0000-000000000000"
+    for action in (services.operation_cancel, services.operation_retry, services.operation_delete):
+        with pytest.raises(OperationNotFound):
+            action(operation_id=missing)
+
+
+def test_bulk_cancel_of_pending_operations(alpha: Any, beta: Any) -> None:
+    pending = [submit("test_echo") for _ in range(3)] + [submit("test_sleep")]
+    running = submit("test_echo")
+    claim(running)
+    other_bank = services.operation_submit(bank_id="beta", operation_type="test_echo").operation
+    assert services.operations_cancel_pending(bank_id="alpha", operation_type="test_sleep") == 1
+    assert services.operations_cancel_pending(bank_id="alpha") == 3
+    assert {status_of(o) for o in pending} == {"cancelled"}
+    assert status_of(running) == "processing" and status_of(other_bank) == "pending"
+
+
+# --- retry, delete ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["failed", "cancelled"])
+def test_retry_requeues_failed_and_cancelled(alpha: Any, status: str) -> None:
+    operation, _ = in_status(status)
+    services.operation_retry(operation_id=operation.pk)
+    row = Operation.objects.get(pk=operation.pk)
+    assert row.status == "pending" and row.retry_count == 0 and row.completed_at is None
+    assert row.error_message is None and row.cancel_requested_at is None
+
+
+@pytest.mark.parametrize("status", ["pending", "processing", "completed"])
+def test_retry_is_refused_unless_failed_or_cancelled(alpha: Any, status: str) -> None:
+    operation, _ = in_status(status)
+    with pytest.raises(TransitionRefused):
+        services.operation_retry(operation_id=operation.pk)
+    assert status_of(operation) == status
+
+
+def test_retry_is_refused_when_a_pending_duplicate_covers_it(alpha: Any) -> None:
+    operation = submit("test_dedupe")
+    services.operation_cancel(operation_id=operation.pk)
+    newer = submit("test_dedupe")
+    with pytest.raises(TransitionRefused, match="already covers"):
+        services.operation_retry(operation_id=operation.pk)
+    assert status_of(operation) == "cancelled" and status_of(newer) == "pending"
+
+
+@pytest.mark.parametrize("status", ALL_STATUSES)
+def test_delete_only_terminal_operations(alpha: Any, status: str) -> None:
+    operation, _ = in_status(status)
+    if status in ("pending", "processing"):
+        with pytest.raises(TransitionRefused):
+            services.operation_delete(operation_id=operation.pk)
+        assert Operation.objects.filter(pk=operation.pk).exists()
+    else:
+        services.operation_delete(operation_id=operation.pk)
+        assert not Operation.objects.filter(pk=operation.pk).exists()
+
+
+# --- the table itself -------------------------------------------------------------------
+
+
+def _attempt(action: str, status: str, operation: Operation, lease: Lease | None) -> bool:
+    """Try `action`; True if the service performed it."""
+    pk = operation.pk
+    try:
+        if action == "claim":
+            return services.operation_claim(operation_id=str(pk), worker="w", task_id="t") is not None
+        if action in ("cancel", "request_cancel"):
+            # One service call, two transitions: which one depends on the status.
+            outcome = services.operation_cancel(operation_id=pk)
+            performed = "cancel" if outcome is CancelOutcome.CANCELLED else "request_cancel"
+            assert status in TRANSITIONS[performed][0]
+            return performed == action
+        if action == "retry":
+            services.operation_retry(operation_id=pk)
+            return True
+        if action == "delete":
+            services.operation_delete(operation_id=pk)
+            return True
+    except TransitionRefused:
+        return False
+    if lease is None:
+        return False  # the worker-side actions need a lease, which only processing rows have
+    if action == "progress":
+        return services.operation_progress(lease=lease, progress={"stage": "x"})
+    if action == "complete":
+        return services.operation_complete(lease=lease, result=None)
+    if action == "fail":
+        return services.operation_fail(lease=lease, error="e", permanent=True) == "failed"
+    if action == "reschedule":
+        return services.operation_fail(lease=lease, error="e", permanent=False) == "pending"
+    if action == "confirm_cancel":
+        return services.operation_confirm_cancel(lease=lease)
+    raise AssertionError(action)
+
+
+@pytest.mark.parametrize("status", ALL_STATUSES)
+@pytest.mark.parametrize("action", [a for a in TRANSITIONS if a != "submit"])
+def test_transition_table(alpha: Any, action: str, status: str) -> None:
+    """Each action succeeds from exactly the statuses the table allows, and
+    ends in the status the table names."""
+    operation, lease = in_status(status)
+    sources, target = TRANSITIONS[action]
+    performed = _attempt(action, status, operation, lease)
+    assert performed == (status in sources), f"{action} from {status}"
+    if performed and target is not None:
+        assert status_of(operation) == target
+    if not performed and action not in ("cancel", "request_cancel"):
+        assert status_of(operation) == status
+
+
+# --- parents --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("children", "expected"),
+    [
+        ({"pending": 2}, "pending"),
+        ({"pending": 1, "processing": 1}, "processing"),
+        ({"pending": 1, "completed": 1}, "processing"),
+        ({"completed": 2}, "completed"),
+        ({"completed": 1, "failed": 1}, "failed"),
+        ({"completed": 1, "cancelled": 1}, "cancelled"),
+        ({"failed": 1, "cancelled": 1}, "failed"),
+        ({"cancelled": 2}, "cancelled"),
+        ({}, None),
+    ],
+)
+def test_rolled_up_status(children: dict[str, int], expected: str | None) -> None:
+    assert services.rolled_up_status(children) == expected
+
+
+def test_parent_follows_its_children(alpha: Any) -> None:
+    parent = submit("test_batch")
+    kids = [submit("test_echo", parent_id=parent.pk) for _ in range(3)]
+    assert status_of(parent) == "pending"
+    leases = [claim(k) for k in kids]
+    assert status_of(parent) == "processing"
+    services.operation_complete(lease=leases[0], result=None)
+    services.operation_fail(lease=leases[1], error="bad", permanent=True)
+    row = Operation.objects.get(pk=parent.pk)
+    assert row.status == "processing" and row.progress["processed"] == 2 and row.progress["total"] == 3
+    services.operation_confirm_cancel(lease=leases[2])
+    row = Operation.objects.get(pk=parent.pk)
+    assert row.status == "failed" and row.completed_at and row.progress["processed"] == 3
+
+
+def test_cancel_and_retry_of_a_parent_act_on_its_children(alpha: Any) -> None:
+    parent = submit("test_batch")
+    kids = [submit("test_echo", parent_id=parent.pk) for _ in range(3)]
+    running = claim(kids[0])
+    assert services.operation_cancel(operation_id=parent.pk) is CancelOutcome.REQUESTED
+    assert [status_of(k) for k in kids] == ["processing", "cancelled", "cancelled"]
+    assert status_of(parent) == "processing"
+    services.operation_confirm_cancel(lease=running)
+    assert status_of(parent) == "cancelled"
+    services.operation_retry(operation_id=parent.pk)
+    assert [status_of(k) for k in kids] == ["pending"] * 3
+    assert status_of(parent) == "pending"
+
+
+# --- the reaper -------------------------------------------------------------------------
+
+
+def _expire(operation: Operation, settings: Any) -> None:
+    stale = timezone.now() - timedelta(seconds=settings.OPS_LEASE_SECONDS + 1)
+    Operation.objects.filter(pk=operation.pk).update(heartbeat_at=stale)
+
+
+def test_reaper_requeues_an_operation_whose_lease_expired(alpha: Any, settings: Any) -> None:
+    operation = submit()
+    lease = claim(operation)
+    services.operation_progress(lease=lease, progress={"stage": "embedding"})
+    fresh = submit()
+    claim(fresh)
+    _expire(operation, settings)
+    assert services.operations_reap() == 1
+    row = Operation.objects.get(pk=operation.pk)
+    assert row.status == "pending" and row.retry_count == 1 and row.lease_id is None
+    assert row.error_message == "worker lost (w@test) (stage: embedding)"
+    assert status_of(fresh) == "processing"
+    # The old worker can no longer write.
+    assert not services.operation_complete(lease=lease, result=None)
+
+
+def test_reaper_fails_an_operation_out_of_retries(alpha: Any, settings: Any) -> None:
+    operation = submit()
+    claim(operation)
+    Operation.objects.filter(pk=operation.pk).update(retry_count=3)
+    _expire(operation, settings)
+    assert services.operations_reap() == 1
+    row = Operation.objects.get(pk=operation.pk)
+    assert row.status == "failed" and row.error_message.startswith("worker lost")
+
+
+def test_reaper_finishes_a_cancel_request(alpha: Any, settings: Any) -> None:
+    operation = submit()
+    claim(operation)
+    services.operation_cancel(operation_id=operation.pk)
+    _expire(operation, settings)
+    services.operations_reap()
+    assert status_of(operation) == "cancelled"
+
+
+def test_heartbeat_renews_only_held_leases(alpha: Any, settings: Any) -> None:
+    operation = submit()
+    lease = claim(operation)
+    _expire(operation, settings)
+    assert services.operations_heartbeat(leases={lease.operation_id: lease.lease_id}) == 1
+    assert services.operations_reap() == 0
+    assert services.operations_heartbeat(leases={lease.operation_id: "00000000-0000-0000-0000-000000000009"}) == 0
