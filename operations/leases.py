@@ -1,31 +1,56 @@
-"""Heartbeats: each worker process renews the leases of what it runs.
+"""Leases held by this worker process: heartbeats and hard cancellation.
 
 One daemon thread per process (started on first use) issues one bulk UPDATE per
-`OPS_HEARTBEAT_SECONDS` for every lease the process holds. If the process dies
-or hangs, the heartbeats stop and the reaper takes the operation back once
+`OPS_HEARTBEAT_SECONDS` renewing every lease the process holds. If the process
+dies or hangs, the heartbeats stop and the reaper takes the operation back once
 `OPS_LEASE_SECONDS` have passed.
+
+The same thread enforces `OPS_CANCEL_GRACE_SECONDS`: when a cancel request is
+older than the grace period and the handler has not stopped at a checkpoint, it
+interrupts the handler (a signal whose handler raises `OperationCancelled`, so
+even a blocking sleep or socket read is cut short and transactions unwind). If
+the handler still runs after a second grace period, the row is marked cancelled
+and the pool process is killed; Celery starts a fresh one.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
 
 from django.conf import settings
 from django.db import connection
 
+from operations.handlers import Lease, OperationCancelled
+
 log = logging.getLogger(__name__)
 
+CANCEL_SIGNAL = signal.SIGUSR2
+
+
+@dataclass
+class Held:
+    lease: Lease
+    thread_id: int
+    in_handler: bool = False
+    interrupted_at: float | None = None
+
+
 _lock = threading.Lock()
-_held: dict[str, str] = {}  # operation id -> lease id
+_held: dict[str, Held] = {}
 _thread: threading.Thread | None = None
 _thread_pid: int | None = None
 
 
-def hold(operation_id: str, lease_id: str) -> None:
+def hold(lease: Lease) -> None:
     with _lock:
-        _held[operation_id] = lease_id
+        _held[lease.operation_id] = Held(lease=lease, thread_id=threading.get_ident())
     _ensure_thread()
 
 
@@ -34,16 +59,40 @@ def release(operation_id: str) -> None:
         _held.pop(operation_id, None)
 
 
-def held() -> dict[str, str]:
+def set_in_handler(operation_id: str, value: bool) -> None:
+    """Mark whether the handler itself is running: only then may it be interrupted."""
+    with _lock:
+        held = _held.get(operation_id)
+        if held is not None:
+            held.in_handler = value
+
+
+def snapshot() -> dict[str, Held]:
     with _lock:
         return dict(_held)
 
 
+def install_cancel_signal() -> None:
+    """In the main thread of a pool process: make CANCEL_SIGNAL interrupt the
+    running handler. Idempotent."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(CANCEL_SIGNAL, _on_cancel_signal)
+
+
+def _on_cancel_signal(signum: int, frame: FrameType | None) -> None:
+    main = threading.main_thread().ident
+    with _lock:
+        target = next(
+            (h for h in _held.values() if h.thread_id == main and h.interrupted_at and h.in_handler),
+            None,
+        )
+    if target is not None:
+        raise OperationCancelled(f"{target.lease.operation_id}: cancel grace period over")
+
+
 def _ensure_thread() -> None:
     global _thread, _thread_pid
-    # A forked pool process inherits the module but not the thread.
-    if _thread is not None and _thread_pid == os.getpid() and _thread.is_alive():
-        return
+    # A forked pool process inherits the module state but not the thread.
     with _lock:
         if _thread is not None and _thread_pid == os.getpid() and _thread.is_alive():
             return
@@ -53,16 +102,56 @@ def _ensure_thread() -> None:
 
 
 def _beat_forever() -> None:
-    from operations import services
-
-    stop = threading.Event()
-    while not stop.wait(settings.OPS_HEARTBEAT_SECONDS):
-        leases = held()
-        if not leases:
+    while True:
+        time.sleep(settings.OPS_HEARTBEAT_SECONDS)
+        held = snapshot()
+        if not held:
             continue
         try:
-            services.operations_heartbeat(leases=leases)
+            beat_once(held)
         except Exception:
             # The database may be briefly away; a fresh connection next time.
             log.exception("heartbeat failed; retrying in %.1fs", settings.OPS_HEARTBEAT_SECONDS)
             connection.close()
+
+
+def beat_once(held: dict[str, Held]) -> None:
+    from operations import services
+
+    leases = {op_id: h.lease.lease_id for op_id, h in held.items()}
+    services.operations_heartbeat(leases=leases)
+    for operation_id in services.operations_cancel_overdue(
+        leases=leases, grace_seconds=settings.OPS_CANCEL_GRACE_SECONDS
+    ):
+        _stop(held[operation_id])
+
+
+def _stop(held: Held) -> None:
+    from operations import services
+
+    now = time.monotonic()
+    if held.interrupted_at is None:
+        held.interrupted_at = now
+        log.warning("operation %s ignored its cancel request; interrupting it", held.lease.operation_id)
+        if held.thread_id == threading.main_thread().ident:
+            signal.pthread_kill(held.thread_id, CANCEL_SIGNAL)
+        else:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(held.thread_id), ctypes.py_object(OperationCancelled)
+            )
+        return
+    if now - held.interrupted_at < max(settings.OPS_CANCEL_GRACE_SECONDS, 1.0):
+        return
+    # The handler survived the interruption (stuck in C code, or it swallowed
+    # the exception). The database says cancelled; the process goes.
+    if services.operation_confirm_cancel(lease=held.lease, stage="unresponsive handler"):
+        log.error("operation %s did not stop; cancelled, killing its process", held.lease.operation_id)
+    release(held.lease.operation_id)
+    if _in_pool_child():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _in_pool_child() -> bool:
+    from billiard.process import current_process
+
+    return current_process().name != "MainProcess"

@@ -25,11 +25,17 @@ def execute(operation_id: str, *, worker: str, task_id: str) -> str:
         return "dropped"
     optype = registry.get(lease.operation_type)
     ctx = OperationContext(lease=lease)
-    leases.hold(lease.operation_id, lease.lease_id)
+    leases.install_cancel_signal()
+    leases.hold(lease)
     try:
         try:
-            result = optype.handler_function(ctx)
+            leases.set_in_handler(lease.operation_id, True)
+            try:
+                result = optype.handler_function(ctx)
+            finally:
+                leases.set_in_handler(lease.operation_id, False)
         except OperationCancelled:
+            _recover_connection()  # an interrupt may have cut a query short
             services.operation_confirm_cancel(lease=lease, stage=ctx.stage)
             return "cancelled"
         except LeaseLost:

@@ -3,12 +3,19 @@ the system tasks beat runs. A task takes an operation id and nothing else."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from billiard.exceptions import WorkerLostError
 from celery import Task, shared_task
+from celery.exceptions import TimeLimitExceeded
+from celery.signals import task_failure
+from django.conf import settings
 
 from operations import dispatch, registry, runner, services
 from operations.routing import SYSTEM_QUEUE
+
+log = logging.getLogger(__name__)
 
 
 def _make_task(optype: registry.OperationType) -> Task:
@@ -32,10 +39,43 @@ OPERATION_TASKS: dict[str, Task] = {
 }
 
 
+@task_failure.connect
+def _settle_lost_run(sender: Task | None = None, task_id: str | None = None,
+                     exception: BaseException | None = None, args: Any = None, **_: Any) -> None:
+    """In the worker's main process: the pool process running an operation died
+    or was killed at its hard time limit. Settle the row at once; if this fails
+    too, the lease reaper does it later."""
+    if sender is None or sender.name not in {t.task_name for t in registry.all_types()}:
+        return
+    if not isinstance(exception, (WorkerLostError, TimeLimitExceeded)) or not args or not task_id:
+        return
+    timed_out = isinstance(exception, TimeLimitExceeded)
+    reason = (
+        f"timed out: killed at the hard time limit of {registry.get(sender.name.removeprefix('ops.')).hard_time_limit:g}s"
+        if timed_out
+        else f"worker process lost ({exception})"
+    )
+    try:
+        outcome = services.operation_abandoned(
+            operation_id=str(args[0]), task_id=task_id, timed_out=timed_out, reason=reason
+        )
+        log.warning("operation %s: %s; now %s", args[0], reason, outcome)
+    except Exception:
+        log.exception("could not settle operation %s; the reaper will", args[0])
+
+
 @shared_task(name="ops.sweep", queue=SYSTEM_QUEUE, ignore_result=True)
 def sweep() -> dict[str, Any]:
-    """Reap expired leases, then publish what is due. Safe to run concurrently:
-    every step is a conditional UPDATE."""
-    reaped = services.operations_reap()
-    published = dispatch.publish_due()
-    return {"reaped": reaped, "published": published}
+    """Reap expired leases, roll up stranded parents, publish what is due.
+    Safe to run concurrently (several beats): every step is a conditional UPDATE."""
+    return {
+        "reaped": services.operations_reap(),
+        "parents": services.operations_roll_up_stranded(),
+        "published": dispatch.publish_due(),
+    }
+
+
+@shared_task(name="ops.prune", queue=SYSTEM_QUEUE, ignore_result=True)
+def prune() -> int:
+    """Delete terminal operations older than OPS_OPERATION_RETENTION_DAYS."""
+    return services.operations_prune(older_than_days=settings.OPS_OPERATION_RETENTION_DAYS)

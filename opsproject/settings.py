@@ -231,3 +231,8 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"queue": "ops.system", "expires": max(OPS_SWEEP_INTERVAL_SECONDS * 2, 1.0)},
     },
 }
+CELERY_BEAT_SCHEDULE["prune"] = {
+    "task": "ops.prune",
+    "schedule": 3600.0,
+    "options": {"queue": "ops.system", "expires": 3600.0},
+}
