@@ -6,16 +6,20 @@ Called by the thin Celery task of each type; knows nothing of any type.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, IntegrityError, connection
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection
 
 from operations import leases, registry, services
 from operations.handlers import LeaseLost, OperationCancelled, OperationContext, PermanentError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def execute(operation_id: str, *, worker: str, task_id: str) -> str:
@@ -36,14 +40,15 @@ def execute(operation_id: str, *, worker: str, task_id: str) -> str:
                 leases.set_in_handler(lease.operation_id, False)
         except OperationCancelled:
             _recover_connection()  # an interrupt may have cut a query short
-            services.operation_confirm_cancel(lease=lease, stage=ctx.stage)
+            _record(services.operation_confirm_cancel, lease=lease, stage=ctx.stage)
             return "cancelled"
         except LeaseLost:
             log.warning("operation %s: lease lost, result discarded", operation_id)
             return "lease lost"
         except SoftTimeLimitExceeded:
             _recover_connection()
-            services.operation_fail(
+            _record(
+                services.operation_fail,
                 lease=lease,
                 error=f"timed out after {optype.soft_time_limit:g}s",
                 permanent=True,
@@ -52,19 +57,38 @@ def execute(operation_id: str, *, worker: str, task_id: str) -> str:
             return "timed out"
         except (PermanentError, ValidationError, IntegrityError) as exc:
             _recover_connection()
-            services.operation_fail(lease=lease, error=_describe(exc), permanent=True, stage=ctx.stage)
+            _record(services.operation_fail, lease=lease, error=_describe(exc), permanent=True, stage=ctx.stage)
             return "failed"
         except Exception as exc:
             _recover_connection()
             log.warning("operation %s failed:\n%s", operation_id, traceback.format_exc())
-            outcome = services.operation_fail(
-                lease=lease, error=_describe(exc), permanent=False, stage=ctx.stage
+            outcome = _record(
+                services.operation_fail, lease=lease, error=_describe(exc), permanent=False, stage=ctx.stage
             )
             return f"error, now {outcome}"
-        services.operation_complete(lease=lease, result=result)
+        _record(services.operation_complete, lease=lease, result=result)
         return "completed"
     finally:
         leases.release(lease.operation_id)
+
+
+RECORD_ATTEMPTS = 5
+
+
+def _record(transition: Callable[..., T], **kwargs: Any) -> T:
+    """Record an outcome, riding out a dropped database connection: the work is
+    done, and losing its outcome would make it run again. If the database stays
+    away, the lease expires and the reaper settles the row."""
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        try:
+            return transition(**kwargs)
+        except (OperationalError, InterfaceError):
+            if attempt == RECORD_ATTEMPTS:
+                raise
+            log.warning("recording an outcome failed (attempt %d); reconnecting", attempt)
+            connection.close()
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
 
 
 def _describe(exc: BaseException) -> str:

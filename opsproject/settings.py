@@ -184,6 +184,9 @@ CELERY_TASK_ACKS_LATE = True
 # the operation back, which also stops an out-of-memory kill from looping.
 CELERY_TASK_REJECT_ON_WORKER_LOST = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# How long the pool waits for a dead process's result before declaring it lost
+# (default 10 s); the platform records outcomes itself, so settle it quickly.
+CELERY_WORKER_LOST_WAIT = 1.0
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

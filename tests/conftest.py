@@ -73,15 +73,24 @@ def worker_environment(**overrides: str) -> dict[str, str]:
 
 
 class Workers:
-    """A `manage.py runworkers` process tree started by a test."""
+    """A `manage.py runworkers` process tree (and optionally a beat scheduler)
+    started by a test."""
 
-    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(self, log_path: Path, env: dict[str, str], *, beat: bool = False) -> None:
         self.log_path = log_path
         self.log = open(log_path, "wb")
+        self.env = env
         self.process = subprocess.Popen(
             [sys.executable, str(PROJECT_DIR / "manage.py"), "runworkers", "--loglevel", "INFO"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+        self.beat: subprocess.Popen[bytes] | None = None
+        if beat:
+            self.beat = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "opsproject", "beat", "--loglevel", "INFO",
+                 "--schedule", str(log_path.with_suffix(".beat"))],
+                env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -95,6 +104,9 @@ class Workers:
         wait_for(ready, timeout=timeout, message=f"{count} workers to be ready")
 
     def stop(self) -> None:
+        if self.beat is not None and self.beat.poll() is None:
+            self.beat.send_signal(signal.SIGTERM)
+            self.beat.wait(timeout=20)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -111,8 +123,10 @@ def start_workers(transactional_db: None, tmp_path: Path) -> Iterator[Callable[.
     of the plan (plus the system worker) is ready. Stopped after the test."""
     started: list[Workers] = []
 
-    def start(*, ready: int, **env: str) -> Workers:
-        workers = Workers(tmp_path / f"workers-{len(started)}.log", worker_environment(**env))
+    def start(*, ready: int, beat: bool = False, **env: str) -> Workers:
+        workers = Workers(
+            tmp_path / f"workers-{len(started)}.log", worker_environment(**env), beat=beat
+        )
         started.append(workers)
         workers.wait_ready(ready)
         return workers
@@ -126,3 +140,82 @@ def operation(pk: Any) -> Any:
     from operations.models import Operation
 
     return Operation.objects.get(pk=pk)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, so a test can stop, restart and flush
+    the broker without touching anything else. Like the machine's, it keeps
+    nothing on disk: a restart loses every queued message."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import redis
+
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_for(up, timeout=10, message="the private redis-server")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def flush(self) -> None:
+        import redis
+
+        redis.Redis(port=self.port).flushall()
+
+
+def _point_celery_at(url: str) -> None:
+    from kombu import pools
+
+    from opsproject.celery import app
+
+    pools.reset()  # closes and forgets kombu's process-wide connection pools
+    app.conf.update(broker_url=url, broker_write_url=url, broker_read_url=url)
+    app._after_fork()  # drops the app's references to them
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A private Redis that this test process publishes to; give workers
+    CELERY_BROKER_URL=private_broker.url."""
+    from django.conf import settings
+
+    broker = PrivateRedis(tmp_path)
+    broker.start()
+    _point_celery_at(broker.url)
+    try:
+        yield broker
+    finally:
+        _point_celery_at(settings.CELERY_BROKER_URL)
+        broker.stop()

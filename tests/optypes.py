@@ -7,13 +7,42 @@ so a test can count runs across processes, including killed ones.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from operations.handlers import OperationContext, PermanentError
 from operations.registry import OperationType, Scope, register
+
+
+def tracked(handler: Callable[[OperationContext], dict[str, Any]]) -> Callable[[OperationContext], dict[str, Any]]:
+    """Record "start" and, on success, "end"; hold an exclusive lock on the
+    operation while running and record "overlap" if another run holds it (the
+    kernel drops the lock of a killed process, so only a live run counts)."""
+
+    @functools.wraps(handler)
+    def run(ctx: OperationContext) -> dict[str, Any]:
+        path = ctx.payload.get("log")
+        lock = open(f"{path}.{ctx.operation_id}.lock", "w") if path else None
+        try:
+            if lock is not None:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    record(ctx, "overlap")
+            record(ctx, "start")
+            result = handler(ctx)
+            record(ctx, "end")
+            return result
+        finally:
+            if lock is not None:
+                lock.close()
+
+    return run
 
 
 def record(ctx: OperationContext, event: str, **extra: Any) -> None:
@@ -28,45 +57,64 @@ def record(ctx: OperationContext, event: str, **extra: Any) -> None:
         f.write(line + "\n")
 
 
+@tracked
 def echo(ctx: OperationContext) -> dict[str, Any]:
-    record(ctx, "start")
     ctx.progress("echo", processed=1, total=1)
-    record(ctx, "end")
     return {"echo": ctx.payload.get("value"), "worker": ctx.lease.worker}
 
 
+@tracked
 def sleep(ctx: OperationContext) -> dict[str, Any]:
     """Sleeps `seconds`, checking for cancellation every 50 ms."""
-    record(ctx, "start")
     seconds = float(ctx.payload.get("seconds", 1))
     deadline = time.monotonic() + seconds
     ctx.progress("sleeping", processed=0, total=1)
     while time.monotonic() < deadline:
         time.sleep(0.05)
         ctx.checkpoint()
-    record(ctx, "end")
     return {"slept": seconds, "worker": ctx.lease.worker}
 
 
+@tracked
 def busy(ctx: OperationContext) -> dict[str, Any]:
     """Sleeps `seconds` without ever checking for cancellation."""
-    record(ctx, "start")
     ctx.progress("busy")
     time.sleep(float(ctx.payload.get("seconds", 1)))
-    record(ctx, "end")
     return {}
 
 
+@tracked
 def flaky(ctx: OperationContext) -> dict[str, Any]:
     """Fails transiently on the first `failures` attempts; `permanent` fails at once."""
-    record(ctx, "start")
     ctx.progress("flaky")
     if ctx.payload.get("permanent"):
         raise PermanentError("bad input: this will never work")
     if ctx.attempt < int(ctx.payload.get("failures", 0)):
         raise RuntimeError(f"transient failure on attempt {ctx.attempt}")
-    record(ctx, "end")
     return {"attempts": ctx.attempt + 1}
+
+
+@tracked
+def dbloop(ctx: OperationContext) -> dict[str, Any]:
+    """`steps` database round trips (progress reports), `pause` seconds apart."""
+    steps = int(ctx.payload.get("steps", 10))
+    for step in range(steps):
+        ctx.progress("looping", processed=step, total=steps)
+        time.sleep(float(ctx.payload.get("pause", 0.1)))
+    return {"steps": steps}
+
+
+@tracked
+def stubborn(ctx: OperationContext) -> dict[str, Any]:
+    """Ignores every interruption (time limits, cancel signals) for `seconds`."""
+    ctx.progress("stubborn")
+    deadline = time.monotonic() + float(ctx.payload.get("seconds", 30))
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except BaseException:  # noqa: BLE001 - the point of this handler
+            record(ctx, "ignored")
+    return {}
 
 
 register(OperationType(name="test_echo", handler="tests.optypes.echo", soft_time_limit=30))
@@ -80,4 +128,10 @@ register(
     )
 )
 register(OperationType(name="test_serial", handler="tests.optypes.sleep", serialize=Scope.BANK))
+register(OperationType(name="test_dbloop", handler="tests.optypes.dbloop"))
+register(OperationType(name="test_slow", handler="tests.optypes.busy", soft_time_limit=1, time_limit=4))
+register(OperationType(name="test_stubborn", handler="tests.optypes.stubborn", soft_time_limit=60))
+register(
+    OperationType(name="test_stubborn_timeout", handler="tests.optypes.stubborn", soft_time_limit=1, time_limit=2)
+)
 register(OperationType(name="test_batch", rollup=True))
