@@ -95,3 +95,20 @@ def plan_from_settings() -> SlotPlan:
         if not t.rollup
     }
     return build_plan(max_slots=settings.OPS_WORKER_MAX_SLOTS, reserved=reserved, types=types)
+
+
+def check_visibility_timeout(visibility_timeout: float | None, types: list[registry.OperationType]) -> None:
+    """A Redis message a worker holds unacknowledged comes back after the
+    visibility timeout; it must outlast the longest run, or every long run gets
+    a (dropped, but wasted) redelivery. Raises SlotPlanError otherwise."""
+    if visibility_timeout is None:
+        return
+    runnable = [t for t in types if not t.rollup]
+    if not runnable:
+        return
+    longest = max(runnable, key=lambda t: t.hard_time_limit)
+    if visibility_timeout <= longest.hard_time_limit:
+        raise SlotPlanError(
+            f"OPS_BROKER_VISIBILITY_TIMEOUT ({visibility_timeout:g}s) must be longer than the "
+            f"longest hard time limit ({longest.name}: {longest.hard_time_limit:g}s)"
+        )

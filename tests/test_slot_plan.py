@@ -108,3 +108,9 @@ def test_malformed_settings_stop_start_up_naming_the_variable(variable: str, val
     assert done.returncode != 0
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_visibility_timeout_must_outlast_the_longest_run() -> None:
+    done = run_manage("runworkers", "--print-plan", OPS_BROKER_VISIBILITY_TIMEOUT="60")
+    assert done.returncode != 0
+    assert "OPS_BROKER_VISIBILITY_TIMEOUT (60s) must be longer than the longest hard time limit" in done.stderr

@@ -9,7 +9,14 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from operations.slots import SlotPlan, SlotPlanError, WorkerSpec, plan_from_settings
+from operations import registry
+from operations.slots import (
+    SlotPlan,
+    SlotPlanError,
+    WorkerSpec,
+    check_visibility_timeout,
+    plan_from_settings,
+)
 from operations.supervisor import Child, Supervisor, celery_command
 
 
@@ -48,6 +55,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             plan = plan_from_settings()
+            check_visibility_timeout(
+                settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout"), registry.all_types()
+            )
         except (SlotPlanError, ImproperlyConfigured) as exc:
             raise CommandError(f"cannot start the workers: {exc}") from None
         if options["print_plan"]:

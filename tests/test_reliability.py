@@ -1,0 +1,150 @@
+"""The reliability machinery one step at a time: backoff, the sweeper's
+publishing, settlement of lost runs, stranded parents, retention."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from operations import dispatch, registry, services
+from operations.models import Operation
+
+pytestmark = pytest.mark.django_db
+
+
+def submit(operation_type: str = "test_echo", **fields: Any) -> Operation:
+    return services.operation_submit(bank_id="alpha", operation_type=operation_type, **fields).operation
+
+
+def test_backoff_is_exponential_with_full_jitter_and_a_cap(settings: Any) -> None:
+    settings.OPS_RETRY_BACKOFF_SECONDS = 2
+    settings.OPS_RETRY_BACKOFF_CAP_SECONDS = 20
+    optype = registry.get("test_flaky")
+    for attempt, ceiling in [(1, 2), (2, 4), (3, 8), (4, 16), (5, 20), (9, 20)]:
+        delays = [services.retry_delay(optype, attempt) for _ in range(300)]
+        assert all(0 <= d <= ceiling for d in delays)
+        # Full jitter: the delays spread over the whole range.
+        assert min(delays) < ceiling * 0.2 and max(delays) > ceiling * 0.8
+
+
+def test_explicit_retry_delays_win() -> None:
+    optype = registry.OperationType(name="x", handler="a.b", retry_delays=(5, 300, 1800))
+    assert [services.retry_delay(optype, n) for n in (1, 2, 3, 4)] == [5, 300, 1800, 1800]
+
+
+def test_sweeper_publishes_only_what_has_no_live_message(alpha: Any, settings: Any) -> None:
+    now = timezone.now()
+    long_ago = now - timedelta(seconds=settings.OPS_REDISPATCH_SECONDS + 1)
+    never = submit()  # its on_commit publish never ran (the test transaction)
+    fresh = submit()
+    stale = submit()
+    parked = submit()
+    running = submit()
+    Operation.objects.filter(pk=never.pk).update(updated_at=long_ago)
+    Operation.objects.filter(pk=fresh.pk).update(dispatched_at=now)
+    Operation.objects.filter(pk=stale.pk).update(dispatched_at=long_ago)
+    Operation.objects.filter(pk=parked.pk).update(updated_at=long_ago, next_retry_at=now + timedelta(hours=1))
+    services.operation_claim(operation_id=str(running.pk), worker="w", task_id="t")
+    Operation.objects.filter(pk=running.pk).update(updated_at=long_ago)
+    assert dispatch.publish_due() == 2
+    published = Operation.objects.filter(dispatched_at__gt=now).values_list("pk", flat=True)
+    assert set(published) == {never.pk, stale.pk}
+    assert dispatch.publish_due() == 0  # now they have live messages
+
+
+def test_parents_are_never_published(alpha: Any, settings: Any) -> None:
+    parent = submit("test_batch")
+    Operation.objects.filter(pk=parent.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+    assert dispatch.publish_due() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_sweepers_publish_each_operation_once(alpha: Any) -> None:
+    long_ago = timezone.now() - timedelta(hours=1)
+    for _ in range(40):
+        submit()
+    Operation.objects.update(dispatched_at=None, updated_at=long_ago)
+    barrier = threading.Barrier(3)
+    counts: list[int] = []
+
+    def sweeper() -> None:
+        barrier.wait()
+        counts.append(dispatch.publish_due())
+        connection.close()
+
+    threads = [threading.Thread(target=sweeper) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(counts) == 40
+    assert Operation.objects.filter(dispatched_at__isnull=True).count() == 0
+
+
+def test_a_lost_process_is_settled_by_its_task_id_only(alpha: Any) -> None:
+    operation = submit()
+    services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="task-1")
+    assert services.operation_abandoned(
+        operation_id=str(operation.pk), task_id="task-0", timed_out=False, reason="lost"
+    ) is None
+    assert services.operation_abandoned(
+        operation_id=str(operation.pk), task_id="task-1", timed_out=False, reason="worker process lost"
+    ) == "pending"
+    row = Operation.objects.get(pk=operation.pk)
+    assert row.retry_count == 1 and row.error_message == "worker process lost (stage: started)"
+
+
+def test_a_hard_timeout_fails_for_good(alpha: Any) -> None:
+    operation = submit()
+    services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t")
+    assert services.operation_abandoned(
+        operation_id=str(operation.pk), task_id="t", timed_out=True, reason="timed out"
+    ) == "failed"
+    assert Operation.objects.get(pk=operation.pk).retry_count == 0
+
+
+def test_reaper_fails_a_run_past_its_hard_time_limit(alpha: Any, settings: Any) -> None:
+    operation = submit("test_slow")  # hard limit 4 s
+    services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t")
+    past = timezone.now() - timedelta(seconds=settings.OPS_LEASE_SECONDS + 10)
+    Operation.objects.filter(pk=operation.pk).update(started_at=past, heartbeat_at=past)
+    assert services.operations_reap() == 1
+    row = Operation.objects.get(pk=operation.pk)
+    assert row.status == "failed" and row.retry_count == 0
+    assert row.error_message.startswith("timed out: ran past the hard time limit of 4s")
+
+
+def test_stranded_parent_is_rolled_up_by_the_sweeper(alpha: Any) -> None:
+    parent = submit("test_batch")
+    kids = [submit(parent_id=parent.pk) for _ in range(2)]
+    # Children finished behind the service's back (e.g. restored from a backup).
+    Operation.objects.filter(pk__in=[k.pk for k in kids]).update(status="completed")
+    assert Operation.objects.get(pk=parent.pk).status == "pending"
+    assert services.operations_roll_up_stranded() == 1
+    assert Operation.objects.get(pk=parent.pk).status == "completed"
+    assert services.operations_roll_up_stranded() == 0
+
+
+def test_retention_prunes_old_terminal_operations_in_batches(alpha: Any) -> None:
+    old = timezone.now() - timedelta(days=31)
+    finished = [submit() for _ in range(7)]
+    for operation in finished:
+        services.operation_cancel(operation_id=operation.pk)
+    Operation.objects.filter(pk__in=[o.pk for o in finished]).update(completed_at=old)
+    parent = submit("test_batch")
+    child = submit(parent_id=parent.pk)
+    services.operation_cancel(operation_id=parent.pk)
+    Operation.objects.filter(pk__in=[parent.pk, child.pk]).update(completed_at=old)
+    recent = submit()
+    services.operation_cancel(operation_id=recent.pk)
+    old_but_pending = submit()
+    Operation.objects.filter(pk=old_but_pending.pk).update(created_at=old)
+
+    assert services.operations_prune(older_than_days=30, batch_size=3) == 8
+    remaining = set(Operation.objects.values_list("pk", flat=True))
+    assert remaining == {recent.pk, old_but_pending.pk}
