@@ -131,3 +131,22 @@ class Operation(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+class WorkerNode(models.Model):
+    """A live Celery worker process of the slot plan, as it last reported itself.
+
+    Each worker's main process upserts its row every heartbeat interval and
+    deletes it on shutdown; a row not seen for a lease period is a dead node.
+    """
+
+    name = models.CharField(max_length=255, primary_key=True)  # e.g. "shared@host"
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=list)
+    concurrency = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name

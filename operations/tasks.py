@@ -12,7 +12,7 @@ from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure
 from django.conf import settings
 
-from operations import dispatch, registry, runner, services
+from operations import dispatch, nodes, registry, runner, services  # noqa: F401 (nodes: signal handlers)
 from operations.routing import SYSTEM_QUEUE
 
 log = logging.getLogger(__name__)

@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "django_celery_results",
     "operations",
     "banks",
@@ -86,6 +87,44 @@ TEMPLATES = [
         },
     },
 ]
+
+# --- REST API -------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "banks.api.auth.ApiKeyAuthentication",
+        "banks.api.auth.StaffSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+        "rest_framework.parsers.FormParser",
+    ],
+    "EXCEPTION_HANDLER": "operations.api.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Operations platform API",
+    "DESCRIPTION": (
+        "Bank-scoped operations of memory banks, wire-compatible with Hindsight's API. "
+        "Authenticate with `Authorization: Bearer <api key>`. Errors are "
+        '`{"detail": "...", "errors": {"field": ["reason"]}}`.'
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "ENUM_NAME_OVERRIDES": {
+        "OperationStatusEnum": ["pending", "processing", "completed", "failed", "cancelled"],
+        "HealthStatusEnum": ["healthy", "unhealthy"],
+    },
+}
+# Largest accepted request body (JSON); larger is 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("OPS_MAX_REQUEST_BYTES", 10 * 1024 * 1024, minimum=1024)
 
 # --- Database -------------------------------------------------------------------
 

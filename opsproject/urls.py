@@ -1,8 +1,49 @@
+"""URLs: the REST API under /v1/default/, health, metrics, schema, admin."""
+
 from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from banks.api.views import BankViewSet
+from operations.api import health
+from operations.api.views import AllOperationViewSet, BankOperationViewSet, WorkerViewSet
+
+handler400 = "operations.api.errors.json_bad_request"
+handler403 = "operations.api.errors.json_forbidden"
+handler404 = "operations.api.errors.json_not_found"
+handler500 = "operations.api.errors.json_server_error"
+
+banks = BankViewSet.as_view({"get": "list"})
+bank = BankViewSet.as_view({"get": "retrieve", "put": "put", "patch": "patch", "delete": "destroy"})
+bank_stats = BankViewSet.as_view({"get": "stats"})
+operations = BankOperationViewSet.as_view({"get": "list"})
+operation_stats = BankOperationViewSet.as_view({"get": "stats"})
+operations_cancel = BankOperationViewSet.as_view({"post": "bulk_cancel"})
+operation = BankOperationViewSet.as_view({"get": "retrieve", "delete": "cancel"})
+operation_retry = BankOperationViewSet.as_view({"post": "retry"})
+operation_delete = BankOperationViewSet.as_view({"delete": "remove"})
+
+API = "v1/default/"
 
 urlpatterns = [
+    path(f"{API}banks", banks, name="banks"),
+    path(f"{API}banks/<str:bank_id>", bank, name="bank"),
+    path(f"{API}banks/<str:bank_id>/stats", bank_stats, name="bank-stats"),
+    path(f"{API}banks/<str:bank_id>/operations", operations, name="bank-operations"),
+    path(f"{API}banks/<str:bank_id>/operations/stats", operation_stats, name="bank-operation-stats"),
+    path(f"{API}banks/<str:bank_id>/operations/cancel", operations_cancel, name="bank-operations-cancel"),
+    path(f"{API}banks/<str:bank_id>/operations/<str:operation_id>", operation, name="bank-operation"),
+    path(f"{API}banks/<str:bank_id>/operations/<str:operation_id>/retry", operation_retry, name="bank-operation-retry"),
+    path(f"{API}banks/<str:bank_id>/operations/<str:operation_id>/delete", operation_delete, name="bank-operation-delete"),
+    path(f"{API}operations", AllOperationViewSet.as_view({"get": "list"}), name="operations"),
+    path(f"{API}workers", WorkerViewSet.as_view({"get": "list"}), name="workers"),
+    path("health", health.health, name="health"),
+    path("health/live", health.live, name="health-live"),
+    path("health/ready", health.ready, name="health-ready"),
+    path("metrics", health.metrics, name="metrics"),
+    path("v1/openapi.json", SpectacularAPIView.as_view(), name="openapi"),
+    path("v1/docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
     path("admin/", admin.site.urls),
 ]

@@ -219,3 +219,61 @@ def private_broker(tmp_path: Path) -> Iterator[PrivateRedis]:
     finally:
         _point_celery_at(settings.CELERY_BROKER_URL)
         broker.stop()
+
+
+# --- the API cast: two banks, an admin key, scoped keys, an outsider ------------------
+
+
+class Caller:
+    """An API client holding one key (or none)."""
+
+    def __init__(self, raw_key: str | None) -> None:
+        from rest_framework.test import APIClient
+
+        self.client = APIClient()
+        if raw_key:
+            self.client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+
+    def __getattr__(self, method: str) -> Any:
+        call = getattr(self.client, method)
+
+        def request(url: str, data: Any = None, **kwargs: Any) -> Any:
+            if method in ("post", "put", "patch", "delete") and "format" not in kwargs:
+                kwargs["format"] = "json"
+            return call(f"/v1/default/{url.lstrip('/')}", data, **kwargs)
+
+        return request
+
+
+def _key(**kwargs: Any) -> str:
+    from banks.api_keys import api_key_create
+
+    return api_key_create(**kwargs)[1]
+
+
+@pytest.fixture
+def admin(db: None) -> Caller:
+    return Caller(_key(name="admin", admin=True))
+
+
+@pytest.fixture
+def alice(db: None) -> Caller:
+    """Scoped to bank alpha."""
+    return Caller(_key(name="alice", bank_ids=["alpha"]))
+
+
+@pytest.fixture
+def bob(db: None) -> Caller:
+    """Scoped to banks alpha and beta."""
+    return Caller(_key(name="bob", bank_ids=["alpha", "beta"]))
+
+
+@pytest.fixture
+def charlie(db: None) -> Caller:
+    """Scoped to a bank nobody else uses: an outsider to alpha and beta."""
+    return Caller(_key(name="charlie", bank_ids=["gamma"]))
+
+
+@pytest.fixture
+def anonymous(db: None) -> Caller:
+    return Caller(None)

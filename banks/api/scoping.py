@@ -1,0 +1,35 @@
+"""Bank scoping for API views: every bank-scoped endpoint resolves its bank here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.exceptions import NotFound
+
+from banks.api.auth import access_of
+from banks.models import Bank
+
+
+def bank_not_found(bank_id: str) -> NotFound:
+    # One message for "does not exist" and "not yours": nothing to tell apart.
+    return NotFound(f"bank '{bank_id}' not found")
+
+
+class BankScopedMixin:
+    """For views under banks/{bank_id}/: `self.bank` is the bank, or 404."""
+
+    kwargs: dict[str, Any]
+    request: Any
+
+    def get_bank(self) -> Bank:
+        cached = getattr(self, "_bank", None)
+        if cached is not None:
+            return cached
+        bank_id = self.kwargs["bank_id"]
+        if not access_of(self.request).can_access(bank_id):
+            raise bank_not_found(bank_id)
+        bank = Bank.objects.filter(pk=bank_id).first()
+        if bank is None:
+            raise bank_not_found(bank_id)
+        self._bank = bank
+        return bank

@@ -1,0 +1,127 @@
+"""Bank endpoints: banks, banks/{bank_id}, banks/{bank_id}/stats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import viewsets
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from banks import services
+from banks.api.auth import access_of
+from banks.api.scoping import BankScopedMixin, bank_not_found
+from banks.api.serializers import (
+    BankDeletedSerializer,
+    BankInputSerializer,
+    BankListSerializer,
+    BankPageSerializer,
+    BankSerializer,
+    BankStatsSerializer,
+)
+from banks.models import Bank, bank_id_validator
+from operations.api.serializers import ErrorSerializer
+from operations.selectors import operation_stats
+
+AUTH_ERRORS: dict[int, Any] = {
+    401: OpenApiResponse(ErrorSerializer, description="no API key, or a bad one"),
+    404: OpenApiResponse(ErrorSerializer, description="no such bank (or not reachable with this key)"),
+}
+BAD_INPUT = {400: OpenApiResponse(ErrorSerializer, description="invalid input; `errors` names the fields")}
+
+
+def _body(request: Request) -> dict[str, Any]:
+    if request.data is None or request.data == {}:
+        return {}
+    if not isinstance(request.data, dict):
+        raise ValidationError({"non_field_errors": ["the body must be a JSON object"]})
+    return request.data
+
+
+class BankViewSet(BankScopedMixin, viewsets.GenericViewSet):
+    serializer_class = BankSerializer
+
+    def get_queryset(self) -> Any:
+        access = access_of(self.request)
+        banks = Bank.objects.order_by("bank_id")
+        return banks if access.is_admin else banks.filter(bank_id__in=access.bank_ids)
+
+    @extend_schema(
+        summary="List the banks this key reaches",
+        parameters=[BankPageSerializer],
+        responses={200: BankListSerializer, **BAD_INPUT, 401: AUTH_ERRORS[401]},
+    )
+    def list(self, request: Request) -> Response:
+        page = BankPageSerializer(data=request.query_params)
+        page.is_valid(raise_exception=True)
+        limit, offset = page.validated_data["limit"], page.validated_data["offset"]
+        banks = self.get_queryset()
+        return Response(
+            {
+                "banks": BankSerializer(banks[offset : offset + limit], many=True).data,
+                "total": banks.count(),
+                "limit": limit,
+                "offset": offset,
+            }
+        )
+
+    @extend_schema(summary="Get a bank", responses={200: BankSerializer, **AUTH_ERRORS})
+    def retrieve(self, request: Request, bank_id: str) -> Response:
+        return Response(BankSerializer(self.get_bank()).data)
+
+    @extend_schema(
+        summary="Create or update a bank",
+        request=BankInputSerializer,
+        responses={200: BankSerializer, **BAD_INPUT, **AUTH_ERRORS},
+    )
+    def put(self, request: Request, bank_id: str) -> Response:
+        if not access_of(request).can_access(bank_id):
+            raise bank_not_found(bank_id)
+        try:
+            bank_id_validator(bank_id)
+        except DjangoValidationError as exc:
+            raise ValidationError({"bank_id": exc.messages}) from None
+        body = BankInputSerializer(data=_body(request))
+        body.is_valid(raise_exception=True)
+        bank, _ = services.bank_put(bank_id=bank_id, fields=body.validated_data)
+        return Response(BankSerializer(bank).data)
+
+    @extend_schema(
+        summary="Update some fields of a bank",
+        request=BankInputSerializer,
+        responses={200: BankSerializer, **BAD_INPUT, **AUTH_ERRORS},
+    )
+    def patch(self, request: Request, bank_id: str) -> Response:
+        bank = self.get_bank()
+        body = BankInputSerializer(data=_body(request), partial=True)
+        body.is_valid(raise_exception=True)
+        bank, _ = services.bank_put(bank_id=bank.pk, fields=body.validated_data)
+        return Response(BankSerializer(bank).data)
+
+    @extend_schema(
+        summary="Delete a bank and everything in it",
+        responses={200: BankDeletedSerializer, **AUTH_ERRORS},
+    )
+    def destroy(self, request: Request, bank_id: str) -> Response:
+        bank = self.get_bank()
+        count = services.bank_delete(bank=bank)
+        return Response(
+            {"success": True, "message": f"bank '{bank_id}' deleted", "bank_id": bank_id, "deleted_operations": count}
+        )
+
+    @extend_schema(summary="Statistics of a bank", responses={200: BankStatsSerializer, **AUTH_ERRORS})
+    def stats(self, request: Request, bank_id: str) -> Response:
+        bank = self.get_bank()
+        ops = operation_stats(bank_id=bank.pk)
+        return Response(
+            {
+                "bank_id": bank.pk,
+                "total_operations": ops["total"],
+                "operations_by_status": ops["by_status"],
+                "pending_operations": ops["by_status"]["pending"],
+                "failed_operations": ops["by_status"]["failed"],
+            }
+        )

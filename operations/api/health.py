@@ -1,0 +1,98 @@
+"""Health and metrics endpoints (no authentication, like a load balancer expects)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from drf_spectacular.utils import extend_schema, inline_serializer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from rest_framework import serializers
+from rest_framework.decorators import api_view, authentication_classes, permission_classes
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from operations.metrics import OperationsCollector
+
+
+def check_database() -> str | None:
+    """None when the database answers, else the reason it does not."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return None
+    except Exception as exc:  # any failure means not ready
+        connection.close()
+        return f"{type(exc).__name__}: {exc}"
+
+
+def check_broker() -> str | None:
+    from opsproject.celery import app
+
+    try:
+        with app.connection_for_write() as broker:
+            broker.ensure_connection(max_retries=1, timeout=2)
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+HealthSerializer = inline_serializer(
+    "Health",
+    {
+        "status": serializers.ChoiceField(choices=["healthy", "unhealthy"]),
+        "database": serializers.CharField(),
+        "broker": serializers.CharField(),
+    },
+)
+
+
+def _readiness() -> tuple[dict[str, Any], int]:
+    database, broker = check_database(), check_broker()
+    healthy = database is None and broker is None
+    body = {
+        "status": "healthy" if healthy else "unhealthy",
+        "database": database or "ok",
+        "broker": broker or "ok",
+    }
+    return body, 200 if healthy else 503
+
+
+@extend_schema(summary="Readiness: database and broker reachable", responses={200: HealthSerializer, 503: HealthSerializer})
+@api_view(["GET"])
+@authentication_classes([])
+@permission_classes([])
+def ready(request: Request) -> Response:
+    body, status = _readiness()
+    return Response(body, status=status)
+
+
+@extend_schema(summary="Health (same as readiness)", responses={200: HealthSerializer, 503: HealthSerializer})
+@api_view(["GET"])
+@authentication_classes([])
+@permission_classes([])
+def health(request: Request) -> Response:
+    body, status = _readiness()
+    return Response(body, status=status)
+
+
+@extend_schema(
+    summary="Liveness: the process answers",
+    responses={200: inline_serializer("Live", {"status": serializers.CharField()})},
+)
+@api_view(["GET"])
+@authentication_classes([])
+@permission_classes([])
+def live(request: Request) -> Response:
+    return Response({"status": "alive"})
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition, computed from the database at scrape time, so every
+    API process reports the same figures whatever process did the work."""
+    registry = CollectorRegistry()
+    registry.register(OperationsCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+

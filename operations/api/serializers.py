@@ -1,0 +1,190 @@
+"""API input (query parameters) and output shapes for operations.
+
+Field names are Hindsight's, so its generated client parses them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import QueryDict
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from operations import registry
+from operations.models import Operation, OperationStatus
+
+
+class CommaListField(serializers.ListField):
+    """A query parameter that may repeat (`?status=a&status=b`) and/or hold a
+    comma-separated list (`?status=a,b`)."""
+
+    def get_value(self, dictionary: Any) -> Any:
+        if isinstance(dictionary, QueryDict):
+            if self.field_name not in dictionary:
+                return serializers.empty
+            values = dictionary.getlist(self.field_name)
+        else:
+            values = dictionary.get(self.field_name, serializers.empty)
+            if values is serializers.empty:
+                return values
+            values = values if isinstance(values, list) else [values]
+        return [part.strip() for value in values for part in str(value).split(",") if part.strip()]
+
+
+class OperationFilterSerializer(serializers.Serializer):
+    """Query parameters of the operation lists."""
+
+    status = CommaListField(
+        child=serializers.ChoiceField(choices=OperationStatus.values), required=False,
+        help_text="only these statuses (repeatable or comma-separated)",
+    )
+    type = CommaListField(
+        child=serializers.CharField(), required=False,
+        help_text="only these operation types (repeatable or comma-separated)",
+    )
+    tag = serializers.CharField(required=False, max_length=200)
+    within_hours = serializers.FloatField(
+        required=False, min_value=0.001, max_value=24 * 366 * 10, help_text="created in the last N hours"
+    )
+    created_after = serializers.DateTimeField(required=False)
+    created_before = serializers.DateTimeField(required=False)
+    parent_id = serializers.UUIDField(required=False, help_text="only children of this operation")
+    exclude_parents = serializers.BooleanField(
+        required=False, default=False, help_text="leave out parent (batch) operations"
+    )
+    limit = serializers.IntegerField(required=False, default=20, min_value=1, max_value=100)
+    offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=10_000_000)
+
+    def validate_type(self, value: list[str]) -> list[str]:
+        known = set(registry.names())
+        unknown = [v for v in value if v not in known]
+        if unknown:
+            raise serializers.ValidationError(
+                f"unknown operation type(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        after, before = attrs.get("created_after"), attrs.get("created_before")
+        if after and before and after > before:
+            raise serializers.ValidationError({"created_after": ["must not be later than created_before"]})
+        return attrs
+
+
+class AllBanksOperationFilterSerializer(OperationFilterSerializer):
+    bank_id = serializers.CharField(required=False, max_length=128, help_text="only this bank")
+
+
+class OperationDetailsSerializer(serializers.Serializer):
+    worker = serializers.CharField(allow_null=True)
+    max_retries = serializers.IntegerField()
+    heartbeat_at = serializers.DateTimeField(allow_null=True)
+    cancel_requested_at = serializers.DateTimeField(allow_null=True)
+
+
+class OperationSerializer(serializers.Serializer):
+    """An operation in a list."""
+
+    id = serializers.UUIDField()
+    operation_id = serializers.UUIDField(source="id")
+    bank_id = serializers.CharField()
+    task_type = serializers.CharField(source="operation_type")
+    operation_type = serializers.CharField()
+    status = serializers.ChoiceField(choices=OperationStatus.values)
+    items_count = serializers.IntegerField()
+    document_id = serializers.CharField(allow_null=True)
+    filename = serializers.CharField(allow_null=True)
+    mental_model_id = serializers.CharField(allow_null=True)
+    tag = serializers.CharField(allow_null=True)
+    parent_id = serializers.UUIDField(allow_null=True)
+    details = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    completed_at = serializers.DateTimeField(allow_null=True)
+    error_message = serializers.CharField(allow_null=True)
+    retry_count = serializers.IntegerField()
+    next_retry_at = serializers.DateTimeField(allow_null=True)
+    progress = serializers.JSONField(allow_null=True)
+
+    @extend_schema_field(OperationDetailsSerializer(allow_null=True))
+    def get_details(self, operation: Operation) -> dict[str, Any] | None:
+        return {
+            "worker": operation.worker,
+            "max_retries": operation.max_retries,
+            "heartbeat_at": serializers.DateTimeField().to_representation(operation.heartbeat_at)
+            if operation.heartbeat_at else None,
+            "cancel_requested_at": serializers.DateTimeField().to_representation(operation.cancel_requested_at)
+            if operation.cancel_requested_at else None,
+        }
+
+
+class OperationDetailSerializer(OperationSerializer):
+    """One operation, in full. `task_payload` only with `include_payload=true`."""
+
+    max_retries = serializers.IntegerField()
+    result_metadata = serializers.JSONField()
+    error_history = serializers.JSONField()
+    child_operations = serializers.SerializerMethodField()
+    task_payload = serializers.JSONField(required=False)
+
+    @extend_schema_field(OperationSerializer(many=True, allow_null=True))
+    def get_child_operations(self, operation: Operation) -> list[dict[str, Any]] | None:
+        children = self.context.get("children")
+        return None if children is None else OperationSerializer(children, many=True).data
+
+    def to_representation(self, instance: Operation) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if not self.context.get("include_payload"):
+            data.pop("task_payload", None)
+        return data
+
+
+class OperationListSerializer(serializers.Serializer):
+    bank_id = serializers.CharField(allow_null=True)
+    total = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    offset = serializers.IntegerField()
+    operations = OperationSerializer(many=True)
+
+
+class OperationActionSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    message = serializers.CharField()
+    operation_id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=OperationStatus.values)
+
+
+class BulkCancelInputSerializer(serializers.Serializer):
+    type = serializers.CharField(required=False, allow_null=True, help_text="only this operation type")
+
+    def validate_type(self, value: str | None) -> str | None:
+        if value is not None and value not in registry.names():
+            raise serializers.ValidationError(f"unknown operation type {value!r}")
+        return value
+
+
+class BulkCancelSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    bank_id = serializers.CharField()
+    cancelled_count = serializers.IntegerField()
+
+
+class OperationStatsSerializer(serializers.Serializer):
+    bank_id = serializers.CharField()
+    total = serializers.IntegerField()
+    by_status = serializers.DictField(child=serializers.IntegerField())
+    by_type = serializers.DictField(child=serializers.IntegerField())
+    oldest_pending_age_seconds = serializers.FloatField(allow_null=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
+
+
+class ConflictSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    status = serializers.CharField()
+    operation_id = serializers.CharField()

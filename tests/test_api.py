@@ -1,0 +1,402 @@
+"""The REST API: every endpoint, filter and error code, on PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from operations import services
+from operations.models import Operation, WorkerNode
+
+pytestmark = pytest.mark.django_db
+
+ZERO_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def make(bank: str = "alpha", operation_type: str = "test_echo", status: str = "pending", **fields: Any) -> Operation:
+    """An operation brought to `status` through the lifecycle service."""
+    operation = services.operation_submit(bank_id=bank, operation_type=operation_type, **fields).operation
+    if status == "cancelled":
+        services.operation_cancel(operation_id=operation.pk)
+    elif status != "pending":
+        lease = services.operation_claim(operation_id=str(operation.pk), worker="w@n", task_id="t")
+        assert lease is not None
+        if status == "completed":
+            services.operation_complete(lease=lease, result={"ok": True})
+        elif status == "failed":
+            services.operation_fail(lease=lease, error="boom", permanent=True)
+    return Operation.objects.get(pk=operation.pk)
+
+
+def ids(response: Any) -> list[str]:
+    return [o["id"] for o in response.json()["operations"]]
+
+
+# --- banks ------------------------------------------------------------------------------
+
+
+def test_list_banks_shows_only_reachable_ones(admin: Any, alice: Any, alpha: Any, beta: Any) -> None:
+    everything = admin.get("banks").json()
+    assert [b["bank_id"] for b in everything["banks"]] == ["alpha", "beta"]
+    assert everything["total"] == 2 and everything["limit"] == 100 and everything["offset"] == 0
+    assert [b["bank_id"] for b in alice.get("banks").json()["banks"]] == ["alpha"]
+    assert admin.get("banks", {"limit": 1, "offset": 1}).json()["banks"][0]["bank_id"] == "beta"
+    assert admin.get("banks", {"limit": 0}).status_code == 400
+
+
+def test_put_creates_then_updates_a_bank(admin: Any) -> None:
+    created = admin.put("banks/newbank", {"name": "New", "enable_auto_consolidation": True})
+    assert created.status_code == 200
+    assert created.json()["bank_id"] == "newbank" and created.json()["enable_auto_consolidation"] is True
+    updated = admin.put(
+        "banks/newbank",
+        # Explicit nulls keep values; fields Hindsight sends that we do not use are ignored.
+        {"name": None, "mission": "remember", "disposition": {"skepticism": 3}},
+    )
+    assert updated.status_code == 200
+    assert updated.json()["name"] == "New" and updated.json()["mission"] == "remember"
+    assert updated.json()["enable_auto_consolidation"] is True
+
+
+def test_put_with_bad_input_is_400_and_writes_nothing(admin: Any) -> None:
+    bad = admin.put("banks/newbank", {"enable_observations": "perhaps"})
+    assert bad.status_code == 400
+    assert "enable_observations" in bad.json()["errors"]
+    assert bad.json()["detail"].startswith("invalid input: enable_observations")
+    not_an_object = admin.put("banks/newbank", [1, 2])
+    assert not_an_object.status_code == 400
+    malformed_id = admin.put("banks/bad%20id!", {})
+    assert malformed_id.status_code == 400 and "bank_id" in malformed_id.json()["errors"]
+    assert admin.get("banks").json()["total"] == 0
+
+
+def test_get_patch_delete_and_stats_of_a_bank(admin: Any, alpha: Any) -> None:
+    assert admin.get("banks/alpha").json()["name"] == "Alpha"
+    patched = admin.patch("banks/alpha", {"enable_observations": False})
+    assert patched.status_code == 200 and patched.json()["enable_observations"] is False
+    make(status="failed")
+    make(status="pending")
+    stats = admin.get("banks/alpha/stats").json()
+    assert stats["total_operations"] == 2 and stats["failed_operations"] == 1
+    assert stats["pending_operations"] == 1 and stats["operations_by_status"]["completed"] == 0
+    deleted = admin.delete("banks/alpha")
+    assert deleted.status_code == 200 and deleted.json()["deleted_operations"] == 2
+    assert admin.get("banks/alpha").status_code == 404
+    assert Operation.objects.count() == 0
+
+
+# --- listing operations ------------------------------------------------------------------
+
+
+def test_list_operations_newest_first_with_every_field(admin: Any, alpha: Any) -> None:
+    first = make(tag="a", document_id="doc-1", items_count=3)
+    second = make(status="completed")
+    body = admin.get("banks/alpha/operations").json()
+    assert body["bank_id"] == "alpha" and body["total"] == 2 and body["limit"] == 20 and body["offset"] == 0
+    assert ids_of(body) == [str(second.pk), str(first.pk)]
+    item = body["operations"][1]
+    assert item == {
+        "id": str(first.pk),
+        "operation_id": str(first.pk),
+        "bank_id": "alpha",
+        "task_type": "test_echo",
+        "operation_type": "test_echo",
+        "status": "pending",
+        "items_count": 3,
+        "document_id": "doc-1",
+        "filename": None,
+        "mental_model_id": None,
+        "tag": "a",
+        "parent_id": None,
+        "details": {"worker": None, "max_retries": 3, "heartbeat_at": None, "cancel_requested_at": None},
+        "created_at": item["created_at"],
+        "updated_at": item["updated_at"],
+        "started_at": None,
+        "completed_at": None,
+        "error_message": None,
+        "retry_count": 0,
+        "next_retry_at": None,
+        "progress": None,
+    }
+
+
+def ids_of(body: dict[str, Any]) -> list[str]:
+    return [o["id"] for o in body["operations"]]
+
+
+def test_status_and_type_filters_repeat_and_split_on_commas(admin: Any, alpha: Any) -> None:
+    pending = make(status="pending")
+    failed = make(status="failed")
+    done = make(status="completed", operation_type="test_sleep")
+    url = "banks/alpha/operations"
+    assert set(ids(admin.get(f"{url}?status=pending&status=failed"))) == {str(pending.pk), str(failed.pk)}
+    assert set(ids(admin.get(f"{url}?status=pending,completed"))) == {str(pending.pk), str(done.pk)}
+    assert ids(admin.get(f"{url}?type=test_sleep")) == [str(done.pk)]
+    assert set(ids(admin.get(f"{url}?type=test_echo,test_sleep&status=completed,failed"))) == {
+        str(failed.pk), str(done.pk)
+    }
+
+
+def test_tag_time_parent_filters(admin: Any, alpha: Any) -> None:
+    tagged = make(tag="nightly")
+    old = make()
+    Operation.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(hours=5))
+    parent = make(operation_type="test_batch")
+    child = make(parent_id=parent.pk)
+    url = "banks/alpha/operations"
+    assert ids(admin.get(url, {"tag": "nightly"})) == [str(tagged.pk)]
+    assert str(old.pk) not in ids(admin.get(url, {"within_hours": 2}))
+    assert len(ids(admin.get(url, {"within_hours": 6}))) == 4
+    cutoff = (timezone.now() - timedelta(hours=1)).isoformat()
+    assert ids(admin.get(url, {"created_before": cutoff})) == [str(old.pk)]
+    assert str(old.pk) not in ids(admin.get(url, {"created_after": cutoff}))
+    assert ids(admin.get(url, {"parent_id": str(parent.pk)})) == [str(child.pk)]
+    assert str(parent.pk) not in ids(admin.get(url, {"exclude_parents": "true"}))
+    assert str(parent.pk) in ids(admin.get(url, {"exclude_parents": "false"}))
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("status=running", "status.0"),
+        ("status=pending,nope", "status.1"),
+        ("type=no_such_type", "type"),
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=ten", "limit"),
+        ("offset=-1", "offset"),
+        ("within_hours=0", "within_hours"),
+        ("within_hours=soon", "within_hours"),
+        ("created_after=yesterday", "created_after"),
+        ("created_before=2026-13-45", "created_before"),
+        ("created_after=2026-02-01T00:00:00Z&created_before=2026-01-01T00:00:00Z", "created_after"),
+        ("parent_id=42", "parent_id"),
+        ("exclude_parents=maybe", "exclude_parents"),
+        ("tag=" + "x" * 201, "tag"),
+    ],
+)
+def test_invalid_filters_are_400_naming_the_parameter(admin: Any, alpha: Any, query: str, field: str) -> None:
+    response = admin.get(f"banks/alpha/operations?{query}")
+    assert response.status_code == 400
+    body = response.json()
+    assert field in body["errors"], body
+    assert body["detail"].startswith("invalid input: ")
+
+
+def test_pagination_walk(admin: Any, alpha: Any) -> None:
+    made = [make() for _ in range(23)]
+    # Several rows share one creation time: the order must still be total.
+    Operation.objects.filter(pk__in=[o.pk for o in made[:6]]).update(created_at=timezone.now())
+    seen: list[str] = []
+    offset = 0
+    while True:
+        body = admin.get("banks/alpha/operations", {"limit": 5, "offset": offset}).json()
+        assert body["total"] == 23
+        if not body["operations"]:
+            break
+        seen += ids_of(body)
+        offset += 5
+    assert len(seen) == len(set(seen)) == 23
+    created = {str(o.pk): o.created_at for o in Operation.objects.all()}
+    times = [created[i] for i in seen]
+    assert times == sorted(times, reverse=True)
+
+
+# --- one operation -----------------------------------------------------------------------
+
+
+def test_operation_detail(admin: Any, alpha: Any) -> None:
+    operation = make(status="completed", payload={"secret_free": 1})
+    body = admin.get(f"banks/alpha/operations/{operation.pk}").json()
+    assert body["operation_id"] == str(operation.pk) and body["status"] == "completed"
+    assert body["result_metadata"] == {"ok": True} and body["child_operations"] is None
+    assert "task_payload" not in body
+    with_payload = admin.get(f"banks/alpha/operations/{operation.pk}", {"include_payload": "true"}).json()
+    assert with_payload["task_payload"] == {"secret_free": 1}
+    assert admin.get(f"banks/alpha/operations/{operation.pk}", {"include_payload": "nah"}).status_code == 400
+
+
+def test_parent_detail_lists_its_children(admin: Any, alpha: Any) -> None:
+    parent = make(operation_type="test_batch")
+    kids = [make(parent_id=parent.pk) for _ in range(2)]
+    body = admin.get(f"banks/alpha/operations/{parent.pk}").json()
+    assert [c["id"] for c in body["child_operations"]] == [str(k.pk) for k in kids]
+    assert body["progress"]["total"] == 2
+
+
+def test_operation_ids_malformed_unknown_or_in_another_bank(admin: Any, alpha: Any, beta: Any) -> None:
+    elsewhere = make(bank="beta")
+    bad = admin.get("banks/alpha/operations/not-a-uuid")
+    assert bad.status_code == 400 and "operation_id" in bad.json()["errors"]
+    assert admin.get(f"banks/alpha/operations/{ZERO_ID}").status_code == 404
+    assert admin.get(f"banks/alpha/operations/{elsewhere.pk}").status_code == 404
+    assert admin.delete(f"banks/alpha/operations/{elsewhere.pk}").status_code == 404
+    assert admin.post(f"banks/alpha/operations/{elsewhere.pk}/retry").status_code == 404
+    assert Operation.objects.get(pk=elsewhere.pk).status == "pending"
+
+
+def test_cancel_pending_running_and_finished(admin: Any, alpha: Any) -> None:
+    pending, running, done = make(), make(status="processing"), make(status="completed")
+    first = admin.delete(f"banks/alpha/operations/{pending.pk}")
+    assert first.status_code == 200
+    assert first.json() == {
+        "success": True, "message": "operation cancelled", "operation_id": str(pending.pk), "status": "cancelled",
+    }
+    second = admin.delete(f"banks/alpha/operations/{running.pk}")
+    assert second.status_code == 202 and second.json()["status"] == "processing"
+    assert Operation.objects.get(pk=running.pk).cancel_requested_at is not None
+    refused = admin.delete(f"banks/alpha/operations/{done.pk}")
+    assert refused.status_code == 409
+    assert refused.json()["status"] == "completed" and "cannot cancel" in refused.json()["detail"]
+
+
+def test_retry_and_delete(admin: Any, alpha: Any) -> None:
+    failed, done, pending = make(status="failed"), make(status="completed"), make()
+    retried = admin.post(f"banks/alpha/operations/{failed.pk}/retry")
+    assert retried.status_code == 200 and retried.json()["status"] == "pending"
+    assert admin.post(f"banks/alpha/operations/{pending.pk}/retry").status_code == 409
+    assert admin.delete(f"banks/alpha/operations/{pending.pk}/delete").status_code == 409
+    deleted = admin.delete(f"banks/alpha/operations/{done.pk}/delete")
+    assert deleted.status_code == 200 and deleted.json()["success"] is True
+    assert not Operation.objects.filter(pk=done.pk).exists()
+
+
+def test_bulk_cancel_and_stats(admin: Any, alpha: Any) -> None:
+    for _ in range(3):
+        make()
+    make(operation_type="test_sleep")
+    make(status="processing")
+    stats = admin.get("banks/alpha/operations/stats").json()
+    assert stats["by_status"]["pending"] == 4 and stats["by_type"] == {"test_echo": 4, "test_sleep": 1}
+    assert stats["oldest_pending_age_seconds"] >= 0
+    only_sleep = admin.post("banks/alpha/operations/cancel", {"type": "test_sleep"})
+    assert only_sleep.json() == {"success": True, "bank_id": "alpha", "cancelled_count": 1}
+    assert admin.post("banks/alpha/operations/cancel", {"type": "nope"}).status_code == 400
+    assert admin.post("banks/alpha/operations/cancel").json()["cancelled_count"] == 3
+    after = admin.get("banks/alpha/operations/stats").json()
+    assert after["by_status"]["cancelled"] == 4 and after["oldest_pending_age_seconds"] is None
+
+
+# --- across banks --------------------------------------------------------------------------
+
+
+def test_all_operations_for_admins(admin: Any, alice: Any, alpha: Any, beta: Any) -> None:
+    a, b = make(bank="alpha"), make(bank="beta", status="failed")
+    body = admin.get("operations").json()
+    assert set(ids_of(body)) == {str(a.pk), str(b.pk)} and body["bank_id"] is None
+    assert ids(admin.get("operations", {"bank_id": "beta"})) == [str(b.pk)]
+    assert ids(admin.get("operations", {"status": "failed"})) == [str(b.pk)]
+    assert admin.get("operations", {"limit": 500}).status_code == 400
+    assert alice.get("operations").status_code == 403
+
+
+def test_workers_shows_the_plan_and_live_nodes(admin: Any, alice: Any, alpha: Any) -> None:
+    running = make(status="processing")
+    Operation.objects.filter(pk=running.pk).update(worker="shared@n1")
+    WorkerNode.objects.create(name="shared@n1", hostname="n1", pid=1, queues=["ops.test_echo"], concurrency=8)
+    WorkerNode.objects.create(
+        name="shared@gone", hostname="gone", pid=2, last_seen_at=timezone.now() - timedelta(hours=1)
+    )
+    body = admin.get("workers").json()
+    assert body["plan"]["max_slots"] == 10 and body["plan_error"] is None
+    assert [n["name"] for n in body["nodes"]] == ["shared@n1"]
+    node = body["nodes"][0]
+    assert node["busy"] == 1 and node["running"][0]["operation_id"] == str(running.pk)
+    assert alice.get("workers").status_code == 403
+
+
+# --- errors of every kind -------------------------------------------------------------------
+
+
+def test_authentication_errors_are_401(anonymous: Any, alpha: Any) -> None:
+    from rest_framework.test import APIClient
+
+    missing = anonymous.get("banks/alpha/operations")
+    assert missing.status_code == 401 and missing.json()["detail"]
+    assert missing["WWW-Authenticate"].startswith("Bearer")
+    client = APIClient()
+    for header in ("Bearer ops_wrong", "Basic dXNlcjpwYXNz", "Bearer", "ops_key_without_scheme"):
+        client.credentials(HTTP_AUTHORIZATION=header)
+        response = client.get("/v1/default/banks/alpha/operations")
+        assert response.status_code == 401, header
+        assert "detail" in response.json()
+
+
+def test_a_revoked_key_is_refused(db: None, alpha: Any) -> None:
+    from banks.api_keys import api_key_create
+    from tests.conftest import Caller
+
+    key, raw = api_key_create(admin=True)
+    key.revoked_at = timezone.now()
+    key.save()
+    assert Caller(raw).get("banks/alpha").status_code == 401
+
+
+def test_malformed_json_is_400(admin: Any, alpha: Any) -> None:
+    response = admin.client.put(
+        "/v1/default/banks/alpha", data="{not json", content_type="application/json"
+    )
+    assert response.status_code == 400 and "JSON" in response.json()["detail"]
+
+
+def test_oversize_body_is_413(admin: Any, alpha: Any, settings: Any) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    response = admin.put("banks/alpha", {"mission": "x" * 5000})
+    assert response.status_code == 413 and "too large" in response.json()["detail"]
+    assert admin.get("banks/alpha").json()["mission"] == ""
+
+
+def test_unknown_endpoints_and_methods(admin: Any) -> None:
+    response = admin.get("no/such/thing")
+    assert response.status_code == 404 and response.json()["detail"].startswith("no such endpoint")
+    wrong_method = admin.post("banks")
+    assert wrong_method.status_code == 405 and "not allowed" in wrong_method.json()["detail"]
+
+
+# --- health, metrics, schema ------------------------------------------------------------------
+
+
+def test_health_endpoints(client: Any) -> None:
+    assert client.get("/health/live").json() == {"status": "alive"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "healthy", "database": "ok", "broker": "ok"}
+    assert client.get("/health").json()["status"] == "healthy"
+
+
+def test_readiness_fails_when_the_broker_is_unreachable(client: Any, private_broker: Any) -> None:
+    private_broker.stop()
+    response = client.get("/health/ready")
+    assert response.status_code == 503
+    assert response.json()["status"] == "unhealthy" and response.json()["database"] == "ok"
+    assert "refused" in response.json()["broker"].lower()
+
+
+def test_metrics(client: Any, alpha: Any) -> None:
+    make(status="completed")
+    make(status="completed", operation_type="test_sleep")
+    make()
+    Operation.objects.filter(status="pending").update(created_at=timezone.now() - timedelta(seconds=1))
+    text = client.get("/metrics").content.decode()
+    assert 'ops_operations{status="completed",type="test_echo"} 1.0' in text
+    assert 'ops_operations{status="pending",type="test_echo"} 1.0' in text
+    assert 'ops_queue_depth{type="test_echo"} 1.0' in text
+    assert 'ops_run_seconds_bucket{le="+Inf",type="test_echo"} 1.0' in text
+    assert 'ops_queue_wait_seconds_count{type="test_sleep"} 1.0' in text
+
+
+def test_schema_and_docs_are_served(client: Any) -> None:
+    schema = client.get("/v1/openapi.json", HTTP_ACCEPT="application/json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    for path in (
+        "/v1/default/banks", "/v1/default/banks/{bank_id}/operations",
+        "/v1/default/banks/{bank_id}/operations/{operation_id}/retry", "/v1/default/workers",
+    ):
+        assert path in paths
+    responses = paths["/v1/default/banks/{bank_id}/operations/{operation_id}"]["delete"]["responses"]
+    assert {"200", "202", "400", "401", "404", "409"} <= set(responses)
+    assert client.get("/v1/docs").status_code == 200
