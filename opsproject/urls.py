@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
 from banks.api.views import BankViewSet
 from operations.api import health
@@ -15,10 +15,10 @@ handler403 = "operations.api.errors.json_forbidden"
 handler404 = "operations.api.errors.json_not_found"
 handler500 = "operations.api.errors.json_server_error"
 
-banks = BankViewSet.as_view({"get": "list"})
-bank = BankViewSet.as_view({"get": "retrieve", "put": "put", "patch": "patch", "delete": "destroy"})
+banks = BankViewSet.as_view({"get": "index"})
+bank = BankViewSet.as_view({"get": "retrieve", "put": "upsert", "patch": "partial_update", "delete": "destroy"})
 bank_stats = BankViewSet.as_view({"get": "stats"})
-operations = BankOperationViewSet.as_view({"get": "list"})
+operations = BankOperationViewSet.as_view({"get": "index"})
 operation_stats = BankOperationViewSet.as_view({"get": "stats"})
 operations_cancel = BankOperationViewSet.as_view({"post": "bulk_cancel"})
 operation = BankOperationViewSet.as_view({"get": "retrieve", "delete": "cancel"})
@@ -37,13 +37,13 @@ urlpatterns = [
     path(f"{API}banks/<str:bank_id>/operations/<str:operation_id>", operation, name="bank-operation"),
     path(f"{API}banks/<str:bank_id>/operations/<str:operation_id>/retry", operation_retry, name="bank-operation-retry"),
     path(f"{API}banks/<str:bank_id>/operations/<str:operation_id>/delete", operation_delete, name="bank-operation-delete"),
-    path(f"{API}operations", AllOperationViewSet.as_view({"get": "list"}), name="operations"),
-    path(f"{API}workers", WorkerViewSet.as_view({"get": "list"}), name="workers"),
+    path(f"{API}operations", AllOperationViewSet.as_view({"get": "index"}), name="operations"),
+    path(f"{API}workers", WorkerViewSet.as_view({"get": "index"}), name="workers"),
     path("health", health.health, name="health"),
     path("health/live", health.live, name="health-live"),
     path("health/ready", health.ready, name="health-ready"),
     path("metrics", health.metrics, name="metrics"),
-    path("v1/openapi.json", SpectacularAPIView.as_view(), name="openapi"),
+    path("v1/openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     path("v1/docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
     path("admin/", admin.site.urls),
 ]

@@ -14,14 +14,24 @@ class BankSerializer(serializers.ModelSerializer):
         ]
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """JSON true/false only: 0, "yes" or "on" are refused, as the schema says."""
+
+    def to_internal_value(self, data: object) -> bool:
+        if isinstance(data, bool):
+            return data
+        self.fail("invalid", input=data)
+        raise AssertionError("unreachable")
+
+
 class BankInputSerializer(serializers.Serializer):
     """PUT/PATCH body. Every field is optional and may be null (unchanged);
     fields Hindsight clients send that this service does not use are ignored."""
 
     name = serializers.CharField(max_length=200, required=False, allow_null=True, allow_blank=True)
     mission = serializers.CharField(max_length=20_000, required=False, allow_null=True, allow_blank=True)
-    enable_observations = serializers.BooleanField(required=False, allow_null=True)
-    enable_auto_consolidation = serializers.BooleanField(required=False, allow_null=True)
+    enable_observations = StrictBooleanField(required=False, allow_null=True)
+    enable_auto_consolidation = StrictBooleanField(required=False, allow_null=True)
     config = serializers.DictField(required=False, allow_null=True)
 
 

@@ -54,7 +54,7 @@ class BankViewSet(BankScopedMixin, viewsets.GenericViewSet):
         parameters=[BankPageSerializer],
         responses={200: BankListSerializer, **BAD_INPUT, 401: AUTH_ERRORS[401]},
     )
-    def list(self, request: Request) -> Response:
+    def index(self, request: Request) -> Response:
         page = BankPageSerializer(data=request.query_params)
         page.is_valid(raise_exception=True)
         limit, offset = page.validated_data["limit"], page.validated_data["offset"]
@@ -77,7 +77,7 @@ class BankViewSet(BankScopedMixin, viewsets.GenericViewSet):
         request=BankInputSerializer,
         responses={200: BankSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
-    def put(self, request: Request, bank_id: str) -> Response:
+    def upsert(self, request: Request, bank_id: str) -> Response:
         if not access_of(request).can_access(bank_id):
             raise bank_not_found(bank_id)
         try:
@@ -94,7 +94,7 @@ class BankViewSet(BankScopedMixin, viewsets.GenericViewSet):
         request=BankInputSerializer,
         responses={200: BankSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
-    def patch(self, request: Request, bank_id: str) -> Response:
+    def partial_update(self, request: Request, bank_id: str) -> Response:
         bank = self.get_bank()
         body = BankInputSerializer(data=_body(request), partial=True)
         body.is_valid(raise_exception=True)

@@ -40,10 +40,10 @@ class OperationFilterSerializer(serializers.Serializer):
         help_text="only these statuses (repeatable or comma-separated)",
     )
     type = CommaListField(
-        child=serializers.CharField(), required=False,
+        child=serializers.ChoiceField(choices=[]), required=False,
         help_text="only these operation types (repeatable or comma-separated)",
     )
-    tag = serializers.CharField(required=False, max_length=200)
+    tag = serializers.CharField(required=False, allow_blank=True, max_length=200, help_text="empty: no filter")
     within_hours = serializers.FloatField(
         required=False, min_value=0.001, max_value=24 * 366 * 10, help_text="created in the last N hours"
     )
@@ -56,14 +56,10 @@ class OperationFilterSerializer(serializers.Serializer):
     limit = serializers.IntegerField(required=False, default=20, min_value=1, max_value=100)
     offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=10_000_000)
 
-    def validate_type(self, value: list[str]) -> list[str]:
-        known = set(registry.names())
-        unknown = [v for v in value if v not in known]
-        if unknown:
-            raise serializers.ValidationError(
-                f"unknown operation type(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return value
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Read the registry per instance: types may be declared after import.
+        self.fields["type"].child.choices = registry.choices()
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         after, before = attrs.get("created_after"), attrs.get("created_before")
@@ -157,12 +153,13 @@ class OperationActionSerializer(serializers.Serializer):
 
 
 class BulkCancelInputSerializer(serializers.Serializer):
-    type = serializers.CharField(required=False, allow_null=True, help_text="only this operation type")
+    type = serializers.ChoiceField(
+        choices=[], required=False, allow_null=True, help_text="only this operation type"
+    )
 
-    def validate_type(self, value: str | None) -> str | None:
-        if value is not None and value not in registry.names():
-            raise serializers.ValidationError(f"unknown operation type {value!r}")
-        return value
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["type"].choices = registry.choices()
 
 
 class BulkCancelSerializer(serializers.Serializer):

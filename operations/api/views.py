@@ -79,7 +79,7 @@ class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet):
         parameters=[OperationFilterSerializer],
         responses={200: OperationListSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
-    def list(self, request: Request, bank_id: str) -> Response:
+    def index(self, request: Request, bank_id: str) -> Response:
         queryset = self.get_queryset()
         filters = OperationFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
@@ -196,7 +196,7 @@ class AllOperationViewSet(viewsets.GenericViewSet):
             401: AUTH_ERRORS[401], 403: OpenApiResponse(ErrorSerializer, description="not an admin key"),
         },
     )
-    def list(self, request: Request) -> Response:
+    def index(self, request: Request) -> Response:
         filters = AllBanksOperationFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         limit, offset = filters.validated_data["limit"], filters.validated_data["offset"]
@@ -229,7 +229,7 @@ class WorkerViewSet(viewsets.GenericViewSet):
         summary="The slot plan and the live worker nodes with what they run (admin)",
         responses={200: WorkersSerializer, 401: AUTH_ERRORS[401], 403: OpenApiResponse(ErrorSerializer)},
     )
-    def list(self, request: Request) -> Response:
+    def index(self, request: Request) -> Response:
         try:
             plan, error = plan_from_settings().as_dict(), None
         except SlotPlanError as exc:
