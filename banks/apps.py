@@ -7,3 +7,7 @@ class BanksConfig(AppConfig):
     name = "banks"
     verbose_name = "Memory banks"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Declares the built-in operation types in the registry.
+        import banks.operation_types  # noqa: F401

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.core.validators import RegexValidator
 from django.db import models
 
@@ -62,3 +64,160 @@ class ApiKey(models.Model):
 
     def can_access(self, bank_id: str) -> bool:
         return self.is_admin or bank_id in self.bank_ids
+
+
+# --- the memory of a bank ------------------------------------------------------------
+
+
+class Document(models.Model):
+    """A retained source; re-retaining its `document_id` replaces its units."""
+
+    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="documents")
+    document_id = models.CharField(max_length=512)
+    content_hash = models.CharField(max_length=64)
+    tags = models.JSONField(default=list, blank=True)
+    context = models.TextField(blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["bank", "document_id"], name="banks_document_unique")
+        ]
+        indexes = [models.Index(fields=["bank", "-updated_at"], name="banks_document_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.bank_id}/{self.document_id}"
+
+
+class MemoryUnit(models.Model):
+    """One fact (a sentence of a retained item), with a sparse vector for similarity."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="memory_units")
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="units")
+    position = models.PositiveIntegerField(default=0)
+    text = models.TextField()
+    timestamp = models.DateTimeField()
+    tags = models.JSONField(default=list, blank=True)
+    context = models.TextField(blank=True, default="")
+    # {"<dimension>": weight}: hashed bag of words, L2-normalized (see extraction).
+    vector = models.JSONField(default=dict)
+    consolidated = models.BooleanField(default=False)
+    # Set when a linked neighbour was deleted; graph_maintenance tops links up.
+    needs_link_topup = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    entities = models.ManyToManyField("Entity", through="UnitEntity", related_name="units")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["bank", "timestamp"], name="banks_unit_time"),
+            models.Index(fields=["bank", "-created_at"], name="banks_unit_recent"),
+            models.Index(fields=["bank"], condition=models.Q(consolidated=False), name="banks_unit_unconsolidated"),
+            models.Index(fields=["bank"], condition=models.Q(needs_link_topup=True), name="banks_unit_topup"),
+        ]
+
+    def __str__(self) -> str:
+        return self.text[:60]
+
+
+class Entity(models.Model):
+    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="entities")
+    name = models.CharField(max_length=200)  # canonical: lower-cased, spaces folded
+    display_name = models.CharField(max_length=200)
+    entity_type = models.CharField(max_length=50, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "entities"
+        constraints = [models.UniqueConstraint(fields=["bank", "name"], name="banks_entity_unique")]
+
+    def __str__(self) -> str:
+        return self.display_name
+
+
+class UnitEntity(models.Model):
+    unit = models.ForeignKey(MemoryUnit, on_delete=models.CASCADE)
+    entity = models.ForeignKey(Entity, on_delete=models.CASCADE)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["unit", "entity"], name="banks_unit_entity_unique")]
+
+
+class EntityCooccurrence(models.Model):
+    """How many units mention both entities (entity_a.id < entity_b.id)."""
+
+    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="cooccurrences")
+    entity_a = models.ForeignKey(Entity, on_delete=models.CASCADE, related_name="+")
+    entity_b = models.ForeignKey(Entity, on_delete=models.CASCADE, related_name="+")
+    count = models.IntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["entity_a", "entity_b"], name="banks_cooccurrence_unique")
+        ]
+
+
+class LinkKind(models.TextChoices):
+    TEMPORAL = "temporal", "Temporal"
+    SEMANTIC = "semantic", "Semantic"
+
+
+class MemoryLink(models.Model):
+    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="links")
+    source = models.ForeignKey(MemoryUnit, on_delete=models.CASCADE, related_name="links_out")
+    target = models.ForeignKey(MemoryUnit, on_delete=models.CASCADE, related_name="links_in")
+    kind = models.CharField(max_length=16, choices=LinkKind.choices)
+    weight = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source", "target", "kind"], name="banks_link_unique")
+        ]
+
+
+class Observation(models.Model):
+    """What the bank knows about one entity, consolidated from its units."""
+
+    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="observations")
+    entity = models.ForeignKey(Entity, on_delete=models.CASCADE, related_name="observations")
+    text = models.TextField()
+    unit_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["bank", "entity"], name="banks_observation_unique")]
+
+
+class MentalModel(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="mental_models")
+    name = models.CharField(max_length=200)
+    source_query = models.TextField()
+    content = models.TextField(blank=True, default="")
+    tags = models.JSONField(default=list, blank=True)
+    max_tokens = models.PositiveIntegerField(default=500)
+    last_refreshed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StoredFile(models.Model):
+    """An uploaded file, kept in the database (every node can read it) until
+    its operation completes; a failed one keeps it so a retry can run."""
+
+    operation = models.OneToOneField(
+        "operations.Operation", on_delete=models.CASCADE, related_name="stored_file"
+    )
+    filename = models.CharField(max_length=512)
+    content_type = models.CharField(max_length=200, blank=True, default="")
+    size = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    data = models.BinaryField()
+    created_at = models.DateTimeField(auto_now_add=True)

@@ -124,6 +124,8 @@ SPECTACULAR_SETTINGS = {
 }
 # Largest accepted request body (JSON); larger is 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("OPS_MAX_REQUEST_BYTES", 10 * 1024 * 1024, minimum=1024)
+# Uploaded files above this size are spooled to a temporary file while parsed.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 
 # --- Database -------------------------------------------------------------------
 
@@ -261,6 +263,12 @@ OPS_SWEEP_INTERVAL_SECONDS = env_float("OPS_SWEEP_INTERVAL_SECONDS", 5.0, minimu
 OPS_REDISPATCH_SECONDS = env_float("OPS_REDISPATCH_SECONDS", 120.0, minimum=1)
 OPS_CANCEL_GRACE_SECONDS = env_float("OPS_CANCEL_GRACE_SECONDS", 30.0, minimum=0)
 OPS_OPERATION_RETENTION_DAYS = env_int("OPS_OPERATION_RETENTION_DAYS", 30, minimum=1)
+# The memory-bank domain.
+OPS_EXTRACTOR = env_str("OPS_EXTRACTOR", "banks.extraction.RuleBasedExtractor")
+OPS_RETAIN_BATCH_ITEMS = env_int("OPS_RETAIN_BATCH_ITEMS", 100, minimum=1)
+OPS_SYNC_RETAIN_MAX_ITEMS = env_int("OPS_SYNC_RETAIN_MAX_ITEMS", 50, minimum=1)
+OPS_SYNC_RETAIN_MAX_BYTES = env_int("OPS_SYNC_RETAIN_MAX_BYTES", 256 * 1024, minimum=1024)
+OPS_MAX_UPLOAD_BYTES = env_int("OPS_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, minimum=1024)
 OPS_BIND = env_str("OPS_BIND", "127.0.0.1:8000")
 OPS_WEB_WORKERS = env_int("OPS_WEB_WORKERS", 2, minimum=1)
 
@@ -271,6 +279,11 @@ CELERY_BEAT_SCHEDULE = {
         # A sweep nobody ran in time is superseded by the next one.
         "options": {"queue": "ops.system", "expires": max(OPS_SWEEP_INTERVAL_SECONDS * 2, 1.0)},
     },
+}
+CELERY_BEAT_SCHEDULE["delete_finished_files"] = {
+    "task": "ops.delete_finished_files",
+    "schedule": 60.0,
+    "options": {"queue": "ops.system", "expires": 60.0},
 }
 CELERY_BEAT_SCHEDULE["prune"] = {
     "task": "ops.prune",

@@ -6,6 +6,13 @@ from django.contrib import admin
 from django.urls import path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
+from banks.api.memory_views import (
+    ConsolidationViewSet,
+    DocumentViewSet,
+    FileViewSet,
+    MemoryViewSet,
+    MentalModelViewSet,
+)
 from banks.api.views import BankViewSet
 from operations.api import health
 from operations.api.views import AllOperationViewSet, BankOperationViewSet, WorkerViewSet
@@ -37,6 +44,31 @@ urlpatterns = [
     path(f"{API}banks/<str:bank_id>/operations/<str:operation_id>", operation, name="bank-operation"),
     path(f"{API}banks/<str:bank_id>/operations/<str:operation_id>/retry", operation_retry, name="bank-operation-retry"),
     path(f"{API}banks/<str:bank_id>/operations/<str:operation_id>/delete", operation_delete, name="bank-operation-delete"),
+    path(f"{API}banks/<str:bank_id>/memories", MemoryViewSet.as_view({"post": "retain"}), name="memories"),
+    path(f"{API}banks/<str:bank_id>/memories/list", MemoryViewSet.as_view({"get": "index"}), name="memories-list"),
+    path(
+        f"{API}banks/<str:bank_id>/memories/<str:memory_id>",
+        MemoryViewSet.as_view({"delete": "destroy"}), name="memory",
+    ),
+    path(f"{API}banks/<str:bank_id>/files/retain", FileViewSet.as_view({"post": "retain"}), name="files-retain"),
+    path(f"{API}banks/<str:bank_id>/documents", DocumentViewSet.as_view({"get": "index"}), name="documents"),
+    path(
+        f"{API}banks/<str:bank_id>/documents/<str:document_id>",
+        DocumentViewSet.as_view({"delete": "destroy"}), name="document",
+    ),
+    path(f"{API}banks/<str:bank_id>/consolidate", ConsolidationViewSet.as_view({"post": "create"}), name="consolidate"),
+    path(
+        f"{API}banks/<str:bank_id>/mental-models",
+        MentalModelViewSet.as_view({"get": "index", "post": "create"}), name="mental-models",
+    ),
+    path(
+        f"{API}banks/<str:bank_id>/mental-models/<str:mental_model_id>",
+        MentalModelViewSet.as_view({"get": "retrieve"}), name="mental-model",
+    ),
+    path(
+        f"{API}banks/<str:bank_id>/mental-models/<str:mental_model_id>/refresh",
+        MentalModelViewSet.as_view({"post": "refresh"}), name="mental-model-refresh",
+    ),
     path(f"{API}operations", AllOperationViewSet.as_view({"get": "index"}), name="operations"),
     path(f"{API}workers", WorkerViewSet.as_view({"get": "index"}), name="workers"),
     path("health", health.health, name="health"),

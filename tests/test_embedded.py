@@ -52,7 +52,7 @@ def alive(pid: int) -> bool:
 
 def test_runplatform_embedded_default(tmp_path: Path) -> None:
     port = free_port()
-    env = embedded_env(OPS_BIND=f"127.0.0.1:{port}", OPS_WORKER_MAX_SLOTS="2")
+    env = embedded_env(OPS_BIND=f"127.0.0.1:{port}", OPS_WORKER_MAX_SLOTS="3")
     log_path = tmp_path / "platform.log"
     with open(log_path, "wb") as log:
         platform = subprocess.Popen(
@@ -61,7 +61,8 @@ def test_runplatform_embedded_default(tmp_path: Path) -> None:
         )
     output = lambda: log_path.read_text(errors="replace")  # noqa: E731
     try:
-        wait_for(lambda: output().count(" ready.") >= 2, timeout=90, message="workers ready")
+        # The default plan: consolidation keeps its 2 reserved slots, 1 is shared.
+        wait_for(lambda: output().count(" ready.") >= 3, timeout=90, message="workers ready")
         assert "Platform running, embedded" in output()
         database = tmp_path / "var" / "ops.sqlite3"
         assert database.exists() and (tmp_path / "var" / "broker" / "queue").is_dir()

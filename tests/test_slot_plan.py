@@ -114,3 +114,11 @@ def test_visibility_timeout_must_outlast_the_longest_run() -> None:
     done = run_manage("runworkers", "--print-plan", OPS_BROKER_VISIBILITY_TIMEOUT="60")
     assert done.returncode != 0
     assert "OPS_BROKER_VISIBILITY_TIMEOUT (60s) must be longer than the longest hard time limit" in done.stderr
+
+
+def test_default_plan_reserves_two_consolidation_slots() -> None:
+    done = run_manage("runworkers", "--print-plan", OPS_WORKER_CONSOLIDATION_RESERVED_SLOTS="")
+    plan: dict[str, Any] = json.loads(done.stdout)
+    assert plan["max_slots"] == 10 and plan["reserved"] == {"consolidation": 2} and plan["shared"] == 8
+    assert plan["workers"][0] == {"name": "consolidation", "queues": ["ops.consolidation"], "concurrency": 2}
+    assert "ops.retain" in plan["workers"][1]["queues"] and "ops.retain_batch" not in plan["workers"][1]["queues"]

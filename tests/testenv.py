@@ -15,3 +15,6 @@ os.environ.setdefault("CELERY_BROKER_URL", f"redis://127.0.0.1:6379/{REDIS_DB}")
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz")
 os.environ.setdefault("OPS_OPERATION_TYPE_MODULES", "tests.optypes")
 os.environ.setdefault("OPS_LOG_LEVEL", "WARNING")
+# Tests size their slot plans themselves; the built-in consolidation
+# reservation (2) is tested where it is the point.
+os.environ.setdefault("OPS_WORKER_CONSOLIDATION_RESERVED_SLOTS", "0")

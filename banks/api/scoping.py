@@ -33,3 +33,21 @@ class BankScopedMixin:
             raise bank_not_found(bank_id)
         self._bank = bank
         return bank
+
+    def get_or_create_bank(self) -> Bank:
+        """For submissions: a bank in the key's scope is created on first use
+        (as Hindsight does); outside the scope it is 404 like any other."""
+        from django.core.exceptions import ValidationError as DjangoValidationError
+        from rest_framework.exceptions import ValidationError
+
+        from banks.models import bank_id_validator
+        from banks.services import bank_ensure
+
+        bank_id = self.kwargs["bank_id"]
+        if not access_of(self.request).can_access(bank_id):
+            raise bank_not_found(bank_id)
+        try:
+            bank_id_validator(bank_id)
+        except DjangoValidationError as exc:
+            raise ValidationError({"bank_id": exc.messages}) from None
+        return bank_ensure(bank_id=bank_id)

@@ -51,6 +51,7 @@ class BankViewSet(BankScopedMixin, viewsets.GenericViewSet):
 
     @extend_schema(
         summary="List the banks this key reaches",
+        operation_id="list_banks",
         parameters=[BankPageSerializer],
         responses={200: BankListSerializer, **BAD_INPUT, 401: AUTH_ERRORS[401]},
     )

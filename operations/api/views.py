@@ -76,6 +76,7 @@ class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet):
 
     @extend_schema(
         summary="List a bank's operations",
+        operation_id="list_bank_operations",
         parameters=[OperationFilterSerializer],
         responses={200: OperationListSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )

@@ -1,0 +1,273 @@
+"""Memory endpoints: retain (sync and async), files, documents, memories,
+consolidation and mental models. Views parse and authorize; the work is in
+`banks.memory`, `banks.submissions` and the lifecycle service."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import viewsets
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from banks import follow_ups, memory, submissions
+from banks.api import memory_serializers as s
+from banks.api.scoping import BankScopedMixin
+from banks.models import Bank, Document, MemoryUnit, MentalModel
+from operations import services
+from operations.api.errors import Conflict, PayloadTooLarge
+from operations.api.serializers import ErrorSerializer
+
+AUTH = {
+    401: OpenApiResponse(ErrorSerializer, description="no API key, or a bad one"),
+    404: OpenApiResponse(ErrorSerializer, description="no such bank (or not reachable with this key)"),
+}
+BAD = {400: OpenApiResponse(ErrorSerializer, description="invalid input; `errors` names the fields")}
+
+
+def _validated(serializer_class: type, data: Any, **kwargs: Any) -> dict[str, Any]:
+    if data is None:
+        data = {}
+    serializer = serializer_class(data=data, **kwargs)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def _uuid_or_400(raw: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise ValidationError({field: [f"{raw!r} is not a valid id (a UUID)"]}) from None
+
+
+class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet):
+    serializer_class = s.RetainRequestSerializer
+
+    @extend_schema(
+        summary="Retain items (sync, or async as a retain_batch operation)",
+        request=s.RetainRequestSerializer,
+        responses={
+            200: s.RetainResponseSerializer, **BAD, **AUTH,
+            409: OpenApiResponse(ErrorSerializer, description="operation_id used by another bank or type"),
+            413: OpenApiResponse(ErrorSerializer, description="too big for a sync request; use async"),
+        },
+    )
+    def retain(self, request: Request, bank_id: str) -> Response:
+        bank = self.get_or_create_bank()
+        data = _validated(s.RetainRequestSerializer, request.data)
+        item_serializer = s.RetainItemSerializer()
+        items = [item_serializer.to_item(item) for item in data["items"]]
+        document_tags = data.get("document_tags") or []
+        if data.get("async"):
+            try:
+                parent, _ = submissions.retain_async(
+                    bank=bank, items=items, document_tags=document_tags, operation_id=data.get("operation_id")
+                )
+            except submissions.OperationIdConflict as exc:
+                raise Conflict(str(exc)) from None
+            return Response(
+                {"success": True, "bank_id": bank.pk, "items_count": parent.items_count,
+                 "async": True, "operation_id": str(parent.pk)}
+            )
+        size = sum(len(item.content.encode()) for item in items)
+        if len(items) > settings.OPS_SYNC_RETAIN_MAX_ITEMS or size > settings.OPS_SYNC_RETAIN_MAX_BYTES:
+            raise PayloadTooLarge(
+                f"a sync retain takes at most {settings.OPS_SYNC_RETAIN_MAX_ITEMS} items and "
+                f"{settings.OPS_SYNC_RETAIN_MAX_BYTES} bytes of content (this one: {len(items)} items, "
+                f'{size} bytes); send it with "async": true'
+            )
+        request_id = uuid.uuid4()
+        outcome = memory.retain_items(
+            bank=bank, items=items, document_tags=document_tags,
+            default_document_id=lambda i: f"{request_id}-{i}",
+        )
+        follow_ups.after_retain(bank=bank, outcome=outcome)
+        return Response(
+            {"success": True, "bank_id": bank.pk, "items_count": outcome.items, "async": False, "operation_id": None}
+        )
+
+    @extend_schema(
+        summary="List memory units", parameters=[s.MemoryFilterSerializer],
+        responses={200: s.MemoryListSerializer, **BAD, **AUTH},
+    )
+    def index(self, request: Request, bank_id: str) -> Response:
+        bank = self.get_bank()
+        query = _validated(s.MemoryFilterSerializer, request.query_params)
+        units = MemoryUnit.objects.filter(bank=bank).select_related("document").prefetch_related("entities")
+        if query.get("document_id"):
+            units = units.filter(document__document_id=query["document_id"])
+        units = units.order_by("-created_at", "position", "id")
+        limit, offset = query["limit"], query["offset"]
+        return Response(
+            {"bank_id": bank.pk, "total": units.count(), "limit": limit, "offset": offset,
+             "items": s.MemoryUnitSerializer(units[offset : offset + limit], many=True).data}
+        )
+
+    @extend_schema(summary="Delete a memory unit (queues graph maintenance)", responses={200: s.DeletedSerializer, **BAD, **AUTH})
+    def destroy(self, request: Request, bank_id: str, memory_id: str) -> Response:
+        bank = self.get_bank()
+        unit_id = _uuid_or_400(memory_id, "memory_id")
+        with transaction.atomic():
+            if not memory.unit_delete(bank=bank, unit_id=unit_id):
+                raise NotFound(f"memory {memory_id} not found")
+            queued = follow_ups.queue_graph_maintenance(bank=bank)
+        return Response({"success": True, "units_deleted": 1, "operation_id": str(queued.operation.pk)})
+
+
+class FileViewSet(BankScopedMixin, viewsets.GenericViewSet):
+    parser_classes = [MultiPartParser]
+    serializer_class = s.FilesRequestSerializer
+
+    @extend_schema(
+        summary="Upload files to convert and retain (one operation per file)",
+        request={"multipart/form-data": s.FilesRequestSerializer},
+        responses={
+            200: s.FilesResponseSerializer, **BAD, **AUTH,
+            413: OpenApiResponse(ErrorSerializer, description="a file is larger than OPS_MAX_UPLOAD_BYTES"),
+        },
+    )
+    def retain(self, request: Request, bank_id: str) -> Response:
+        bank = self.get_or_create_bank()
+        files = request.FILES.getlist("files")
+        if not files:
+            raise ValidationError({"files": ["upload one or more files in the 'files' field"]})
+        for upload in files:
+            if upload.size > settings.OPS_MAX_UPLOAD_BYTES:
+                raise PayloadTooLarge(
+                    f"{upload.name} is {upload.size} bytes; the limit is {settings.OPS_MAX_UPLOAD_BYTES}"
+                )
+        tags = [t.strip() for value in request.data.getlist("tags") for t in value.split(",") if t.strip()]
+        fields = _validated(
+            s.FilesRequestSerializer,
+            {"files": files, "tags": tags, "context": request.data.get("context", ""),
+             "document_id": request.data.get("document_id", "")},
+        )
+        if fields.get("document_id") and len(files) > 1:
+            raise ValidationError({"document_id": ["document_id names one document; upload one file with it"]})
+        uploads = [
+            submissions.Upload(
+                filename=(upload.name or "upload")[:512],
+                content_type=upload.content_type or "",
+                data=upload.read(),
+            )
+            for upload in files
+        ]
+        operations = submissions.files_submit(
+            bank=bank, uploads=uploads, tags=tags, context=fields.get("context") or "",
+            document_id=fields.get("document_id") or None,
+        )
+        return Response({"success": True, "bank_id": bank.pk, "operation_ids": [str(o.pk) for o in operations]})
+
+
+class DocumentViewSet(BankScopedMixin, viewsets.GenericViewSet):
+    serializer_class = s.DocumentSerializer
+
+    @extend_schema(summary="List documents", parameters=[s.PageSerializer],
+                   responses={200: s.DocumentListSerializer, **BAD, **AUTH})
+    def index(self, request: Request, bank_id: str) -> Response:
+        bank = self.get_bank()
+        page = _validated(s.PageSerializer, request.query_params)
+        documents = (
+            Document.objects.filter(bank=bank).annotate(unit_count=Count("units")).order_by("-updated_at", "id")
+        )
+        limit, offset = page["limit"], page["offset"]
+        return Response(
+            {"bank_id": bank.pk, "total": documents.count(), "limit": limit, "offset": offset,
+             "items": s.DocumentSerializer(documents[offset : offset + limit], many=True).data}
+        )
+
+    @extend_schema(summary="Delete a document and its memories (queues graph maintenance)",
+                   responses={200: s.DeletedSerializer, **AUTH})
+    def destroy(self, request: Request, bank_id: str, document_id: str) -> Response:
+        bank = self.get_bank()
+        with transaction.atomic():
+            deleted = memory.document_delete(bank=bank, document_id=document_id)
+            if deleted is None:
+                raise NotFound(f"document {document_id!r} not found")
+            queued = follow_ups.queue_graph_maintenance(bank=bank)
+        return Response({"success": True, "units_deleted": deleted, "operation_id": str(queued.operation.pk)})
+
+
+class ConsolidationViewSet(BankScopedMixin, viewsets.GenericViewSet):
+    serializer_class = s.ConsolidateRequestSerializer
+
+    @extend_schema(
+        summary="Queue consolidation (deduplicated while one is pending)",
+        request=s.ConsolidateRequestSerializer,
+        responses={200: s.SubmittedSerializer, **BAD, **AUTH},
+    )
+    def create(self, request: Request, bank_id: str) -> Response:
+        bank = self.get_bank()
+        data = _validated(s.ConsolidateRequestSerializer, request.data)
+        submitted = follow_ups.queue_consolidation(bank=bank, tags=data.get("tags"))
+        return Response({"operation_id": str(submitted.operation.pk), "deduplicated": submitted.deduplicated})
+
+
+def _refresh(model: MentalModel) -> services.Submission:
+    return services.operation_submit(
+        bank_id=model.bank_id, operation_type="refresh_mental_model", mental_model_id=str(model.pk)
+    )
+
+
+def _model_data(model: MentalModel) -> dict[str, Any]:
+    return dict(s.MentalModelSerializer(model).data)
+
+
+class MentalModelViewSet(BankScopedMixin, viewsets.GenericViewSet):
+    serializer_class = s.MentalModelSerializer
+
+    def get_model(self, bank: Bank) -> MentalModel:
+        model_id = _uuid_or_400(self.kwargs["mental_model_id"], "mental_model_id")
+        model = MentalModel.objects.filter(bank=bank, pk=model_id).first()
+        if model is None:
+            raise NotFound(f"mental model {model_id} not found")
+        return model
+
+    @extend_schema(
+        summary="Create a mental model (and queue its first refresh)",
+        request=s.MentalModelInputSerializer,
+        responses={200: s.MentalModelCreatedSerializer, **BAD, **AUTH},
+    )
+    def create(self, request: Request, bank_id: str) -> Response:
+        bank = self.get_bank()
+        data = _validated(s.MentalModelInputSerializer, request.data)
+        with transaction.atomic():
+            model = MentalModel.objects.create(
+                bank=bank, name=data["name"], source_query=data["source_query"],
+                tags=data.get("tags") or [], max_tokens=data.get("max_tokens") or 500,
+            )
+            submitted = _refresh(model)
+        return Response({**_model_data(model), "operation_id": str(submitted.operation.pk)})
+
+    @extend_schema(summary="List mental models", operation_id="list_mental_models", responses={200: s.MentalModelListSerializer, **AUTH})
+    def index(self, request: Request, bank_id: str) -> Response:
+        bank = self.get_bank()
+        models = MentalModel.objects.filter(bank=bank).order_by("name", "id")
+        return Response(
+            {"bank_id": bank.pk, "total": models.count(),
+             "items": s.MentalModelSerializer(models, many=True).data}
+        )
+
+    @extend_schema(summary="Get a mental model", responses={200: s.MentalModelSerializer, **BAD, **AUTH})
+    def retrieve(self, request: Request, bank_id: str, mental_model_id: str) -> Response:
+        return Response(_model_data(self.get_model(self.get_bank())))
+
+    @extend_schema(
+        summary="Queue a refresh (deduplicated while one is pending)",
+        request=None,
+        responses={200: s.RefreshResponseSerializer, **BAD, **AUTH},
+    )
+    def refresh(self, request: Request, bank_id: str, mental_model_id: str) -> Response:
+        model = self.get_model(self.get_bank())
+        submitted = _refresh(model)
+        return Response(
+            {"operation_id": str(submitted.operation.pk), "status": submitted.operation.status,
+             "deduplicated": submitted.deduplicated}
+        )

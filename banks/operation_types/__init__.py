@@ -1,0 +1,65 @@
+"""The memory-bank operation types (SPEC §4), declared once each.
+
+One module per type holds its handler; this module is the declaration list.
+"""
+
+from __future__ import annotations
+
+from operations.registry import OperationType, Scope, register
+
+RETAIN = register(
+    OperationType(
+        name="retain",
+        handler="banks.operation_types.retain.handle",
+        description="store items as documents and memory units, extract entities, link units",
+        serialize=Scope.DOCUMENT,
+        soft_time_limit=900,
+    )
+)
+RETAIN_BATCH = register(
+    OperationType(
+        name="retain_batch",
+        description="parent of the retain children an async submission is split into",
+        rollup=True,
+    )
+)
+FILE_CONVERT_RETAIN = register(
+    OperationType(
+        name="file_convert_retain",
+        handler="banks.operation_types.file_convert_retain.handle",
+        description="convert an uploaded file to text, then retain it",
+        serialize=Scope.DOCUMENT,
+        soft_time_limit=900,
+    )
+)
+CONSOLIDATION = register(
+    OperationType(
+        name="consolidation",
+        handler="banks.operation_types.consolidation.handle",
+        description="turn new memory units into per-entity observations",
+        dedupe=Scope.BANK,
+        serialize=Scope.BANK,
+        reserved_slots=2,
+        soft_time_limit=1800,
+    )
+)
+REFRESH_MENTAL_MODEL = register(
+    OperationType(
+        name="refresh_mental_model",
+        handler="banks.operation_types.refresh_mental_model.handle",
+        description="re-run a mental model's source query and rewrite its content",
+        dedupe=Scope.MENTAL_MODEL,
+        serialize=Scope.MENTAL_MODEL,
+        soft_time_limit=600,
+    )
+)
+GRAPH_MAINTENANCE = register(
+    OperationType(
+        name="graph_maintenance",
+        handler="banks.operation_types.graph_maintenance.handle",
+        description="after deletes: top up links, prune orphan entities and stale co-occurrences",
+        dedupe=Scope.BANK,
+        serialize=Scope.BANK,
+        soft_time_limit=1800,
+    )
+)
