@@ -47,10 +47,19 @@ def text_from_html(data: bytes) -> str:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(_decode(data, "HTML"), "html.parser")
-    for hidden in soup(["script", "style", "noscript", "template"]):
+    for hidden in soup(["script", "style", "noscript", "template", "head"]):
         hidden.decompose()
-    lines = (" ".join(line.split()) for line in soup.get_text("\n").splitlines())
+    # Blocks end lines; inline elements (<b>, <a>, …) stay within theirs.
+    for br in soup.find_all("br"):
+        br.replace_with("\n")
+    for block in soup.find_all(_BLOCKS):
+        block.append("\n")
+    lines = (" ".join(line.split()) for line in soup.get_text("").splitlines())
     return "\n".join(line for line in lines if line)
+
+
+_BLOCKS = ["p", "div", "section", "article", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6",
+           "pre", "blockquote", "title", "td", "th", "dt", "dd"]
 
 
 def text_from_pdf(data: bytes) -> str:

@@ -52,9 +52,9 @@ def _full_text(bank_id: str, query: str, limit: int) -> list[Hit]:
     for model, kind in ((Observation, "observation"), (MemoryUnit, "unit")):
         rows = (
             model.objects.filter(bank_id=bank_id)
-            .annotate(vector=SearchVector("text", config="english"))
-            .filter(vector=search)
-            .annotate(rank=SearchRank(F("vector"), search))
+            .annotate(search_vector=SearchVector("text", config="english"))
+            .filter(search_vector=search)
+            .annotate(rank=SearchRank(F("search_vector"), search))
             .order_by("-rank")
             .values_list("pk", "text", "rank")[:limit]
         )

@@ -6,10 +6,9 @@ from celery import shared_task
 
 from banks.models import StoredFile
 from operations.models import OperationStatus
-from operations.routing import SYSTEM_QUEUE
 
 
-@shared_task(name="ops.delete_finished_files", queue=SYSTEM_QUEUE, ignore_result=True)
+@shared_task(name="ops.delete_finished_files", ignore_result=True)
 def delete_finished_files() -> int:
     """Uploaded files whose operation completed are no longer needed."""
     deleted, _ = StoredFile.objects.filter(operation__status=OperationStatus.COMPLETED).delete()

@@ -98,7 +98,10 @@ def _describe(exc: BaseException) -> str:
 
 def _recover_connection() -> None:
     """After a database error the connection may be dead (e.g. the server
-    terminated it); drop it so recording the outcome opens a fresh one."""
+    terminated it); drop it so recording the outcome opens a fresh one. Inside
+    a caller's transaction (run in-process) the connection is not ours to drop."""
+    if connection.in_atomic_block:
+        return
     try:
         connection.close_if_unusable_or_obsolete()
     except DatabaseError:

@@ -13,7 +13,6 @@ from celery.signals import task_failure
 from django.conf import settings
 
 from operations import dispatch, nodes, registry, runner, services  # noqa: F401 (nodes: signal handlers)
-from operations.routing import SYSTEM_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +25,6 @@ def _make_task(optype: registry.OperationType) -> Task:
     task: Task = shared_task(
         name=optype.task_name,
         bind=True,
-        queue=optype.queue,
         soft_time_limit=optype.soft_time_limit,
         time_limit=optype.hard_time_limit,
         ignore_result=True,
@@ -64,7 +62,7 @@ def _settle_lost_run(sender: Task | None = None, task_id: str | None = None,
         log.exception("could not settle operation %s; the reaper will", args[0])
 
 
-@shared_task(name="ops.sweep", queue=SYSTEM_QUEUE, ignore_result=True)
+@shared_task(name="ops.sweep", ignore_result=True)
 def sweep() -> dict[str, Any]:
     """Reap expired leases, roll up stranded parents, publish what is due.
     Safe to run concurrently (several beats): every step is a conditional UPDATE."""
@@ -75,7 +73,7 @@ def sweep() -> dict[str, Any]:
     }
 
 
-@shared_task(name="ops.prune", queue=SYSTEM_QUEUE, ignore_result=True)
+@shared_task(name="ops.prune", ignore_result=True)
 def prune() -> int:
     """Delete terminal operations older than OPS_OPERATION_RETENTION_DAYS."""
     return services.operations_prune(older_than_days=settings.OPS_OPERATION_RETENTION_DAYS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import subprocess
 import sys
 import time
@@ -277,3 +278,32 @@ def charlie(db: None) -> Caller:
 @pytest.fixture
 def anonymous(db: None) -> Caller:
     return Caller(None)
+
+
+def race(*sides: Callable[[], Any]) -> list[Any]:
+    """Run every side in its own thread (its own connection), released together."""
+    barrier = threading.Barrier(len(sides))
+    results: list[Any] = [None] * len(sides)
+    errors: list[BaseException] = []
+
+    def run(index: int, side: Callable[[], Any]) -> None:
+        try:
+            barrier.wait()
+            results[index] = side()
+        except BaseException as exc:  # reported to the test below
+            errors.append(exc)
+        finally:
+            from django.db import connection
+
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i, s)) for i, s in enumerate(sides)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+

@@ -66,6 +66,8 @@ def test_put_with_bad_input_is_400_and_writes_nothing(admin: Any) -> None:
     assert bad.status_code == 400
     assert "enable_observations" in bad.json()["errors"]
     assert bad.json()["detail"].startswith("invalid input: enable_observations")
+    nul = admin.put("banks/newbank", {"config": {"key\u0000": "value"}})
+    assert nul.status_code == 400 and "config" in nul.json()["errors"]
     not_an_object = admin.put("banks/newbank", [1, 2])
     assert not_an_object.status_code == 400
     malformed_id = admin.put("banks/bad%20id!", {})
@@ -400,3 +402,21 @@ def test_schema_and_docs_are_served(client: Any) -> None:
     responses = paths["/v1/default/banks/{bank_id}/operations/{operation_id}"]["delete"]["responses"]
     assert {"200", "202", "400", "401", "404", "409"} <= set(responses)
     assert client.get("/v1/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "status"),
+    [
+        ("get", "banks/%00", 404),
+        ("get", "banks/%00/operations", 404),
+        ("put", "banks/%00", 400),
+        ("delete", "banks/alpha/documents/%00", 404),
+        ("get", "banks/alpha/operations?tag=%00", 400),
+        ("get", "banks/alpha/memories/list?document_id=%00", 400),
+        ("get", "operations?bank_id=%00", 400),
+    ],
+)
+def test_nul_characters_never_reach_the_database(admin: Any, alpha: Any, method: str, url: str, status: int) -> None:
+    """PostgreSQL refuses U+0000 in text: it is a 400/404 here, not a 500."""
+    response = getattr(admin, method)(url)
+    assert response.status_code == status and "detail" in response.json()

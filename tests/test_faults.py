@@ -389,3 +389,25 @@ def test_conservation_under_random_faults(
         if finished.status == "completed":
             ends = event_count(log, pk, "end")
             assert ends >= 1 and (ends == 1 or finished.retry_count >= 1)
+
+
+def test_api_submit_while_the_broker_is_down(start_workers: Any, alpha: Any, private_broker: Any) -> None:
+    """The REST submission answers 200 with the broker down; the work runs once it is back."""
+    from banks.api_keys import api_key_create
+    from banks.models import MemoryUnit
+    from tests.conftest import Caller
+
+    admin = Caller(api_key_create(admin=True)[1])
+    start_workers(ready=2, beat=True, CELERY_BROKER_URL=private_broker.url, **FAST)
+    private_broker.stop()
+    items = [{"content": f"Outage note {i}.", "document_id": f"n{i}"} for i in range(3)]
+    response = admin.post("banks/alpha/memories", {"items": items, "async": True})
+    assert response.status_code == 200
+    parent = response.json()["operation_id"]
+    assert admin.post("banks/alpha/consolidate").status_code == 200
+    assert admin.get("banks/alpha/operations").json()["total"] == 3  # batch, its child, consolidation
+    private_broker.start()
+    done = wait_status(parent, "completed", "failed", "cancelled", timeout=90)
+    assert done.status == "completed", done.error_message
+    assert MemoryUnit.objects.filter(bank_id="alpha").count() == 3
+    wait_all_finished(list(Operation.objects.values_list("pk", flat=True)))

@@ -4,6 +4,7 @@ response matches the schema. Bounded so `make test` stays quick."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", application)
+# Examples per endpoint: bounded so `make test` stays quick; raise it to hunt.
+EXAMPLES = int(os.environ.get("OPS_FUZZ_EXAMPLES", "25"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -53,7 +56,7 @@ def admin_header(db: None, alpha: Any, beta: Any) -> Iterator[dict[str, str]]:
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema(case: Any, admin_header: dict[str, str]) -> None:
     # The conformance checks: no 5xx, and every status code, content type,
     # header and body as the schema documents. Not the strictness probes: the

@@ -3,45 +3,17 @@ transactions on PostgreSQL: exactly one side wins."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.db import connection
-
 from operations import services
 from operations.models import Operation
 from operations.services import CancelOutcome
+from tests.conftest import race
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ROUNDS = 30
-
-
-def race(*sides: Callable[[], Any]) -> list[Any]:
-    """Run every side in its own thread (its own connection), released together."""
-    barrier = threading.Barrier(len(sides))
-    results: list[Any] = [None] * len(sides)
-    errors: list[BaseException] = []
-
-    def run(index: int, side: Callable[[], Any]) -> None:
-        try:
-            barrier.wait()
-            results[index] = side()
-        except BaseException as exc:  # reported to the test below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i, s)) for i, s in enumerate(sides)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return results
 
 
 def submit(operation_type: str = "test_echo") -> str:

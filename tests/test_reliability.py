@@ -3,16 +3,15 @@ publishing, settlement of lost runs, stranded parents, retention."""
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from operations import dispatch, registry, services
 from operations.models import Operation
+from tests.conftest import race
 
 pytestmark = pytest.mark.django_db
 
@@ -69,19 +68,7 @@ def test_concurrent_sweepers_publish_each_operation_once(alpha: Any) -> None:
     for _ in range(40):
         submit()
     Operation.objects.update(dispatched_at=None, updated_at=long_ago)
-    barrier = threading.Barrier(3)
-    counts: list[int] = []
-
-    def sweeper() -> None:
-        barrier.wait()
-        counts.append(dispatch.publish_due())
-        connection.close()
-
-    threads = [threading.Thread(target=sweeper) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    counts = race(dispatch.publish_due, dispatch.publish_due, dispatch.publish_due)
     assert sum(counts) == 40
     assert Operation.objects.filter(dispatched_at__isnull=True).count() == 0
 

@@ -10,6 +10,7 @@ from rest_framework import serializers
 from banks.api.serializers import StrictBooleanField
 from banks.extraction import EntityMention
 from banks.memory import RetainItem
+from operations.api.validators import no_nul_characters
 
 CONTENT_MAX_CHARS = 1_000_000
 
@@ -44,7 +45,7 @@ class RetainItemSerializer(serializers.Serializer):
     content = serializers.CharField(max_length=CONTENT_MAX_CHARS, trim_whitespace=False)
     timestamp = serializers.DateTimeField(required=False, allow_null=True)
     context = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=20_000)
-    metadata = serializers.DictField(required=False, allow_null=True)
+    metadata = serializers.DictField(required=False, allow_null=True, validators=[no_nul_characters])
     document_id = serializers.CharField(required=False, allow_null=True, max_length=512)
     tags = serializers.ListField(
         child=serializers.CharField(max_length=100), required=False, allow_null=True, max_length=100

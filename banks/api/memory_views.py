@@ -131,6 +131,7 @@ class FileViewSet(BankScopedMixin, viewsets.GenericViewSet):
         responses={
             200: s.FilesResponseSerializer, **BAD, **AUTH,
             413: OpenApiResponse(ErrorSerializer, description="a file is larger than OPS_MAX_UPLOAD_BYTES"),
+            415: OpenApiResponse(ErrorSerializer, description="the body is not multipart/form-data"),
         },
     )
     def retain(self, request: Request, bank_id: str) -> Response:
@@ -187,6 +188,8 @@ class DocumentViewSet(BankScopedMixin, viewsets.GenericViewSet):
                    responses={200: s.DeletedSerializer, **AUTH})
     def destroy(self, request: Request, bank_id: str, document_id: str) -> Response:
         bank = self.get_bank()
+        if "\x00" in document_id:
+            raise NotFound(f"document {document_id!r} not found")
         with transaction.atomic():
             deleted = memory.document_delete(bank=bank, document_id=document_id)
             if deleted is None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rest_framework.exceptions import NotFound
 
 from banks.api.auth import access_of
-from banks.models import Bank
+from banks.models import BANK_ID_PATTERN, Bank
+
+BANK_ID_RE = re.compile(BANK_ID_PATTERN)
 
 
 def bank_not_found(bank_id: str) -> NotFound:
@@ -26,7 +29,7 @@ class BankScopedMixin:
         if cached is not None:
             return cached
         bank_id = self.kwargs["bank_id"]
-        if not access_of(self.request).can_access(bank_id):
+        if not access_of(self.request).can_access(bank_id) or not BANK_ID_RE.match(bank_id):
             raise bank_not_found(bank_id)
         bank = Bank.objects.filter(pk=bank_id).first()
         if bank is None:

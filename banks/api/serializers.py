@@ -3,6 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from banks.models import Bank
+from operations.api.validators import no_nul_characters
 
 
 class BankSerializer(serializers.ModelSerializer):
@@ -32,7 +33,7 @@ class BankInputSerializer(serializers.Serializer):
     mission = serializers.CharField(max_length=20_000, required=False, allow_null=True, allow_blank=True)
     enable_observations = StrictBooleanField(required=False, allow_null=True)
     enable_auto_consolidation = StrictBooleanField(required=False, allow_null=True)
-    config = serializers.DictField(required=False, allow_null=True)
+    config = serializers.DictField(required=False, allow_null=True, validators=[no_nul_characters])
 
 
 class BankListSerializer(serializers.Serializer):

@@ -1,0 +1,340 @@
+"""Each memory handler on real data: the rows it creates, updates and deletes.
+
+Handlers run through `runner.execute` in this process (claim, handler, outcome
+recorded): the code a worker runs, minus the broker. The worker path itself is
+tested in test_memory_workers.py.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from itertools import combinations
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from banks import memory
+from banks.extraction import EntityMention, RuleBasedExtractor, cosine
+from banks.memory import RetainItem
+from banks.models import (
+    Bank,
+    Document,
+    Entity,
+    EntityCooccurrence,
+    MemoryLink,
+    MemoryUnit,
+    MentalModel,
+    Observation,
+    UnitEntity,
+)
+from operations import runner, services
+from operations.models import Operation
+
+pytestmark = pytest.mark.django_db
+
+
+def run(operation_type: str, bank: str = "alpha", **fields: Any) -> Operation:
+    """Submit an operation and run it here, as a worker would."""
+    operation = services.operation_submit(bank_id=bank, operation_type=operation_type, **fields).operation
+    runner.execute(str(operation.pk), worker="test@here", task_id="t")
+    return Operation.objects.get(pk=operation.pk)
+
+
+def retain(items: list[dict[str, Any]], bank: str = "alpha") -> Operation:
+    payload = {"items": [RetainItem(**item).to_payload() for item in items], "document_tags": []}
+    return run("retain", bank=bank, payload=payload, items_count=len(items))
+
+
+def exact_cooccurrences(bank: str = "alpha") -> dict[tuple[int, int], int]:
+    """Co-occurrence counts recomputed from scratch from the unit-entity rows."""
+    per_unit: dict[Any, set[int]] = {}
+    for unit_id, entity_id in UnitEntity.objects.filter(unit__bank_id=bank).values_list("unit_id", "entity_id"):
+        per_unit.setdefault(unit_id, set()).add(entity_id)
+    counts: Counter[tuple[int, int]] = Counter()
+    for entities in per_unit.values():
+        counts.update(combinations(sorted(entities), 2))
+    return dict(counts)
+
+
+def stored_cooccurrences(bank: str = "alpha") -> dict[tuple[int, int], int]:
+    return {
+        (a, b): n
+        for a, b, n in EntityCooccurrence.objects.filter(bank_id=bank, count__gt=0).values_list(
+            "entity_a_id", "entity_b_id", "count"
+        )
+    }
+
+
+# --- the extractor ---------------------------------------------------------------------
+
+
+def test_rule_based_extractor() -> None:
+    extractor = RuleBasedExtractor()
+    text = "Ada Lovelace met Charles Babbage in London. She wrote notes!\nThe Analytical Engine ran @ada #math"
+    assert extractor.extract_facts(text) == [
+        "Ada Lovelace met Charles Babbage in London.",
+        "She wrote notes!",
+        "The Analytical Engine ran @ada #math",
+    ]
+    names = {m.name: m.entity_type for m in extractor.extract_entities(text)}
+    assert names == {
+        "Ada Lovelace": "", "Charles Babbage": "", "London": "", "Analytical Engine": "",
+        "ada": "person", "math": "topic",
+    }
+    a = extractor.embed("the analytical engine computes bernoulli numbers")
+    b = extractor.embed("Bernoulli numbers computed by the analytical engine")
+    c = extractor.embed("a recipe for apple pie")
+    assert abs(cosine(a, a) - 1) < 1e-4
+    assert cosine(a, b) > 0.3 > cosine(a, c)
+
+
+# --- retain ------------------------------------------------------------------------------
+
+
+def test_retain_stores_documents_units_entities_and_links(alpha: Any) -> None:
+    done = retain([
+        {"content": "Ada Lovelace worked with Charles Babbage. Babbage designed the Analytical Engine.",
+         "document_id": "ada", "tags": ["history"],
+         "entities": [EntityMention("Mathematics", "topic")]},
+        {"content": "Charles Babbage lived in London.", "document_id": "babbage",
+         "timestamp": timezone.now() - timedelta(days=1)},
+    ])
+    assert done.status == "completed", done.error_message
+    assert done.result_metadata["units"] == 3 and done.result_metadata["items"] == 2
+    assert done.progress["stage"] == "retained"
+    assert set(Document.objects.values_list("document_id", flat=True)) == {"ada", "babbage"}
+    ada = Document.objects.get(document_id="ada")
+    assert ada.tags == ["history"] and len(ada.content_hash) == 64
+    texts = list(MemoryUnit.objects.filter(document=ada).order_by("position").values_list("text", flat=True))
+    assert texts == ["Ada Lovelace worked with Charles Babbage.", "Babbage designed the Analytical Engine."]
+    names = set(Entity.objects.values_list("name", flat=True))
+    assert {"ada lovelace", "charles babbage", "babbage", "analytical engine", "london", "mathematics"} <= names
+    # The explicit entity applies to every unit of its item.
+    maths = Entity.objects.get(name="mathematics")
+    assert maths.entity_type == "topic" and UnitEntity.objects.filter(entity=maths).count() == 2
+    assert stored_cooccurrences() == exact_cooccurrences()
+    assert MemoryLink.objects.filter(kind="temporal").count() > 0
+    first = MemoryUnit.objects.get(text="Ada Lovelace worked with Charles Babbage.")
+    assert MemoryLink.objects.filter(source=first, kind="temporal").count() == 2
+
+
+def test_retain_without_document_ids_is_idempotent(alpha: Any) -> None:
+    payload = {"items": [RetainItem(content="Grace Hopper wrote compilers.").to_payload()]}
+    operation = services.operation_submit(bank_id="alpha", operation_type="retain", payload=payload).operation
+    for _ in range(2):  # a re-run after a crash: same document, same units
+        Operation.objects.filter(pk=operation.pk).update(status="pending")
+        runner.execute(str(operation.pk), worker="w", task_id="t")
+    assert Document.objects.count() == 1 and MemoryUnit.objects.count() == 1
+    assert Document.objects.get().document_id == f"{operation.pk}-0"
+    assert stored_cooccurrences() == exact_cooccurrences()
+
+
+def test_re_retaining_a_document_replaces_its_units(alpha: Any) -> None:
+    retain([{"content": "Alan Turing studied at Cambridge. Turing met Alonzo Church.", "document_id": "d1"},
+            {"content": "Alonzo Church taught at Princeton.", "document_id": "d2"}])
+    old_ids = set(MemoryUnit.objects.filter(document__document_id="d1").values_list("pk", flat=True))
+    again = retain([{"content": "Alan Turing worked at Bletchley Park.", "document_id": "d1"}])
+    assert again.result_metadata["replaced_units"] == 2
+    units = MemoryUnit.objects.filter(document__document_id="d1")
+    assert list(units.values_list("text", flat=True)) == ["Alan Turing worked at Bletchley Park."]
+    assert not MemoryUnit.objects.filter(pk__in=old_ids).exists()
+    assert stored_cooccurrences() == exact_cooccurrences()
+    # Replacing units queued graph maintenance.
+    queued = Operation.objects.get(pk=again.result_metadata["graph_maintenance_operation_id"])
+    assert queued.operation_type == "graph_maintenance" and queued.status == "pending"
+
+
+def test_retain_queues_consolidation_when_the_bank_asks(alpha: Any, beta: Any) -> None:
+    Bank.objects.filter(pk="beta").update(enable_auto_consolidation=True)
+    quiet = retain([{"content": "Nothing follows."}])
+    loud = retain([{"content": "Something follows."}], bank="beta")
+    assert "consolidation_operation_id" not in quiet.result_metadata
+    queued = Operation.objects.get(pk=loud.result_metadata["consolidation_operation_id"])
+    assert queued.operation_type == "consolidation" and queued.bank_id == "beta"
+    # A second retain finds it pending: deduplicated onto the same operation.
+    again = retain([{"content": "More follows."}], bank="beta")
+    assert again.result_metadata["consolidation_operation_id"] == str(queued.pk)
+
+
+def test_link_caps(alpha: Any) -> None:
+    base = timezone.now()
+    items = [
+        {"content": f"The Engine project status report number {i} mentions the Engine again.",
+         "document_id": f"r{i}", "timestamp": base + timedelta(minutes=i)}
+        for i in range(60)
+    ]
+    retain(items)
+    per_source = Counter(MemoryLink.objects.values_list("source_id", "kind"))
+    assert max(n for (_, kind), n in per_source.items() if kind == "temporal") == memory.TEMPORAL_CAP
+    assert max(n for (_, kind), n in per_source.items() if kind == "semantic") == memory.SEMANTIC_CAP
+    assert all(
+        n <= (memory.TEMPORAL_CAP if kind == "temporal" else memory.SEMANTIC_CAP)
+        for (_, kind), n in per_source.items()
+    )
+    # Temporal links go to the nearest units in time.
+    middle = MemoryUnit.objects.get(document__document_id="r30")
+    targets = MemoryLink.objects.filter(source=middle, kind="temporal").values_list("target__document__document_id", flat=True)
+    assert {int(t[1:]) for t in targets} == set(range(20, 41)) - {30}
+
+
+# --- deletes and graph maintenance -----------------------------------------------------------
+
+
+def test_document_delete_and_graph_maintenance(alpha: Any, admin: Any) -> None:
+    retain([
+        {"content": "Marie Curie discovered Polonium with Pierre Curie.", "document_id": "curie"},
+        {"content": "Polonium is named after Poland. Marie Curie was born in Warsaw.", "document_id": "polonium"},
+        {"content": "Pierre Curie studied piezoelectricity.", "document_id": "pierre"},
+    ])
+    gone = set(MemoryUnit.objects.filter(document__document_id="curie").values_list("pk", flat=True))
+    neighbours = set(MemoryLink.objects.filter(target_id__in=gone).values_list("source_id", flat=True)) - gone
+    assert neighbours
+
+    response = admin.delete("banks/alpha/documents/curie")
+    assert response.status_code == 200 and response.json()["units_deleted"] == 1
+    maintenance = Operation.objects.get(pk=response.json()["operation_id"])
+    assert maintenance.operation_type == "graph_maintenance"
+    assert set(MemoryUnit.objects.filter(needs_link_topup=True).values_list("pk", flat=True)) == neighbours
+    # Deleting again finds nothing; the pending maintenance is reused by the next delete.
+    assert admin.delete("banks/alpha/documents/curie").status_code == 404
+    assert stored_cooccurrences() == exact_cooccurrences()
+
+    links_before = {n: MemoryLink.objects.filter(source_id=n).count() for n in neighbours}
+    done = run_existing(maintenance)
+    assert done.status == "completed", done.error_message
+    assert done.result_metadata["units_topped_up"] == len(neighbours)
+    # No orphan entity (nothing mentions "Pierre Curie"... except pierre's unit: kept).
+    assert not Entity.objects.filter(unitentity__isnull=True).exists()
+    assert Entity.objects.filter(name="pierre curie").exists()
+    # No stale co-occurrence: every stored count is backed by units.
+    assert not EntityCooccurrence.objects.filter(count__lte=0).exists()
+    assert stored_cooccurrences() == exact_cooccurrences()
+    assert not MemoryUnit.objects.filter(needs_link_topup=True).exists()
+    for unit_id, before in links_before.items():
+        assert MemoryLink.objects.filter(source_id=unit_id).count() >= min(before, 1)
+
+
+def run_existing(operation: Operation) -> Operation:
+    runner.execute(str(operation.pk), worker="test@here", task_id="t")
+    return Operation.objects.get(pk=operation.pk)
+
+
+def test_graph_maintenance_prunes_orphans_and_stale_cooccurrences(alpha: Any) -> None:
+    retain([
+        {"content": "Niels Bohr met Werner Heisenberg in Copenhagen.", "document_id": "together"},
+        {"content": "Niels Bohr liked westerns.", "document_id": "bohr"},
+        {"content": "Werner Heisenberg played piano.", "document_id": "heisenberg"},
+    ])
+    bank = Bank.objects.get(pk="alpha")
+    memory.document_delete(bank=bank, document_id="together")
+    # Copenhagen is now an orphan; Bohr-Heisenberg a pair no unit supports.
+    assert Entity.objects.filter(name="copenhagen").exists()
+    assert EntityCooccurrence.objects.filter(count=0).count() == 3
+    done = run("graph_maintenance")
+    assert done.result_metadata["entities_pruned"] == 1
+    # Two stale pairs went with Copenhagen; the third is pruned as stale.
+    assert done.result_metadata["cooccurrences_pruned"] == 1
+    assert set(Entity.objects.values_list("name", flat=True)) == {"niels bohr", "werner heisenberg"}
+    assert EntityCooccurrence.objects.count() == 0
+    assert stored_cooccurrences() == exact_cooccurrences() == {}
+
+
+def test_memory_delete_endpoint(alpha: Any, admin: Any) -> None:
+    retain([{"content": "Rosalind Franklin imaged DNA. Franklin used X-rays.", "document_id": "dna"}])
+    listed = admin.get("banks/alpha/memories/list").json()
+    assert listed["total"] == 2 and {i["document_id"] for i in listed["items"]} == {"dna"}
+    unit_id = listed["items"][0]["id"]
+    response = admin.delete(f"banks/alpha/memories/{unit_id}")
+    assert response.status_code == 200 and response.json()["units_deleted"] == 1
+    assert Operation.objects.get(pk=response.json()["operation_id"]).operation_type == "graph_maintenance"
+    assert admin.delete(f"banks/alpha/memories/{unit_id}").status_code == 404
+    assert admin.delete("banks/alpha/memories/not-a-uuid").status_code == 400
+    assert MemoryUnit.objects.count() == 1 and Document.objects.filter(document_id="dna").exists()
+
+
+# --- consolidation ------------------------------------------------------------------------
+
+
+def test_consolidation_builds_observations_per_entity(alpha: Any) -> None:
+    retain([
+        {"content": "Katherine Johnson calculated orbits for NASA.", "tags": ["space"]},
+        {"content": "Katherine Johnson was born in West Virginia.", "tags": ["bio"]},
+        {"content": "NASA launched Apollo.", "tags": ["space"]},
+    ])
+    scoped = run("consolidation", payload={"tags": ["space"]})
+    assert scoped.status == "completed" and scoped.result_metadata["units"] == 2
+    assert MemoryUnit.objects.filter(consolidated=False).count() == 1
+    full = run("consolidation")
+    assert full.result_metadata["units"] == 1
+    katherine = Observation.objects.get(entity__name="katherine johnson")
+    assert katherine.unit_count == 2
+    assert katherine.text.startswith("Katherine Johnson: ")
+    assert "calculated orbits" in katherine.text and "West Virginia" in katherine.text
+    assert Observation.objects.get(entity__name="nasa").unit_count == 2
+    before = dict(Observation.objects.values_list("entity__name", "text"))
+    MemoryUnit.objects.update(consolidated=False)
+    run("consolidation")  # again: same observations
+    assert dict(Observation.objects.values_list("entity__name", "text")) == before
+
+
+def test_consolidation_without_observations_only_marks_units(alpha: Any) -> None:
+    Bank.objects.filter(pk="alpha").update(enable_observations=False)
+    retain([{"content": "Hedy Lamarr co-invented frequency hopping."}])
+    assert run("consolidation").result_metadata["observations"] == 0
+    assert Observation.objects.count() == 0 and not MemoryUnit.objects.filter(consolidated=False).exists()
+
+
+# --- mental models -----------------------------------------------------------------------------
+
+
+def test_refresh_mental_model_searches_and_rewrites_within_max_tokens(alpha: Any) -> None:
+    retain([
+        {"content": "The reactor cooling pump failed on Monday."},
+        {"content": "Engineers replaced the cooling pump seals."},
+        {"content": "Lunch was pizza."},
+    ])
+    model = MentalModel.objects.create(bank_id="alpha", name="Pump health", source_query="cooling pump", max_tokens=200)
+    done = run("refresh_mental_model", mental_model_id=str(model.pk))
+    assert done.status == "completed", done.error_message
+    model.refresh_from_db()
+    assert model.content.startswith("# Pump health\n")
+    assert "cooling pump failed" in model.content and "pump seals" in model.content
+    assert "pizza" not in model.content and model.last_refreshed_at is not None
+    MentalModel.objects.filter(pk=model.pk).update(max_tokens=12)
+    run("refresh_mental_model", mental_model_id=str(model.pk))
+    model.refresh_from_db()
+    assert len(model.content.split()) <= 12 and model.content.count("\n- ") == 1
+
+
+def test_refresh_of_a_deleted_mental_model_fails_without_retry(alpha: Any) -> None:
+    done = run("refresh_mental_model", mental_model_id="00000000-0000-0000-0000-000000000000")
+    assert done.status == "failed" and done.retry_count == 0
+    assert "no longer exists" in done.error_message
+
+
+def test_mental_model_endpoints(alpha: Any, admin: Any) -> None:
+    created = admin.post("banks/alpha/mental-models", {"name": "Team", "source_query": "team", "max_tokens": 100})
+    assert created.status_code == 200
+    model_id = created.json()["id"]
+    refresh_op = Operation.objects.get(pk=created.json()["operation_id"])
+    assert refresh_op.operation_type == "refresh_mental_model" and refresh_op.mental_model_id == model_id
+    again = admin.post(f"banks/alpha/mental-models/{model_id}/refresh")
+    assert again.json() == {"operation_id": str(refresh_op.pk), "status": "pending", "deduplicated": True}
+    assert admin.get(f"banks/alpha/mental-models/{model_id}").json()["name"] == "Team"
+    assert admin.get("banks/alpha/mental-models").json()["total"] == 1
+    assert admin.get("banks/alpha/mental-models/nope").status_code == 400
+    assert admin.get("banks/alpha/mental-models/00000000-0000-0000-0000-000000000000").status_code == 404
+    bad = admin.post("banks/alpha/mental-models", {"name": "", "source_query": "x", "max_tokens": 1})
+    assert bad.status_code == 400 and {"name", "max_tokens"} <= set(bad.json()["errors"])
+    assert MentalModel.objects.count() == 1
+
+
+def test_documents_endpoint(alpha: Any, admin: Any) -> None:
+    retain([{"content": "One. Two.", "document_id": "a"}, {"content": "Three.", "document_id": "b"}])
+    body = admin.get("banks/alpha/documents").json()
+    assert body["total"] == 2
+    assert {d["document_id"]: d["unit_count"] for d in body["items"]} == {"a": 2, "b": 1}
+    assert admin.get("banks/alpha/documents", {"limit": 0}).status_code == 400
+
