@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from banks.models import Bank
+from banks.memory import RetainItem, retain_items
+from banks.models import Bank, MemoryUnit, MentalModel
 from operations import services
 from operations.models import Operation
 
@@ -28,7 +29,19 @@ BANK_ENDPOINTS = [
     ("delete", "/operations/{op}", None),
     ("post", "/operations/{op}/retry", None),
     ("delete", "/operations/{op}/delete", None),
+    ("post", "/memories", {"items": [{"content": "A fact."}]}),
+    ("get", "/memories/list", None),
+    ("delete", "/memories/{unit}", None),
+    ("get", "/documents", None),
+    ("delete", "/documents/doc", None),
+    ("post", "/consolidate", {}),
+    ("get", "/mental-models", None),
+    ("post", "/mental-models", {"name": "m", "source_query": "q"}),
+    ("get", "/mental-models/{model}", None),
+    ("post", "/mental-models/{model}/refresh", None),
 ]
+# Submissions create a missing bank (within the key's scope), as PUT does.
+CREATES_BANK = {("put", ""), ("post", "/memories")}
 # Which banks each caller reaches ("missing" never exists, except that a PUT creates it).
 SCOPES = {
     "admin": {"alpha", "beta", "missing"},
@@ -41,31 +54,40 @@ SCOPES = {
 def state() -> list[tuple[Any, ...]]:
     banks = list(Bank.objects.order_by("bank_id").values_list("bank_id", "name"))
     ops = list(Operation.objects.order_by("id").values_list("id", "status", "cancel_requested_at"))
-    return [*banks, *ops]
+    units = list(MemoryUnit.objects.order_by("id").values_list("id", flat=True))
+    models = list(MentalModel.objects.order_by("id").values_list("id", flat=True))
+    return [*banks, *ops, *units, *models]
+
+
+ZERO = "00000000-0000-0000-0000-000000000000"
 
 
 @pytest.fixture
-def world(alpha: Any, beta: Any) -> dict[str, str]:
-    operations = {}
-    for bank in ("alpha", "beta"):
-        operations[bank] = str(
-            services.operation_submit(bank_id=bank, operation_type="test_echo").operation.pk
-        )
-    operations["missing"] = "00000000-0000-0000-0000-000000000000"
-    return operations
+def world(alpha: Any, beta: Any) -> dict[str, dict[str, str]]:
+    """Per bank: an operation, a memory unit (of document "doc") and a mental model."""
+    ids = {"missing": {"op": ZERO, "unit": ZERO, "model": ZERO}}
+    for bank in (alpha, beta):
+        retain_items(bank=bank, items=[RetainItem(content="Seed fact.", document_id="doc")],
+                     default_document_id=str)
+        ids[bank.pk] = {
+            "op": str(services.operation_submit(bank_id=bank.pk, operation_type="test_echo").operation.pk),
+            "unit": str(MemoryUnit.objects.get(bank=bank).pk),
+            "model": str(MentalModel.objects.create(bank=bank, name="m", source_query="q").pk),
+        }
+    return ids
 
 
 @pytest.mark.parametrize("target", ["alpha", "beta", "missing"])
 @pytest.mark.parametrize(("method", "path", "body"), BANK_ENDPOINTS)
 @pytest.mark.parametrize("who", ["admin", "alice", "bob", "charlie", "anonymous", "bad_key"])
 def test_matrix(
-    request: pytest.FixtureRequest, world: dict[str, str], who: str, method: str, path: str,
+    request: pytest.FixtureRequest, world: Any, who: str, method: str, path: str,
     body: Any, target: str,
 ) -> None:
     from tests.conftest import Caller
 
     caller = Caller("ops_not_a_real_key") if who == "bad_key" else request.getfixturevalue(who)
-    url = f"banks/{target}{path.format(op=world[target])}"
+    url = f"banks/{target}{path.format(**world[target])}"
     before = state()
     response = getattr(caller, method)(url, body)
 
@@ -80,7 +102,7 @@ def test_matrix(
         assert response.status_code == 404, response.json()
         assert response.json() == {"detail": f"bank '{target}' not found"}
         assert state() == before
-    elif not exists and not (method == "put" and path == ""):
+    elif not exists and (method, path) not in CREATES_BANK:
         assert response.status_code == 404
         assert response.json() == {"detail": f"bank '{target}' not found"}
     else:
@@ -88,7 +110,7 @@ def test_matrix(
 
 
 @pytest.mark.parametrize("who", ["admin", "alice", "bob", "charlie"])
-def test_bank_lists_show_only_the_scope(request: pytest.FixtureRequest, world: dict[str, str], who: str) -> None:
+def test_bank_lists_show_only_the_scope(request: pytest.FixtureRequest, world: Any, who: str) -> None:
     caller = request.getfixturevalue(who)
     listed = {b["bank_id"] for b in caller.get("banks").json()["banks"]}
     assert listed == SCOPES[who] - {"missing"}
@@ -97,7 +119,7 @@ def test_bank_lists_show_only_the_scope(request: pytest.FixtureRequest, world: d
 @pytest.mark.parametrize("who", ["admin", "alice", "bob", "charlie", "anonymous", "bad_key"])
 @pytest.mark.parametrize("endpoint", ["operations", "workers"])
 def test_cross_bank_endpoints_need_an_admin_key(
-    request: pytest.FixtureRequest, world: dict[str, str], who: str, endpoint: str
+    request: pytest.FixtureRequest, world: Any, who: str, endpoint: str
 ) -> None:
     from tests.conftest import Caller
 
@@ -106,11 +128,27 @@ def test_cross_bank_endpoints_need_an_admin_key(
     assert caller.get(endpoint).status_code == expected
 
 
-def test_an_operation_id_never_reaches_across_banks(world: dict[str, str], alice: Any) -> None:
-    """Alice names beta's operation under her own bank: 404, untouched."""
+def test_an_id_never_reaches_across_banks(world: Any, alice: Any) -> None:
+    """Alice names beta's operation, memory or mental model under her own bank: 404, untouched."""
     before = state()
     for method, path, body in BANK_ENDPOINTS:
-        if "{op}" in path:
-            response = getattr(alice, method)(f"banks/alpha{path.format(op=world['beta'])}", body)
+        if "{" in path:
+            response = getattr(alice, method)(f"banks/alpha{path.format(**world['beta'])}", body)
             assert response.status_code == 404
     assert state() == before
+
+
+def test_file_uploads_are_scoped(world: Any, alice: Any) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    def upload(bank: str) -> Any:
+        return alice.client.post(
+            f"/v1/default/banks/{bank}/files/retain",
+            {"files": [SimpleUploadedFile("a.txt", b"A fact.", content_type="text/plain")]},
+            format="multipart",
+        )
+
+    before = state()
+    assert upload("beta").status_code == 404 and upload("missing").status_code == 404
+    assert state() == before
+    assert upload("alpha").status_code == 200

@@ -331,8 +331,11 @@ def test_mental_model_endpoints(alpha: Any, admin: Any) -> None:
     assert MentalModel.objects.count() == 1
 
 
-def test_documents_endpoint(alpha: Any, admin: Any) -> None:
+def test_documents_endpoint_and_bank_stats(alpha: Any, admin: Any) -> None:
     retain([{"content": "One. Two.", "document_id": "a"}, {"content": "Three.", "document_id": "b"}])
+    stats = admin.get("banks/alpha/stats").json()
+    assert stats["documents"] == 2 and stats["memory_units"] == 3 and stats["unconsolidated_units"] == 3
+    assert stats["links"] == MemoryLink.objects.count() > 0 and stats["total_operations"] == 1
     body = admin.get("banks/alpha/documents").json()
     assert body["total"] == 2
     assert {d["document_id"]: d["unit_count"] for d in body["items"]} == {"a": 2, "b": 1}

@@ -124,5 +124,12 @@ class BankViewSet(BankScopedMixin, viewsets.GenericViewSet):
                 "operations_by_status": ops["by_status"],
                 "pending_operations": ops["by_status"]["pending"],
                 "failed_operations": ops["by_status"]["failed"],
+                "documents": bank.documents.count(),
+                "memory_units": bank.memory_units.count(),
+                "unconsolidated_units": bank.memory_units.filter(consolidated=False).count(),
+                "entities": bank.entities.count(),
+                "observations": bank.observations.count(),
+                "links": bank.links.count(),
+                "mental_models": bank.mental_models.count(),
             }
         )
