@@ -7,7 +7,15 @@ re-publishes): the claim in `services` drops whatever is not claimable, and the
 sweeper re-publishes pending operations that are due and were not picked up.
 
 `dispatched_at` marks the last publish. A publisher first marks the row with a
-conditional UPDATE, so two sweepers racing over one row publish it once.
+conditional UPDATE on the `dispatched_at` it read, so two publishers racing over
+one row (a submit's on-commit hook, a sweeper, a worker topping up) publish it once.
+
+**The dispatch window.** At most `OPS_DISPATCH_WINDOW` messages per type are in
+the broker at a time; the rest of a backlog waits in the database. Each message
+a worker takes tops the window up again. So a backlog of any size costs the
+broker nothing (kombu's filesystem transport lists its whole folder on every
+fetch), a message is only ever stale when it was really lost, and a new
+operation is picked up as soon as a slot is free.
 """
 
 from __future__ import annotations
@@ -17,17 +25,13 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from operations import registry
 from operations.models import Operation, OperationStatus
 
 log = logging.getLogger(__name__)
-
-# A freshly submitted row is published by its own transaction's on_commit hook;
-# the sweeper leaves it alone for this long so it is not published twice.
-SUBMIT_GRACE_SECONDS = 2.0
 
 
 def publish(
@@ -59,6 +63,60 @@ def publish(
     return True
 
 
+def _stale_before() -> datetime:
+    return timezone.now() - timedelta(seconds=settings.OPS_REDISPATCH_SECONDS)
+
+
+def in_flight(operation_type: str) -> int:
+    """Messages of this type in the broker now (published, not yet claimed)."""
+    return Operation.objects.filter(
+        status=OperationStatus.PENDING, operation_type=operation_type, dispatched_at__gte=_stale_before()
+    ).count()
+
+
+def _publishable(operation_type: str) -> QuerySet[Operation]:
+    """Pending operations of a type that are due, have no live message, and
+    whose serialization key is free; oldest first."""
+    now = timezone.now()
+    busy_keys = Operation.objects.filter(
+        status=OperationStatus.PROCESSING, serial_key__isnull=False
+    ).values("serial_key")
+    return (
+        Operation.objects.filter(status=OperationStatus.PENDING, operation_type=operation_type)
+        .filter(Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=now))
+        .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=_stale_before()))
+        .exclude(serial_key__in=busy_keys)
+        .order_by("created_at")
+    )
+
+
+def top_up(operation_type: str) -> int:
+    """Publish the oldest publishable operations of a type until the window is
+    full; returns how many were published."""
+    room = settings.OPS_DISPATCH_WINDOW - in_flight(operation_type)
+    if room <= 0:
+        return 0
+    published = 0
+    for pk, dispatched_at in _publishable(operation_type).values_list("pk", "dispatched_at")[:room]:
+        if publish(pk, operation_type, expected_dispatched_at=dispatched_at):
+            published += 1
+    return published
+
+
+def offer(operation_id: uuid.UUID | str, operation_type: str) -> bool:
+    """A new (or re-queued) operation: publish it now if its type's window has
+    room, else leave it to the next top-up."""
+    if in_flight(operation_type) >= settings.OPS_DISPATCH_WINDOW:
+        return False
+    return publish(operation_id, operation_type)
+
+
+def publish_due() -> int:
+    """The sweeper's part: top every type's window up (operations whose retry
+    time came, whose message was lost, or that waited behind a full window)."""
+    return sum(top_up(t.name) for t in registry.all_types() if not t.rollup)
+
+
 def publish_next_serial(serial_key: str) -> bool:
     """After an operation holding `serial_key` finished, publish the oldest due
     pending one waiting on the same key."""
@@ -75,29 +133,3 @@ def publish_next_serial(serial_key: str) -> bool:
     return publish(
         waiting["pk"], waiting["operation_type"], expected_dispatched_at=waiting["dispatched_at"]
     )
-
-
-def publish_due(*, limit: int = 1000) -> int:
-    """Publish pending operations that are due and have no live message: never
-    published (or the publish failed), parked until a retry time now passed,
-    or published so long ago that the message must have been lost."""
-    now = timezone.now()
-    stale = now - timedelta(seconds=settings.OPS_REDISPATCH_SECONDS)
-    settled = now - timedelta(seconds=SUBMIT_GRACE_SECONDS)
-    runnable = [t.name for t in registry.all_types() if not t.rollup]
-    candidates = (
-        Operation.objects.filter(status=OperationStatus.PENDING, operation_type__in=runnable)
-        .filter(Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=now))
-        .filter(
-            Q(dispatched_at__isnull=True, updated_at__lt=settled)
-            | Q(dispatched_at__lt=stale)
-        )
-        .order_by("created_at")
-        .values("pk", "operation_type", "dispatched_at")[:limit]
-    )
-    published = 0
-    for row in candidates:
-        if publish(row["pk"], row["operation_type"], expected_dispatched_at=row["dispatched_at"]):
-            published += 1
-    return published
-

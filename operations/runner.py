@@ -15,16 +15,18 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection
 
-from operations import leases, registry, services
+from operations import dispatch, leases, registry, services
 from operations.handlers import LeaseLost, OperationCancelled, OperationContext, PermanentError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def execute(operation_id: str, *, worker: str, task_id: str) -> str:
+def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str) -> str:
     """Run the operation if it is claimable; returns what happened (for logs)."""
     lease = services.operation_claim(operation_id=operation_id, worker=worker, task_id=task_id)
+    # This message left the broker: refill the type's dispatch window.
+    _top_up(operation_type)
     if lease is None:
         return "dropped"
     optype = registry.get(lease.operation_type)
@@ -70,6 +72,14 @@ def execute(operation_id: str, *, worker: str, task_id: str) -> str:
         return "completed"
     finally:
         leases.release(lease.operation_id)
+
+
+def _top_up(operation_type: str) -> None:
+    try:
+        dispatch.top_up(operation_type)
+    except Exception:  # the sweeper tops up too; never fail a run over it
+        log.exception("topping up the %s dispatch window failed", operation_type)
+        _recover_connection()
 
 
 RECORD_ATTEMPTS = 5

@@ -171,7 +171,7 @@ def operation_submit(
 
 def _publish_on_commit(operation_id: uuid.UUID | str, operation_type: str) -> None:
     transaction.on_commit(
-        lambda: dispatch.publish(operation_id, operation_type), robust=True
+        lambda: dispatch.offer(operation_id, operation_type), robust=True
     )
 
 

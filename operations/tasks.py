@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 def _make_task(optype: registry.OperationType) -> Task:
     def run(self: Task, operation_id: str) -> str:
-        return runner.execute(operation_id, worker=self.request.hostname or "", task_id=self.request.id)
+        return runner.execute(
+            operation_id, operation_type=optype.name, worker=self.request.hostname or "", task_id=self.request.id
+        )
 
     run.__name__ = run.__qualname__ = f"run_{optype.name}"
     task: Task = shared_task(

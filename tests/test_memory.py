@@ -38,7 +38,7 @@ pytestmark = pytest.mark.django_db
 def run(operation_type: str, bank: str = "alpha", **fields: Any) -> Operation:
     """Submit an operation and run it here, as a worker would."""
     operation = services.operation_submit(bank_id=bank, operation_type=operation_type, **fields).operation
-    runner.execute(str(operation.pk), worker="test@here", task_id="t")
+    runner.execute(str(operation.pk), operation_type=operation.operation_type, worker="test@here", task_id="t")
     return Operation.objects.get(pk=operation.pk)
 
 
@@ -125,7 +125,7 @@ def test_retain_without_document_ids_is_idempotent(alpha: Any) -> None:
     operation = services.operation_submit(bank_id="alpha", operation_type="retain", payload=payload).operation
     for _ in range(2):  # a re-run after a crash: same document, same units
         Operation.objects.filter(pk=operation.pk).update(status="pending")
-        runner.execute(str(operation.pk), worker="w", task_id="t")
+        runner.execute(str(operation.pk), operation_type="retain", worker="w", task_id="t")
     assert Document.objects.count() == 1 and MemoryUnit.objects.count() == 1
     assert Document.objects.get().document_id == f"{operation.pk}-0"
     assert stored_cooccurrences() == exact_cooccurrences()
@@ -217,7 +217,7 @@ def test_document_delete_and_graph_maintenance(alpha: Any, admin: Any) -> None:
 
 
 def run_existing(operation: Operation) -> Operation:
-    runner.execute(str(operation.pk), worker="test@here", task_id="t")
+    runner.execute(str(operation.pk), operation_type=operation.operation_type, worker="test@here", task_id="t")
     return Operation.objects.get(pk=operation.pk)
 
 

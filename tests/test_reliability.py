@@ -135,3 +135,33 @@ def test_retention_prunes_old_terminal_operations_in_batches(alpha: Any) -> None
     assert services.operations_prune(older_than_days=30, batch_size=3) == 8
     remaining = set(Operation.objects.values_list("pk", flat=True))
     assert remaining == {recent.pk, old_but_pending.pk}
+
+
+def test_dispatch_window_keeps_a_backlog_in_the_database(
+    alpha: Any, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    settings.OPS_DISPATCH_WINDOW = 3
+    with django_capture_on_commit_callbacks(execute=True):
+        ops = [submit() for _ in range(10)]
+    assert dispatch.in_flight("test_echo") == 3
+    dispatched = list(Operation.objects.filter(dispatched_at__isnull=False).order_by("created_at"))
+    assert [o.pk for o in dispatched] == [o.pk for o in ops[:3]]  # oldest first
+    # A worker takes one message: the window is topped up with the next oldest.
+    services.operation_claim(operation_id=str(ops[0].pk), worker="w", task_id="t")
+    assert dispatch.top_up("test_echo") == 1
+    assert Operation.objects.get(pk=ops[3].pk).dispatched_at is not None
+    assert dispatch.top_up("test_echo") == 0 and dispatch.publish_due() == 0
+
+
+def test_an_operation_waiting_on_a_busy_serialization_key_is_not_republished(alpha: Any) -> None:
+    running = submit("test_serial")
+    services.operation_claim(operation_id=str(running.pk), worker="w", task_id="t")
+    waiting = submit("test_serial")
+    # Its message is consumed and dropped: the key is busy.
+    Operation.objects.filter(pk=waiting.pk).update(dispatched_at=timezone.now())
+    assert services.operation_claim(operation_id=str(waiting.pk), worker="w", task_id="t") is None
+    assert Operation.objects.get(pk=waiting.pk).dispatched_at is None
+    assert dispatch.top_up("test_serial") == 0  # no busy loop of publish-and-drop
+    services.operation_cancel(operation_id=running.pk)  # requested; confirm it:
+    Operation.objects.filter(pk=running.pk).update(status="cancelled")
+    assert dispatch.top_up("test_serial") == 1

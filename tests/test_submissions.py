@@ -54,8 +54,9 @@ def make_docx(*paragraphs: str) -> bytes:
 
 
 def run_all_pending() -> None:
-    for pk in Operation.objects.filter(status="pending").exclude(operation_type="retain_batch").values_list("pk", flat=True):
-        runner.execute(str(pk), worker="test@here", task_id="t")
+    pending = Operation.objects.filter(status="pending").exclude(operation_type="retain_batch")
+    for pk, operation_type in pending.values_list("pk", "operation_type"):
+        runner.execute(str(pk), operation_type=operation_type, worker="test@here", task_id="t")
 
 
 # --- retain ----------------------------------------------------------------------------------
