@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ops
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/11
 
-.PHONY: run test install clean
+.PHONY: run test bench install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,7 @@ test: install
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+## Measure the embedded platform against bare Celery (figures and ratios).
+bench: install
+	$(PY) manage.py bench $(BENCH_ARGS)

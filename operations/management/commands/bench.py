@@ -1,0 +1,40 @@
+"""`make bench`: the embedded platform against bare Celery, figures and ratios."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from operations.bench import run_side
+
+ROWS = [
+    ("submit_per_second", "submitted per second", "{:,.0f}"),
+    ("drain_seconds", "backlog drained in (s)", "{:,.1f}"),
+    ("drain_per_second", "completed per second", "{:,.0f}"),
+    ("pickup_median_ms", "pick-up when idle, median (ms)", "{:,.0f}"),
+    ("pickup_max_ms", "pick-up when idle, max (ms)", "{:,.0f}"),
+]
+
+
+class Command(BaseCommand):
+    help = "Measure the embedded platform against bare Celery on the same broker (prints figures and ratios)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--operations", type=int, default=10_000, help="backlog size (default 10,000)")
+        parser.add_argument("--slots", type=int, default=4, help="worker concurrency on both sides")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        count, slots = options["operations"], options["slots"]
+        self.stdout.write(f"Backlog of {count:,} no-op jobs, {slots} slots, embedded broker (filesystem).")
+        platform = run_side("platform", count, slots)
+        celery = run_side("celery", count, slots)
+        self.stdout.write(f"\n{'':34}{'platform':>12}{'bare celery':>14}{'ratio':>9}")
+        for key, label, fmt in ROWS:
+            ours, theirs = platform[key], celery[key]
+            ratio = ours / theirs if theirs else float("inf")
+            self.stdout.write(f"{label:34}{fmt.format(ours):>12}{fmt.format(theirs):>14}{ratio:>8.2f}x")
+        self.stdout.write(
+            "\nRatios are platform / bare Celery: above 1 is more for the platform "
+            "(better for rates, worse for times)."
+        )
