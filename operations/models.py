@@ -105,6 +105,18 @@ class Operation(models.Model):
             models.Index(fields=["bank", "-created_at"], name="ops_bank_created"),
             models.Index(fields=["status", "next_retry_at"], name="ops_status_due"),
             models.Index(fields=["-created_at"], name="ops_created"),
+            # The dispatch window: messages in flight per type, and the queue
+            # of pending operations per type in submission order.
+            models.Index(
+                fields=["operation_type", "dispatched_at"],
+                condition=Q(status="pending"),
+                name="ops_pending_dispatched",
+            ),
+            models.Index(
+                fields=["operation_type", "created_at"],
+                condition=Q(status="pending"),
+                name="ops_pending_queue",
+            ),
             models.Index(
                 fields=["heartbeat_at"],
                 condition=Q(status="processing"),
