@@ -188,7 +188,10 @@ def run_side(side: str, count: int, slots: int) -> dict[str, Any]:
         )
         for line in done.stdout.splitlines():
             if line.startswith("RESULT "):
+                shutil.rmtree(data_dir, ignore_errors=True)
                 return dict(json.loads(line.removeprefix("RESULT ")))
-        raise RuntimeError(f"the {side} side failed (exit {done.returncode}):\n{done.stdout[-2000:]}")
-    finally:
+    except BaseException:
         shutil.rmtree(data_dir, ignore_errors=True)
+        raise
+    # Kept for a post-mortem: the worker logs and the database are in there.
+    raise RuntimeError(f"the {side} side failed (exit {done.returncode}); its files are in {data_dir}")

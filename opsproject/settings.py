@@ -188,14 +188,16 @@ if EMBEDDED_BROKER:
     for _folder in ("queue", "processed", "control"):
         (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
+    # kombu's filesystem transport with atomic writes and claims (see the module).
+    CELERY_BROKER_TRANSPORT = "operations.embedded_broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
-        # Workers poll the folder; 50 ms keeps pick-up well under 100 ms.
-        "polling_interval": env_float("OPS_BROKER_POLL_SECONDS", 0.05, minimum=0.01),
+        # Idle workers poll the folder; 20 ms keeps pick-up well under 100 ms.
+        "polling_interval": env_float("OPS_BROKER_POLL_SECONDS", 0.02, minimum=0.005),
     }
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
