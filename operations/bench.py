@@ -7,7 +7,7 @@ on the embedded defaults (SQLite in WAL mode, kombu's filesystem transport):
 - platform: `runworkers` with N slots and beat; a backlog of operations of a
   no-op type is submitted through the lifecycle service, then timed until every
   row is `completed`; then single operations submitted to idle workers time the
-  pick-up (created -> started).
+  pick-up (submitted -> seen completed).
 - bare Celery: a worker with the same concurrency and a no-op task; the same
   number of messages is sent and timed until every task has run.
 
@@ -49,12 +49,35 @@ def _env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _wait(predicate: Any, timeout: float, what: str) -> None:
+def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError(f"benchmark: timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval)
+
+
+def _pickups(submit: Any, rounds: int = 20) -> list[float]:
+    """Seconds from submitting one job to idle workers until it is seen done;
+    `submit()` returns a predicate telling whether that job is done. Both
+    sides are measured alike, polling every 2 ms."""
+    latencies = []
+    for _ in range(rounds):
+        sent = time.monotonic()
+        done = submit()
+        _wait(done, 60, "one job", interval=0.002)
+        latencies.append(time.monotonic() - sent)
+    return latencies
+
+
+def _figures(count: int, started: float, submitted: float, finished: float, pickups: list[float]) -> dict[str, Any]:
+    return {
+        "submit_per_second": count / (submitted - started),
+        "drain_seconds": finished - submitted,
+        "drain_per_second": count / (finished - submitted),
+        "pickup_median_ms": statistics.median(pickups) * 1000,
+        "pickup_max_ms": max(pickups) * 1000,
+    }
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -106,19 +129,12 @@ def platform_side(count: int, slots: int, progress: Any) -> dict[str, Any]:
 
         _wait(drained, 3600, "the backlog to drain")
         finished = time.monotonic()
-        latencies = []
-        for _ in range(20):
-            op = services.operation_submit(bank_id="bench", operation_type="bench_noop").operation
-            _wait(lambda: Operation.objects.filter(pk=op.pk, status="completed").exists(), 60, "one operation")
-            row = Operation.objects.get(pk=op.pk)
-            latencies.append((row.started_at - row.created_at).total_seconds())
-        return {
-            "submit_per_second": count / (submitted - started),
-            "drain_seconds": finished - submitted,
-            "drain_per_second": count / (finished - submitted),
-            "pickup_median_ms": statistics.median(latencies) * 1000,
-            "pickup_max_ms": max(latencies) * 1000,
-        }
+
+        def submit_one() -> Any:
+            pk = services.operation_submit(bank_id="bench", operation_type="bench_noop").operation.pk
+            return Operation.objects.filter(pk=pk, status="completed").exists
+
+        return _figures(count, started, submitted, finished, _pickups(submit_one))
     finally:
         _stop(beat)
         _stop(workers)
@@ -151,19 +167,13 @@ def celery_side(count: int, slots: int, progress: Any) -> dict[str, Any]:
         progress(f"bare celery: {count} tasks sent in {submitted - started:.1f}s; draining")
         _wait(lambda: done() >= count + 1, 3600, "the celery backlog")
         finished = time.monotonic()
-        latencies = []
-        for _ in range(20):
-            before, sent = done(), time.monotonic()
+
+        def submit_one() -> Any:
+            before = done()
             app.send_task("bench.noop")
-            _wait(lambda: done() > before, 60, "one task")
-            latencies.append(time.monotonic() - sent)
-        return {
-            "submit_per_second": count / (submitted - started),
-            "drain_seconds": finished - submitted,
-            "drain_per_second": count / (finished - submitted),
-            "pickup_median_ms": statistics.median(latencies) * 1000,
-            "pickup_max_ms": max(latencies) * 1000,
-        }
+            return lambda: done() > before
+
+        return _figures(count, started, submitted, finished, _pickups(submit_one))
     finally:
         _stop(worker)
 

@@ -7,7 +7,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from banks.api.serializers import StrictBooleanField
+from banks.api.serializers import PageSerializer, StrictBooleanField
 from banks.extraction import EntityMention
 from banks.memory import RetainItem
 from operations.api.validators import no_nul_characters
@@ -142,11 +142,6 @@ class SubmittedSerializer(serializers.Serializer):
 
 class RefreshResponseSerializer(SubmittedSerializer):
     status = serializers.CharField()
-
-
-class PageSerializer(serializers.Serializer):
-    limit = serializers.IntegerField(required=False, default=100, min_value=1, max_value=1000)
-    offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=10_000_000)
 
 
 class MemoryFilterSerializer(PageSerializer):

@@ -20,16 +20,15 @@ from rest_framework.response import Response
 from banks import follow_ups, memory, submissions
 from banks.api import memory_serializers as s
 from banks.api.scoping import BankScopedMixin
+from banks.api.serializers import PageSerializer
 from banks.models import Bank, Document, MemoryUnit, MentalModel
 from operations import services
 from operations.api.errors import Conflict, PayloadTooLarge
+from operations.api.responses import AUTH_ERRORS, BAD_INPUT
 from operations.api.serializers import ErrorSerializer
 
-AUTH = {
-    401: OpenApiResponse(ErrorSerializer, description="no API key, or a bad one"),
-    404: OpenApiResponse(ErrorSerializer, description="no such bank (or not reachable with this key)"),
-}
-BAD = {400: OpenApiResponse(ErrorSerializer, description="invalid input; `errors` names the fields")}
+
+
 
 
 def _validated(serializer_class: type, data: Any, **kwargs: Any) -> dict[str, Any]:
@@ -54,7 +53,7 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet):
         summary="Retain items (sync, or async as a retain_batch operation)",
         request=s.RetainRequestSerializer,
         responses={
-            200: s.RetainResponseSerializer, **BAD, **AUTH,
+            200: s.RetainResponseSerializer, **BAD_INPUT, **AUTH_ERRORS,
             409: OpenApiResponse(ErrorSerializer, description="operation_id used by another bank or type"),
             413: OpenApiResponse(ErrorSerializer, description="too big for a sync request; use async"),
         },
@@ -95,7 +94,7 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet):
 
     @extend_schema(
         summary="List memory units", parameters=[s.MemoryFilterSerializer],
-        responses={200: s.MemoryListSerializer, **BAD, **AUTH},
+        responses={200: s.MemoryListSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
     def index(self, request: Request, bank_id: str) -> Response:
         bank = self.get_bank()
@@ -110,7 +109,7 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet):
              "items": s.MemoryUnitSerializer(units[offset : offset + limit], many=True).data}
         )
 
-    @extend_schema(summary="Delete a memory unit (queues graph maintenance)", responses={200: s.DeletedSerializer, **BAD, **AUTH})
+    @extend_schema(summary="Delete a memory unit (queues graph maintenance)", responses={200: s.DeletedSerializer, **BAD_INPUT, **AUTH_ERRORS})
     def destroy(self, request: Request, bank_id: str, memory_id: str) -> Response:
         bank = self.get_bank()
         unit_id = _uuid_or_400(memory_id, "memory_id")
@@ -129,7 +128,7 @@ class FileViewSet(BankScopedMixin, viewsets.GenericViewSet):
         summary="Upload files to convert and retain (one operation per file)",
         request={"multipart/form-data": s.FilesRequestSerializer},
         responses={
-            200: s.FilesResponseSerializer, **BAD, **AUTH,
+            200: s.FilesResponseSerializer, **BAD_INPUT, **AUTH_ERRORS,
             413: OpenApiResponse(ErrorSerializer, description="a file is larger than OPS_MAX_UPLOAD_BYTES"),
             415: OpenApiResponse(ErrorSerializer, description="the body is not multipart/form-data"),
         },
@@ -170,11 +169,11 @@ class FileViewSet(BankScopedMixin, viewsets.GenericViewSet):
 class DocumentViewSet(BankScopedMixin, viewsets.GenericViewSet):
     serializer_class = s.DocumentSerializer
 
-    @extend_schema(summary="List documents", parameters=[s.PageSerializer],
-                   responses={200: s.DocumentListSerializer, **BAD, **AUTH})
+    @extend_schema(summary="List documents", parameters=[PageSerializer],
+                   responses={200: s.DocumentListSerializer, **BAD_INPUT, **AUTH_ERRORS})
     def index(self, request: Request, bank_id: str) -> Response:
         bank = self.get_bank()
-        page = _validated(s.PageSerializer, request.query_params)
+        page = _validated(PageSerializer, request.query_params)
         documents = (
             Document.objects.filter(bank=bank).annotate(unit_count=Count("units")).order_by("-updated_at", "id")
         )
@@ -185,7 +184,7 @@ class DocumentViewSet(BankScopedMixin, viewsets.GenericViewSet):
         )
 
     @extend_schema(summary="Delete a document and its memories (queues graph maintenance)",
-                   responses={200: s.DeletedSerializer, **AUTH})
+                   responses={200: s.DeletedSerializer, **AUTH_ERRORS})
     def destroy(self, request: Request, bank_id: str, document_id: str) -> Response:
         bank = self.get_bank()
         if "\x00" in document_id:
@@ -204,7 +203,7 @@ class ConsolidationViewSet(BankScopedMixin, viewsets.GenericViewSet):
     @extend_schema(
         summary="Queue consolidation (deduplicated while one is pending)",
         request=s.ConsolidateRequestSerializer,
-        responses={200: s.SubmittedSerializer, **BAD, **AUTH},
+        responses={200: s.SubmittedSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
     def create(self, request: Request, bank_id: str) -> Response:
         bank = self.get_bank()
@@ -236,7 +235,7 @@ class MentalModelViewSet(BankScopedMixin, viewsets.GenericViewSet):
     @extend_schema(
         summary="Create a mental model (and queue its first refresh)",
         request=s.MentalModelInputSerializer,
-        responses={200: s.MentalModelCreatedSerializer, **BAD, **AUTH},
+        responses={200: s.MentalModelCreatedSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
     def create(self, request: Request, bank_id: str) -> Response:
         bank = self.get_bank()
@@ -249,7 +248,7 @@ class MentalModelViewSet(BankScopedMixin, viewsets.GenericViewSet):
             submitted = _refresh(model)
         return Response({**_model_data(model), "operation_id": str(submitted.operation.pk)})
 
-    @extend_schema(summary="List mental models", operation_id="list_mental_models", responses={200: s.MentalModelListSerializer, **AUTH})
+    @extend_schema(summary="List mental models", operation_id="list_mental_models", responses={200: s.MentalModelListSerializer, **AUTH_ERRORS})
     def index(self, request: Request, bank_id: str) -> Response:
         bank = self.get_bank()
         models = MentalModel.objects.filter(bank=bank).order_by("name", "id")
@@ -258,14 +257,14 @@ class MentalModelViewSet(BankScopedMixin, viewsets.GenericViewSet):
              "items": s.MentalModelSerializer(models, many=True).data}
         )
 
-    @extend_schema(summary="Get a mental model", responses={200: s.MentalModelSerializer, **BAD, **AUTH})
+    @extend_schema(summary="Get a mental model", responses={200: s.MentalModelSerializer, **BAD_INPUT, **AUTH_ERRORS})
     def retrieve(self, request: Request, bank_id: str, mental_model_id: str) -> Response:
         return Response(_model_data(self.get_model(self.get_bank())))
 
     @extend_schema(
         summary="Queue a refresh (deduplicated while one is pending)",
         request=None,
-        responses={200: s.RefreshResponseSerializer, **BAD, **AUTH},
+        responses={200: s.RefreshResponseSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
     def refresh(self, request: Request, bank_id: str, mental_model_id: str) -> Response:
         model = self.get_model(self.get_bank())

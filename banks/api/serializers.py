@@ -43,7 +43,9 @@ class BankListSerializer(serializers.Serializer):
     offset = serializers.IntegerField()
 
 
-class BankPageSerializer(serializers.Serializer):
+class PageSerializer(serializers.Serializer):
+    """`limit` and `offset` of a paged list."""
+
     limit = serializers.IntegerField(required=False, default=100, min_value=1, max_value=1000)
     offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=10_000_000)
 

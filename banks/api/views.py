@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import viewsets
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -18,19 +18,14 @@ from banks.api.serializers import (
     BankDeletedSerializer,
     BankInputSerializer,
     BankListSerializer,
-    BankPageSerializer,
+    PageSerializer,
     BankSerializer,
     BankStatsSerializer,
 )
 from banks.models import Bank, bank_id_validator
-from operations.api.serializers import ErrorSerializer
+from operations.api.responses import AUTH_ERRORS, BAD_INPUT, UNAUTHORIZED
 from operations.selectors import operation_stats
 
-AUTH_ERRORS: dict[int, Any] = {
-    401: OpenApiResponse(ErrorSerializer, description="no API key, or a bad one"),
-    404: OpenApiResponse(ErrorSerializer, description="no such bank (or not reachable with this key)"),
-}
-BAD_INPUT = {400: OpenApiResponse(ErrorSerializer, description="invalid input; `errors` names the fields")}
 
 
 def _body(request: Request) -> dict[str, Any]:
@@ -52,11 +47,11 @@ class BankViewSet(BankScopedMixin, viewsets.GenericViewSet):
     @extend_schema(
         summary="List the banks this key reaches",
         operation_id="list_banks",
-        parameters=[BankPageSerializer],
-        responses={200: BankListSerializer, **BAD_INPUT, 401: AUTH_ERRORS[401]},
+        parameters=[PageSerializer],
+        responses={200: BankListSerializer, **BAD_INPUT, 401: UNAUTHORIZED},
     )
     def index(self, request: Request) -> Response:
-        page = BankPageSerializer(data=request.query_params)
+        page = PageSerializer(data=request.query_params)
         page.is_valid(raise_exception=True)
         limit, offset = page.validated_data["limit"], page.validated_data["offset"]
         banks = self.get_queryset()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
@@ -19,8 +19,6 @@ from operations.api.serializers import (
     AllBanksOperationFilterSerializer,
     BulkCancelInputSerializer,
     BulkCancelSerializer,
-    ConflictSerializer,
-    ErrorSerializer,
     OperationActionSerializer,
     OperationDetailSerializer,
     OperationFilterSerializer,
@@ -28,15 +26,10 @@ from operations.api.serializers import (
     OperationSerializer,
     OperationStatsSerializer,
 )
+from operations.api.responses import AUTH_ERRORS, BAD_INPUT, CONFLICT, FORBIDDEN, UNAUTHORIZED
 from operations.models import Operation
 from operations.slots import SlotPlanError, plan_from_settings
 
-AUTH_ERRORS: dict[int, Any] = {
-    401: OpenApiResponse(ErrorSerializer, description="no API key, or a bad one"),
-    404: OpenApiResponse(ErrorSerializer, description="no such bank (or not reachable with this key)"),
-}
-BAD_INPUT = {400: OpenApiResponse(ErrorSerializer, description="invalid parameters; `errors` names them")}
-CONFLICT = {409: OpenApiResponse(ConflictSerializer, description="the operation's status does not allow it")}
 
 
 class IncludePayloadSerializer(serializers.Serializer):
@@ -194,7 +187,7 @@ class AllOperationViewSet(viewsets.GenericViewSet):
         parameters=[AllBanksOperationFilterSerializer],
         responses={
             200: OperationListSerializer, **BAD_INPUT,
-            401: AUTH_ERRORS[401], 403: OpenApiResponse(ErrorSerializer, description="not an admin key"),
+            401: UNAUTHORIZED, 403: FORBIDDEN,
         },
     )
     def index(self, request: Request) -> Response:
@@ -228,7 +221,7 @@ class WorkerViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         summary="The slot plan and the live worker nodes with what they run (admin)",
-        responses={200: WorkersSerializer, 401: AUTH_ERRORS[401], 403: OpenApiResponse(ErrorSerializer)},
+        responses={200: WorkersSerializer, 401: UNAUTHORIZED, 403: FORBIDDEN},
     )
     def index(self, request: Request) -> Response:
         try:

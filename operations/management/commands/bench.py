@@ -12,8 +12,8 @@ ROWS = [
     ("submit_per_second", "submitted per second", "{:,.0f}"),
     ("drain_seconds", "backlog drained in (s)", "{:,.1f}"),
     ("drain_per_second", "completed per second", "{:,.0f}"),
-    ("pickup_median_ms", "pick-up when idle, median (ms)", "{:,.0f}"),
-    ("pickup_max_ms", "pick-up when idle, max (ms)", "{:,.0f}"),
+    ("pickup_median_ms", "one job when idle, median (ms)", "{:,.0f}"),
+    ("pickup_max_ms", "one job when idle, max (ms)", "{:,.0f}"),
 ]
 
 
