@@ -53,6 +53,14 @@ def test_reserved_type_runs_while_shared_pool_is_saturated(
         for _ in range(2)
     ]
     wait_for(lambda: "processing" in statuses(sleepers), message="a sleeper to start")
+    # The workers report themselves: each node of the plan, and what it runs.
+    from operations.nodes import live_nodes
+
+    nodes = {n["name"]: n for n in wait_for(lambda: len(live_nodes()) == 3 and live_nodes(), message="nodes")}
+    assert set(nodes) == {"shared@testnode", "test_reserved@testnode", "system@testnode"}
+    assert nodes["test_reserved@testnode"]["queues"] == ["ops.test_reserved"]
+    assert nodes["shared@testnode"]["concurrency"] == 1 and nodes["shared@testnode"]["busy"] == 1
+    assert nodes["shared@testnode"]["running"][0]["operation_type"] == "test_sleep"
     reserved = services.operation_submit(
         bank_id="alpha", operation_type="test_reserved", payload={"log": log}
     ).operation.pk
