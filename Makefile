@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ops
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/11
 
-.PHONY: run test bench install clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: run test test-fast test-scaled test-embedded bench install clean browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +24,30 @@ run: install
 	$(PY) manage.py quickstart
 	$(PY) manage.py runplatform --skip-migrate
 
-## Run the whole test suite against PostgreSQL and Redis on localhost.
-test: install
-	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) \
+## Debian's Chromium for the browser tests (Playwright drives it; it never downloads one).
+browser:
+	@test -x $(CHROMIUM) || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	} || { echo "could not install chromium ($(CHROMIUM)): the browser tests need it" >&2; exit 1; }
+	@test -x $(CHROMIUM) || { echo "$(CHROMIUM) is still missing after apt-get install chromium" >&2; exit 1; }
+
+## Run the whole test suite: everything against PostgreSQL and Redis on
+## localhost, then the lifecycle, race, API and client suites again against the
+## embedded default (SQLite and the filesystem broker), real workers on both.
+test: install browser test-scaled test-embedded
+
+test-scaled: install browser
+	TEST_DATABASE_URL=$(TEST_DATABASE_URL) TEST_BROKER_URL=$(TEST_BROKER_URL) \
 		$(PY) -m pytest $(PYTEST_ARGS)
+
+test-embedded: install
+	OPS_TEST_DEPLOYMENT=embedded $(PY) -m pytest -m embedded $(PYTEST_ARGS)
+
+## The edit-test loop: what needs no worker process, fuzzing lighter (under a minute).
+test-fast: install
+	TEST_DATABASE_URL=$(TEST_DATABASE_URL) TEST_BROKER_URL=$(TEST_BROKER_URL) OPS_FUZZ_EXAMPLES=5 \
+		$(PY) -m pytest -m "not workers" -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -1,17 +1,285 @@
+"""The admin console for banks, API keys and mental models.
+
+Writes go through the same services as the API: banks through
+`banks.services`, keys through `banks.api_keys` (so a key is hashed and its
+raw value shown once, on the page that created it), mental-model refreshes
+through the lifecycle service.
+"""
+
 from __future__ import annotations
 
-from django.contrib import admin
+from datetime import timedelta
+from typing import Any
 
-from banks.models import ApiKey, Bank
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.core.exceptions import ValidationError
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from banks import services as bank_services
+from banks.api_keys import api_key_create, api_key_revoke
+from banks.models import ApiKey, Bank, MentalModel, bank_id_validator
+from operations import services as operation_services
+from operations.models import TERMINAL_STATUSES, Operation, OperationStatus
+
+# Past these, a bank's list row says "10,000+" / "1,000+": counting every
+# operation (or a whole backlog) of a busy bank on each page view is what
+# makes a large admin slow.
+COUNT_CAP = 10_000
+PENDING_CAP = 1_000
+
+
+def _capped_count(cap: int, status: str | None = None) -> RawSQL:
+    """How many operations (of a status) a bank has, counted up to cap + 1: a
+    LIMITed index scan per bank on the page, whatever the bank's size."""
+    where = "AND o.status = %s " if status else ""
+    params: tuple[Any, ...] = (status, cap + 1) if status else (cap + 1,)
+    return RawSQL(
+        f'SELECT count(*) FROM (SELECT 1 FROM "{Operation._meta.db_table}" o '
+        f'WHERE o.bank_id = "{Bank._meta.db_table}".bank_id {where}LIMIT %s) capped',
+        params,
+        output_field=IntegerField(),
+    )
+
+
+def _capped(n: int, cap: int) -> str:
+    return f"{cap:,}+" if n > cap else str(n)
+
+
+def _count(rows: QuerySet[Operation]) -> Coalesce:
+    """A correlated count of the bank's rows among `rows`: meant for small,
+    index-backed sets (processing, failed in the last day)."""
+    counted = rows.filter(bank_id=OuterRef("pk")).order_by().values("bank_id").annotate(n=Count("pk")).values("n")
+    return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+
+
+def _operations_url(bank_id: str, query: str = "") -> str:
+    url = reverse("admin:operations_operation_changelist") + f"?bank__bank_id__exact={bank_id}"
+    return url + (f"&{query}" if query else "")
 
 
 @admin.register(Bank)
-class BankAdmin(admin.ModelAdmin):
-    list_display = ("bank_id", "name", "enable_observations", "enable_auto_consolidation", "created_at")
+class BankAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = (
+        "bank_id", "name", "operations", "pending", "processing", "failed",
+        "enable_observations", "enable_auto_consolidation", "created_at",
+    )
     search_fields = ("bank_id", "name")
+    list_filter = ("enable_auto_consolidation", "enable_observations")
+    show_facets = admin.ShowFacets.NEVER
+    fields = ("bank_id", "name", "mission", "enable_observations", "enable_auto_consolidation", "config",
+              "operation_counts", "created_at", "updated_at")
+    readonly_fields = ("operation_counts", "created_at", "updated_at")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Bank | None = None) -> Any:
+        # The id is the bank's address in the API: set once.
+        return (*self.readonly_fields, "bank_id") if obj is not None else self.readonly_fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Bank]:
+        day_ago = timezone.now() - timedelta(hours=24)
+        return super().get_queryset(request).annotate(
+            n_operations=_capped_count(COUNT_CAP),
+            n_pending=_capped_count(PENDING_CAP, OperationStatus.PENDING.value),
+            n_processing=_count(Operation.objects.filter(status=OperationStatus.PROCESSING)),
+            # Through the index of finished rows by completion time: the last day only.
+            n_failed=_count(Operation.objects.filter(
+                status__in=list(TERMINAL_STATUSES), completed_at__gte=day_ago,
+            ).filter(status=OperationStatus.FAILED)),
+        )
+
+    def _count_link(self, obj: Bank, n: int | str, query: str = "") -> SafeString:
+        return format_html('<a href="{}">{}</a>', _operations_url(obj.bank_id, query), n)
+
+    @admin.display(description="operations", ordering="n_operations")
+    def operations(self, obj: Bank) -> SafeString:
+        return self._count_link(obj, _capped(obj.n_operations, COUNT_CAP))  # type: ignore[attr-defined]
+
+    @admin.display(description="pending", ordering="n_pending")
+    def pending(self, obj: Bank) -> SafeString:
+        n = _capped(obj.n_pending, PENDING_CAP)  # type: ignore[attr-defined]
+        return self._count_link(obj, n, "status__exact=pending")
+
+    @admin.display(description="processing", ordering="n_processing")
+    def processing(self, obj: Bank) -> SafeString:
+        return self._count_link(obj, obj.n_processing, "status__exact=processing")  # type: ignore[attr-defined]
+
+    @admin.display(description="failed (24 h)", ordering="n_failed")
+    def failed(self, obj: Bank) -> SafeString:
+        return self._count_link(obj, obj.n_failed, "status__exact=failed")  # type: ignore[attr-defined]
+
+    @admin.display(description="operations by status")
+    def operation_counts(self, obj: Bank) -> SafeString | str:
+        if obj.pk is None:
+            return "—"
+        counts = dict(
+            Operation.objects.filter(bank_id=obj.pk).values_list("status").annotate(n=Count("pk")).order_by()
+        )
+        parts = [
+            format_html('<a href="{}">{} {}</a>', _operations_url(obj.pk, f"status__exact={s}"), counts.get(s, 0), s)
+            for s in OperationStatus.values
+        ]
+        return format_html("{}", SafeString(", ".join(parts)))
+
+    def save_model(self, request: HttpRequest, obj: Bank, form: Any, change: bool) -> None:
+        fields = {name: form.cleaned_data[name] for name in bank_services.BANK_FIELDS if name in form.cleaned_data}
+        bank, _ = bank_services.bank_put(bank_id=obj.bank_id, fields=fields)
+        obj.created_at, obj.updated_at = bank.created_at, bank.updated_at
+
+    def delete_model(self, request: HttpRequest, obj: Bank) -> None:
+        bank_services.bank_delete(bank=obj)
+
+
+# --- API keys ----------------------------------------------------------------------
+
+
+class ApiKeyCreationForm(forms.ModelForm):  # type: ignore[type-arg]
+    """The add form: a name and the key's reach; the key itself is generated."""
+
+    bank_ids_text = forms.CharField(
+        label="Banks", required=False,
+        help_text="Bank ids this key may reach, separated by commas or spaces (ignored for an admin key).",
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ("name", "is_admin")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        raw = data.get("bank_ids_text") or ""
+        bank_ids = sorted({part for part in raw.replace(",", " ").split() if part})
+        for bank_id in bank_ids:
+            try:
+                bank_id_validator(bank_id)
+            except ValidationError as exc:
+                raise ValidationError({"bank_ids_text": f"{bank_id!r}: {exc.messages[0]}"}) from None
+        if not data.get("is_admin") and not bank_ids:
+            raise ValidationError({"bank_ids_text": "Name at least one bank, or make it an admin key."})
+        data["bank_ids"] = bank_ids
+        return data
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("prefix", "name", "is_admin", "bank_ids", "created_at", "last_used_at", "revoked_at")
-    readonly_fields = ("prefix", "key_hash", "created_at", "last_used_at")
+class ApiKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("prefix_display", "name", "is_admin", "banks", "created_at", "last_used_at", "state")
+    list_filter = ("is_admin", ("revoked_at", admin.EmptyFieldListFilter))
+    search_fields = ("name", "prefix")
+    actions = ["revoke_keys"]
+    readonly_fields = ("prefix", "is_admin", "bank_ids", "created_at", "last_used_at", "revoked_at")
+    fields = ("name", "prefix", "is_admin", "bank_ids", "created_at", "last_used_at", "revoked_at")
+
+    def get_form(self, request: HttpRequest, obj: ApiKey | None = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = ApiKeyCreationForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
+        return ("name", "is_admin", "bank_ids_text") if obj is None else self.fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
+        return () if obj is None else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)  # only the name is editable
+            return
+        key, raw = api_key_create(
+            name=form.cleaned_data.get("name") or "",
+            admin=bool(form.cleaned_data.get("is_admin")),
+            bank_ids=form.cleaned_data["bank_ids"],
+        )
+        obj.pk, obj.prefix, obj.key_hash, obj.bank_ids = key.pk, key.prefix, key.key_hash, key.bank_ids
+        obj.created_at = key.created_at
+        obj._state.adding = False
+        # Kept on the instance for the response below only: never stored, never in a message cookie.
+        obj._raw_key = raw  # type: ignore[attr-defined]
+
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None) -> HttpResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "API key created",
+            "key": obj,
+            "raw_key": getattr(obj, "_raw_key", ""),
+            "opts": self.opts,
+            "changelist_url": reverse("admin:banks_apikey_changelist"),
+        }
+        return TemplateResponse(request, "admin/banks/apikey/created.html", context)
+
+    @admin.display(description="key")
+    def prefix_display(self, obj: ApiKey) -> SafeString:
+        return format_html('<span class="ops-id">{}…</span>', obj.prefix)
+
+    @admin.display(description="banks")
+    def banks(self, obj: ApiKey) -> str:
+        return "(every bank)" if obj.is_admin else ", ".join(obj.bank_ids)
+
+    @admin.display(description="state", ordering="revoked_at")
+    def state(self, obj: ApiKey) -> SafeString:
+        if obj.revoked_at:
+            return format_html('<span class="ops-badge ops-cancelled" title="{}">revoked</span>', obj.revoked_at)
+        return format_html('<span class="ops-badge ops-completed">{}</span>', "live")
+
+    @admin.action(description="Revoke selected keys", permissions=["change"])
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        revoked = 0
+        for key in queryset:
+            if api_key_revoke(key_id=key.pk):
+                revoked += 1
+                LogEntry.objects.log_actions(
+                    user_id=request.user.pk, queryset=[key], action_flag=CHANGE,
+                    change_message="Revoked from the admin console", single_object=True,
+                )
+        skipped = queryset.count() - revoked
+        text = f"Revoked {revoked} key{'' if revoked == 1 else 's'}."
+        if skipped:
+            text += f" {skipped} already revoked."
+        self.message_user(request, text, messages.SUCCESS if revoked else messages.WARNING)
+
+    class Media:
+        css = {"all": ["operations/console.css"]}
+
+
+# --- mental models -----------------------------------------------------------------
+
+
+@admin.register(MentalModel)
+class MentalModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("name", "bank", "source_query", "max_tokens", "last_refreshed_at", "updated_at")
+    list_filter = ("bank",)
+    search_fields = ("name", "source_query", "=id")
+    show_facets = admin.ShowFacets.NEVER
+    readonly_fields = ("id", "content", "last_refreshed_at", "created_at", "updated_at")
+    actions = ["refresh_models"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: MentalModel | None = None) -> Any:
+        return (*self.readonly_fields, "bank") if obj is not None else self.readonly_fields
+
+    @admin.action(description="Refresh selected mental models", permissions=["change"])
+    def refresh_models(self, request: HttpRequest, queryset: QuerySet[MentalModel]) -> None:
+        queued = deduplicated = 0
+        for model in queryset:
+            submitted = operation_services.operation_submit(
+                bank_id=model.bank_id, operation_type="refresh_mental_model", mental_model_id=str(model.pk)
+            )
+            if submitted.deduplicated:
+                deduplicated += 1
+            else:
+                queued += 1
+                LogEntry.objects.log_actions(
+                    user_id=request.user.pk, queryset=[model], action_flag=CHANGE,
+                    change_message=f"Refresh queued from the admin console (operation {submitted.operation.pk})",
+                    single_object=True,
+                )
+        text = f"Queued {queued} refresh{'' if queued == 1 else 'es'}."
+        if deduplicated:
+            text += f" {deduplicated} already had one pending."
+        self.message_user(request, text, messages.SUCCESS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import timedelta
 
 from django.utils import timezone
 
@@ -38,9 +39,26 @@ def api_key_create(*, name: str = "", admin: bool = False, bank_ids: list[str] |
     return key, raw
 
 
+# `last_used_at` says when a key was last used to about this precision: writing
+# it on every request cost a write per read.
+LAST_USED_PRECISION = timedelta(seconds=60)
+
+
 def api_key_authenticate(raw_key: str) -> ApiKey | None:
-    """The live key matching `raw_key`, or None."""
+    """The live key matching `raw_key`, or None. Touches `last_used_at` at most
+    once a minute per key."""
     key = ApiKey.objects.filter(key_hash=_hash(raw_key), revoked_at__isnull=True).first()
-    if key is not None:
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+    if key is None:
+        return None
+    now = timezone.now()
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_PRECISION:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     return key
+
+
+def api_key_revoke(*, key_id: int) -> bool:
+    """Revoke a live key at once (its next request is 401). False when it was
+    already revoked or does not exist; a revoked key stays listed for audit."""
+    return bool(
+        ApiKey.objects.filter(pk=key_id, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    )

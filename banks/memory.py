@@ -23,7 +23,8 @@ from itertools import combinations
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, QuerySet
+from django.db.models import Count, F, QuerySet, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from banks.extraction import EntityMention, canonical, cosine, get_extractor
@@ -35,6 +36,8 @@ from banks.models import (
     LinkKind,
     MemoryLink,
     MemoryUnit,
+    Observation,
+    ObservationSource,
     UnitEntity,
 )
 
@@ -158,7 +161,7 @@ def retain_item(
         _add_cooccurrences(
             bank, [sorted({entity_ids[canonical(m.name)] for m in ms}) for ms in mentions.values()]
         )
-        link_units(bank, units)
+        link_units(bank, units, fresh=True)
     return len(units), replaced, len(entity_ids)
 
 
@@ -227,11 +230,20 @@ def _add_cooccurrences(bank: Bank, entity_sets: list[list[int]]) -> None:
 
 
 def _delete_units(bank: Bank, units: QuerySet[MemoryUnit]) -> int:
-    """Delete units, keeping co-occurrence counts exact and flagging the
-    neighbours that lose a link for a top-up. Returns how many were deleted."""
-    unit_ids = list(units.values_list("pk", flat=True))
+    """Delete units, keeping co-occurrence counts exact, flagging the
+    neighbours that lose a link for a top-up and the observations built from
+    them for a rebuild. Returns how many were deleted.
+
+    The units are locked first, in primary-key order, as a consolidation
+    citing them locks them (`lock_existing_units`): whichever comes second
+    waits, so an observation never commits a citation of a unit deleted
+    under it, and a delete never misses a citation committed before it."""
+    unit_ids = list(units.order_by("pk").select_for_update().values_list("pk", flat=True))
     if not unit_ids:
         return 0
+    Observation.objects.filter(
+        pk__in=ObservationSource.objects.filter(unit_id__in=unit_ids).values("observation_id")
+    ).update(needs_rebuild=True)
     per_unit: dict[Any, list[int]] = {}
     for unit_id, entity_id in UnitEntity.objects.filter(unit_id__in=unit_ids).values_list("unit_id", "entity_id"):
         per_unit.setdefault(unit_id, []).append(entity_id)
@@ -250,67 +262,128 @@ def _delete_units(bank: Bank, units: QuerySet[MemoryUnit]) -> int:
 # --- links ---------------------------------------------------------------------------
 
 
-def link_units(bank: Bank, units: list[MemoryUnit]) -> int:
+def link_units(bank: Bank, units: list[MemoryUnit], *, fresh: bool = False) -> int:
     """Give each unit its temporal and semantic links (up to the caps), and
-    link back from neighbours still under theirs. Returns links created."""
-    links: list[MemoryLink] = []
-    for unit in units:
-        links += _temporal_links(bank, unit)
-        links += _semantic_links(bank, unit)
+    link back from neighbours still under theirs. Returns links created.
+
+    The reads are batched over the units (an item's facts share their
+    timestamp and most of their candidates): a few queries per call, not per
+    unit. `fresh` units were just created, so they have no links yet."""
+    if not units:
+        return 0
+    have = _existing_targets(units) if not fresh else {}
+    links = _temporal_links(bank, units, have) + _semantic_links(bank, units, have)
     links += _back_links(links)
     created = MemoryLink.objects.bulk_create(links, ignore_conflicts=True)
     return len(created)
 
 
-def _existing_targets(unit: MemoryUnit, kind: str) -> set[Any]:
-    return set(MemoryLink.objects.filter(source=unit, kind=kind).values_list("target_id", flat=True))
+def _existing_targets(units: list[MemoryUnit]) -> dict[tuple[Any, str], set[Any]]:
+    """(unit, kind) -> the units it already links to."""
+    have: dict[tuple[Any, str], set[Any]] = {}
+    rows = MemoryLink.objects.filter(source_id__in=[u.pk for u in units]).values_list("source_id", "kind", "target_id")
+    for source_id, kind, target_id in rows:
+        have.setdefault((source_id, kind), set()).add(target_id)
+    return have
 
 
-def _temporal_links(bank: Bank, unit: MemoryUnit) -> list[MemoryLink]:
-    have = _existing_targets(unit, LinkKind.TEMPORAL)
-    room = TEMPORAL_CAP - len(have)
-    if room <= 0:
-        return []
-    others = MemoryUnit.objects.filter(bank=bank).exclude(pk=unit.pk).exclude(pk__in=have)
+def _temporal_links(
+    bank: Bank, units: list[MemoryUnit], have: dict[tuple[Any, str], set[Any]]
+) -> list[MemoryLink]:
+    """Each unit's nearest units in time (half before, half after), for the
+    units that have room; one pair of queries per distinct timestamp."""
     half = TEMPORAL_CAP // 2
-    before = list(others.filter(timestamp__lte=unit.timestamp).order_by("-timestamp", "-created_at")
-                  .values_list("pk", "timestamp")[:half])
-    after = list(others.filter(timestamp__gt=unit.timestamp).order_by("timestamp", "created_at")
-                 .values_list("pk", "timestamp")[:half])
-    nearest = sorted(before + after, key=lambda r: abs((r[1] - unit.timestamp).total_seconds()))[:room]
-    return [
-        MemoryLink(
-            bank=bank, source=unit, target_id=pk, kind=LinkKind.TEMPORAL,
-            weight=1.0 / (1.0 + abs((when - unit.timestamp).total_seconds()) / 3600),
-        )
-        for pk, when in nearest
-    ]
+    by_time: dict[datetime, list[MemoryUnit]] = {}
+    for unit in units:
+        if TEMPORAL_CAP - len(have.get((unit.pk, LinkKind.TEMPORAL), ())) > 0:
+            by_time.setdefault(unit.timestamp, []).append(unit)
+    links = []
+    for when, group in by_time.items():
+        # Enough to fill every unit's half after dropping itself and what it has.
+        depth = half + len(group) + max(len(have.get((u.pk, LinkKind.TEMPORAL), ())) for u in group)
+        others = MemoryUnit.objects.filter(bank=bank)
+        before = list(others.filter(timestamp__lte=when).order_by("-timestamp", "-created_at")
+                      .values_list("pk", "timestamp")[:depth])
+        after = list(others.filter(timestamp__gt=when).order_by("timestamp", "created_at")
+                     .values_list("pk", "timestamp")[:depth])
+        for unit in group:
+            skip = have.get((unit.pk, LinkKind.TEMPORAL), set()) | {unit.pk}
+            room = TEMPORAL_CAP - len(skip) + 1
+            near = [r for r in before if r[0] not in skip][:half] + [r for r in after if r[0] not in skip][:half]
+            near.sort(key=lambda r: abs((r[1] - when).total_seconds()))
+            links += [
+                MemoryLink(
+                    bank=bank, source=unit, target_id=pk, kind=LinkKind.TEMPORAL,
+                    weight=1.0 / (1.0 + abs((at - when).total_seconds()) / 3600),
+                )
+                for pk, at in near[:room]
+            ]
+    return links
 
 
-def _semantic_links(bank: Bank, unit: MemoryUnit) -> list[MemoryLink]:
-    if not unit.vector:
+def _semantic_links(
+    bank: Bank, units: list[MemoryUnit], have: dict[tuple[Any, str], set[Any]]
+) -> list[MemoryLink]:
+    """Each unit's most similar candidates (cosine >= SEMANTIC_THRESHOLD): the
+    ENTITY_CANDIDATES most recent units sharing one of its entities, and the
+    bank's RECENT_CANDIDATES most recent units. The candidates of all the
+    units are read at once: per entity its most recent units (so each unit's
+    own most recent sharers are among them), the bank's recent ones, then
+    every candidate's vector in one query."""
+    units = [u for u in units if u.vector and SEMANTIC_CAP - len(have.get((u.pk, LinkKind.SEMANTIC), ())) > 0]
+    if not units:
         return []
-    have = _existing_targets(unit, LinkKind.SEMANTIC)
-    room = SEMANTIC_CAP - len(have)
-    if room <= 0:
-        return []
-    entity_ids = UnitEntity.objects.filter(unit=unit).values_list("entity_id", flat=True)
-    sharing = MemoryUnit.objects.filter(bank=bank, unitentity__entity_id__in=entity_ids)
-    recent = MemoryUnit.objects.filter(bank=bank).order_by("-created_at")
-    candidates: dict[Any, dict[str, float]] = {}
-    for query, limit in ((sharing.order_by("-created_at"), ENTITY_CANDIDATES), (recent, RECENT_CANDIDATES)):
-        for pk, vector in query.exclude(pk=unit.pk).values_list("pk", "vector")[:limit]:
-            if pk not in have:
-                candidates[pk] = vector
-    scored = sorted(
-        ((cosine(unit.vector, vector), pk) for pk, vector in candidates.items()),
-        key=lambda s: (-s[0], str(s[1])),
+    entities_of: dict[Any, set[int]] = {}
+    for unit_id, entity_id in UnitEntity.objects.filter(unit_id__in=[u.pk for u in units]).values_list(
+        "unit_id", "entity_id"
+    ):
+        entities_of.setdefault(unit_id, set()).add(entity_id)
+    sharers = _recent_units_per_entity(set().union(*entities_of.values()) if entities_of else set())
+    recent = list(
+        MemoryUnit.objects.filter(bank=bank).order_by("-created_at").values_list("pk", flat=True)[
+            : RECENT_CANDIDATES + len(units)
+        ]
     )
-    return [
-        MemoryLink(bank=bank, source=unit, target_id=pk, kind=LinkKind.SEMANTIC, weight=round(score, 6))
-        for score, pk in scored[:room]
-        if score >= SEMANTIC_THRESHOLD
-    ]
+    wanted = set(recent) | {pk for rows in sharers.values() for pk, _ in rows}
+    vectors = dict(MemoryUnit.objects.filter(pk__in=wanted).values_list("pk", "vector"))
+    links = []
+    for unit in units:
+        skip = have.get((unit.pk, LinkKind.SEMANTIC), set()) | {unit.pk}
+        room = SEMANTIC_CAP - len(skip) + 1
+        shared = sorted(
+            {row for entity_id in entities_of.get(unit.pk, ()) for row in sharers.get(entity_id, [])},
+            key=lambda row: row[1], reverse=True,
+        )
+        candidates = [pk for pk, _ in shared if pk not in skip][:ENTITY_CANDIDATES]
+        candidates += [pk for pk in recent if pk not in skip][:RECENT_CANDIDATES]
+        scored = sorted(
+            ((cosine(unit.vector, vectors[pk]), pk) for pk in set(candidates) if pk in vectors),
+            key=lambda s: (-s[0], str(s[1])),
+        )
+        links += [
+            MemoryLink(bank=bank, source=unit, target_id=pk, kind=LinkKind.SEMANTIC, weight=round(score, 6))
+            for score, pk in scored[:room]
+            if score >= SEMANTIC_THRESHOLD
+        ]
+    return links
+
+
+def _recent_units_per_entity(entity_ids: set[int]) -> dict[int, list[tuple[Any, datetime]]]:
+    """Per entity, its ENTITY_CANDIDATES most recent units (id, created_at)."""
+    if not entity_ids:
+        return {}
+    ranked = (
+        UnitEntity.objects.filter(entity_id__in=entity_ids)
+        .annotate(
+            rank=Window(RowNumber(), partition_by=[F("entity_id")], order_by=F("unit__created_at").desc())
+        )
+        .filter(rank__lte=ENTITY_CANDIDATES + 1)
+        .values_list("entity_id", "unit_id", "unit__created_at")
+    )
+    per_entity: dict[int, list[tuple[Any, datetime]]] = {}
+    for entity_id, unit_id, created_at in ranked:
+        per_entity.setdefault(entity_id, []).append((unit_id, created_at))
+    return per_entity
 
 
 def _back_links(links: list[MemoryLink]) -> list[MemoryLink]:
@@ -354,6 +427,26 @@ def unit_delete(*, bank: Bank, unit_id: Any) -> bool:
     """Delete one memory unit (its document stays); False if there is none."""
     units = MemoryUnit.objects.filter(bank=bank, pk=unit_id)
     return _delete_units(bank, units) > 0
+
+
+def lock_existing_units(unit_ids: Iterable[Any]) -> list[Any]:
+    """Which of these units still exist, each locked until the transaction
+    ends so that it cannot be deleted meanwhile: for a writer about to cite
+    them (an observation's sources). In primary-key order, as deletes lock.
+
+    PostgreSQL: FOR KEY SHARE, the lock a foreign key takes. It blocks a
+    delete and nothing else: retains linking to the units and top-ups
+    flagging them go on. SQLite runs one writer at a time; a read is enough.
+    """
+    ids = sorted(set(unit_ids), key=str)
+    if not ids:
+        return []
+    if connection.vendor != "postgresql":
+        return list(MemoryUnit.objects.filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
+    table = MemoryUnit._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", [ids])
+        return [row[0] for row in cursor.fetchall()]
 
 
 # --- graph maintenance passes --------------------------------------------------------------

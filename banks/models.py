@@ -15,6 +15,11 @@ bank_id_validator = RegexValidator(
 )
 
 
+def default_disposition() -> dict[str, int]:
+    """Hindsight's disposition traits (each 1-5); 3 is neutral."""
+    return {"skepticism": 3, "literalism": 3, "empathy": 3}
+
+
 class Bank(models.Model):
     """A tenant: every operation, document and memory belongs to one bank."""
 
@@ -23,6 +28,10 @@ class Bank(models.Model):
     )
     name = models.CharField(max_length=200, blank=True, default="")
     mission = models.TextField(blank=True, default="")
+    background = models.TextField(blank=True, default="")
+    # Kept and returned for Hindsight clients (its bank profile requires it);
+    # the rule-based extractor does not use it.
+    disposition = models.JSONField(default=default_disposition, blank=True)
     enable_observations = models.BooleanField(default=True)
     enable_auto_consolidation = models.BooleanField(default=False)
     config = models.JSONField(default=dict, blank=True)
@@ -179,17 +188,42 @@ class MemoryLink(models.Model):
 
 
 class Observation(models.Model):
-    """What the bank knows about one entity, consolidated from its units."""
+    """What the bank knows about one entity, consolidated from its units.
+
+    `sources` are the units its text was built from. Deleting one of them
+    makes the observation stale (`needs_rebuild`), in the deleting
+    transaction; the next consolidation rebuilds it from the units that
+    survive, or removes it when none do.
+    """
 
     bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="observations")
     entity = models.ForeignKey(Entity, on_delete=models.CASCADE, related_name="observations")
     text = models.TextField()
     unit_count = models.PositiveIntegerField(default=0)
+    sources = models.ManyToManyField(
+        MemoryUnit, through="ObservationSource", related_name="observations", blank=True
+    )
+    needs_rebuild = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["bank", "entity"], name="banks_observation_unique")]
+        indexes = [
+            models.Index(fields=["bank"], condition=models.Q(needs_rebuild=True), name="banks_observation_stale"),
+        ]
+
+
+class ObservationSource(models.Model):
+    """One unit an observation cites."""
+
+    observation = models.ForeignKey(Observation, on_delete=models.CASCADE)
+    unit = models.ForeignKey(MemoryUnit, on_delete=models.CASCADE)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["observation", "unit"], name="banks_observation_source_unique")
+        ]
 
 
 class MentalModel(models.Model):
@@ -201,8 +235,31 @@ class MentalModel(models.Model):
     tags = models.JSONField(default=list, blank=True)
     max_tokens = models.PositiveIntegerField(default=500)
     last_refreshed_at = models.DateTimeField(null=True, blank=True)
+    # The refresh schedule (Hindsight's trigger): a UTC cron expression or an
+    # interval, never both; `min_refresh_interval_seconds` is a floor between
+    # two scheduled refreshes. `next_refresh_at` is when the next one is due
+    # (null: no schedule); beat claims it with a conditional UPDATE, so several
+    # beats queue each due refresh once (banks.scheduler).
+    refresh_cron = models.CharField(max_length=200, blank=True, default="")
+    refresh_interval_seconds = models.PositiveIntegerField(null=True, blank=True)
+    min_refresh_interval_seconds = models.PositiveIntegerField(null=True, blank=True)
+    next_refresh_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(refresh_cron="") | models.Q(refresh_interval_seconds__isnull=True),
+                name="banks_mental_model_one_schedule",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_refresh_at"], condition=models.Q(next_refresh_at__isnull=False),
+                name="banks_mental_model_due",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name

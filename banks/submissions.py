@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -23,9 +23,15 @@ class OperationIdConflict(Exception):
 
 @dataclass(frozen=True)
 class Upload:
+    """One uploaded file and how to retain it."""
+
     filename: str
     content_type: str
     data: bytes
+    context: str = ""
+    document_id: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def _existing(operation_id: uuid.UUID, *, bank: Bank, operation_type: str) -> Operation | None:
@@ -46,6 +52,7 @@ def retain_async(
     items: list[RetainItem],
     document_tags: list[str],
     operation_id: uuid.UUID | None = None,
+    tag: str | None = None,
 ) -> tuple[Operation, bool]:
     """One retain_batch parent and children of at most OPS_RETAIN_BATCH_ITEMS
     items, in one transaction (published on commit). Returns (parent, repeated):
@@ -64,24 +71,27 @@ def retain_async(
                 operation_type="retain_batch",
                 operation_id=batch_id,
                 items_count=len(items),
+                tag=tag,
                 payload={"document_tags": document_tags, "children": -(-len(items) // size)},
             ).operation
+            children = []
             for start in range(0, len(items), size):
                 chunk = items[start : start + size]
-                services.operation_submit(
-                    bank_id=bank.pk,
-                    operation_type="retain",
-                    parent_id=parent.pk,
-                    items_count=len(chunk),
-                    # A one-document chunk is serialized with other retains of that document.
-                    document_id=chunk[0].document_id if len(chunk) == 1 else None,
-                    payload={
-                        "items": [item.to_payload() for item in chunk],
-                        "document_tags": document_tags,
-                        "batch_id": batch_id,
-                        "offset": start,
-                    },
+                children.append(
+                    services.Child(
+                        operation_type="retain",
+                        items_count=len(chunk),
+                        # A one-document chunk is serialized with other retains of that document.
+                        document_id=chunk[0].document_id if len(chunk) == 1 else None,
+                        payload={
+                            "items": [item.to_payload() for item in chunk],
+                            "document_tags": document_tags,
+                            "batch_id": batch_id,
+                            "offset": start,
+                        },
+                    )
                 )
+            services.operations_submit_children(parent=parent, children=children, tag=tag)
     except IntegrityError:
         # The same client id submitted concurrently: the other request won.
         if operation_id is None:
@@ -93,22 +103,26 @@ def retain_async(
     return Operation.objects.get(pk=parent.pk), False
 
 
-def files_submit(
-    *, bank: Bank, uploads: list[Upload], tags: list[str], context: str, document_id: str | None
-) -> list[Operation]:
+def files_submit(*, bank: Bank, uploads: list[Upload], tag: str | None = None) -> list[Operation]:
     """One file_convert_retain operation per file, each with its file stored in
     the same transaction (so a worker never sees an operation without its file)."""
     operations = []
     with transaction.atomic():
         for upload in uploads:
-            payload: dict[str, Any] = {"tags": tags, "context": context, "content_type": upload.content_type}
+            payload: dict[str, Any] = {
+                "tags": list(upload.tags),
+                "context": upload.context,
+                "metadata": upload.metadata,
+                "content_type": upload.content_type,
+            }
             operation = services.operation_submit(
                 bank_id=bank.pk,
                 operation_type="file_convert_retain",
                 filename=upload.filename,
-                document_id=document_id or upload.filename,
+                document_id=upload.document_id or upload.filename,
                 items_count=1,
                 payload=payload,
+                tag=tag,
             ).operation
             StoredFile.objects.create(
                 operation=operation,

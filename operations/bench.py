@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -112,6 +113,7 @@ def platform_side(count: int, slots: int, progress: Any) -> dict[str, Any]:
         [sys.executable, "-m", "celery", "-A", "opsproject", "beat", "-s", str(data_dir / "beat")],
         env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    flower = _start_flower(data_dir, log) if os.environ.get("OPS_BENCH_FLOWER") else None
     try:
         from operations.models import WorkerNode
 
@@ -134,10 +136,47 @@ def platform_side(count: int, slots: int, progress: Any) -> dict[str, Any]:
             pk = services.operation_submit(bank_id="bench", operation_type="bench_noop").operation.pk
             return Operation.objects.filter(pk=pk, status="completed").exists
 
-        return _figures(count, started, submitted, finished, _pickups(submit_one))
+        figures = _figures(count, started, submitted, finished, _pickups(submit_one))
+        if flower is not None:
+            figures["flower_tasks_seen"] = _flower_task_count(flower[1])
+        return figures
     finally:
+        if flower is not None:
+            _stop(flower[0])
         _stop(beat)
         _stop(workers)
+
+
+def _start_flower(data_dir: Path, log: Any) -> tuple[subprocess.Popen[bytes], str]:
+    """Flower listening to the workers' events, as an operator would run it."""
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "opsproject", "flower", "--address=127.0.0.1",
+         f"--port={port}", f"--db={data_dir / 'flower.db'}", "--max_tasks=100000"],
+        env={**os.environ, "FLOWER_UNAUTHENTICATED_API": "true"},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}/healthcheck", timeout=2).text == "OK"
+        except httpx.HTTPError:
+            return False
+
+    _wait(up, 120, "flower")
+    return process, url
+
+
+def _flower_task_count(url: str) -> int:
+    """How many tasks Flower saw (it keeps them in memory, from the events)."""
+    import httpx
+
+    return len(httpx.get(f"{url}/api/tasks", params={"limit": 200_000}, timeout=60).json())
 
 
 def celery_side(count: int, slots: int, progress: Any) -> dict[str, Any]:
@@ -178,8 +217,9 @@ def celery_side(count: int, slots: int, progress: Any) -> dict[str, Any]:
         _stop(worker)
 
 
-def run_side(side: str, count: int, slots: int) -> dict[str, Any]:
-    """Run one side in a child process on the embedded defaults; its JSON result."""
+def run_side(side: str, count: int, slots: int, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run one side in a child process on the embedded defaults (plus
+    `extra_env`, e.g. OPS_TASK_EVENTS); its JSON result."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"ops-bench-{side}-"))
     try:
         env = _env(
@@ -187,6 +227,7 @@ def run_side(side: str, count: int, slots: int) -> dict[str, Any]:
             OPS_WORKER_MAX_SLOTS=str(slots),
             OPS_WORKER_CONSOLIDATION_RESERVED_SLOTS="0",
             DJANGO_SETTINGS_MODULE="opsproject.settings",
+            **(extra_env or {}),
         )
         code = (
             "import json, sys; from operations import bench; "

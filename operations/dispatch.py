@@ -6,32 +6,65 @@ publish failure, a worker killed after fetching it) or duplicated (a sweep
 re-publishes): the claim in `services` drops whatever is not claimable, and the
 sweeper re-publishes pending operations that are due and were not picked up.
 
-`dispatched_at` marks the last publish. A publisher first marks the row with a
-conditional UPDATE on the `dispatched_at` it read, so two publishers racing over
-one row (a submit's on-commit hook, a sweeper, a worker topping up) publish it once.
+`dispatched_at` marks the last publish. A publisher marks the row with a
+conditional UPDATE before it sends, so two publishers racing over one row (a
+worker topping up, a sweeper) publish it once. A submission whose window has
+room is written already marked and sent once committed, saving the UPDATE; if
+its process dies between the commit and the send, the message counts as lost
+and is published again after OPS_REDISPATCH_SECONDS.
 
-**The dispatch window.** At most `OPS_DISPATCH_WINDOW` messages per type are in
-the broker at a time; the rest of a backlog waits in the database. Each message
-a worker takes tops the window up again. So a backlog of any size costs the
-broker nothing (kombu's filesystem transport lists its whole folder on every
-fetch), a message is only ever stale when it was really lost, and a new
-operation is picked up as soon as a slot is free.
+**The dispatch window.** At most about `OPS_DISPATCH_WINDOW` messages per type
+are in the broker at a time; the rest of a backlog waits in the database. A
+submission is published at once while its type's window has room; each message
+a worker takes is replaced by the next operation waiting (`publish_next`), and
+the sweeper tops windows up. So a backlog of any size costs the broker nothing,
+a new operation is picked up as soon as a slot is free, and what is published
+next is chosen in the database:
+
+**Fair across banks.** The next operation is taken round-robin over the banks
+that have work waiting (each process keeps its own cursor over bank ids), oldest
+first within a bank: one bank's backlog of thousands waits behind every other
+bank's next operation, and still gets every slot nobody else wants.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
 import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db import connection
+from django.db.models import F
 from django.utils import timezone
 
 from operations import registry
 from operations.models import Operation, OperationStatus
 
 log = logging.getLogger(__name__)
+
+# Per process and type: the bank the last fair pick came from.
+_cursor: dict[str, str] = {}
+
+
+def send(operation_id: uuid.UUID | str, operation_type: str, task_id: str) -> bool:
+    """Send the message of a row already marked with `task_id`. On a broker
+    failure the mark is undone and False returned: the sweeper tries again."""
+    from opsproject.celery import app
+
+    optype = registry.get(operation_type)
+    try:
+        app.send_task(optype.task_name, args=[str(operation_id)], queue=optype.queue, task_id=task_id)
+    except Exception as exc:  # any broker failure: the row stays pending for the sweeper
+        log.warning("publish of %s %s failed, the sweeper will retry: %s", operation_type, operation_id, exc)
+        Operation.objects.filter(pk=operation_id, task_id=task_id).transition(
+            "dispatch", dispatched_at=None, updated_at=F("updated_at")
+        )
+        return False
+    return True
 
 
 def publish(
@@ -43,24 +76,11 @@ def publish(
     """Publish one pending operation to its type's queue. Returns False when the
     row was not ours to publish (not pending, or another publisher marked it)
     or the broker refused; the sweeper tries again later in the second case."""
-    from opsproject.celery import app
-
-    optype = registry.get(operation_type)
     task_id = str(uuid.uuid4())
-    marked = Operation.objects.filter(
-        pk=operation_id, status=OperationStatus.PENDING, dispatched_at=expected_dispatched_at
-    ).update(dispatched_at=timezone.now(), task_id=task_id)
-    if not marked:
-        return False
-    try:
-        app.send_task(optype.task_name, args=[str(operation_id)], queue=optype.queue, task_id=task_id)
-    except Exception as exc:  # any broker failure: the row stays pending for the sweeper
-        log.warning("publish of %s %s failed, the sweeper will retry: %s", operation_type, operation_id, exc)
-        Operation.objects.filter(
-            pk=operation_id, status=OperationStatus.PENDING, task_id=task_id
-        ).update(dispatched_at=None)
-        return False
-    return True
+    marked = Operation.objects.filter(pk=operation_id, dispatched_at=expected_dispatched_at).transition(
+        "dispatch", dispatched_at=timezone.now(), task_id=task_id, updated_at=F("updated_at")
+    )
+    return bool(marked) and send(operation_id, operation_type, task_id)
 
 
 def _stale_before() -> datetime:
@@ -68,47 +88,134 @@ def _stale_before() -> datetime:
 
 
 def in_flight(operation_type: str) -> int:
-    """Messages of this type in the broker now (published, not yet claimed)."""
-    return Operation.objects.filter(
+    """Messages of this type in the broker now (published, not yet claimed),
+    counted up to the window: the count stops there."""
+    live = Operation.objects.filter(
         status=OperationStatus.PENDING, operation_type=operation_type, dispatched_at__gte=_stale_before()
-    ).count()
-
-
-def _publishable(operation_type: str) -> QuerySet[Operation]:
-    """Pending operations of a type that are due, have no live message, and
-    whose serialization key is free; oldest first."""
-    now = timezone.now()
-    busy_keys = Operation.objects.filter(
-        status=OperationStatus.PROCESSING, serial_key__isnull=False
-    ).values("serial_key")
-    return (
-        Operation.objects.filter(status=OperationStatus.PENDING, operation_type=operation_type)
-        .filter(Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=now))
-        .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=_stale_before()))
-        .exclude(serial_key__in=busy_keys)
-        .order_by("created_at")
     )
+    return live[: settings.OPS_DISPATCH_WINDOW].count()
 
 
-def top_up(operation_type: str) -> int:
-    """Publish the oldest publishable operations of a type until the window is
-    full; returns how many were published."""
-    room = settings.OPS_DISPATCH_WINDOW - in_flight(operation_type)
-    if room <= 0:
-        return 0
-    published = 0
-    for pk, dispatched_at in _publishable(operation_type).values_list("pk", "dispatched_at")[:room]:
-        if publish(pk, operation_type, expected_dispatched_at=dispatched_at):
-            published += 1
-    return published
+def window_room(operation_type: str) -> int:
+    """How many more messages of this type the window takes now."""
+    return max(settings.OPS_DISPATCH_WINDOW - in_flight(operation_type), 0)
 
 
 def offer(operation_id: uuid.UUID | str, operation_type: str) -> bool:
-    """A new (or re-queued) operation: publish it now if its type's window has
-    room, else leave it to the next top-up."""
-    if in_flight(operation_type) >= settings.OPS_DISPATCH_WINDOW:
+    """A re-queued operation (a retry): publish it now if its type's window
+    has room, else leave it to the next top-up."""
+    return bool(window_room(operation_type)) and publish(operation_id, operation_type)
+
+
+# The fair pick: the oldest due, unpublished operation of the next bank after
+# the cursor that has one, whose serialization key is free, marked as published
+# in the same statement (so concurrent pickers never take the same row).
+_PICK = """
+UPDATE operations_operation SET dispatched_at = %s, task_id = %s
+WHERE id = (
+    SELECT o.id FROM operations_operation o
+    WHERE o.status = 'pending' AND o.operation_type = %s AND o.dispatched_at IS NULL
+      AND o.bank_id > %s
+      AND (o.next_retry_at IS NULL OR o.next_retry_at <= %s)
+      AND (o.serial_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM operations_operation p WHERE p.status = 'processing' AND p.serial_key = o.serial_key))
+    ORDER BY o.bank_id, o.created_at
+    LIMIT 1 {lock}
+) AND status = 'pending' AND dispatched_at IS NULL
+RETURNING id, bank_id
+"""
+
+
+def _pick(operation_type: str, after: str, task_id: str) -> tuple[str, str] | None:
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    # PostgreSQL: skip rows another picker is marking instead of waiting for it.
+    lock = "FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(_PICK.format(lock=lock), [now, task_id, operation_type, after, now])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return str(uuid.UUID(str(row[0]))), row[1]
+
+
+def publish_next(operation_type: str) -> bool:
+    """Publish the next waiting operation of a type, fairly across banks
+    (see the module). False when nothing waits."""
+    task_id = str(uuid.uuid4())
+    after = _cursor.get(operation_type, "")
+    picked = _pick(operation_type, after, task_id) or (after and _pick(operation_type, "", task_id))
+    if not picked:
         return False
-    return publish(operation_id, operation_type)
+    operation_id, bank_id = picked
+    _cursor[operation_type] = bank_id
+    return send(operation_id, operation_type, task_id)
+
+
+class _Publisher:
+    """A daemon thread of a worker process that publishes the next operation
+    when a message was taken, off the path of the task that took it (a
+    database round trip and a broker publish the run no longer waits for).
+    Started on first use; a forked process starts its own."""
+
+    def __init__(self) -> None:
+        self._pid: int | None = None
+        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+
+    def submit(self, operation_type: str) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._queue = queue.SimpleQueue()
+                threading.Thread(target=self._run, name="ops-publisher", daemon=True).start()
+        self._queue.put(operation_type)
+
+    def _run(self) -> None:
+        while True:
+            operation_type = self._queue.get()
+            try:
+                publish_next(operation_type)
+            except Exception:  # the sweeper tops windows up too
+                log.exception("publishing the next %s operation failed", operation_type)
+                connection.close()
+
+
+_publisher = _Publisher()
+
+
+def replace_taken(operation_type: str, *, in_background: bool) -> None:
+    """A message of this type left the broker: the next waiting operation
+    takes its place in the window. In a worker's pool process, a background
+    thread does it; elsewhere (a run in-process) it happens here."""
+    if in_background:
+        _publisher.submit(operation_type)
+    else:
+        publish_next(operation_type)
+
+
+def _republish_stale(operation_type: str, limit: int) -> int:
+    """Operations whose message was published long ago and never taken (lost
+    with a broker restart, say): publish them again."""
+    now = timezone.now()
+    stale = (
+        Operation.objects.filter(
+            status=OperationStatus.PENDING, operation_type=operation_type, dispatched_at__lt=_stale_before()
+        )
+        .exclude(next_retry_at__gt=now)
+        .order_by("dispatched_at")
+        .values_list("pk", "dispatched_at")[:limit]
+    )
+    return sum(publish(pk, operation_type, expected_dispatched_at=at) for pk, at in stale)
+
+
+def top_up(operation_type: str) -> int:
+    """Fill a type's window: stale messages again, then waiting operations,
+    fairly. Returns how many were published."""
+    room = window_room(operation_type)
+    published = _republish_stale(operation_type, room) if room else 0
+    while published < room and publish_next(operation_type):
+        published += 1
+    return published
 
 
 def publish_due() -> int:
@@ -122,14 +229,12 @@ def publish_next_serial(serial_key: str) -> bool:
     pending one waiting on the same key."""
     now = timezone.now()
     waiting = (
-        Operation.objects.filter(serial_key=serial_key, status=OperationStatus.PENDING)
-        .filter(Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=now))
+        Operation.objects.filter(serial_key=serial_key, status=OperationStatus.PENDING, dispatched_at=None)
+        .exclude(next_retry_at__gt=now)
         .order_by("created_at")
-        .values("pk", "operation_type", "dispatched_at")
+        .values("pk", "operation_type")
         .first()
     )
     if waiting is None:
         return False
-    return publish(
-        waiting["pk"], waiting["operation_type"], expected_dispatched_at=waiting["dispatched_at"]
-    )
+    return publish(waiting["pk"], waiting["operation_type"])

@@ -6,7 +6,7 @@ in the registry by its dotted path. It:
 - reads its input from `ctx.payload` (JSON primitives) and the operation's
   fields (`ctx.bank_id`, `ctx.document_id`, …), never from model instances
   passed in;
-- reports progress with `ctx.progress(stage, processed=…, total=…)`, which also
+- reports progress with `ctx.progress(stage, processed=…, total=…, detail={name: count})`, which also
   checks for cancellation; between items with no progress to report it calls
   `ctx.checkpoint()`;
 - returns a JSON-able dict (stored as `result_metadata`) or None;
@@ -107,9 +107,10 @@ class OperationContext:
         *,
         processed: int | None = None,
         total: int | None = None,
-        detail: str | None = None,
+        detail: dict[str, int] | None = None,
     ) -> None:
-        """Record progress, then check for cancellation (see `checkpoint`)."""
+        """Record progress, then check for cancellation (see `checkpoint`).
+        `detail` is a few named counts (Hindsight's shape), e.g. {"units": 12}."""
         from operations import services
 
         self.stage = stage

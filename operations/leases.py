@@ -42,7 +42,10 @@ class Held:
     interrupted_at: float | None = None
 
 
-_lock = threading.Lock()
+# Re-entrant: the cancel signal handler runs in the main thread between any two
+# bytecodes, possibly while that same thread holds the lock (in `hold`,
+# `set_in_handler`, …). With a plain Lock it would wait for itself forever.
+_lock = threading.RLock()
 _held: dict[str, Held] = {}
 _thread: threading.Thread | None = None
 _thread_pid: int | None = None
@@ -147,11 +150,13 @@ def _stop(held: Held) -> None:
     if services.operation_confirm_cancel(lease=held.lease, stage="unresponsive handler"):
         log.error("operation %s did not stop; cancelled, killing its process", held.lease.operation_id)
     release(held.lease.operation_id)
-    if _in_pool_child():
+    if in_pool_process():
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _in_pool_child() -> bool:
+def in_pool_process() -> bool:
+    """True in a Celery prefork pool process (not a worker's main process, not
+    a test or web process running an operation in-process)."""
     from billiard.process import current_process
 
     return current_process().name != "MainProcess"

@@ -7,9 +7,12 @@ UPDATE; `TRANSITIONS` below is the table of what is allowed.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
-from django.db import models
+from django.db import connections, models
 from django.db.models import Q
+from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from operations import registry
@@ -32,25 +35,166 @@ TERMINAL_STATUSES = frozenset(
     {OperationStatus.COMPLETED, OperationStatus.FAILED, OperationStatus.CANCELLED}
 )
 
-# Every allowed transition, by the name of the service function that makes it:
-# action -> (statuses it starts from, status it ends in). A transition from any
-# other status is refused; `services` applies each as a conditional UPDATE.
-TRANSITIONS: dict[str, tuple[frozenset[str], str | None]] = {
-    "submit": (frozenset(), OperationStatus.PENDING),
-    "claim": (frozenset({OperationStatus.PENDING}), OperationStatus.PROCESSING),
-    "progress": (frozenset({OperationStatus.PROCESSING}), OperationStatus.PROCESSING),
-    "complete": (frozenset({OperationStatus.PROCESSING}), OperationStatus.COMPLETED),
-    "fail": (frozenset({OperationStatus.PROCESSING}), OperationStatus.FAILED),
-    "reschedule": (frozenset({OperationStatus.PROCESSING}), OperationStatus.PENDING),
-    "cancel": (frozenset({OperationStatus.PENDING}), OperationStatus.CANCELLED),
-    "request_cancel": (frozenset({OperationStatus.PROCESSING}), OperationStatus.PROCESSING),
-    "confirm_cancel": (frozenset({OperationStatus.PROCESSING}), OperationStatus.CANCELLED),
-    "retry": (
-        frozenset({OperationStatus.FAILED, OperationStatus.CANCELLED}),
-        OperationStatus.PENDING,
+ACTIVE_STATUSES = frozenset({OperationStatus.PENDING, OperationStatus.PROCESSING})
+ALL_STATUSES = frozenset(OperationStatus.values)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One allowed change of an operation row.
+
+    sources   the statuses it starts from; a row in any other status is left alone
+    targets   the statuses it may end in (the first is the default); empty for delete
+    guard     a further condition the row must meet at the moment of the UPDATE,
+              so a decision never rests on a value read earlier
+    parents   True: only parent (roll-up) rows take it; False: only ordinary
+              rows; None: both. A parent's status is never set by a transition
+              meant for the rows that run (the cancel of a bulk cancel, say).
+    """
+
+    sources: frozenset[str]
+    targets: tuple[str, ...]
+    doc: str
+    guard: Q | None = None
+    parents: bool | None = False
+
+    @property
+    def target(self) -> str | None:
+        return self.targets[0] if self.targets else None
+
+
+_NO_CANCEL_REQUEST = Q(cancel_requested_at__isnull=True)
+
+# Every allowed transition, by name. `OperationQuerySet.transition` is the only
+# way a status changes: one conditional UPDATE per call, from the sources
+# listed here, returning how many rows it changed (0: another process got
+# there first, or the row is not in a status the transition starts from).
+TRANSITIONS: dict[str, Transition] = {
+    "submit": Transition(
+        frozenset(), (OperationStatus.PENDING,), "a new row (an INSERT, not an UPDATE)", parents=None
     ),
-    "delete": (frozenset(TERMINAL_STATUSES), None),
+    "dispatch": Transition(
+        frozenset({OperationStatus.PENDING}), (OperationStatus.PENDING,),
+        "mark a pending row as published to the broker",
+    ),
+    "claim": Transition(
+        frozenset({OperationStatus.PENDING}), (OperationStatus.PROCESSING,),
+        "a worker takes a due pending row and holds a lease on it",
+    ),
+    "progress": Transition(
+        frozenset({OperationStatus.PROCESSING}), (OperationStatus.PROCESSING,),
+        "the worker reports progress or renews its lease",
+    ),
+    "request_cancel": Transition(
+        frozenset({OperationStatus.PROCESSING}), (OperationStatus.PROCESSING,),
+        "ask a running handler to stop at its next checkpoint",
+        guard=_NO_CANCEL_REQUEST,
+    ),
+    "complete": Transition(
+        frozenset({OperationStatus.PROCESSING}), (OperationStatus.COMPLETED,),
+        "the handler returned",
+    ),
+    "fail": Transition(
+        frozenset({OperationStatus.PROCESSING}), (OperationStatus.FAILED,),
+        "a permanent error or the retry budget spent; a pending cancel request wins instead",
+        guard=_NO_CANCEL_REQUEST,
+    ),
+    "reschedule": Transition(
+        frozenset({OperationStatus.PROCESSING}), (OperationStatus.PENDING,),
+        "a transient error: pending again until next_retry_at; a pending cancel request wins instead",
+        guard=_NO_CANCEL_REQUEST,
+    ),
+    "confirm_cancel": Transition(
+        frozenset({OperationStatus.PROCESSING}), (OperationStatus.CANCELLED,),
+        "the handler stopped after a cancel request (or was stopped)",
+    ),
+    "cancel": Transition(
+        frozenset({OperationStatus.PENDING}), (OperationStatus.CANCELLED,),
+        "cancel before it ran",
+    ),
+    "retry": Transition(
+        frozenset({OperationStatus.FAILED, OperationStatus.CANCELLED}), (OperationStatus.PENDING,),
+        "queue a failed or cancelled operation again (manual retry)",
+    ),
+    "delete": Transition(
+        frozenset(TERMINAL_STATUSES), (), "remove a finished row (a parent with its children)", parents=None
+    ),
+    # A parent never runs: its status follows its children.
+    "roll_up": Transition(
+        ACTIVE_STATUSES,
+        (OperationStatus.PROCESSING, OperationStatus.PENDING, OperationStatus.COMPLETED,
+         OperationStatus.FAILED, OperationStatus.CANCELLED),
+        "recompute a parent from its children; a finished parent never moves back",
+        parents=True,
+    ),
+    "retry_parent": Transition(
+        frozenset({OperationStatus.FAILED, OperationStatus.CANCELLED}), (OperationStatus.PENDING,),
+        "re-open a finished parent whose failed and cancelled children are queued again",
+        parents=True,
+    ),
 }
+
+
+class TransitionError(ValueError):
+    """A programming error: an unknown transition or a target it does not allow."""
+
+
+class OperationQuerySet(models.QuerySet["Operation"]):
+    def transition(self, name: str, *, status: str | None = None, **fields: Any) -> int:
+        """Perform transition `name` on these rows as one conditional UPDATE:
+        only rows in one of its source statuses (and meeting its guard) change.
+        `status` picks among the transition's targets (default: the first).
+        Stamps `updated_at`. Returns how many rows changed."""
+        rows, values = self._transition_update(name, status, fields)
+        return rows.update(**values)
+
+    def transition_returning(
+        self, name: str, returning: tuple[str, ...], *, status: str | None = None, **fields: Any
+    ) -> list[dict[str, Any]]:
+        """`transition`, returning the named fields of the rows it changed, in
+        the same statement (UPDATE … RETURNING: PostgreSQL, SQLite >= 3.35)."""
+        rows, values = self._transition_update(name, status, fields)
+        query = rows.query.chain(UpdateQuery)
+        query.add_update_values(values)
+        db = connections[rows.db]
+        statement, params = query.get_compiler(rows.db).as_sql()
+        table = self.model._meta.db_table
+        columns = [self.model._meta.get_field(name).get_col(table) for name in returning]
+        statement += " RETURNING " + ", ".join(db.ops.quote_name(c.target.column) for c in columns)
+        with db.cursor() as cursor:
+            cursor.execute(statement, params)
+            fetched = cursor.fetchall()
+        converters = [db.ops.get_db_converters(c) + c.get_db_converters(db) for c in columns]
+        result = []
+        for row in fetched:
+            values_out = {}
+            for name, column, convert, value in zip(returning, columns, converters, row, strict=True):
+                for converter in convert:
+                    value = converter(value, column, db)
+                values_out[name] = value
+            result.append(values_out)
+        return result
+
+    def _transition_update(
+        self, name: str, status: str | None, fields: dict[str, Any]
+    ) -> tuple[OperationQuerySet, dict[str, Any]]:
+        transition = TRANSITIONS.get(name)
+        if transition is None or not transition.targets:
+            raise TransitionError(f"{name!r} is not an UPDATE transition")
+        target = status if status is not None else transition.target
+        if target not in transition.targets:
+            raise TransitionError(f"{name} cannot end in {target!r}")
+        rows = self.filter(status__in=transition.sources)
+        if transition.guard is not None:
+            rows = rows.filter(transition.guard)
+        if transition.parents is not None:
+            parent_types = registry.parent_type_names()
+            rows = rows.filter(operation_type__in=parent_types) if transition.parents else (
+                rows.exclude(operation_type__in=parent_types)
+            )
+        fields.setdefault("updated_at", timezone.now())
+        return rows, {"status": target, **fields}
+
 
 ERROR_MESSAGE_MAX = 5000
 
@@ -75,8 +219,10 @@ class Operation(models.Model):
     retry_count = models.PositiveIntegerField(default=0)
     max_retries = models.PositiveIntegerField(default=0)
     next_retry_at = models.DateTimeField(null=True, blank=True)
+    # Indexed only where set (see Meta): most operations have no parent, and
+    # every index on every row costs each status change an index entry.
     parent = models.ForeignKey(
-        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="children"
+        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="children", db_index=False
     )
     document_id = models.CharField(max_length=512, null=True, blank=True)
     filename = models.CharField(max_length=512, null=True, blank=True)
@@ -99,12 +245,20 @@ class Operation(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
+    objects = OperationQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at"]
+        # Cancelling and retrying change what runs, so the admin console asks
+        # for these beyond the stock view/change/delete permissions.
+        permissions = [
+            ("cancel_operation", "Can cancel operations"),
+            ("retry_operation", "Can retry operations"),
+        ]
         indexes = [
             models.Index(fields=["bank", "-created_at"], name="ops_bank_created"),
-            models.Index(fields=["status", "next_retry_at"], name="ops_status_due"),
             models.Index(fields=["-created_at"], name="ops_created"),
+            models.Index(fields=["parent", "created_at"], condition=Q(parent__isnull=False), name="ops_children"),
             # The dispatch window: messages in flight per type, and the queue
             # of pending operations per type in submission order.
             models.Index(
@@ -112,18 +266,24 @@ class Operation(models.Model):
                 condition=Q(status="pending"),
                 name="ops_pending_dispatched",
             ),
+            # The fair pick: per type, bank by bank, oldest first, among the
+            # pending operations not yet published (see dispatch._PICK).
             models.Index(
-                fields=["operation_type", "created_at"],
-                condition=Q(status="pending"),
-                name="ops_pending_queue",
+                fields=["operation_type", "bank", "created_at"],
+                condition=Q(status="pending", dispatched_at__isnull=True),
+                name="ops_pending_fair",
             ),
             models.Index(
                 fields=["heartbeat_at"],
                 condition=Q(status="processing"),
                 name="ops_processing_heartbeat",
             ),
+            # Finished rows by status and time: the metrics rollup's window, and
+            # status filters of lists over every bank. (Pending and processing
+            # rows have partial indexes of their own; no index on status alone,
+            # which every status change would have to update.)
             models.Index(
-                fields=["completed_at"],
+                fields=["status", "completed_at"],
                 condition=Q(status__in=["completed", "failed", "cancelled"]),
                 name="ops_terminal_completed",
             ),
@@ -162,3 +322,32 @@ class WorkerNode(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class MetricsRollup(models.Model):
+    """Prometheus counters and histograms of finished operations, kept as
+    rollup rows: each scrape adds what finished since the last one (see
+    `operations.metrics`), so they only grow, even when retention prunes the
+    operations they counted, and a scrape never scans the whole table.
+
+    One row per (type, series): a status's finish count (`finished:<status>`),
+    or one bucket of a histogram (`run:<i>`, `wait:<i>`; `<i>` = len(BUCKETS) is +Inf)
+    with the sum of the observed seconds in `total`.
+    """
+
+    operation_type = models.CharField(max_length=64)
+    series = models.CharField(max_length=32)
+    count = models.BigIntegerField(default=0)
+    total = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["operation_type", "series"], name="ops_metrics_rollup_unique")
+        ]
+
+
+class MetricsWatermark(models.Model):
+    """Up to when finished operations are in the rollup (one row, pk 1)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    counted_until = models.DateTimeField()

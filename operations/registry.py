@@ -19,6 +19,12 @@ if TYPE_CHECKING:
     from operations.handlers import OperationContext
 
 Handler = Callable[["OperationContext"], "dict[str, Any] | None"]
+Details = Callable[[str, "dict[str, Any]"], "dict[str, Any] | None"]
+
+
+def _import(dotted: str) -> Any:
+    module_name, _, attribute = dotted.rpartition(".")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 class Scope(enum.Enum):
@@ -45,6 +51,9 @@ class OperationType:
     serialize       at most one operation of this type and scope is processing
     reserved_slots  default reservation in the slot plan (OPS_WORKER_<NAME>_RESERVED_SLOTS)
     rollup          a parent type: it never runs, its status is the roll-up of its children
+    details         dotted path of `details(status, result_metadata) -> dict | None`: the
+                    typed outcome the API reports as the operation's `details`
+                    (Hindsight's field; null for types that declare none)
     """
 
     name: str
@@ -58,6 +67,7 @@ class OperationType:
     serialize: Scope | None = None
     reserved_slots: int = 0
     rollup: bool = False
+    details: str = ""
 
     @property
     def queue(self) -> str:
@@ -77,9 +87,12 @@ class OperationType:
 
     @cached_property
     def handler_function(self) -> Handler:
-        module_name, _, attribute = self.handler.rpartition(".")
-        function: Handler = getattr(importlib.import_module(module_name), attribute)
+        function: Handler = _import(self.handler)
         return function
+
+    @cached_property
+    def details_function(self) -> Details | None:
+        return _import(self.details) if self.details else None
 
     def key_for(self, scope: Scope | None, *, bank_id: str, document_id: str | None,
                 mental_model_id: str | None) -> str | None:
@@ -87,10 +100,18 @@ class OperationType:
         does not apply (no rule, or the operation lacks the scoped field)."""
         if scope is None:
             return None
+        prefix = f"{self.name}:{escape_key_part(bank_id)}"
         if scope is Scope.BANK:
-            return f"{self.name}:{bank_id}"
+            return prefix
         value = document_id if scope is Scope.DOCUMENT else mental_model_id
-        return f"{self.name}:{bank_id}:{value}" if value else None
+        return f"{prefix}:{value}" if value else None
+
+
+def escape_key_part(part: str) -> str:
+    """A key component that contains no ':', so `type:bank:value` keys are
+    unambiguous whatever the bank id holds ('%' first, so it stays reversible).
+    Migration 0004 applies the same escaping to stored keys in SQL."""
+    return part.replace("%", "%25").replace(":", "%3A")
 
 
 _TYPES: dict[str, OperationType] = {}
@@ -125,6 +146,11 @@ def all_types() -> list[OperationType]:
 
 def names() -> list[str]:
     return [t.name for t in all_types()]
+
+
+def parent_type_names() -> list[str]:
+    """The roll-up (parent) types: their status follows their children."""
+    return [t.name for t in all_types() if t.rollup]
 
 
 def choices() -> list[tuple[str, str]]:

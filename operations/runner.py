@@ -24,9 +24,11 @@ T = TypeVar("T")
 
 def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str) -> str:
     """Run the operation if it is claimable; returns what happened (for logs)."""
-    lease = services.operation_claim(operation_id=operation_id, worker=worker, task_id=task_id)
-    # This message left the broker: refill the type's dispatch window.
-    _top_up(operation_type)
+    # Riding out a connection that died since the last task (none is health
+    # checked before each task): reconnect and claim again.
+    lease = _record(services.operation_claim, operation_id=operation_id, worker=worker, task_id=task_id)
+    # This message left the broker: the next waiting operation takes its place.
+    _replace_taken(operation_type)
     if lease is None:
         return "dropped"
     optype = registry.get(lease.operation_type)
@@ -74,11 +76,11 @@ def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str
         leases.release(lease.operation_id)
 
 
-def _top_up(operation_type: str) -> None:
+def _replace_taken(operation_type: str) -> None:
     try:
-        dispatch.top_up(operation_type)
+        dispatch.replace_taken(operation_type, in_background=leases.in_pool_process())
     except Exception:  # the sweeper tops up too; never fail a run over it
-        log.exception("topping up the %s dispatch window failed", operation_type)
+        log.exception("publishing the next %s operation failed", operation_type)
         _recover_connection()
 
 
@@ -86,9 +88,11 @@ RECORD_ATTEMPTS = 5
 
 
 def _record(transition: Callable[..., T], **kwargs: Any) -> T:
-    """Record an outcome, riding out a dropped database connection: the work is
-    done, and losing its outcome would make it run again. If the database stays
-    away, the lease expires and the reaper settles the row."""
+    """Make a transition, riding out a dropped database connection: for an
+    outcome, the work is done and losing it would make it run again; for a
+    claim, the message would be lost with the task. If the database stays
+    away, the lease expires and the reaper settles the row (or, for a claim,
+    the sweeper publishes it again)."""
     for attempt in range(1, RECORD_ATTEMPTS + 1):
         try:
             return transition(**kwargs)

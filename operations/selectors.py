@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from django.db import connection
 from django.db.models import Count, Min, QuerySet
 from django.utils import timezone
 
 from operations import registry
 from operations.models import Operation, OperationStatus
+
+
+# What the API shows of an operation in a list, and in full.
+LIST_FIELDS = (
+    "id", "bank_id", "operation_type", "status", "items_count", "document_id", "filename",
+    "mental_model_id", "tag", "parent_id", "created_at", "updated_at", "started_at", "completed_at",
+    "error_message", "retry_count", "next_retry_at", "progress", "result_metadata", "worker",
+    "max_retries", "heartbeat_at", "cancel_requested_at",
+)
+DETAIL_FIELDS = (*LIST_FIELDS, "error_history", "task_payload")
 
 
 def operations_filtered(queryset: QuerySet[Operation], filters: dict[str, Any]) -> QuerySet[Operation]:
@@ -37,8 +50,41 @@ def operations_filtered(queryset: QuerySet[Operation], filters: dict[str, Any]) 
     return queryset.order_by("-created_at", "-id")
 
 
-def operation_page(queryset: QuerySet[Operation], *, limit: int, offset: int) -> tuple[int, list[Operation]]:
-    return queryset.count(), list(queryset[offset : offset + limit])
+# Counting more matching rows than this costs more than a page is worth (a
+# million rows: tens of milliseconds); beyond it `total` is PostgreSQL's estimate.
+COUNT_CAP = 10_000
+
+
+@dataclass(frozen=True)
+class Page:
+    total: int
+    total_is_estimate: bool
+    rows: list[dict[str, Any]]
+
+
+def operation_page(queryset: QuerySet[Operation], *, limit: int, offset: int) -> Page:
+    """A page of operations as `.values()` rows (see `api.representation`), and
+    how many match: exact up to COUNT_CAP, else the planner's estimate; no
+    count at all when the first page already holds everything."""
+    rows = list(queryset.values(*LIST_FIELDS)[offset : offset + limit])
+    if offset == 0 and len(rows) < limit:
+        return Page(len(rows), False, rows)
+    unordered = queryset.order_by()
+    if connection.vendor != "postgresql":
+        return Page(unordered.count(), False, rows)
+    total = unordered[:COUNT_CAP].count()
+    if total < COUNT_CAP:
+        return Page(total, False, rows)
+    return Page(max(_estimated_rows(unordered), COUNT_CAP), True, rows)
+
+
+def _estimated_rows(queryset: QuerySet[Operation]) -> int:
+    statement, params = queryset.values("pk").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {statement}", params)
+        plan = cursor.fetchone()[0]
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    return int(plan[0]["Plan"]["Plan Rows"])
 
 
 def operation_stats(*, bank_id: str) -> dict[str, Any]:

@@ -1,14 +1,15 @@
 """Every state change of an operation, in one place.
 
-Each transition (see `models.TRANSITIONS`) is a conditional UPDATE: it names the
-status it starts from and checks the row count. Two racing transitions cannot
-both win; the loser sees 0 rows and reports it (False, None or
-`TransitionRefused`), never an error. Uniqueness rules (dedupe while pending,
-one processing per serialization key) are partial unique indexes, so the
-database enforces them under any concurrency.
+Each transition is named in `models.TRANSITIONS` and performed by
+`Operation.objects.filter(...).transition(name, ...)`: one conditional UPDATE
+from the statuses the table allows (and its guard), whose row count says whether
+it won. Two racing transitions cannot both win; the loser sees 0 rows and
+reports it (False, None or `TransitionRefused`), never an error. Uniqueness
+rules (dedupe while pending, one processing per serialization key) are partial
+unique indexes, so the database enforces them under any concurrency.
 
-A parent's status is derived from its children and recomputed, with the parent
-row locked, in the same transaction as each child's transition.
+A parent's status is derived from its children (`operations.rollup`) in the
+same transaction as each child's transition.
 
 Nothing here does network I/O inside a transaction: publishing to the broker is
 deferred to `transaction.on_commit`.
@@ -20,21 +21,25 @@ import enum
 import logging
 import random
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Count, Q, QuerySet
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from operations import dispatch, registry
 from operations.handlers import Lease
+from operations.rollup import roll_up, rolled_up_status  # noqa: F401 (rolled_up_status: re-exported)
 from operations.models import (
     ERROR_MESSAGE_MAX,
     TERMINAL_STATUSES,
+    TRANSITIONS,
     Operation,
+    OperationQuerySet,
     OperationStatus,
 )
 
@@ -81,12 +86,6 @@ def _clip(message: str) -> str:
     return message if len(message) <= ERROR_MESSAGE_MAX else message[: ERROR_MESSAGE_MAX - 1] + "…"
 
 
-def _update(queryset: QuerySet[Operation], **fields: Any) -> int:
-    """A conditional UPDATE that also stamps `updated_at`; returns rows changed."""
-    fields.setdefault("updated_at", _now())
-    return queryset.update(**fields)
-
-
 def retry_delay(operation_type: registry.OperationType, attempt: int) -> float:
     """Seconds before retry number `attempt` (1-based).
 
@@ -107,6 +106,54 @@ def retry_delay(operation_type: registry.OperationType, attempt: int) -> float:
 # --- submit --------------------------------------------------------------------------
 
 
+def _new_row(
+    optype: registry.OperationType,
+    *,
+    bank_id: str,
+    payload: dict[str, Any] | None,
+    items_count: int,
+    document_id: str | None,
+    filename: str | None,
+    mental_model_id: str | None,
+    tag: str | None,
+    parent_id: str | uuid.UUID | None,
+    operation_id: str | uuid.UUID | None,
+) -> dict[str, Any]:
+    keys = {"bank_id": bank_id, "document_id": document_id, "mental_model_id": mental_model_id}
+    fields: dict[str, Any] = {
+        "bank_id": bank_id,
+        "operation_type": optype.name,
+        "task_payload": payload or {},
+        "items_count": items_count,
+        "document_id": document_id,
+        "filename": filename,
+        "mental_model_id": mental_model_id,
+        "tag": tag,
+        "parent_id": parent_id,
+        "dedupe_key": optype.key_for(optype.dedupe, **keys),
+        "serial_key": optype.key_for(optype.serialize, **keys),
+        "max_retries": (
+            optype.max_retries if optype.max_retries is not None else settings.OPS_WORKER_MAX_RETRIES
+        ),
+    }
+    if operation_id is not None:
+        fields["id"] = operation_id
+    return fields
+
+
+def _mark_published(fields: dict[str, Any]) -> None:
+    """Write the row already marked as published: its message is sent once the
+    row is committed (`_send_on_commit`), with no second UPDATE."""
+    fields["dispatched_at"] = _now()
+    fields["task_id"] = str(uuid.uuid4())
+
+
+def _send_on_commit(operation: Operation) -> None:
+    operation_id, operation_type, task_id = operation.pk, operation.operation_type, operation.task_id
+    assert task_id is not None
+    transaction.on_commit(lambda: dispatch.send(operation_id, operation_type, task_id), robust=True)
+
+
 def operation_submit(
     *,
     bank_id: str,
@@ -120,7 +167,8 @@ def operation_submit(
     parent_id: str | uuid.UUID | None = None,
     operation_id: str | uuid.UUID | None = None,
 ) -> Submission:
-    """Create a pending operation and publish it once the transaction commits.
+    """Create a pending operation and publish it once the transaction commits
+    if its type's dispatch window has room (else a top-up publishes it later).
 
     When the type deduplicates and an operation with the same key is pending,
     no row is written and that operation is returned with `deduplicated=True`.
@@ -128,34 +176,28 @@ def operation_submit(
     IntegrityError for an id already taken (callers own id idempotency).
     """
     optype = registry.get(operation_type)
-    keys = {"bank_id": bank_id, "document_id": document_id, "mental_model_id": mental_model_id}
-    dedupe_key = optype.key_for(optype.dedupe, **keys)
-    fields: dict[str, Any] = {
-        "bank_id": bank_id,
-        "operation_type": operation_type,
-        "task_payload": payload or {},
-        "items_count": items_count,
-        "document_id": document_id,
-        "filename": filename,
-        "mental_model_id": mental_model_id,
-        "tag": tag,
-        "parent_id": parent_id,
-        "dedupe_key": dedupe_key,
-        "serial_key": optype.key_for(optype.serialize, **keys),
-        "max_retries": (
-            optype.max_retries if optype.max_retries is not None else settings.OPS_WORKER_MAX_RETRIES
-        ),
-    }
-    if operation_id is not None:
-        fields["id"] = operation_id
+    fields = _new_row(
+        optype, bank_id=bank_id, payload=payload, items_count=items_count, document_id=document_id,
+        filename=filename, mental_model_id=mental_model_id, tag=tag, parent_id=parent_id,
+        operation_id=operation_id,
+    )
+    if not optype.rollup and dispatch.window_room(operation_type):
+        _mark_published(fields)
+    dedupe_key = fields["dedupe_key"]
+    # A plain row is one INSERT. A duplicate needs a savepoint to fail in (the
+    # caller's transaction goes on), a child its parent's roll-up beside it.
+    guarded = dedupe_key is not None or parent_id is not None
     # A duplicate can lose its pending twin between our failed INSERT and the
     # lookup (it was just claimed); then the INSERT is simply tried again.
     for _ in range(5):
         try:
-            with transaction.atomic():
+            if guarded:
+                with transaction.atomic():
+                    operation = Operation.objects.create(**fields)
+                    if parent_id is not None:
+                        roll_up(parent_id)
+            else:
                 operation = Operation.objects.create(**fields)
-                if parent_id is not None:
-                    _roll_up(parent_id)
         except IntegrityError:
             if dedupe_key is None:
                 raise
@@ -163,10 +205,55 @@ def operation_submit(
             if existing is not None:
                 return Submission(existing, deduplicated=True)
             continue
-        if not optype.rollup:
-            _publish_on_commit(operation.pk, operation_type)
+        if operation.task_id:
+            _send_on_commit(operation)
         return Submission(operation, deduplicated=False)
     raise IntegrityError(f"could not submit {operation_type}: dedupe key {dedupe_key} kept changing")
+
+
+@dataclass(frozen=True)
+class Child:
+    """One child of `operations_submit_children`: the fields of `operation_submit`."""
+
+    operation_type: str
+    payload: dict[str, Any]
+    items_count: int = 0
+    document_id: str | None = None
+    filename: str | None = None
+    mental_model_id: str | None = None
+
+
+def operations_submit_children(
+    *, parent: Operation, children: list[Child], tag: str | None = None
+) -> list[Operation]:
+    """Many children of one parent (an async retain split in chunks), in the
+    caller's transaction: one bulk INSERT, one roll-up, the window checked once
+    per type. Types that deduplicate are refused (a batch cannot be
+    half-deduplicated)."""
+    rows = []
+    room: dict[str, int] = {}
+    for child in children:
+        optype = registry.get(child.operation_type)
+        if optype.dedupe is not None or optype.rollup:
+            raise ValueError(f"{optype.name} cannot be submitted as a batch child")
+        fields = _new_row(
+            optype, bank_id=parent.bank_id, payload=child.payload, items_count=child.items_count,
+            document_id=child.document_id, filename=child.filename, mental_model_id=child.mental_model_id,
+            tag=tag, parent_id=parent.pk, operation_id=None,
+        )
+        if optype.name not in room:
+            room[optype.name] = dispatch.window_room(optype.name)
+        if room[optype.name] > 0:
+            room[optype.name] -= 1
+            _mark_published(fields)
+        rows.append(Operation(**fields))
+    with transaction.atomic():
+        created = Operation.objects.bulk_create(rows, batch_size=500)
+        roll_up(parent.pk)
+    for operation in created:
+        if operation.task_id:
+            _send_on_commit(operation)
+    return created
 
 
 def _publish_on_commit(operation_id: uuid.UUID | str, operation_type: str) -> None:
@@ -178,20 +265,40 @@ def _publish_on_commit(operation_id: uuid.UUID | str, operation_type: str) -> No
 # --- claim, progress, finish (the worker's side) -----------------------------------
 
 
+def _one_statement() -> AbstractContextManager[Any]:
+    """For a single statement that may fail on a constraint: in the caller's
+    transaction, a savepoint so the failure does not abort it; in autocommit,
+    nothing (the statement is its own transaction)."""
+    return transaction.atomic() if connection.in_atomic_block else nullcontext()
+
+
+def _with_parent(parent_id: str | uuid.UUID | None) -> AbstractContextManager[Any]:
+    """A child's transition and its parent's roll-up commit together; a row
+    without a parent needs no transaction around its one UPDATE."""
+    return transaction.atomic() if parent_id is not None else nullcontext()
+
+
+_CLAIMED = (
+    "id", "bank_id", "operation_type", "retry_count", "task_payload", "document_id", "filename",
+    "mental_model_id", "tag", "parent_id", "serial_key",
+)
+
+
 def operation_claim(*, operation_id: str, worker: str, task_id: str) -> Lease | None:
     """pending -> processing, if the operation is due. None when it is not
     claimable (already claimed, finished, cancelled, parked until later, or its
-    serialization key is held by another running operation)."""
+    serialization key is held by another running operation). One statement
+    (UPDATE … RETURNING) for a row without a parent."""
     now = _now()
     lease_id = uuid.uuid4()
-    claimable = Operation.objects.filter(pk=operation_id, status=PENDING).filter(
+    claimable = Operation.objects.filter(pk=operation_id).filter(
         Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=now)
     )
     try:
-        with transaction.atomic():
-            won = _update(
-                claimable,
-                status=PROCESSING,
+        with _one_statement():
+            rows = claimable.transition_returning(
+                "claim",
+                _CLAIMED,
                 worker=worker,
                 task_id=task_id,
                 lease_id=lease_id,
@@ -200,46 +307,49 @@ def operation_claim(*, operation_id: str, worker: str, task_id: str) -> Lease | 
                 cancel_requested_at=None,
                 updated_at=now,
             )
-            if not won:
-                return None
-            row = Operation.objects.get(pk=operation_id)
-            if row.parent_id is not None:
-                _roll_up(row.parent_id)
     except IntegrityError:
         # Another operation with the same serialization key is running. This one
         # stays pending; it is published again when that one finishes.
-        _update(Operation.objects.filter(pk=operation_id, status=PENDING), dispatched_at=None)
+        Operation.objects.filter(pk=operation_id).transition("dispatch", dispatched_at=None)
         log.info("operation %s waits: its serialization key is busy", operation_id)
         return None
+    if not rows:
+        return None
+    row = rows[0]
+    if row["parent_id"] is not None:
+        # Right after the claim, in a transaction of its own (a parent shows
+        # pending for that moment; the next child change would fix it anyway).
+        with transaction.atomic():
+            roll_up(row["parent_id"])
     return Lease(
-        operation_id=str(row.pk),
+        operation_id=str(row["id"]),
         lease_id=str(lease_id),
-        operation_type=row.operation_type,
-        bank_id=row.bank_id,
+        operation_type=row["operation_type"],
+        bank_id=row["bank_id"],
         worker=worker,
         task_id=task_id,
-        attempt=row.retry_count,
-        payload=row.task_payload,
-        document_id=row.document_id,
-        filename=row.filename,
-        mental_model_id=row.mental_model_id,
-        tag=row.tag,
-        parent_id=str(row.parent_id) if row.parent_id else None,
-        serial_key=row.serial_key,
+        attempt=row["retry_count"],
+        payload=row["task_payload"],
+        document_id=row["document_id"],
+        filename=row["filename"],
+        mental_model_id=row["mental_model_id"],
+        tag=row["tag"],
+        parent_id=str(row["parent_id"]) if row["parent_id"] else None,
+        serial_key=row["serial_key"],
     )
 
 
-def _leased(lease: Lease, stale_before: datetime | None = None) -> QuerySet[Operation]:
+def _leased(lease: Lease, stale_before: datetime | None = None) -> OperationQuerySet:
     """The row, only while this lease holds it (and, for the reaper, only while
     its heartbeat is older than `stale_before`: a late heartbeat wins)."""
-    rows = Operation.objects.filter(pk=lease.operation_id, lease_id=lease.lease_id, status=PROCESSING)
+    rows = Operation.objects.filter(pk=lease.operation_id, lease_id=lease.lease_id)
     return rows if stale_before is None else rows.filter(heartbeat_at__lt=stale_before)
 
 
 def operation_progress(*, lease: Lease, progress: dict[str, Any]) -> bool:
     """Record progress (and renew the heartbeat). False when the lease is lost."""
     now = _now()
-    return bool(_update(_leased(lease), progress=progress, heartbeat_at=now, updated_at=now))
+    return bool(_leased(lease).transition("progress", progress=progress, heartbeat_at=now, updated_at=now))
 
 
 def operation_lease_state(*, lease: Lease) -> str:
@@ -258,7 +368,7 @@ def _after_finish(lease: Lease) -> None:
     """Inside the finishing transaction: roll the parent up and, after commit,
     publish the next operation waiting on the same serialization key."""
     if lease.parent_id is not None:
-        _roll_up(lease.parent_id)
+        roll_up(lease.parent_id)
     if lease.serial_key is not None:
         serial_key = lease.serial_key
         transaction.on_commit(lambda: dispatch.publish_next_serial(serial_key), robust=True)
@@ -267,10 +377,9 @@ def _after_finish(lease: Lease) -> None:
 def operation_complete(*, lease: Lease, result: dict[str, Any] | None) -> bool:
     """processing -> completed. False when the lease was lost."""
     now = _now()
-    with transaction.atomic():
-        won = _update(
-            _leased(lease),
-            status=COMPLETED,
+    with _with_parent(lease.parent_id):
+        won = _leased(lease).transition(
+            "complete",
             result_metadata=result or {},
             completed_at=now,
             next_retry_at=None,
@@ -287,10 +396,9 @@ def operation_confirm_cancel(
 ) -> bool:
     """processing -> cancelled, after the handler stopped at a checkpoint."""
     now = _now()
-    with transaction.atomic():
-        won = _update(
-            _leased(lease, stale_before),
-            status=CANCELLED,
+    with _with_parent(lease.parent_id):
+        won = _leased(lease, stale_before).transition(
+            "confirm_cancel",
             completed_at=now,
             next_retry_at=None,
             lease_id=None,
@@ -311,16 +419,14 @@ def operation_fail(
     stale_before: datetime | None = None,
 ) -> str | None:
     """processing -> failed, or back to pending with `next_retry_at` while the
-    retry budget lasts and the error is not permanent. A cancel requested in the
-    meantime wins: the operation becomes cancelled. Returns the new status, or
-    None when the lease was lost."""
+    retry budget lasts and the error is not permanent. A cancel request wins:
+    `fail` and `reschedule` only apply while none is pending (their guard, at
+    the moment of the UPDATE), so one landing at any point makes the operation
+    cancelled. Returns the new status, or None when the lease was lost."""
     leased = _leased(lease, stale_before)
-    row = leased.values("retry_count", "max_retries", "error_history", "cancel_requested_at").first()
+    row = leased.values("retry_count", "max_retries", "error_history").first()
     if row is None:
         return None
-    if row["cancel_requested_at"] is not None:
-        won = operation_confirm_cancel(lease=lease, stage=stage, stale_before=stale_before)
-        return CANCELLED if won else None
     now = _now()
     attempt = row["retry_count"]
     message = _clip(f"{error} (stage: {stage})" if stage else error)
@@ -333,14 +439,12 @@ def operation_fail(
         "lease_id": None,
         "updated_at": now,
     }
-    optype = registry.get(lease.operation_type)
     if not permanent and attempt < row["max_retries"]:
-        delay = retry_delay(optype, attempt + 1)
+        delay = retry_delay(registry.get(lease.operation_type), attempt + 1)
         try:
-            with transaction.atomic():
-                won = _update(
-                    leased,
-                    status=PENDING,
+            with _with_parent(lease.parent_id), _one_statement():
+                won = leased.transition(
+                    "reschedule",
                     retry_count=attempt + 1,
                     next_retry_at=now + timedelta(seconds=delay),
                     dispatched_at=None,
@@ -348,16 +452,21 @@ def operation_fail(
                 )
                 if won:
                     _after_finish(lease)
-            return PENDING if won else None
+            if won:
+                return PENDING
         except IntegrityError:
             # A newer pending operation with the same dedupe key covers this work.
-            message = _clip(f"{message}; not retried: a pending operation of the same kind covers it")
-            common["error_message"] = message
-    with transaction.atomic():
-        won = _update(leased, status=FAILED, completed_at=now, next_retry_at=None, **common)
+            common["error_message"] = _clip(
+                f"{message}; not retried: a pending operation of the same kind covers it"
+            )
+    with _with_parent(lease.parent_id):
+        won = leased.transition("fail", completed_at=now, next_retry_at=None, **common)
         if won:
             _after_finish(lease)
-    return FAILED if won else None
+    if won:
+        return FAILED
+    # Neither applied: a cancel request is pending (it wins), or the lease is gone.
+    return CANCELLED if operation_confirm_cancel(lease=lease, stage=stage, stale_before=stale_before) else None
 
 
 # --- cancel, retry, delete (the user's side) ----------------------------------------
@@ -383,99 +492,98 @@ def operation_cancel(*, operation_id: str | uuid.UUID) -> CancelOutcome:
     parent_id, is_parent = _parent_of(operation_id)
     if is_parent:
         return _cancel_parent(operation_id)
+    row = Operation.objects.filter(pk=operation_id)
     for _ in range(5):
         now = _now()
         with transaction.atomic():
-            won = _update(
-                Operation.objects.filter(pk=operation_id, status=PENDING),
-                status=CANCELLED,
-                completed_at=now,
-                next_retry_at=None,
-                error_message="cancelled before it ran",
-                updated_at=now,
-            )
-            if won:
+            if row.transition("cancel", **_cancelled_fields(now, "cancelled before it ran")):
                 if parent_id is not None:
-                    _roll_up(parent_id)
+                    roll_up(parent_id)
                 return CancelOutcome.CANCELLED
-        if _update(
-            Operation.objects.filter(pk=operation_id, status=PROCESSING, cancel_requested_at__isnull=True),
-            cancel_requested_at=now,
-        ):
+        if row.transition("request_cancel", cancel_requested_at=now):
             return CancelOutcome.REQUESTED
-        row = Operation.objects.filter(pk=operation_id).values("status").first()
-        if row is None:
+        status = row.values_list("status", flat=True).first()
+        if status is None:
             raise OperationNotFound(str(operation_id))
-        if row["status"] == PROCESSING:
+        if status == PROCESSING:
             return CancelOutcome.REQUESTED  # already requested
-        if row["status"] in TERMINAL_STATUSES:
-            raise TransitionRefused(str(operation_id), "cancel", row["status"])
+        if status in TERMINAL_STATUSES:
+            raise TransitionRefused(str(operation_id), "cancel", status)
         # It went back to pending between our two UPDATEs (a retry); try again.
     raise TransitionRefused(str(operation_id), "cancel", PENDING, "the operation kept changing; try again")
 
 
+def _cancelled_fields(now: datetime, message: str) -> dict[str, Any]:
+    return {"completed_at": now, "next_retry_at": None, "error_message": message, "updated_at": now}
+
+
+@dataclass(frozen=True)
+class _ChildrenCancelled:
+    cancelled: int  # pending children now cancelled
+    requested: int  # running children asked to stop
+    parent_status: str | None  # the parent's status after the roll-up (None: unchanged)
+
+
+def _cancel_children(parent_id: str | uuid.UUID, now: datetime) -> _ChildrenCancelled:
+    """Cancel a parent's pending children and request cancel of its running
+    ones, then roll it up; in the caller's transaction. Children are changed
+    before the parent is locked (by the roll-up), the order a child's own
+    transition takes, so the two never deadlock."""
+    children = Operation.objects.filter(parent_id=parent_id)
+    cancelled = children.transition("cancel", **_cancelled_fields(now, "cancelled with its parent"))
+    requested = children.transition("request_cancel", cancel_requested_at=now)
+    return _ChildrenCancelled(cancelled, requested, roll_up(parent_id))
+
+
 def _cancel_parent(operation_id: str | uuid.UUID) -> CancelOutcome:
-    now = _now()
     status = Operation.objects.filter(pk=operation_id).values_list("status", flat=True).first()
     if status is None:
         raise OperationNotFound(str(operation_id))
     if status in TERMINAL_STATUSES:
         raise TransitionRefused(str(operation_id), "cancel", status)
     with transaction.atomic():
-        _update(
-            Operation.objects.filter(parent_id=operation_id, status=PENDING),
-            status=CANCELLED,
-            completed_at=now,
-            next_retry_at=None,
-            error_message="cancelled with its parent",
-            updated_at=now,
-        )
-        running = _update(
-            Operation.objects.filter(
-                parent_id=operation_id, status=PROCESSING, cancel_requested_at__isnull=True
-            ),
-            cancel_requested_at=now,
-        )
-        _roll_up(operation_id)
-    return CancelOutcome.REQUESTED if running else CancelOutcome.CANCELLED
+        outcome = _cancel_children(operation_id, _now())
+    return CancelOutcome.REQUESTED if outcome.requested else CancelOutcome.CANCELLED
 
 
 def operations_cancel_pending(*, bank_id: str, operation_type: str | None = None) -> int:
-    """Cancel every pending operation of a bank (optionally of one type)."""
+    """Cancel every pending operation of a bank (optionally of one type). A
+    pending parent is cancelled with its children, never on its own. Returns
+    how many operations became cancelled (parents included)."""
     pending = Operation.objects.filter(bank_id=bank_id, status=PENDING)
     if operation_type:
         pending = pending.filter(operation_type=operation_type)
-    parents = set(
-        pending.exclude(parent_id=None).values_list("parent_id", flat=True).distinct()
-    )
+    parent_types = registry.parent_type_names()
+    rows = list(pending.exclude(operation_type__in=parent_types).values_list("pk", "parent_id"))
+    pending_parents = set(pending.filter(operation_type__in=parent_types).values_list("pk", flat=True))
     now = _now()
     with transaction.atomic():
-        count = _update(
-            pending,
-            status=CANCELLED,
-            completed_at=now,
-            next_retry_at=None,
-            error_message="cancelled before it ran",
-            updated_at=now,
+        count = Operation.objects.filter(pk__in=[pk for pk, _ in rows]).transition(
+            "cancel", **_cancelled_fields(now, "cancelled before it ran")
         )
-        for parent_id in sorted(parents, key=str):
-            _roll_up(parent_id)
-    return count
+        parent_statuses = []
+        for parent_id in sorted(pending_parents, key=str):
+            outcome = _cancel_children(parent_id, now)
+            count += outcome.cancelled
+            parent_statuses.append(outcome.parent_status)
+        others = {parent_id for _, parent_id in rows if parent_id is not None} - pending_parents
+        parent_statuses += [roll_up(parent_id) for parent_id in sorted(others, key=str)]
+    return count + parent_statuses.count(CANCELLED)
 
 
 def operation_retry(*, operation_id: str | uuid.UUID) -> None:
     """failed | cancelled -> pending, retry count reset. A parent re-queues its
-    failed and cancelled children. Raises OperationNotFound or TransitionRefused."""
+    failed and cancelled children; a child re-opens its finished parent.
+    Raises OperationNotFound or TransitionRefused."""
     parent_id, is_parent = _parent_of(operation_id)
     if is_parent:
         _retry_parent(operation_id)
         return
-    retryable = Operation.objects.filter(pk=operation_id, status__in=[FAILED, CANCELLED])
     try:
         with transaction.atomic():
-            won = _update(retryable, **_requeue_fields())
+            won = Operation.objects.filter(pk=operation_id).transition("retry", **_requeue_fields())
             if won and parent_id is not None:
-                _roll_up(parent_id)
+                _reopen(parent_id)
     except IntegrityError:
         raise TransitionRefused(
             str(operation_id), "retry", "failed",
@@ -491,7 +599,6 @@ def operation_retry(*, operation_id: str | uuid.UUID) -> None:
 
 def _requeue_fields() -> dict[str, Any]:
     return {
-        "status": PENDING,
         "retry_count": 0,
         "next_retry_at": None,
         "error_message": None,
@@ -504,27 +611,33 @@ def _requeue_fields() -> dict[str, Any]:
     }
 
 
-def _retry_parent(operation_id: str | uuid.UUID) -> None:
-    status = Operation.objects.filter(pk=operation_id).values_list("status", flat=True).first()
-    if status not in (FAILED, CANCELLED):
-        raise TransitionRefused(str(operation_id), "retry", str(status))
-    children = list(
-        Operation.objects.filter(parent_id=operation_id, status__in=[FAILED, CANCELLED]).values_list(
-            "pk", "operation_type"
-        )
+def _reopen(parent_id: str | uuid.UUID) -> None:
+    """A finished parent one of whose children was queued again: pending, then
+    rolled up from its children (in the caller's transaction)."""
+    Operation.objects.filter(pk=parent_id).transition(
+        "retry_parent", completed_at=None, error_message=None
     )
+    roll_up(parent_id)
+
+
+def _retry_parent(operation_id: str | uuid.UUID) -> None:
+    children = Operation.objects.filter(parent_id=operation_id, status__in=[FAILED, CANCELLED])
     with transaction.atomic():
-        for child_id, _ in children:
+        status = (
+            Operation.objects.select_for_update().filter(pk=operation_id).values_list("status", flat=True).first()
+        )
+        if status not in (FAILED, CANCELLED):
+            raise TransitionRefused(str(operation_id), "retry", str(status))
+        requeued = []
+        for child_id, child_type in children.values_list("pk", "operation_type"):
             try:
                 with transaction.atomic():
-                    _update(
-                        Operation.objects.filter(pk=child_id, status__in=[FAILED, CANCELLED]),
-                        **_requeue_fields(),
-                    )
+                    if Operation.objects.filter(pk=child_id).transition("retry", **_requeue_fields()):
+                        requeued.append((child_id, child_type))
             except IntegrityError:
                 log.info("child %s not re-queued: a pending duplicate covers it", child_id)
-        _roll_up(operation_id)
-    for child_id, child_type in children:
+        _reopen(operation_id)
+    for child_id, child_type in requeued:
         _publish_on_commit(child_id, child_type)
 
 
@@ -540,78 +653,11 @@ def operation_delete(*, operation_id: str | uuid.UUID) -> None:
         )
         if row is None:
             raise OperationNotFound(str(operation_id))
-        if row["status"] not in TERMINAL_STATUSES:
+        if row["status"] not in TRANSITIONS["delete"].sources:
             raise TransitionRefused(str(operation_id), "delete", row["status"])
         Operation.objects.filter(pk=operation_id).delete()
         if row["parent_id"] is not None:
-            _roll_up(row["parent_id"])
-
-
-# --- parents ----------------------------------------------------------------------
-
-
-def rolled_up_status(counts: dict[str, int]) -> str | None:
-    """A parent's status from its children's status counts (None: no children)."""
-    total = sum(counts.values())
-    if total == 0:
-        return None
-    terminal = sum(counts.get(s, 0) for s in TERMINAL_STATUSES)
-    if terminal == total:
-        if counts.get(FAILED):
-            return FAILED
-        if counts.get(CANCELLED):
-            return CANCELLED
-        return COMPLETED
-    if counts.get(PROCESSING) or terminal:
-        return PROCESSING
-    return PENDING
-
-
-def _roll_up(parent_id: str | uuid.UUID) -> None:
-    """Recompute a parent from its children. Call inside the transaction that
-    changed a child: the parent row is locked first, so concurrent children
-    serialize here and the last one sees every sibling's final status."""
-    parent = (
-        Operation.objects.select_for_update()
-        .filter(pk=parent_id)
-        .values("status", "started_at", "completed_at")
-        .first()
-    )
-    if parent is None:
-        return
-    counts = dict(
-        Operation.objects.filter(parent_id=parent_id)
-        .values_list("status")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
-    status = rolled_up_status(counts)
-    if status is None:
-        return
-    now = _now()
-    total = sum(counts.values())
-    done = sum(counts.get(s, 0) for s in TERMINAL_STATUSES)
-    fields: dict[str, Any] = {
-        "status": status,
-        "progress": {
-            "stage": "children",
-            "at": now.isoformat(),
-            "processed": done,
-            "total": total,
-            "detail": ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
-        },
-        "updated_at": now,
-    }
-    if status != PENDING and parent["started_at"] is None:
-        fields["started_at"] = now
-    if status in TERMINAL_STATUSES:
-        fields["completed_at"] = parent["completed_at"] or now
-        failed = counts.get(FAILED, 0)
-        fields["error_message"] = f"{failed} of {total} child operations failed" if failed else None
-    else:
-        fields["completed_at"] = None
-        fields["error_message"] = None
-    Operation.objects.filter(pk=parent_id).update(**fields)
+            roll_up(row["parent_id"])
 
 
 # --- leases ---------------------------------------------------------------------------
@@ -621,10 +667,9 @@ def operations_heartbeat(*, leases: dict[str, str]) -> int:
     """Renew the leases a worker process holds ({operation_id: lease_id}), in one UPDATE."""
     if not leases:
         return 0
-    now = _now()
-    return Operation.objects.filter(
-        pk__in=list(leases), lease_id__in=list(leases.values()), status=PROCESSING
-    ).update(heartbeat_at=now)
+    return Operation.objects.filter(pk__in=list(leases), lease_id__in=list(leases.values())).transition(
+        "progress", heartbeat_at=_now(), updated_at=F("updated_at")
+    )
 
 
 def operations_cancel_overdue(*, leases: dict[str, str], grace_seconds: float) -> list[str]:
@@ -738,7 +783,7 @@ def operations_roll_up_stranded(*, limit: int = 200) -> int:
     )
     for parent_id in stranded:
         with transaction.atomic():
-            _roll_up(parent_id)
+            roll_up(parent_id)
     return len(stranded)
 
 

@@ -9,8 +9,9 @@ from typing import Any
 from billiard.exceptions import WorkerLostError
 from celery import Task, shared_task
 from celery.exceptions import TimeLimitExceeded
-from celery.signals import task_failure
+from celery.signals import task_failure, task_prerun
 from django.conf import settings
+from django.db import close_old_connections, connections
 
 from operations import dispatch, nodes, registry, runner, services  # noqa: F401 (nodes: signal handlers)
 
@@ -37,6 +38,19 @@ def _make_task(optype: registry.OperationType) -> Task:
 OPERATION_TASKS: dict[str, Task] = {
     optype.name: _make_task(optype) for optype in registry.all_types() if not optype.rollup
 }
+
+
+@task_prerun.connect
+def _keep_database_connections(**_: Any) -> None:
+    """Before each task, what Django does before each request: close a
+    connection that is broken or older than CONN_MAX_AGE (Celery's fixup no
+    longer closes it every time: CELERY_DB_REUSE_MAX). Unlike a request, no
+    health check round trip before every task: a connection is checked after
+    an error (just above), and one that died meanwhile fails the claim, whose
+    operation the sweeper publishes again."""
+    close_old_connections()
+    for connection in connections.all(initialized_only=True):
+        connection.health_check_done = True
 
 
 @task_failure.connect

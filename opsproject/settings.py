@@ -30,6 +30,14 @@ def _secret_key() -> str:
     configured = env_str("DJANGO_SECRET_KEY", "")
     if configured:
         return configured
+    if env_str("DATABASE_URL", ""):
+        # Scaled: every web and worker node must share one key, or sessions and
+        # signed values made by one replica are rejected by the next.
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set. With DATABASE_URL set (the scaled deployment) every node "
+            "must share one secret key; set DJANGO_SECRET_KEY to a long random string, e.g. the "
+            "output of: python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+        )
     # The embedded deployment keeps a generated key on disk so sessions survive
     # restarts without anyone having to invent a secret.
     DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -96,9 +104,9 @@ REST_FRAMEWORK = {
         "banks.api.auth.StaffSessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["operations.api.renderers.JSONRenderer"],
     # JSON bodies only; the file upload endpoint declares multipart itself.
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["operations.api.parsers.JSONParser"],
     # No OPTIONS introspection: the OpenAPI schema describes every endpoint.
     "DEFAULT_METADATA_CLASS": None,
     "EXCEPTION_HANDLER": "operations.api.errors.api_exception_handler",
@@ -140,14 +148,17 @@ else:
     _database = {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": str(DATA_DIR / "ops.sqlite3"),
-        "OPTIONS": {
-            # WAL lets the API read while workers write; IMMEDIATE takes the write
-            # lock up front so concurrent transactions queue on busy_timeout
-            # instead of failing with "database is locked" on lock upgrade.
-            "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL",
-            "transaction_mode": "IMMEDIATE",
-            "timeout": 30,
-        },
+        # A file, not memory: the worker processes of a test run share it.
+        "TEST": {"NAME": str(DATA_DIR / "test-ops.sqlite3")},
+    }
+if _database["ENGINE"].endswith("sqlite3"):
+    _database["OPTIONS"] = {
+        # WAL lets the API read while workers write; IMMEDIATE takes the write
+        # lock up front so concurrent transactions queue on busy_timeout
+        # instead of failing with "database is locked" on lock upgrade.
+        "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
     }
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -230,7 +241,18 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # (default 10 s); the platform records outcomes itself, so settle it quickly.
 CELERY_WORKER_LOST_WAIT = 1.0
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_WORKER_SEND_TASK_EVENTS = False
+# Celery's Django fixup closes the database connection before and after every
+# task unless this is set, so each operation paid for a new PostgreSQL
+# connection. Connections are kept as a web process keeps them (CONN_MAX_AGE);
+# `operations.tasks` drops a broken or expired one before each task, as Django
+# does before each request.
+CELERY_DB_REUSE_MAX = 1_000_000_000
+# Celery's task events feed Flower (`celery -A opsproject flower`); off by
+# default because every task then publishes several event messages (see the
+# README for the measured cost). Flower also switches them on at run time.
+OPS_TASK_EVENTS = env_bool("OPS_TASK_EVENTS", False)
+CELERY_WORKER_SEND_TASK_EVENTS = OPS_TASK_EVENTS
+CELERY_TASK_SEND_SENT_EVENT = OPS_TASK_EVENTS
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "ops.system"
 # A failed publish must not hold a request: the sweeper re-publishes what the
@@ -272,9 +294,13 @@ OPS_EXTRACTOR = env_str("OPS_EXTRACTOR", "banks.extraction.RuleBasedExtractor")
 OPS_RETAIN_BATCH_ITEMS = env_int("OPS_RETAIN_BATCH_ITEMS", 100, minimum=1)
 OPS_SYNC_RETAIN_MAX_ITEMS = env_int("OPS_SYNC_RETAIN_MAX_ITEMS", 50, minimum=1)
 OPS_SYNC_RETAIN_MAX_BYTES = env_int("OPS_SYNC_RETAIN_MAX_BYTES", 256 * 1024, minimum=1024)
+# Deepest nesting of objects and arrays a JSON body may have (400 beyond).
+OPS_MAX_JSON_DEPTH = env_int("OPS_MAX_JSON_DEPTH", 32, minimum=4, maximum=512)
 OPS_MAX_UPLOAD_BYTES = env_int("OPS_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, minimum=1024)
 OPS_BIND = env_str("OPS_BIND", "127.0.0.1:8000")
 OPS_WEB_WORKERS = env_int("OPS_WEB_WORKERS", 2, minimum=1)
+# How often the live dashboard refreshes its panels (while its tab is visible).
+OPS_DASHBOARD_REFRESH_SECONDS = env_float("OPS_DASHBOARD_REFRESH_SECONDS", 3.0, minimum=0.2)
 
 CELERY_BEAT_SCHEDULE = {
     "sweep": {
@@ -288,6 +314,12 @@ CELERY_BEAT_SCHEDULE["delete_finished_files"] = {
     "task": "ops.delete_finished_files",
     "schedule": 60.0,
     "options": {"queue": "ops.system", "expires": 60.0},
+}
+# Scheduled mental-model refreshes: due runs are looked for as often as the sweep runs.
+CELERY_BEAT_SCHEDULE["refresh_scheduled_mental_models"] = {
+    "task": "ops.refresh_scheduled_mental_models",
+    "schedule": OPS_SWEEP_INTERVAL_SECONDS,
+    "options": {"queue": "ops.system", "expires": max(OPS_SWEEP_INTERVAL_SECONDS * 2, 1.0)},
 }
 CELERY_BEAT_SCHEDULE["prune"] = {
     "task": "ops.prune",

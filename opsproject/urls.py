@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
-from django.urls import path
+from django.http import HttpRequest
+from django.views.decorators.csrf import csrf_exempt
+from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
 from banks.api.memory_views import (
@@ -15,6 +19,7 @@ from banks.api.memory_views import (
 )
 from banks.api.views import BankViewSet
 from operations.api import health
+from operations.api.tasks import TaskViewSet
 from operations.api.views import AllOperationViewSet, BankOperationViewSet, WorkerViewSet
 
 handler400 = "operations.api.errors.json_bad_request"
@@ -34,13 +39,37 @@ operation_delete = BankOperationViewSet.as_view({"delete": "remove"})
 
 API = "v1/default/"
 
+
+def _named_or_operation(named: Any, method: str) -> Any:
+    """`operations/cancel` and `operations/stats` name bank-wide endpoints but
+    also match `operations/{operation_id}`: the other methods go to the
+    operation (where "cancel" is refused as an operation id), not to a 405."""
+
+    @csrf_exempt
+    def view(request: HttpRequest, bank_id: str) -> Any:
+        if request.method in (method, "OPTIONS"):
+            return named(request, bank_id=bank_id)
+        word = request.path.rstrip("/").rsplit("/", 1)[-1]
+        return operation(request, bank_id=bank_id, operation_id=word)
+
+    # The schema documents the named endpoint (drf-spectacular reads these).
+    for attribute in ("cls", "initkwargs", "actions"):
+        setattr(view, attribute, getattr(named, attribute))
+    return view
+
 urlpatterns = [
     path(f"{API}banks", banks, name="banks"),
     path(f"{API}banks/<str:bank_id>", bank, name="bank"),
     path(f"{API}banks/<str:bank_id>/stats", bank_stats, name="bank-stats"),
     path(f"{API}banks/<str:bank_id>/operations", operations, name="bank-operations"),
-    path(f"{API}banks/<str:bank_id>/operations/stats", operation_stats, name="bank-operation-stats"),
-    path(f"{API}banks/<str:bank_id>/operations/cancel", operations_cancel, name="bank-operations-cancel"),
+    path(
+        f"{API}banks/<str:bank_id>/operations/stats", _named_or_operation(operation_stats, "GET"),
+        name="bank-operation-stats",
+    ),
+    path(
+        f"{API}banks/<str:bank_id>/operations/cancel", _named_or_operation(operations_cancel, "POST"),
+        name="bank-operations-cancel",
+    ),
     path(f"{API}banks/<str:bank_id>/operations/<str:operation_id>", operation, name="bank-operation"),
     path(f"{API}banks/<str:bank_id>/operations/<str:operation_id>/retry", operation_retry, name="bank-operation-retry"),
     path(f"{API}banks/<str:bank_id>/operations/<str:operation_id>/delete", operation_delete, name="bank-operation-delete"),
@@ -63,7 +92,7 @@ urlpatterns = [
     ),
     path(
         f"{API}banks/<str:bank_id>/mental-models/<str:mental_model_id>",
-        MentalModelViewSet.as_view({"get": "retrieve"}), name="mental-model",
+        MentalModelViewSet.as_view({"get": "retrieve", "patch": "update"}), name="mental-model",
     ),
     path(
         f"{API}banks/<str:bank_id>/mental-models/<str:mental_model_id>/refresh",
@@ -71,11 +100,14 @@ urlpatterns = [
     ),
     path(f"{API}operations", AllOperationViewSet.as_view({"get": "index"}), name="operations"),
     path(f"{API}workers", WorkerViewSet.as_view({"get": "index"}), name="workers"),
+    path("tasks", TaskViewSet.as_view({"get": "index"}), name="tasks"),
     path("health", health.health, name="health"),
     path("health/live", health.live, name="health-live"),
     path("health/ready", health.ready, name="health-ready"),
     path("metrics", health.metrics, name="metrics"),
     path("v1/openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     path("v1/docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
+    # The live dashboard lives in the admin's URL space (and behind its login).
+    path("admin/", include("operations.dashboard.urls")),
     path("admin/", admin.site.urls),
 ]

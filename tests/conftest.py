@@ -33,11 +33,35 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, interval: flo
         time.sleep(interval)
 
 
+EMBEDDED = os.environ.get("OPS_TEST_DEPLOYMENT") == "embedded"
+# Fixtures that start processes or servers: a test using one is slow, and
+# `make test-fast` (-m "not workers") leaves it out.
+SLOW_FIXTURES = {"start_workers", "live_server", "private_broker"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.workers)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _clean_broker() -> None:
+    """Start from an empty broker. Embedded: a fresh folder already. Scaled: the
+    Redis database testenv checked is the suite's own (never db 0)."""
+    if EMBEDDED:
+        return
     import redis
 
-    redis.Redis.from_url(os.environ["CELERY_BROKER_URL"]).flushdb()
+    from tests.testenv import check_test_broker
+
+    redis.Redis.from_url(check_test_broker(os.environ["CELERY_BROKER_URL"])).flushdb()
+
+
+def needs_scaled(what: str) -> None:
+    """Skip on the embedded deployment a test of something only the scaled one has."""
+    if EMBEDDED:
+        pytest.skip(f"needs {what}: runs in the scaled (PostgreSQL + Redis) session")
 
 
 @pytest.fixture
@@ -59,12 +83,16 @@ def worker_environment(**overrides: str) -> dict[str, str]:
     from django.db import connection
 
     settings_dict = connection.settings_dict
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=(
+    if connection.vendor == "sqlite":
+        database_url = f"sqlite:///{settings_dict['NAME']}"
+    else:
+        database_url = (
             f"postgres://{settings_dict['USER']}@{settings_dict['HOST']}:{settings_dict['PORT']}"
             f"/{settings_dict['NAME']}"
-        ),
+        )
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url,
         PYTHONPATH=str(PROJECT_DIR),
         OPS_LOG_LEVEL="INFO",
         OPS_NODE_NAME="testnode",
@@ -212,6 +240,7 @@ def private_broker(tmp_path: Path) -> Iterator[PrivateRedis]:
     CELERY_BROKER_URL=private_broker.url."""
     from django.conf import settings
 
+    needs_scaled("a Redis broker of the test's own")
     broker = PrivateRedis(tmp_path)
     broker.start()
     _point_celery_at(broker.url)

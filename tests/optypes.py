@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from operations import leases
 from operations.handlers import OperationContext, PermanentError
 from operations.registry import OperationType, Scope, register
 
@@ -77,10 +78,20 @@ def sleep(ctx: OperationContext) -> dict[str, Any]:
 
 @tracked
 def busy(ctx: OperationContext) -> dict[str, Any]:
-    """Sleeps `seconds` without ever checking for cancellation."""
+    """Sleeps `seconds` without ever checking for cancellation or reporting
+    progress: only the process's heartbeat keeps its lease. With
+    `"renew": false`, the first attempt stops this process's lease renewal
+    while it sleeps, as a hung heartbeat would."""
     ctx.progress("busy")
-    time.sleep(float(ctx.payload.get("seconds", 1)))
-    return {}
+    renew = ctx.payload.get("renew", True) or ctx.attempt > 0
+    beat_once = leases.beat_once
+    if not renew:
+        leases.beat_once = lambda held: None
+    try:
+        time.sleep(float(ctx.payload.get("seconds", 1)))
+    finally:
+        leases.beat_once = beat_once
+    return {"renewed": renew}
 
 
 @tracked
@@ -128,6 +139,8 @@ register(
     )
 )
 register(OperationType(name="test_serial", handler="tests.optypes.sleep", serialize=Scope.BANK))
+register(OperationType(name="test_serial_doc", handler="tests.optypes.echo", serialize=Scope.DOCUMENT))
+register(OperationType(name="test_dedupe_doc", handler="tests.optypes.echo", dedupe=Scope.DOCUMENT))
 register(OperationType(name="test_dbloop", handler="tests.optypes.dbloop"))
 register(OperationType(name="test_slow", handler="tests.optypes.busy", soft_time_limit=1, time_limit=4))
 register(OperationType(name="test_stubborn", handler="tests.optypes.stubborn", soft_time_limit=60))

@@ -6,12 +6,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db.models import F
 from django.utils import timezone
 
 from operations import services
 from operations.models import Operation, WorkerNode
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
 ZERO_ID = "00000000-0000-0000-0000-000000000000"
 
@@ -113,7 +114,8 @@ def test_list_operations_newest_first_with_every_field(admin: Any, alpha: Any) -
         "mental_model_id": None,
         "tag": "a",
         "parent_id": None,
-        "details": {"worker": None, "max_retries": 3, "heartbeat_at": None, "cancel_requested_at": None},
+        "details": None,
+        "execution": {"worker": None, "max_retries": 3, "heartbeat_at": None, "cancel_requested_at": None},
         "created_at": item["created_at"],
         "updated_at": item["updated_at"],
         "started_at": None,
@@ -369,25 +371,89 @@ def test_health_endpoints(client: Any) -> None:
     assert client.get("/health").json()["status"] == "healthy"
 
 
-def test_readiness_fails_when_the_broker_is_unreachable(client: Any, private_broker: Any) -> None:
+def test_readiness_fails_when_the_broker_is_unreachable(
+    client: Any, private_broker: Any, caplog: Any
+) -> None:
     private_broker.stop()
-    response = client.get("/health/ready")
+    with caplog.at_level("WARNING", logger="operations.api.health"):
+        response = client.get("/health/ready")
     assert response.status_code == 503
-    assert response.json()["status"] == "unhealthy" and response.json()["database"] == "ok"
-    assert "refused" in response.json()["broker"].lower()
+    # The component and its state, never the exception text (hosts, ports, users):
+    # that goes to the log.
+    assert response.json() == {"status": "unhealthy", "database": "ok", "broker": "unavailable"}
+    assert str(private_broker.port) not in response.content.decode()
+    assert "broker is unavailable" in caplog.text and "refused" in caplog.text.lower()
+
+
+def _settled(*operations: Operation) -> None:
+    """As if they finished long enough ago for the metrics to count them."""
+    past = timezone.now() - timedelta(minutes=1)
+    Operation.objects.filter(pk__in=[o.pk for o in operations]).update(
+        created_at=past - timedelta(seconds=3), started_at=past - timedelta(seconds=2), completed_at=past
+    )
 
 
 def test_metrics(client: Any, alpha: Any) -> None:
-    make(status="completed")
-    make(status="completed", operation_type="test_sleep")
+    client.get("/metrics")  # the first scrape starts the count
+    from operations.models import MetricsWatermark
+
+    MetricsWatermark.objects.update(counted_until=timezone.now() - timedelta(hours=1))
+    _settled(make(status="completed"), make(status="completed", operation_type="test_sleep"), make(status="failed"))
     make()
+    make(status="processing")
     Operation.objects.filter(status="pending").update(created_at=timezone.now() - timedelta(seconds=1))
     text = client.get("/metrics").content.decode()
-    assert 'ops_operations{status="completed",type="test_echo"} 1.0' in text
     assert 'ops_operations{status="pending",type="test_echo"} 1.0' in text
+    assert 'ops_operations{status="processing",type="test_echo"} 1.0' in text
     assert 'ops_queue_depth{type="test_echo"} 1.0' in text
-    assert 'ops_run_seconds_bucket{le="+Inf",type="test_echo"} 1.0' in text
+    assert 'ops_operations_finished_total{status="completed",type="test_echo"} 1.0' in text
+    assert 'ops_operations_finished_total{status="failed",type="test_echo"} 1.0' in text
+    assert 'ops_run_seconds_bucket{le="1",type="test_echo"} 0.0' in text
+    assert 'ops_run_seconds_bucket{le="2.5",type="test_echo"} 1.0' in text
+    assert 'ops_run_seconds_sum{type="test_echo"} 2.0' in text
     assert 'ops_queue_wait_seconds_count{type="test_sleep"} 1.0' in text
+    assert 'ops_queue_wait_seconds_count{type="test_echo"} 2.0' in text  # completed and failed both ran
+
+
+def test_metrics_only_grow_and_count_each_finish_once(client: Any, alpha: Any) -> None:
+    """Counters and histograms never shrink: not when retention prunes the
+    operations they counted, not on a second scrape; a finish too recent to be
+    surely committed is counted by a later scrape, once."""
+    from operations.models import MetricsWatermark
+
+    client.get("/metrics")
+    MetricsWatermark.objects.update(counted_until=timezone.now() - timedelta(hours=1))
+    old = [make(status="completed") for _ in range(3)]
+    _settled(*old)
+    recent = make(status="completed")  # finished just now: not yet counted
+
+    def count() -> float:
+        text = client.get("/metrics").content.decode()
+        line = next(l for l in text.splitlines() if l.startswith('ops_run_seconds_count{type="test_echo"}'))
+        return float(line.split()[-1])
+
+    assert count() == 3.0
+    assert count() == 3.0  # a second scrape adds nothing
+    Operation.objects.filter(pk__in=[o.pk for o in old]).delete()  # as retention would
+    assert count() == 3.0
+    # Ten seconds pass: the recent finish is now surely committed.
+    for rows, field in ((Operation.objects.filter(pk=recent.pk), "completed_at"),
+                        (MetricsWatermark.objects.all(), "counted_until")):
+        rows.update(**{field: F(field) - timedelta(seconds=10)})
+    assert count() == 4.0
+    assert count() == 4.0
+
+
+def test_a_scrape_reads_the_rollup_not_the_table(client: Any, alpha: Any) -> None:
+    """Its queries touch finished operations only through the watermark's window."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.get("/metrics")
+    with CaptureQueriesContext(connection) as queries:
+        client.get("/metrics")
+    scans = [q["sql"] for q in queries.captured_queries if 'FROM "operations_operation"' in q["sql"]]
+    assert scans and all('"status" IN' in sql or '"status" =' in sql for sql in scans), scans
 
 
 def test_schema_and_docs_are_served(client: Any) -> None:
@@ -420,3 +486,69 @@ def test_nul_characters_never_reach_the_database(admin: Any, alpha: Any, method:
     """PostgreSQL refuses U+0000 in text: it is a 400/404 here, not a 500."""
     response = getattr(admin, method)(url)
     assert response.status_code == status and "detail" in response.json()
+
+
+# --- speed without changing a byte -----------------------------------------------------------
+
+
+def test_the_fast_list_representation_matches_the_documented_serializer(alpha: Any) -> None:
+    """Lists are built from .values() rows for speed; the serializers document
+    the shape. Every kind of row renders the same through both."""
+    from operations.api.representation import operation_detail, operation_items
+    from operations.api.serializers import OperationDetailSerializer, OperationSerializer
+    from operations.selectors import DETAIL_FIELDS
+
+    parent = make(operation_type="test_batch")
+    rows = [
+        make(tag="t", document_id="d", items_count=2), make(status="processing"), make(status="failed"),
+        make(status="cancelled"), make(status="completed"), make(parent_id=parent.pk), parent,
+    ]
+    services.operation_cancel(operation_id=rows[1].pk)  # a pending cancel request
+    operations = list(Operation.objects.filter(pk__in=[r.pk for r in rows]).order_by("created_at"))
+    fast = operation_items(Operation.objects.filter(pk__in=[r.pk for r in rows]).order_by("created_at"))
+    assert fast == [dict(OperationSerializer(o).data) for o in operations]
+    for operation in operations:
+        row = Operation.objects.filter(pk=operation.pk).values(*DETAIL_FIELDS).get()
+        children = list(operation.children.order_by("created_at", "id")) or None
+        documented = OperationDetailSerializer(
+            operation, context={"children": children, "include_payload": True}
+        ).data
+        child_rows = (
+            None if children is None
+            else list(operation.children.order_by("created_at", "id").values(*DETAIL_FIELDS))
+        )
+        assert operation_detail(row, children=child_rows, include_payload=True) == dict(documented)
+
+
+def test_a_key_records_its_use_at_most_once_a_minute(admin: Any, alpha: Any) -> None:
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from banks.models import ApiKey
+
+    assert admin.get("banks/alpha").status_code == 200
+    first = ApiKey.objects.get(name="admin").last_used_at
+    assert first is not None
+    with CaptureQueriesContext(connection) as queries:
+        assert admin.get("banks/alpha").status_code == 200
+    assert not [q for q in queries.captured_queries if q["sql"].startswith('UPDATE "banks_apikey"')]
+    assert ApiKey.objects.get(name="admin").last_used_at == first
+    ApiKey.objects.filter(name="admin").update(last_used_at=first - timedelta(minutes=2))
+    admin.get("banks/alpha")
+    assert ApiKey.objects.get(name="admin").last_used_at > first
+
+
+@pytest.mark.parametrize("word", ["cancel", "stats"])
+def test_an_operation_id_that_is_an_endpoint_name_is_a_400_not_a_405(admin: Any, alpha: Any, word: str) -> None:
+    for method in ("get", "delete"):
+        response = getattr(admin, method)(f"banks/alpha/operations/{word}")
+        if (method, word) == ("get", "stats"):
+            assert response.status_code == 200  # the bank's operation stats
+            continue
+        assert response.status_code == 400, (method, word, response.content)
+        assert "operation_id" in response.json()["errors"]
+    schema = admin.client.get("/v1/openapi.json").json()["paths"]
+    assert "/v1/default/banks/{bank_id}/operations/cancel" in schema
+    assert "/v1/default/banks/{bank_id}/operations/stats" in schema

@@ -13,7 +13,7 @@ from banks.models import Bank, MemoryUnit, MentalModel
 from operations import services
 from operations.models import Operation
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
 # (method, path under banks/{bank}, body); {op} is an operation of that bank.
 BANK_ENDPOINTS = [
@@ -38,6 +38,7 @@ BANK_ENDPOINTS = [
     ("get", "/mental-models", None),
     ("post", "/mental-models", {"name": "m", "source_query": "q"}),
     ("get", "/mental-models/{model}", None),
+    ("patch", "/mental-models/{model}", {"name": "renamed", "trigger": {"refresh_cron": "@daily"}}),
     ("post", "/mental-models/{model}/refresh", None),
 ]
 # Submissions create a missing bank (within the key's scope), as PUT does.
@@ -51,11 +52,75 @@ SCOPES = {
 }
 
 
+def _op(world: Any, target: str) -> Operation:
+    return Operation.objects.get(pk=world[target]["op"])
+
+
+def _ops(target: str, operation_type: str) -> int:
+    return Operation.objects.filter(bank_id=target, operation_type=operation_type).count()
+
+
+# What each endpoint does to an existing bank in the caller's scope: the exact
+# status, and the effect checked in the database (target: the bank named;
+# world: its seeded ids; body: the response's JSON).
+EFFECTS: dict[tuple[str, str], tuple[int, Any]] = {
+    ("get", ""): (200, lambda t, w, b: b["bank_id"] == t),
+    ("put", ""): (200, lambda t, w, b: Bank.objects.get(pk=t).name == "renamed"),
+    ("patch", ""): (200, lambda t, w, b: Bank.objects.get(pk=t).name == "renamed"),
+    ("delete", ""): (200, lambda t, w, b: not Bank.objects.filter(pk=t).exists()),
+    ("get", "/stats"): (200, lambda t, w, b: b["bank_id"] == t and b["total_operations"] == 1),
+    ("get", "/operations"): (200, lambda t, w, b: [o["id"] for o in b["operations"]] == [w[t]["op"]]),
+    ("get", "/operations/stats"): (200, lambda t, w, b: b["by_status"]["pending"] == 1),
+    ("post", "/operations/cancel"): (
+        200, lambda t, w, b: b["cancelled_count"] == 1 and _op(w, t).status == "cancelled"
+    ),
+    ("get", "/operations/{op}"): (200, lambda t, w, b: b["id"] == w[t]["op"]),
+    ("delete", "/operations/{op}"): (200, lambda t, w, b: _op(w, t).status == "cancelled"),
+    ("post", "/operations/{op}/retry"): (409, lambda t, w, b: _op(w, t).status == "pending"),
+    ("delete", "/operations/{op}/delete"): (409, lambda t, w, b: _op(w, t).status == "pending"),
+    ("post", "/memories"): (200, lambda t, w, b: MemoryUnit.objects.filter(bank_id=t).count() == 2),
+    ("get", "/memories/list"): (200, lambda t, w, b: [u["id"] for u in b["items"]] == [w[t]["unit"]]),
+    ("delete", "/memories/{unit}"): (
+        200, lambda t, w, b: not MemoryUnit.objects.filter(pk=w[t]["unit"]).exists()
+        and _ops(t, "graph_maintenance") == 1
+    ),
+    ("get", "/documents"): (200, lambda t, w, b: [d["document_id"] for d in b["items"]] == ["doc"]),
+    ("delete", "/documents/doc"): (
+        200, lambda t, w, b: not MemoryUnit.objects.filter(bank_id=t).exists() and _ops(t, "graph_maintenance") == 1
+    ),
+    ("post", "/consolidate"): (200, lambda t, w, b: _ops(t, "consolidation") == 1),
+    ("get", "/mental-models"): (200, lambda t, w, b: [m["id"] for m in b["items"]] == [w[t]["model"]]),
+    ("post", "/mental-models"): (
+        200, lambda t, w, b: MentalModel.objects.filter(bank_id=t).count() == 2 and _ops(t, "refresh_mental_model") == 1
+    ),
+    ("get", "/mental-models/{model}"): (200, lambda t, w, b: b["id"] == w[t]["model"]),
+    ("patch", "/mental-models/{model}"): (
+        200, lambda t, w, b: MentalModel.objects.filter(pk=w[t]["model"], name="renamed", refresh_cron="@daily").exists()
+    ),
+    ("post", "/mental-models/{model}/refresh"): (200, lambda t, w, b: _ops(t, "refresh_mental_model") == 1),
+}
+# A reachable bank that does not exist yet, created by the request.
+CREATED: dict[tuple[str, str], Any] = {
+    ("put", ""): lambda t: Bank.objects.get(pk=t).name == "renamed",
+    ("post", "/memories"): lambda t: MemoryUnit.objects.filter(bank_id=t).count() == 1,
+}
+
+
+def state_of(bank: str) -> list[tuple[Any, ...]]:
+    """Everything of one bank, to show a request changed nothing there."""
+    return [
+        *Bank.objects.filter(pk=bank).values_list("bank_id", "name"),
+        *Operation.objects.filter(bank_id=bank).order_by("id").values_list("id", "status", "cancel_requested_at"),
+        *MemoryUnit.objects.filter(bank_id=bank).order_by("id").values_list("id"),
+        *MentalModel.objects.filter(bank_id=bank).order_by("id").values_list("id", "name", "refresh_cron"),
+    ]
+
+
 def state() -> list[tuple[Any, ...]]:
     banks = list(Bank.objects.order_by("bank_id").values_list("bank_id", "name"))
     ops = list(Operation.objects.order_by("id").values_list("id", "status", "cancel_requested_at"))
     units = list(MemoryUnit.objects.order_by("id").values_list("id", flat=True))
-    models = list(MentalModel.objects.order_by("id").values_list("id", flat=True))
+    models = list(MentalModel.objects.order_by("id").values_list("id", "name", "refresh_cron"))
     return [*banks, *ops, *units, *models]
 
 
@@ -89,6 +154,7 @@ def test_matrix(
     caller = Caller("ops_not_a_real_key") if who == "bad_key" else request.getfixturevalue(who)
     url = f"banks/{target}{path.format(**world[target])}"
     before = state()
+    others_before = {bank: state_of(bank) for bank in ("alpha", "beta", "missing") if bank != target}
     response = getattr(caller, method)(url, body)
 
     if who in ("anonymous", "bad_key"):
@@ -105,8 +171,15 @@ def test_matrix(
     elif not exists and (method, path) not in CREATES_BANK:
         assert response.status_code == 404
         assert response.json() == {"detail": f"bank '{target}' not found"}
+    elif not exists:
+        assert response.status_code == 200, response.json()
+        assert CREATED[(method, path)](target)
     else:
-        assert response.status_code in (200, 202, 409), (response.status_code, response.json())
+        status, effect = EFFECTS[(method, path)]
+        assert response.status_code == status, (response.status_code, response.json())
+        assert effect(target, world, response.json()), f"{method} {path} did not do its work on {target}"
+    # Whatever happened, it happened to the bank named and to no other.
+    assert {bank: state_of(bank) for bank in others_before} == others_before
 
 
 @pytest.mark.parametrize("who", ["admin", "alice", "bob", "charlie"])

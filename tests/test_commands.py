@@ -73,9 +73,10 @@ def test_quickstart_issues_a_fresh_admin_key(settings: Any, tmp_path: Path) -> N
 def test_docker_compose_services_run_real_project_commands() -> None:
     compose = yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "web", "worker", "beat"}
+    assert set(services) == {"postgres", "redis", "web", "worker", "beat", "flower"}
+    assert services["flower"]["profiles"] == ["flower"]  # started only on request
     manage_commands = set(get_commands())
-    for name in ("web", "worker", "beat"):
+    for name in ("web", "worker", "beat", "flower"):
         service = services[name]
         command = service["command"]
         argv = shlex.split(command) if isinstance(command, str) else list(command)
@@ -84,8 +85,12 @@ def test_docker_compose_services_run_real_project_commands() -> None:
         elif argv[0] == "gunicorn":
             assert argv[1] == "opsproject.wsgi"
         else:
-            assert argv[:3] == ["celery", "-A", "opsproject"] and argv[3] in ("worker", "beat"), name
+            assert argv[:3] == ["celery", "-A", "opsproject"] and argv[3] in ("worker", "beat", "flower"), name
         environment = service["environment"]
         assert environment["DATABASE_URL"].startswith("postgres://")
         assert environment["CELERY_BROKER_URL"].startswith("redis://")
         assert set(service["depends_on"]) >= {"postgres", "redis"}
+        # No secret in the file (compose refuses to start without one from the
+        # environment) and no wildcard host.
+        assert environment["DJANGO_SECRET_KEY"].startswith("${DJANGO_SECRET_KEY:?"), name
+        assert "*" not in environment["DJANGO_ALLOWED_HOSTS"], name

@@ -129,14 +129,20 @@ def test_killed_worker_node_is_recovered_by_the_lease(
 def test_redelivered_message_of_a_running_operation_is_dropped(
     start_workers: Any, alpha: Any, tmp_path: Path
 ) -> None:
-    start_workers(ready=2, beat=True, **FAST)
+    workers = start_workers(ready=2, beat=True, **FAST)
     log = tmp_path / "runs.jsonl"
     pk = submit("test_sleep", seconds=2, log=str(log))
     started_pid(log, pk)
     # The same message again, as a broker redelivery would bring it.
-    app.send_task("ops.test_sleep", args=[pk], queue="ops.test_sleep")
+    duplicate = app.send_task("ops.test_sleep", args=[pk], queue="ops.test_sleep").id
+    # Positive proof it was consumed and dropped (not merely not yet consumed):
+    # the worker logs the task's outcome.
+    wait_for(lambda: f"ops.test_sleep[{duplicate}] succeeded" in workers.output(),
+             message="the duplicate message to be consumed")
+    assert f"ops.test_sleep[{duplicate}] succeeded" in workers.output()
+    line = next(l for l in workers.output().splitlines() if f"[{duplicate}] succeeded" in l)
+    assert line.endswith("'dropped'"), line
     wait_status(pk, "completed")
-    time.sleep(1)  # give the duplicate time to be consumed (and dropped)
     assert event_count(log, pk, "start") == 1 and event_count(log, pk, "end") == 1
 
 
@@ -273,17 +279,20 @@ def test_cooperative_cancel_of_a_running_operation(start_workers: Any, alpha: An
 def test_hard_cancel_of_an_operation_that_never_checks(
     start_workers: Any, alpha: Any, tmp_path: Path
 ) -> None:
-    start_workers(ready=2, beat=True, **FAST)
+    # One slot: a single pool process, so "the same process took new work" is
+    # checkable (a replacement would have another pid).
+    start_workers(ready=2, beat=True, **{**FAST, "OPS_WORKER_MAX_SLOTS": "1"})
     log = tmp_path / "runs.jsonl"
     pk = submit("test_busy", seconds=60, log=str(log))
-    started_pid(log, pk)
+    pid = started_pid(log, pk)
     services.operation_cancel(operation_id=pk)
     done = wait_status(pk, "cancelled", "completed", "failed", timeout=20)
     assert done.status == "cancelled" and done.error_message == "cancelled during stage busy"
     assert event_count(log, pk, "end") == 0
     # The pool process survived the interruption and takes new work.
-    after = submit("test_echo", value=1)
+    after = submit("test_echo", value=1, log=str(log))
     assert wait_status(after, "completed", "failed").status == "completed"
+    assert started_pid(log, after) == pid and Path(f"/proc/{pid}").exists()
 
 
 def test_hard_cancel_kills_a_handler_that_ignores_interruption(
@@ -350,14 +359,17 @@ def test_conservation_under_random_faults(
         ("test_flaky", {"permanent": True}), ("test_dbloop", {"steps": 5, "pause": 0.05}),
     ]
     ids: list[str] = []
+    cancelled: set[str] = set()
     faults: Counter[str] = Counter()
     for round_ in range(12):
         for _ in range(4):
             kind, payload = rng.choice(kinds)
             ids.append(submit(kind, log=str(log), **payload))
         if rng.random() < 0.2:
+            target = rng.choice(ids)
             try:
-                services.operation_cancel(operation_id=rng.choice(ids))
+                services.operation_cancel(operation_id=target)
+                cancelled.add(target)
             except services.TransitionRefused:
                 pass  # it already finished
         fault = rng.choice(["kill", "flush", "restart", "database", "none"])
@@ -380,7 +392,23 @@ def test_conservation_under_random_faults(
     outcome = Counter(row(pk).status for pk in ids)
     assert sum(outcome.values()) == len(ids) == 48
     assert set(outcome) <= {"completed", "failed", "cancelled"}
-    assert outcome["completed"] > 0 and len(faults) >= 3
+    assert len(faults) >= 3
+    # Each operation ends as its kind says: faults cost attempts, never the
+    # work. Only the permanently failing kind fails, unless the faults spent an
+    # operation's whole retry budget (then its history shows every attempt).
+    for pk in ids:
+        finished = row(pk)
+        permanent = finished.task_payload.get("permanent", False)
+        if finished.status == "cancelled":
+            assert pk in cancelled  # only what the test cancelled
+        elif permanent:
+            assert finished.status == "failed" and "bad input" in finished.error_message
+        elif finished.status == "failed":
+            assert len(finished.error_history) == finished.max_retries + 1, finished.error_history
+        else:
+            assert finished.status == "completed"
+    spent = sum(1 for pk in ids if row(pk).status == "failed" and not row(pk).task_payload.get("permanent"))
+    assert spent <= 2, f"{spent} operations lost their whole retry budget to the faults"
     # Runs of one operation never overlap; a completed one finished at least
     # once, and more than once only after a lost attempt (at-least-once).
     assert not [e for e in events(log) if e["event"] == "overlap"]

@@ -1,6 +1,9 @@
 """Schema-driven fuzzing: schemathesis generates requests from the OpenAPI
 schema (valid and invalid) for every endpoint; no response is a 5xx and every
-response matches the schema. Bounded so `make test` stays quick."""
+response matches the schema. Twice: with generated path parameters (random
+bank and operation ids, which mostly meet a 404), and with the ids of a real
+bank, operation, mental model, document and memory, so that input validation
+is what answers. Bounded so `make test` stays quick."""
 
 from __future__ import annotations
 
@@ -53,6 +56,46 @@ def admin_header(db: None, alpha: Any, beta: Any) -> Iterator[dict[str, str]]:
     finally:
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)
+
+
+def real_ids() -> dict[str, str]:
+    """Existing things to point every path parameter at, made again if an
+    earlier example deleted them (a DELETE of the bank, the operation, …)."""
+    from banks.memory import RetainItem, retain_items
+    from banks.models import Bank, MemoryUnit, MentalModel
+    from operations import services
+    from operations.models import Operation
+
+    bank, _ = Bank.objects.get_or_create(bank_id="alpha")
+    if not MemoryUnit.objects.filter(bank=bank, document__document_id="doc-1").exists():
+        retain_items(bank=bank, items=[RetainItem(content="A seed fact.", document_id="doc-1")],
+                     default_document_id=str)
+    failed = Operation.objects.filter(bank=bank, status="failed").first()
+    if failed is None:
+        failed = services.operation_submit(bank_id="alpha", operation_type="test_echo").operation
+        lease = services.operation_claim(operation_id=str(failed.pk), worker="w", task_id="t")
+        assert lease is not None
+        services.operation_fail(lease=lease, error="boom", permanent=True)
+    model = MentalModel.objects.filter(bank=bank).first() or MentalModel.objects.create(
+        bank=bank, name="m", source_query="q"
+    )
+    return {
+        "bank_id": "alpha",
+        "operation_id": str(failed.pk),
+        "mental_model_id": str(model.pk),
+        "document_id": "doc-1",
+        "memory_id": str(MemoryUnit.objects.filter(bank=bank).values_list("pk", flat=True).first()),
+    }
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_api_with_real_ids_validates_its_input(case: Any, admin_header: dict[str, str]) -> None:
+    ids = real_ids()
+    for name in case.path_parameters:
+        if name in ids:
+            case.path_parameters[name] = ids[name]
+    case.call_and_validate(headers=admin_header, checks=CHECKS)
 
 
 @schema.parametrize()

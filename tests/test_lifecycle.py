@@ -6,14 +6,16 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
-from operations import registry, services
+from operations import dispatch, registry, services
 from operations.handlers import Lease
 from operations.models import TRANSITIONS, Operation, OperationStatus
+from operations.rollup import roll_up
 from operations.services import CancelOutcome, OperationNotFound, TransitionRefused
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
 ALL_STATUSES = [s.value for s in OperationStatus]
 
@@ -295,7 +297,7 @@ def _attempt(action: str, status: str, operation: Operation, lease: Lease | None
             # One service call, two transitions: which one depends on the status.
             outcome = services.operation_cancel(operation_id=pk)
             performed = "cancel" if outcome is CancelOutcome.CANCELLED else "request_cancel"
-            assert status in TRANSITIONS[performed][0]
+            assert status in TRANSITIONS[performed].sources
             return performed == action
         if action == "retry":
             services.operation_retry(operation_id=pk)
@@ -305,10 +307,14 @@ def _attempt(action: str, status: str, operation: Operation, lease: Lease | None
             return True
     except TransitionRefused:
         return False
+    if action == "dispatch":
+        current = Operation.objects.get(pk=pk)
+        return dispatch.publish(pk, current.operation_type, expected_dispatched_at=current.dispatched_at)
     if lease is None:
         return False  # the worker-side actions need a lease, which only processing rows have
     if action == "progress":
         return services.operation_progress(lease=lease, progress={"stage": "x"})
+
     if action == "complete":
         return services.operation_complete(lease=lease, result=None)
     if action == "fail":
@@ -320,17 +326,20 @@ def _attempt(action: str, status: str, operation: Operation, lease: Lease | None
     raise AssertionError(action)
 
 
+ROW_ACTIONS = [a for a, t in TRANSITIONS.items() if a != "submit" and not t.parents]
+
+
 @pytest.mark.parametrize("status", ALL_STATUSES)
-@pytest.mark.parametrize("action", [a for a in TRANSITIONS if a != "submit"])
+@pytest.mark.parametrize("action", ROW_ACTIONS)
 def test_transition_table(alpha: Any, action: str, status: str) -> None:
     """Each action succeeds from exactly the statuses the table allows, and
     ends in the status the table names."""
     operation, lease = in_status(status)
-    sources, target = TRANSITIONS[action]
+    transition = TRANSITIONS[action]
     performed = _attempt(action, status, operation, lease)
-    assert performed == (status in sources), f"{action} from {status}"
-    if performed and target is not None:
-        assert status_of(operation) == target
+    assert performed == (status in transition.sources), f"{action} from {status}"
+    if performed and transition.target is not None:
+        assert status_of(operation) == transition.target
     if not performed and action not in ("cancel", "request_cancel"):
         assert status_of(operation) == status
 
@@ -383,6 +392,127 @@ def test_cancel_and_retry_of_a_parent_act_on_its_children(alpha: Any) -> None:
     services.operation_retry(operation_id=parent.pk)
     assert [status_of(k) for k in kids] == ["pending"] * 3
     assert status_of(parent) == "pending"
+
+
+@pytest.mark.parametrize("status", ALL_STATUSES)
+def test_parent_transitions_from_the_table(alpha: Any, status: str) -> None:
+    """Parents move only by their own transitions, from the statuses listed:
+    the roll-up never moves a finished parent, and no row transition (the
+    cancel of a bulk cancel, a claim) ever touches a parent."""
+    parent = submit("test_batch")
+    Operation.objects.filter(pk=parent.pk).update(status=status)
+    rows = Operation.objects.filter(pk=parent.pk)
+    moved = rows.transition("roll_up", status="completed")
+    assert bool(moved) == (status in TRANSITIONS["roll_up"].sources)
+    rows.update(status=status)
+    assert bool(rows.transition("retry_parent")) == (status in TRANSITIONS["retry_parent"].sources)
+    rows.update(status=status)
+    for action in ROW_ACTIONS:
+        if TRANSITIONS[action].targets:
+            assert rows.transition(action) == 0, action
+    assert status_of(parent) == status
+
+
+def test_bulk_cancel_of_parents_cancels_their_children_and_they_stay_cancelled(alpha: Any) -> None:
+    """Bulk cancel with type=retain_batch used to cancel the parent rows alone:
+    the children ran on and the roll-up moved the parent back to processing
+    and completed."""
+    parent = submit("test_batch")
+    kids = [submit("test_echo", parent_id=parent.pk) for _ in range(3)]
+    other = submit("test_echo")
+    assert services.operations_cancel_pending(bank_id="alpha", operation_type="test_batch") == 4
+    assert status_of(parent) == "cancelled"
+    assert [status_of(k) for k in kids] == ["cancelled"] * 3
+    assert status_of(other) == "pending"
+    # Nothing can bring it back but a retry: no child is claimable, and a
+    # roll-up leaves a finished parent alone.
+    assert all(services.operation_claim(operation_id=str(k.pk), worker="w", task_id="t") is None for k in kids)
+    with transaction.atomic():
+        assert roll_up(parent.pk) is None
+    assert status_of(parent) == "cancelled"
+
+
+def test_bulk_cancel_of_children_rolls_their_parent_up(alpha: Any) -> None:
+    parent = submit("test_batch")
+    kids = [submit("test_echo", parent_id=parent.pk) for _ in range(2)]
+    done = claim(kids[0])
+    services.operation_complete(lease=done, result=None)
+    assert services.operations_cancel_pending(bank_id="alpha", operation_type="test_echo") == 2
+    assert status_of(kids[1]) == "cancelled" and status_of(parent) == "cancelled"
+
+
+def test_a_finished_parent_is_not_resurrected_by_a_late_child(alpha: Any) -> None:
+    """A child finishing after its parent was finished by other means leaves the
+    parent alone (the roll-up is a conditional UPDATE from active statuses)."""
+    parent = submit("test_batch")
+    kid = submit("test_echo", parent_id=parent.pk)
+    lease = claim(kid)
+    Operation.objects.filter(pk=parent.pk).update(status="cancelled")
+    services.operation_complete(lease=lease, result=None)
+    assert status_of(parent) == "cancelled"
+
+
+def test_retrying_one_child_reopens_its_finished_parent(alpha: Any) -> None:
+    parent = submit("test_batch")
+    kids = [submit("test_echo", parent_id=parent.pk) for _ in range(2)]
+    services.operation_complete(lease=claim(kids[0]), result=None)
+    services.operation_fail(lease=claim(kids[1]), error="bad", permanent=True)
+    assert status_of(parent) == "failed"
+    services.operation_retry(operation_id=kids[1].pk)
+    row = Operation.objects.get(pk=parent.pk)
+    assert row.status == "processing" and row.completed_at is None and row.error_message is None
+    services.operation_complete(lease=claim(kids[1]), result=None)
+    assert status_of(parent) == "completed"
+
+
+def test_parent_progress_detail_counts_children_by_status(alpha: Any) -> None:
+    parent = submit("test_batch")
+    kids = [submit("test_echo", parent_id=parent.pk) for _ in range(3)]
+    services.operation_cancel(operation_id=kids[0].pk)
+    claim(kids[1])
+    detail = Operation.objects.get(pk=parent.pk).progress["detail"]
+    assert detail == {"pending": 1, "processing": 1, "completed": 0, "failed": 0, "cancelled": 1}
+
+
+def test_a_cancel_landing_while_a_failure_is_recorded_is_not_lost(alpha: Any, monkeypatch: Any) -> None:
+    """operation_fail used to read `cancel_requested_at`, then reschedule
+    without checking it again: a cancel answered 202 in between was lost, and
+    the next claim ran the operation again. The retry delay is computed between
+    that read and the UPDATE; a cancel request lands exactly there."""
+    operation = submit()
+    lease = claim(operation)
+    real_delay = services.retry_delay
+    outcomes = []
+
+    def cancel_meanwhile(optype: Any, attempt: int) -> float:
+        outcomes.append(services.operation_cancel(operation_id=operation.pk))
+        return real_delay(optype, attempt)
+
+    monkeypatch.setattr(services, "retry_delay", cancel_meanwhile)
+    assert services.operation_fail(lease=lease, error="flaky", permanent=False) == "cancelled"
+    assert outcomes == [CancelOutcome.REQUESTED]
+    assert status_of(operation) == "cancelled"
+    assert services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t2") is None
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+def test_dedupe_and_serialization_keys_are_unambiguous_across_banks(db: None) -> None:
+    """Bank `x` with document `y:z` and bank `x:y` with document `z` used to
+    share the key `type:x:y:z`."""
+    from banks.models import Bank
+
+    Bank.objects.create(bank_id="x")
+    Bank.objects.create(bank_id="x:y")
+    first = services.operation_submit(bank_id="x", operation_type="test_serial_doc", document_id="y:z").operation
+    second = services.operation_submit(bank_id="x:y", operation_type="test_serial_doc", document_id="z").operation
+    assert first.serial_key != second.serial_key
+    claim(first)
+    assert services.operation_claim(operation_id=str(second.pk), worker="w", task_id="t2") is not None
+    a = services.operation_submit(bank_id="x", operation_type="test_dedupe_doc", document_id="y:z")
+    b = services.operation_submit(bank_id="x:y", operation_type="test_dedupe_doc", document_id="z")
+    assert not b.deduplicated and a.operation.pk != b.operation.pk
 
 
 # --- the reaper -------------------------------------------------------------------------

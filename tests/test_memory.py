@@ -32,7 +32,7 @@ from banks.models import (
 from operations import runner, services
 from operations.models import Operation
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
 
 def run(operation_type: str, bank: str = "alpha", **fields: Any) -> Operation:
@@ -341,3 +341,213 @@ def test_documents_endpoint_and_bank_stats(alpha: Any, admin: Any) -> None:
     assert {d["document_id"]: d["unit_count"] for d in body["items"]} == {"a": 2, "b": 1}
     assert admin.get("banks/alpha/documents", {"limit": 0}).status_code == 400
 
+
+
+# --- observations: their sources, and consolidation after deletes ------------------------------
+
+
+def cited(entity: str, bank: str = "alpha") -> set[str]:
+    """Texts of the units the entity's observation records as its sources."""
+    observation = Observation.objects.get(bank_id=bank, entity__name=entity)
+    return set(observation.sources.values_list("text", flat=True))
+
+
+def auto_consolidating(bank: str = "alpha") -> None:
+    Bank.objects.filter(pk=bank).update(enable_auto_consolidation=True)
+
+
+def run_pending_consolidation(bank: str = "alpha") -> Operation:
+    pending = Operation.objects.get(bank_id=bank, operation_type="consolidation", status="pending")
+    done = run_existing(pending)
+    assert done.status == "completed", done.error_message
+    return done
+
+
+def test_observations_record_the_units_they_were_built_from(alpha: Any) -> None:
+    retain([{"content": f"Grace Hopper fixed bug number {i}.", "document_id": f"bug-{i}"} for i in range(14)])
+    run("consolidation")
+    grace = Observation.objects.get(entity__name="grace hopper")
+    assert grace.unit_count == 14 and not grace.needs_rebuild
+    # The most recent twelve (same timestamp: by position, then id): exactly what its text says.
+    sources = list(grace.sources.all())
+    assert len(sources) == 12 and all(unit.text in grace.text for unit in sources)
+    left_out = MemoryUnit.objects.exclude(pk__in=[u.pk for u in sources])
+    assert left_out.count() == 2 and not any(unit.text in grace.text for unit in left_out)
+
+
+def test_a_document_delete_queues_consolidation_that_rebuilds_or_removes_stale_observations(
+    alpha: Any, admin: Any
+) -> None:
+    auto_consolidating()
+    retain([
+        {"content": "Ada Lovelace wrote to Charles Babbage.", "document_id": "letters"},
+        {"content": "Charles Babbage built the Difference Engine.", "document_id": "engine"},
+        {"content": "Mary Somerville introduced Ada Lovelace to Charles Babbage.", "document_id": "intro"},
+        {"content": "Alan Turing read about the Difference Engine.", "document_id": "turing"},
+    ])
+    run_pending_consolidation()
+    assert cited("ada lovelace") == {"Ada Lovelace wrote to Charles Babbage.",
+                                     "Mary Somerville introduced Ada Lovelace to Charles Babbage."}
+    gone = set(MemoryUnit.objects.filter(document__document_id__in=["letters", "intro"]).values_list("pk", flat=True))
+
+    first = admin.delete("banks/alpha/documents/letters").json()
+    second = admin.delete("banks/alpha/documents/intro").json()
+    consolidation = Operation.objects.get(pk=first["consolidation_operation_id"])
+    assert consolidation.operation_type == "consolidation" and consolidation.status == "pending"
+    # Deduplicated like any other: the second delete joins the pending one.
+    assert second["consolidation_operation_id"] == str(consolidation.pk)
+    # Stale: everything that cited a deleted unit, and nothing else.
+    stale = set(Observation.objects.filter(needs_rebuild=True).values_list("entity__name", flat=True))
+    assert stale == {"ada lovelace", "charles babbage", "mary somerville"}
+    assert not Observation.objects.get(entity__name="difference engine").needs_rebuild
+
+    done = run_existing(consolidation)
+    assert done.status == "completed", done.error_message
+    assert done.result_metadata["stale_observations"] == 3
+    assert done.result_metadata["observations_removed"] == 2  # Ada and Mary: no unit left
+    assert set(Observation.objects.values_list("entity__name", flat=True)) == {
+        "charles babbage", "difference engine", "alan turing"}
+    babbage = Observation.objects.get(entity__name="charles babbage")
+    assert babbage.text == "Charles Babbage: Charles Babbage built the Difference Engine."
+    assert babbage.unit_count == 1 and cited("charles babbage") == {"Charles Babbage built the Difference Engine."}
+    assert not Observation.objects.filter(needs_rebuild=True).exists()
+    assert not Observation.objects.filter(sources__in=gone).exists()
+
+
+def test_a_memory_delete_queues_consolidation_only_for_observations_it_made_stale(
+    alpha: Any, admin: Any
+) -> None:
+    auto_consolidating()
+    retain([{"content": "Lise Meitner explained fission. Otto Hahn found barium.", "document_id": "fission"}])
+    run_pending_consolidation()
+    units = {u.text: u.pk for u in MemoryUnit.objects.all()}
+    # A unit no observation cites (a new one, not consolidated yet): graph maintenance only.
+    retain([{"content": "Fission was big news.", "document_id": "news"}])
+    Operation.objects.filter(operation_type="consolidation", status="pending").delete()
+    news = MemoryUnit.objects.get(document__document_id="news")
+    quiet = admin.delete(f"banks/alpha/memories/{news.pk}").json()
+    assert quiet["consolidation_operation_id"] is None
+    assert Operation.objects.get(pk=quiet["operation_id"]).operation_type == "graph_maintenance"
+
+    loud = admin.delete(f"banks/alpha/memories/{units['Otto Hahn found barium.']}").json()
+    assert Operation.objects.get(pk=loud["consolidation_operation_id"]).operation_type == "consolidation"
+    assert list(Observation.objects.filter(needs_rebuild=True).values_list("entity__name", flat=True)) == ["otto hahn"]
+    run_existing(Operation.objects.get(pk=loud["consolidation_operation_id"]))
+    assert set(Observation.objects.values_list("entity__name", flat=True)) == {"lise meitner"}
+
+
+@pytest.mark.parametrize("settings_off", ["enable_auto_consolidation", "enable_observations"])
+def test_consolidation_after_deletes_follows_the_bank_settings(alpha: Any, admin: Any, settings_off: str) -> None:
+    auto_consolidating()
+    retain([{"content": "Emmy Noether proved her theorem.", "document_id": "noether"}])
+    run_pending_consolidation()
+    Bank.objects.filter(pk="alpha").update(**{settings_off: False})
+    body = admin.delete("banks/alpha/documents/noether").json()
+    assert body["consolidation_operation_id"] is None
+    assert not Operation.objects.filter(operation_type="consolidation").exclude(status="completed").exists()
+    # Still recorded as stale: a consolidation run later repairs it.
+    assert Observation.objects.get(entity__name="emmy noether").needs_rebuild
+    if settings_off == "enable_auto_consolidation":
+        run("consolidation")
+        assert not Observation.objects.exists()
+
+
+def test_re_retaining_a_document_rebuilds_the_observations_of_its_old_units(alpha: Any) -> None:
+    auto_consolidating()
+    retain([{"content": "Vera Rubin measured Andromeda.", "document_id": "rubin"}])
+    run_pending_consolidation()
+    again = retain([{"content": "Vera Rubin measured galaxy rotation.", "document_id": "rubin"}])
+    assert Observation.objects.get(entity__name="andromeda").needs_rebuild
+    run_existing(Operation.objects.get(pk=again.result_metadata["consolidation_operation_id"]))
+    assert set(Observation.objects.values_list("entity__name", flat=True)) == {"vera rubin"}
+    assert cited("vera rubin") == {"Vera Rubin measured galaxy rotation."}
+
+
+# --- consolidation scopes ------------------------------------------------------------------------
+
+
+def scoped_units() -> None:
+    retain([
+        {"content": "Project Apollo met Project Gemini.", "tags": ["nasa", "crewed"], "document_id": "both"},
+        {"content": "Project Apollo landed.", "tags": ["nasa"], "document_id": "nasa"},
+        {"content": "Project Gemini docked.", "tags": ["crewed"], "document_id": "crewed"},
+        {"content": "Project Vostok flew.", "tags": ["soviet", "crewed"], "document_id": "vostok"},
+        {"content": "Project Mercury flew.", "document_id": "untagged"},
+    ])
+
+
+def unconsolidated() -> set[str]:
+    return set(MemoryUnit.objects.filter(consolidated=False).values_list("document__document_id", flat=True))
+
+
+def test_observation_scopes_consolidate_only_units_carrying_every_tag_of_one_scope(alpha: Any) -> None:
+    scoped_units()
+    done = run("consolidation", payload={"observation_scopes": [["nasa", "crewed"], ["soviet"]]})
+    assert done.status == "completed" and done.result_metadata["units"] == 2
+    assert unconsolidated() == {"nasa", "crewed", "untagged"}
+    assert set(Observation.objects.values_list("entity__name", flat=True)) == {
+        "project apollo", "project gemini", "project vostok"}
+    # The older `tags` form: any one of them.
+    run("consolidation", payload={"tags": ["nasa"]})
+    assert unconsolidated() == {"crewed", "untagged"}
+
+
+def test_consolidate_endpoint_takes_observation_scopes(alpha: Any, admin: Any) -> None:
+    response = admin.post("banks/alpha/consolidate", {"observation_scopes": [["crewed", "nasa", "nasa"], ["soviet"]]})
+    assert response.status_code == 200 and response.json()["deduplicated"] is False
+    operation = Operation.objects.get(pk=response.json()["operation_id"])
+    assert operation.task_payload == {"observation_scopes": [["crewed", "nasa"], ["soviet"]]}
+    scoped_units()
+    run_existing(operation)
+    assert unconsolidated() == {"nasa", "crewed", "untagged"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"observation_scopes": "per_tag"}, "observation_scopes"),
+        ({"observation_scopes": ["nasa"]}, "observation_scopes.0"),
+        ({"observation_scopes": [["nasa"], {"tags": ["x"]}]}, "observation_scopes.1"),
+        ({"observation_scopes": [["nasa"], []]}, "observation_scopes.1"),
+        ({"observation_scopes": [["nasa", None]]}, "observation_scopes.0.1"),
+        ({"observation_scopes": [["x" * 101]]}, "observation_scopes.0.0"),
+        ({"observation_scopes": [["nasa"]], "tags": ["crewed"]}, "observation_scopes"),
+        ({"tags": "nasa"}, "tags"),
+    ],
+)
+def test_consolidate_endpoint_refuses_malformed_scopes(alpha: Any, admin: Any, body: Any, field: str) -> None:
+    response = admin.post("banks/alpha/consolidate", body)
+    assert response.status_code == 400, response.content
+    assert field in response.json()["errors"], response.json()
+    assert not Operation.objects.exists()
+
+
+def test_empty_scopes_mean_every_unit(alpha: Any, admin: Any) -> None:
+    for body in ({"observation_scopes": []}, {"observation_scopes": None, "tags": []}, None):
+        response = admin.post("banks/alpha/consolidate", body)
+        assert response.status_code == 200
+        assert Operation.objects.get(pk=response.json()["operation_id"]).task_payload == {}
+
+
+def test_a_deduplicated_consolidation_widens_the_pending_ones_scope(alpha: Any, admin: Any) -> None:
+    def consolidate(body: dict[str, Any] | None) -> dict[str, Any]:
+        response = admin.post("banks/alpha/consolidate", body)
+        assert response.status_code == 200
+        return dict(response.json())
+
+    first = consolidate({"observation_scopes": [["nasa"]]})
+    joined = consolidate({"observation_scopes": [["soviet", "crewed"]], "tag": "second"})
+    assert joined == {"operation_id": first["operation_id"], "deduplicated": True}
+    pending = Operation.objects.get(pk=first["operation_id"])
+    assert pending.task_payload == {"observation_scopes": [["crewed", "soviet"], ["nasa"]]}
+    consolidate({"tags": ["nasa"]})  # already covered: unchanged
+    assert Operation.objects.get(pk=pending.pk).task_payload == pending.task_payload
+    consolidate(None)  # every unit: the pending one now covers them all
+    assert Operation.objects.get(pk=pending.pk).task_payload == {}
+    consolidate({"observation_scopes": [["nasa"]]})
+    assert Operation.objects.get(pk=pending.pk).task_payload == {}
+    # Once it has been claimed, a request is a new operation with its own scope.
+    Operation.objects.filter(pk=pending.pk).update(status="processing")
+    later = consolidate({"observation_scopes": [["nasa"]]})
+    assert later["deduplicated"] is False and later["operation_id"] != first["operation_id"]
+    assert Operation.objects.get(pk=later["operation_id"]).task_payload == {"observation_scopes": [["nasa"]]}

@@ -91,3 +91,52 @@ def test_first_page_and_count_use_indexes(many_operations: None) -> None:
     explained = plan("SELECT * FROM operations_operation WHERE tag = %s", ["nightly"])
     # Without a bank, a tag filter does scan the table: the check above can fail.
     assert "Seq Scan on operations_operation" in explained
+
+
+def _explained_reads(run: Any) -> list[str]:
+    """EXPLAIN of every read of the operations table that `run()` makes."""
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        run()
+    reads = [
+        q["sql"] for q in queries.captured_queries
+        if q["sql"].lstrip().startswith("SELECT") and '"operations_operation"' in q["sql"]
+    ]
+    assert reads, "no read of the operations table was captured"
+    return [plan(sql.replace("%", "%%"), []) for sql in reads]
+
+
+def test_a_metrics_scrape_and_the_cross_bank_first_pages_use_indexes(
+    many_operations: None, client: Any
+) -> None:
+    """What must stay fast at a million rows: no sequential scan of the table."""
+    from banks.api_keys import api_key_create
+
+    key = {"HTTP_AUTHORIZATION": f"Bearer {api_key_create(admin=True)[1]}"}
+    client.get("/metrics")  # the first scrape starts the rollup
+    plans = _explained_reads(lambda: client.get("/metrics"))
+    plans += _explained_reads(lambda: client.get("/v1/default/operations", **key))
+    # A status filter: the page, that is. (Its count is exact up to 10,000
+    # matches, so it reads the matching rows, and stops there.)
+    plans += [
+        p for p in _explained_reads(lambda: client.get("/v1/default/operations", {"status": "failed"}, **key))
+        if "count(" not in p.lower() and "Aggregate" not in p
+    ]
+    plans += _explained_reads(lambda: client.get("/tasks", {"within_hours": "720"}, **key))
+    scans = [p for p in plans if _unbounded_scan(p)]
+    assert not scans, "\n\n".join(scans)
+
+
+def _unbounded_scan(explained: str) -> bool:
+    """A sequential scan of the table that may read all of it: filtered (it
+    reads until enough rows match), or not under a LIMIT. (The capped count,
+    a LIMIT over an unfiltered scan, reads at most COUNT_CAP rows.)"""
+    lines = explained.splitlines()
+    for index, line in enumerate(lines):
+        if "Seq Scan on operations_operation" not in line:
+            continue
+        follows = lines[index + 1] if index + 1 < len(lines) else ""
+        if "Filter:" in follows or not any("Limit" in above for above in lines[:index]):
+            return True
+    return False

@@ -1,5 +1,7 @@
 """Races between transitions, each run many times by real concurrent
-transactions on PostgreSQL: exactly one side wins."""
+transactions (on PostgreSQL, and on SQLite in the embedded session): exactly
+one side wins. Where both outcomes matter, each is also made to happen in
+order, so no test depends on a race going both ways within its rounds."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from operations.models import Operation
 from operations.services import CancelOutcome
 from tests.conftest import race
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.embedded]
 
 ROUNDS = 30
 
@@ -34,26 +36,38 @@ def test_claim_against_claim(alpha: Any) -> None:
         assert str(row.lease_id) == winners[0].lease_id
 
 
+def _claim_won(pk: str, lease: Any, cancel: CancelOutcome) -> None:
+    row = Operation.objects.get(pk=pk)
+    # The claim won: the cancel became a request to the running handler.
+    assert lease is not None and cancel is CancelOutcome.REQUESTED
+    assert row.status == "processing" and row.cancel_requested_at is not None
+
+
+def _cancel_won(pk: str, lease: Any, cancel: CancelOutcome) -> None:
+    row = Operation.objects.get(pk=pk)
+    # The cancel won: the row was cancelled before anyone ran it.
+    assert lease is None and cancel is CancelOutcome.CANCELLED and row.status == "cancelled"
+
+
+def test_claim_against_cancel_in_each_order(alpha: Any) -> None:
+    """Both outcomes, each made to happen (not hoped for from a race)."""
+    pk = submit()
+    lease = services.operation_claim(operation_id=pk, worker="a", task_id="t")
+    _claim_won(pk, lease, services.operation_cancel(operation_id=pk))
+    pk = submit()
+    cancel = services.operation_cancel(operation_id=pk)
+    _cancel_won(pk, services.operation_claim(operation_id=pk, worker="a", task_id="t"), cancel)
+
+
 def test_claim_against_cancel(alpha: Any) -> None:
-    outcomes = set()
+    """Raced: whichever wins, the result is exactly one of the two above."""
     for _ in range(ROUNDS):
         pk = submit()
         lease, cancel = race(
             lambda: services.operation_claim(operation_id=pk, worker="a", task_id="t"),
             lambda: services.operation_cancel(operation_id=pk),
         )
-        row = Operation.objects.get(pk=pk)
-        if lease is None:
-            # The cancel won: the row was cancelled before anyone ran it.
-            assert cancel is CancelOutcome.CANCELLED and row.status == "cancelled"
-        else:
-            # The claim won: the cancel became a request to the running handler.
-            assert cancel is CancelOutcome.REQUESTED
-            assert row.status == "processing" and row.cancel_requested_at is not None
-        outcomes.add(lease is None)
-    # Over many rounds both sides should have won at least once; if not, the
-    # race was never really run concurrently.
-    assert outcomes == {True, False}
+        (_cancel_won if lease is None else _claim_won)(pk, lease, cancel)
 
 
 def test_cancel_against_complete(alpha: Any) -> None:
@@ -93,6 +107,44 @@ def test_concurrent_claims_of_one_serialization_key(alpha: Any) -> None:
             lambda: services.operation_claim(operation_id=second, worker="b", task_id="t"),
         )
         assert sum(lease is not None for lease in leases) == 1
-        assert Operation.objects.filter(serial_key="test_serial:alpha", status="processing").count() == 1
-        assert Operation.objects.filter(serial_key="test_serial:alpha", status="pending").count() == 1
+        assert Operation.objects.filter(operation_type="test_serial", status="processing").count() == 1
+        assert Operation.objects.filter(operation_type="test_serial", status="pending").count() == 1
         Operation.objects.all().delete()
+
+
+def test_children_finishing_at_once_leave_their_parent_right(alpha: Any) -> None:
+    """Each child's transition rolls the parent up in its own transaction; the
+    last one must see every sibling's final status. PostgreSQL serializes them
+    on the parent's row lock, SQLite on its IMMEDIATE write transactions."""
+    for _ in range(ROUNDS // 2):
+        parent = services.operation_submit(bank_id="alpha", operation_type="test_batch").operation
+        kids = [submit_child(parent.pk) for _ in range(3)]
+        leases = [services.operation_claim(operation_id=k, worker="w", task_id="t") for k in kids]
+        race(
+            lambda: services.operation_complete(lease=leases[0], result={}),
+            lambda: services.operation_complete(lease=leases[1], result={}),
+            lambda: services.operation_fail(lease=leases[2], error="bad", permanent=True),
+        )
+        row = Operation.objects.get(pk=parent.pk)
+        assert row.status == "failed" and row.progress["processed"] == 3
+        assert row.progress["detail"]["completed"] == 2 and row.progress["detail"]["failed"] == 1
+
+
+def submit_child(parent_id: Any) -> str:
+    return str(
+        services.operation_submit(bank_id="alpha", operation_type="test_echo", parent_id=parent_id).operation.pk
+    )
+
+
+def test_the_session_runs_on_the_deployment_it_names(alpha: Any) -> None:
+    """So a green embedded session really ran on SQLite and the filesystem broker."""
+    import os
+
+    from django.conf import settings
+    from django.db import connection
+
+    if os.environ.get("OPS_TEST_DEPLOYMENT") == "embedded":
+        assert connection.vendor == "sqlite" and settings.EMBEDDED_BROKER
+        assert settings.DATABASES["default"]["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
+    else:
+        assert connection.vendor == "postgresql" and settings.CELERY_BROKER_URL.startswith("redis://")

@@ -13,7 +13,7 @@ from operations import dispatch, registry, services
 from operations.models import Operation
 from tests.conftest import race
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
 
 def submit(operation_type: str = "test_echo", **fields: Any) -> Operation:
@@ -39,19 +39,20 @@ def test_explicit_retry_delays_win() -> None:
 def test_sweeper_publishes_only_what_has_no_live_message(alpha: Any, settings: Any) -> None:
     now = timezone.now()
     long_ago = now - timedelta(seconds=settings.OPS_REDISPATCH_SECONDS + 1)
-    never = submit()  # its on_commit publish never ran (the test transaction)
+    never = submit()  # left unpublished (its type's window was full, say)
     fresh = submit()
     stale = submit()
     parked = submit()
     running = submit()
-    Operation.objects.filter(pk=never.pk).update(updated_at=long_ago)
+    Operation.objects.filter(pk=never.pk).update(updated_at=long_ago, dispatched_at=None)
     Operation.objects.filter(pk=fresh.pk).update(dispatched_at=now)
     Operation.objects.filter(pk=stale.pk).update(dispatched_at=long_ago)
     Operation.objects.filter(pk=parked.pk).update(updated_at=long_ago, next_retry_at=now + timedelta(hours=1))
     services.operation_claim(operation_id=str(running.pk), worker="w", task_id="t")
     Operation.objects.filter(pk=running.pk).update(updated_at=long_ago)
+    before_sweep = timezone.now()
     assert dispatch.publish_due() == 2
-    published = Operation.objects.filter(dispatched_at__gt=now).values_list("pk", flat=True)
+    published = Operation.objects.filter(dispatched_at__gt=before_sweep).values_list("pk", flat=True)
     assert set(published) == {never.pk, stale.pk}
     assert dispatch.publish_due() == 0  # now they have live messages
 
@@ -165,3 +166,87 @@ def test_an_operation_waiting_on_a_busy_serialization_key_is_not_republished(alp
     services.operation_cancel(operation_id=running.pk)  # requested; confirm it:
     Operation.objects.filter(pk=running.pk).update(status="cancelled")
     assert dispatch.top_up("test_serial") == 1
+
+
+def test_the_cancel_signal_interrupts_a_handler_even_while_it_holds_the_lease_lock(tmp_path: Any) -> None:
+    """The signal handler runs in the main thread between any two bytecodes,
+    possibly while that thread holds the lease lock; with a non-reentrant lock it
+    waited for itself forever. Run in a child process so a hang fails the test
+    instead of the suite."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.conftest import PROJECT_DIR
+
+    script = textwrap.dedent(
+        """
+        import os, signal, sys, django
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "opsproject.settings")
+        django.setup()
+        from operations import leases
+        from operations.handlers import Lease, OperationCancelled
+        lease = Lease(operation_id="op", lease_id="l", operation_type="test_echo", bank_id="alpha",
+                      worker="w", task_id="t", attempt=0, payload={})
+        leases.install_cancel_signal()
+        leases.hold(lease)
+        leases.set_in_handler("op", True)
+        leases.snapshot()["op"].interrupted_at = 1.0
+        with leases._lock:  # the main thread is inside the lock, e.g. in set_in_handler
+            try:
+                signal.raise_signal(leases.CANCEL_SIGNAL)
+            except OperationCancelled:
+                print("interrupted")
+                sys.exit(0)
+        print("not interrupted")
+        sys.exit(1)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0 and "interrupted" in result.stdout, result.stdout + result.stderr
+
+
+def test_the_next_operation_published_is_chosen_round_robin_over_banks(
+    alpha: Any, beta: Any, settings: Any
+) -> None:
+    """Bank alpha queued 30 before bank beta queued 1: beta's is published at
+    the second pick, not the thirty-first, and alpha still gets every pick
+    after it."""
+    from banks.models import Bank
+
+    settings.OPS_DISPATCH_WINDOW = 1
+    Bank.objects.create(bank_id="gamma")
+    dispatch._cursor.clear()
+    backlog = [submit() for _ in range(30)]  # the first is published at once (the window has room)
+    late = services.operation_submit(bank_id="beta", operation_type="test_echo").operation
+    later = services.operation_submit(bank_id="gamma", operation_type="test_echo").operation
+    assert Operation.objects.get(pk=late.pk).dispatched_at is None  # the window was full
+
+    picks = []
+    for _ in range(6):
+        assert dispatch.publish_next("test_echo")
+        picks.append(Operation.objects.filter(dispatched_at__isnull=False).order_by("-dispatched_at")
+                     .values_list("bank_id", flat=True).first())
+    assert picks == ["alpha", "beta", "gamma", "alpha", "alpha", "alpha"]
+    published_alpha = Operation.objects.filter(bank_id="alpha", dispatched_at__isnull=False).order_by("created_at")
+    # Oldest first within a bank.
+    assert [o.pk for o in published_alpha] == [o.pk for o in backlog[:5]]
+    assert Operation.objects.filter(pk__in=[late.pk, later.pk], dispatched_at__isnull=False).count() == 2
+
+
+def test_the_pick_skips_what_cannot_run_yet(alpha: Any) -> None:
+    """Parked retries and operations whose serialization key is busy are not
+    published; the next due one is."""
+    dispatch._cursor.clear()
+    parked = submit()
+    busy_holder = submit("test_serial")
+    blocked = submit("test_serial")
+    ready = submit("test_serial")
+    Operation.objects.update(dispatched_at=None)
+    Operation.objects.filter(pk=parked.pk).update(next_retry_at=timezone.now() + timedelta(hours=1))
+    assert services.operation_claim(operation_id=str(busy_holder.pk), worker="w", task_id="t") is not None
+    assert not dispatch.publish_next("test_echo")
+    assert not dispatch.publish_next("test_serial")  # both waiting ones share the busy key
+    assert Operation.objects.filter(pk__in=[blocked.pk, ready.pk], dispatched_at__isnull=False).count() == 0

@@ -14,7 +14,7 @@ from banks.models import Bank, Document, MemoryUnit, StoredFile
 from operations import runner
 from operations.models import Operation
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
 
 def make_pdf(text: str) -> bytes:
@@ -272,3 +272,55 @@ def test_upload_errors(admin: Any, alpha: Any, settings: Any) -> None:
     two = upload(admin, SimpleUploadedFile("a.txt", b"a"), SimpleUploadedFile("b.txt", b"b"), document_id="one")
     assert two.status_code == 400 and "document_id" in two.json()["errors"]
     assert Operation.objects.count() == 0
+
+
+# --- tag -----------------------------------------------------------------------------------
+
+
+def test_every_submission_stores_its_tag_on_the_operation_and_its_children(
+    admin: Any, alpha: Any, settings: Any
+) -> None:
+    settings.OPS_RETAIN_BATCH_ITEMS = 2
+    items = [{"content": f"Fact {i}."} for i in range(3)]
+    batch = admin.post("banks/alpha/memories", {"items": items, "async": True, "tag": "import-7"}).json()
+    tagged = Operation.objects.filter(tag="import-7")
+    assert tagged.filter(pk=batch["operation_id"]).exists()
+    assert tagged.filter(parent_id=batch["operation_id"]).count() == 2
+
+    upload = SimpleUploadedFile("a.txt", b"Some text.", content_type="text/plain")
+    files = admin.post("banks/alpha/files/retain", {"files": [upload], "tag": "uploads"}, format="multipart")
+    assert Operation.objects.get(pk=files.json()["operation_ids"][0]).tag == "uploads"
+    # Hindsight's form: the tag inside the `request` JSON, with per-file metadata.
+    upload = SimpleUploadedFile("b.txt", b"More text.", content_type="text/plain")
+    request = '{"files_metadata": [{"document_id": "b-doc", "tags": ["x"]}], "tag": "hs-uploads"}'
+    files = admin.post("banks/alpha/files/retain", {"files": [upload], "request": request}, format="multipart")
+    operation = Operation.objects.get(pk=files.json()["operation_ids"][0])
+    assert operation.tag == "hs-uploads" and operation.document_id == "b-doc"
+    assert operation.task_payload["tags"] == ["x"]
+
+    consolidation = admin.post("banks/alpha/consolidate", {"tag": "nightly"}).json()
+    assert Operation.objects.get(pk=consolidation["operation_id"]).tag == "nightly"
+
+    created = admin.post("banks/alpha/mental-models", {"name": "M", "source_query": "fact", "tag": "first"}).json()
+    assert Operation.objects.get(pk=created["operation_id"]).tag == "first"
+    assert created["mental_model_id"] == created["id"]
+    runner.execute(created["operation_id"], operation_type="refresh_mental_model", worker="w", task_id="t")
+    refresh = admin.post(f"banks/alpha/mental-models/{created['id']}/refresh", {"tag": "manual"}).json()
+    assert Operation.objects.get(pk=refresh["operation_id"]).tag == "manual"
+    listed = admin.get("banks/alpha/operations", {"tag": "import-7"}).json()
+    assert listed["total"] == 3
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        ("banks/alpha/memories", {"items": [{"content": "x"}], "async": True}),
+        ("banks/alpha/consolidate", {}),
+    ],
+)
+def test_a_tag_over_200_characters_is_400_and_writes_nothing(
+    admin: Any, alpha: Any, url: str, body: dict[str, Any]
+) -> None:
+    response = admin.post(url, {**body, "tag": "t" * 201})
+    assert response.status_code == 400 and "tag" in response.json()["errors"]
+    assert not Operation.objects.exists()

@@ -12,7 +12,7 @@ from operations import services
 from operations.models import Operation
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = [pytest.mark.workers, pytest.mark.embedded]
 
 
 def statuses(ids: list[Any]) -> list[str]:
@@ -73,3 +73,81 @@ def test_reserved_type_runs_while_shared_pool_is_saturated(
     for pk in sleepers:
         services.operation_cancel(operation_id=pk)
     wait_for(lambda: set(statuses(sleepers)) == {"cancelled"}, message="sleepers cancelled")
+
+
+# Leases short enough that three periods pass quickly, a sweeper reaping every half second.
+LEASE = {
+    "OPS_WORKER_MAX_SLOTS": "2", "OPS_LEASE_SECONDS": "2", "OPS_HEARTBEAT_SECONDS": "0.4",
+    "OPS_SWEEP_INTERVAL_SECONDS": "0.5", "OPS_RETRY_BACKOFF_SECONDS": "0.2", "OPS_RETRY_BACKOFF_CAP_SECONDS": "0.5",
+}
+
+
+def runs(log: Path, pk: Any, event: str) -> int:
+    if not log.exists():
+        return 0
+    return sum(1 for line in log.read_text().splitlines()
+               if (e := json.loads(line))["op"] == str(pk) and e["event"] == event)
+
+
+def test_a_silent_handler_keeps_its_lease_for_three_lease_periods(
+    start_workers: Any, alpha: Any, tmp_path: Path
+) -> None:
+    """The handler reports nothing for 6 s (three 2 s leases) while the reaper
+    runs every 0.5 s: only the heartbeat keeps the lease, and it does."""
+    start_workers(ready=2, beat=True, **LEASE)
+    log = tmp_path / "runs.jsonl"
+    pk = services.operation_submit(
+        bank_id="alpha", operation_type="test_busy", payload={"seconds": 6, "log": str(log)}
+    ).operation.pk
+    done = wait_for(lambda: (o := Operation.objects.get(pk=pk)).status in ("completed", "failed") and o,
+                    timeout=60, message="the silent operation to finish")
+    assert done.status == "completed" and done.retry_count == 0 and done.error_history == []
+    assert runs(log, pk, "start") == 1 and runs(log, pk, "end") == 1
+    assert (done.completed_at - done.started_at).total_seconds() >= 6
+
+
+def test_without_renewal_the_reaper_takes_the_operation_back(
+    start_workers: Any, alpha: Any, tmp_path: Path
+) -> None:
+    """The same handler with its process's renewal stopped (first attempt only):
+    the reaper takes it back after a lease, another run completes it, and the
+    first run's late result is discarded. This is what the test above would
+    see if renewal broke."""
+    start_workers(ready=2, beat=True, **LEASE)
+    log = tmp_path / "runs.jsonl"
+    pk = services.operation_submit(
+        bank_id="alpha", operation_type="test_busy",
+        payload={"seconds": 6, "log": str(log), "renew": False},
+    ).operation.pk
+    done = wait_for(lambda: (o := Operation.objects.get(pk=pk)).status in ("completed", "failed") and o,
+                    timeout=60, message="the operation to finish")
+    assert done.status == "completed" and done.retry_count == 1
+    assert done.error_history[0]["error"].startswith("worker lost")
+    assert done.result_metadata == {"renewed": True}  # the second run's result, not the first's
+    assert runs(log, pk, "start") == 2
+
+
+def test_one_banks_backlog_does_not_hold_up_another_bank(
+    start_workers: Any, alpha: Any, beta: Any, settings: Any
+) -> None:
+    """Alpha queues 120 operations, then beta one: beta's runs after at most a
+    window's worth of alpha's (those already in the broker), not after all of
+    them; alpha's backlog still drains completely."""
+    settings.OPS_DISPATCH_WINDOW = 4
+    start_workers(ready=2, beat=True, OPS_WORKER_MAX_SLOTS="2", OPS_DISPATCH_WINDOW="4",
+                  OPS_SWEEP_INTERVAL_SECONDS="0.5")
+    backlog = [
+        services.operation_submit(
+            bank_id="alpha", operation_type="test_sleep", payload={"seconds": 0.05}
+        ).operation.pk
+        for _ in range(120)
+    ]
+    wait_for(lambda: Operation.objects.filter(pk__in=backlog, status="completed").exists(),
+             message="alpha's backlog to start draining")
+    late = services.operation_submit(bank_id="beta", operation_type="test_echo").operation.pk
+    wait_for(lambda: statuses(backlog + [late]) == ["completed"] * 121, timeout=120,
+             message="everything to complete")
+    started = Operation.objects.get(pk=late).started_at
+    alpha_after = Operation.objects.filter(pk__in=backlog, started_at__gt=started).count()
+    # Oldest-first dispatch would have run beta's after every one of alpha's.
+    assert alpha_after >= 120 - 40, f"only {alpha_after} of alpha's ran after beta's"

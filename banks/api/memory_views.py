@@ -5,10 +5,11 @@ consolidation and mental models. Views parse and authorize; the work is in
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Count
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import viewsets
@@ -17,13 +18,14 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from banks import follow_ups, memory, submissions
+from banks import follow_ups, memory, mental_models, submissions
 from banks.api import memory_serializers as s
 from banks.api.scoping import BankScopedMixin
 from banks.api.serializers import PageSerializer
 from banks.models import Bank, Document, MemoryUnit, MentalModel
-from operations import services
+from banks.schedules import RefreshSchedule
 from operations.api.errors import Conflict, PayloadTooLarge
+from operations.api.parsers import parse_json
 from operations.api.responses import AUTH_ERRORS, BAD_INPUT
 from operations.api.serializers import ErrorSerializer
 
@@ -67,7 +69,8 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet):
         if data.get("async"):
             try:
                 parent, _ = submissions.retain_async(
-                    bank=bank, items=items, document_tags=document_tags, operation_id=data.get("operation_id")
+                    bank=bank, items=items, document_tags=document_tags, operation_id=data.get("operation_id"),
+                    tag=data.get("tag") or None,
                 )
             except submissions.OperationIdConflict as exc:
                 raise Conflict(str(exc)) from None
@@ -109,15 +112,16 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet):
              "items": s.MemoryUnitSerializer(units[offset : offset + limit], many=True).data}
         )
 
-    @extend_schema(summary="Delete a memory unit (queues graph maintenance)", responses={200: s.DeletedSerializer, **BAD_INPUT, **AUTH_ERRORS})
+    @extend_schema(summary="Delete a memory unit (queues graph maintenance, and consolidation for stale observations)",
+                   responses={200: s.DeletedSerializer, **BAD_INPUT, **AUTH_ERRORS})
     def destroy(self, request: Request, bank_id: str, memory_id: str) -> Response:
         bank = self.get_bank()
         unit_id = _uuid_or_400(memory_id, "memory_id")
         with transaction.atomic():
             if not memory.unit_delete(bank=bank, unit_id=unit_id):
                 raise NotFound(f"memory {memory_id} not found")
-            queued = follow_ups.queue_graph_maintenance(bank=bank)
-        return Response({"success": True, "units_deleted": 1, "operation_id": str(queued.operation.pk)})
+            queued = follow_ups.after_delete(bank=bank)
+        return Response({"success": True, "units_deleted": 1, **queued})
 
 
 class FileViewSet(BankScopedMixin, viewsets.GenericViewSet):
@@ -146,24 +150,53 @@ class FileViewSet(BankScopedMixin, viewsets.GenericViewSet):
         tags = [t.strip() for value in request.data.getlist("tags") for t in value.split(",") if t.strip()]
         fields = _validated(
             s.FilesRequestSerializer,
-            {"files": files, "tags": tags, "context": request.data.get("context", ""),
-             "document_id": request.data.get("document_id", "")},
+            {"files": files, "tags": tags, **{
+                name: request.data[name] for name in ("context", "document_id", "tag", "request")
+                if name in request.data
+            }},
         )
+        per_file = _files_metadata(fields.get("request"), count=len(files))
+        tag = per_file.tag or fields.get("tag") or None
         if fields.get("document_id") and len(files) > 1:
             raise ValidationError({"document_id": ["document_id names one document; upload one file with it"]})
-        uploads = [
-            submissions.Upload(
-                filename=(upload.name or "upload")[:512],
-                content_type=upload.content_type or "",
-                data=upload.read(),
+        uploads = []
+        for upload, meta in zip(files, per_file.entries, strict=True):
+            uploads.append(
+                submissions.Upload(
+                    filename=(upload.name or "upload")[:512],
+                    content_type=upload.content_type or "",
+                    data=upload.read(),
+                    context=meta.get("context") or fields.get("context") or "",
+                    document_id=meta.get("document_id") or fields.get("document_id") or None,
+                    tags=tuple(meta.get("tags") or tags),
+                    metadata=meta.get("metadata") or {},
+                )
             )
-            for upload in files
-        ]
-        operations = submissions.files_submit(
-            bank=bank, uploads=uploads, tags=tags, context=fields.get("context") or "",
-            document_id=fields.get("document_id") or None,
-        )
+        operations = submissions.files_submit(bank=bank, uploads=uploads, tag=tag)
         return Response({"success": True, "bank_id": bank.pk, "operation_ids": [str(o.pk) for o in operations]})
+
+
+@dataclass(frozen=True)
+class _FilesMetadata:
+    entries: list[dict[str, Any]]
+    tag: str | None
+
+
+def _files_metadata(raw: str | None, *, count: int) -> _FilesMetadata:
+    """Hindsight's multipart `request` field: JSON with one `files_metadata`
+    entry per file. Absent: no per-file settings."""
+    if not raw:
+        return _FilesMetadata([{} for _ in range(count)], None)
+    parsed = parse_json(raw, what="the 'request' field")
+    if not isinstance(parsed, dict):
+        raise ValidationError({"request": ['a JSON object: {"files_metadata": [{...}, ...]}']})
+    body = _validated(s.FilesRequestJSONSerializer, parsed)
+    entries = [dict(entry) for entry in body.get("files_metadata") or []] or [{} for _ in range(count)]
+    if len(entries) != count:
+        raise ValidationError(
+            {"request.files_metadata": [f"{len(entries)} entries for {count} files; send one entry per file"]}
+        )
+    return _FilesMetadata(entries, body.get("tag") or None)
 
 
 class DocumentViewSet(BankScopedMixin, viewsets.GenericViewSet):
@@ -183,8 +216,9 @@ class DocumentViewSet(BankScopedMixin, viewsets.GenericViewSet):
              "items": s.DocumentSerializer(documents[offset : offset + limit], many=True).data}
         )
 
-    @extend_schema(summary="Delete a document and its memories (queues graph maintenance)",
-                   responses={200: s.DeletedSerializer, **AUTH_ERRORS})
+    @extend_schema(summary="Delete a document and its memories (queues graph maintenance, and "
+                           "consolidation for stale observations)",
+                   responses={200: s.DocumentDeletedSerializer, **AUTH_ERRORS})
     def destroy(self, request: Request, bank_id: str, document_id: str) -> Response:
         bank = self.get_bank()
         if "\x00" in document_id:
@@ -193,8 +227,11 @@ class DocumentViewSet(BankScopedMixin, viewsets.GenericViewSet):
             deleted = memory.document_delete(bank=bank, document_id=document_id)
             if deleted is None:
                 raise NotFound(f"document {document_id!r} not found")
-            queued = follow_ups.queue_graph_maintenance(bank=bank)
-        return Response({"success": True, "units_deleted": deleted, "operation_id": str(queued.operation.pk)})
+            queued = follow_ups.after_delete(bank=bank)
+        return Response(
+            {"success": True, "message": f"document {document_id!r} deleted", "document_id": document_id,
+             "memory_units_deleted": deleted, "units_deleted": deleted, **queued}
+        )
 
 
 class ConsolidationViewSet(BankScopedMixin, viewsets.GenericViewSet):
@@ -207,15 +244,12 @@ class ConsolidationViewSet(BankScopedMixin, viewsets.GenericViewSet):
     )
     def create(self, request: Request, bank_id: str) -> Response:
         bank = self.get_bank()
-        data = _validated(s.ConsolidateRequestSerializer, request.data)
-        submitted = follow_ups.queue_consolidation(bank=bank, tags=data.get("tags"))
+        body = s.ConsolidateRequestSerializer(data={} if request.data is None else request.data)
+        body.is_valid(raise_exception=True)
+        submitted = follow_ups.queue_consolidation(
+            bank=bank, scopes=body.scopes(), tag=body.validated_data.get("tag") or None
+        )
         return Response({"operation_id": str(submitted.operation.pk), "deduplicated": submitted.deduplicated})
-
-
-def _refresh(model: MentalModel) -> services.Submission:
-    return services.operation_submit(
-        bank_id=model.bank_id, operation_type="refresh_mental_model", mental_model_id=str(model.pk)
-    )
 
 
 def _model_data(model: MentalModel) -> dict[str, Any]:
@@ -235,26 +269,41 @@ class MentalModelViewSet(BankScopedMixin, viewsets.GenericViewSet):
     @extend_schema(
         summary="Create a mental model (and queue its first refresh)",
         request=s.MentalModelInputSerializer,
-        responses={200: s.MentalModelCreatedSerializer, **BAD_INPUT, **AUTH_ERRORS},
+        responses={
+            200: s.MentalModelCreatedSerializer, **BAD_INPUT, **AUTH_ERRORS,
+            409: OpenApiResponse(ErrorSerializer, description="a mental model with this id exists"),
+        },
     )
     def create(self, request: Request, bank_id: str) -> Response:
         bank = self.get_bank()
         data = _validated(s.MentalModelInputSerializer, request.data)
-        with transaction.atomic():
-            model = MentalModel.objects.create(
-                bank=bank, name=data["name"], source_query=data["source_query"],
-                tags=data.get("tags") or [], max_tokens=data.get("max_tokens") or 500,
+        model_id = data.get("id") or uuid.uuid4()
+        schedule = mental_models.schedule_patched(RefreshSchedule(), data.get("trigger") or {})
+        try:
+            created = mental_models.mental_model_create(
+                bank=bank, model_id=model_id, name=data["name"], source_query=data["source_query"],
+                tags=data.get("tags") or [], max_tokens=data.get("max_tokens") or 500, schedule=schedule,
+                tag=data.get("tag") or None,
             )
-            submitted = _refresh(model)
-        return Response({**_model_data(model), "operation_id": str(submitted.operation.pk)})
+        except IntegrityError:
+            raise Conflict(f"mental model {model_id} already exists") from None
+        return Response(
+            {**_model_data(created.model), "mental_model_id": str(created.model.pk),
+             "operation_id": str(created.refresh.operation.pk)}
+        )
 
-    @extend_schema(summary="List mental models", operation_id="list_mental_models", responses={200: s.MentalModelListSerializer, **AUTH_ERRORS})
+    @extend_schema(
+        summary="List mental models", operation_id="list_mental_models", parameters=[PageSerializer],
+        responses={200: s.MentalModelListSerializer, **BAD_INPUT, **AUTH_ERRORS},
+    )
     def index(self, request: Request, bank_id: str) -> Response:
         bank = self.get_bank()
+        page = _validated(PageSerializer, request.query_params)
+        limit, offset = page["limit"], page["offset"]
         models = MentalModel.objects.filter(bank=bank).order_by("name", "id")
         return Response(
-            {"bank_id": bank.pk, "total": models.count(),
-             "items": s.MentalModelSerializer(models, many=True).data}
+            {"bank_id": bank.pk, "total": models.count(), "limit": limit, "offset": offset,
+             "items": s.MentalModelSerializer(models[offset : offset + limit], many=True).data}
         )
 
     @extend_schema(summary="Get a mental model", responses={200: s.MentalModelSerializer, **BAD_INPUT, **AUTH_ERRORS})
@@ -262,13 +311,31 @@ class MentalModelViewSet(BankScopedMixin, viewsets.GenericViewSet):
         return Response(_model_data(self.get_model(self.get_bank())))
 
     @extend_schema(
+        summary="Update a mental model: name, query, tags, max_tokens, refresh schedule (trigger)",
+        operation_id="update_mental_model",
+        request=s.MentalModelUpdateSerializer,
+        responses={200: s.MentalModelSerializer, **BAD_INPUT, **AUTH_ERRORS},
+    )
+    def update(self, request: Request, bank_id: str, mental_model_id: str) -> Response:
+        model = self.get_model(self.get_bank())
+        body = s.MentalModelUpdateSerializer(data={} if request.data is None else request.data)
+        body.is_valid(raise_exception=True)
+        updated = mental_models.mental_model_update(
+            model=model, changes=body.changes(), trigger=body.validated_data.get("trigger")
+        )
+        return Response(_model_data(updated))
+
+    @extend_schema(
         summary="Queue a refresh (deduplicated while one is pending)",
-        request=None,
+        request=s.RefreshRequestSerializer,
         responses={200: s.RefreshResponseSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
     def refresh(self, request: Request, bank_id: str, mental_model_id: str) -> Response:
         model = self.get_model(self.get_bank())
-        submitted = _refresh(model)
+        data = _validated(s.RefreshRequestSerializer, request.data)
+        submitted = mental_models.mental_model_refresh(
+            model_id=model.pk, bank_id=model.bank_id, tag=data.get("tag") or None
+        )
         return Response(
             {"operation_id": str(submitted.operation.pk), "status": submitted.operation.status,
              "deduplicated": submitted.deduplicated}

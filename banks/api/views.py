@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Count
 from drf_spectacular.utils import extend_schema
 from rest_framework import viewsets
 from rest_framework.exceptions import ValidationError
@@ -22,7 +23,7 @@ from banks.api.serializers import (
     BankSerializer,
     BankStatsSerializer,
 )
-from banks.models import Bank, bank_id_validator
+from banks.models import Bank, LinkKind, bank_id_validator
 from operations.api.responses import AUTH_ERRORS, BAD_INPUT, UNAUTHORIZED
 from operations.selectors import operation_stats
 
@@ -112,19 +113,34 @@ class BankViewSet(BankScopedMixin, viewsets.GenericViewSet):
     def stats(self, request: Request, bank_id: str) -> Response:
         bank = self.get_bank()
         ops = operation_stats(bank_id=bank.pk)
+        units, observations = bank.memory_units.count(), bank.observations.count()
+        links = dict(bank.links.values_list("kind").annotate(n=Count("id")).order_by())
+        links_by_kind = {kind: links.get(kind, 0) for kind in LinkKind.values}
+        unconsolidated = bank.memory_units.filter(consolidated=False).count()
+        documents = bank.documents.count()
         return Response(
             {
                 "bank_id": bank.pk,
+                # Hindsight's names: its "world" facts are this service's memory units.
+                "total_nodes": units,
+                "total_links": sum(links_by_kind.values()),
+                "total_documents": documents,
+                "total_observations": observations,
+                "nodes_by_fact_type": {"world": units, "observation": observations},
+                "links_by_link_type": links_by_kind,
+                "links_by_fact_type": {"world": sum(links_by_kind.values())},
+                "links_breakdown": {"world": links_by_kind},
+                "pending_consolidation": unconsolidated,
                 "total_operations": ops["total"],
                 "operations_by_status": ops["by_status"],
                 "pending_operations": ops["by_status"]["pending"],
                 "failed_operations": ops["by_status"]["failed"],
-                "documents": bank.documents.count(),
-                "memory_units": bank.memory_units.count(),
-                "unconsolidated_units": bank.memory_units.filter(consolidated=False).count(),
+                "documents": documents,
+                "memory_units": units,
+                "unconsolidated_units": unconsolidated,
                 "entities": bank.entities.count(),
-                "observations": bank.observations.count(),
-                "links": bank.links.count(),
+                "observations": observations,
+                "links": sum(links_by_kind.values()),
                 "mental_models": bank.mental_models.count(),
             }
         )

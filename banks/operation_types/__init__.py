@@ -51,6 +51,7 @@ REFRESH_MENTAL_MODEL = register(
         dedupe=Scope.MENTAL_MODEL,
         serialize=Scope.MENTAL_MODEL,
         soft_time_limit=600,
+        details="banks.operation_types.refresh_mental_model.details",
     )
 )
 GRAPH_MAINTENANCE = register(

@@ -1,58 +1,113 @@
 """consolidation: turn unconsolidated memory units into per-entity observations.
 
-Each touched entity's observation is rebuilt from all of its units (not only
-the new ones), so running it twice gives the same observations: idempotent.
-Units are marked consolidated at the end. `payload["tags"]`, when given,
-limits the run to units carrying at least one of those tags.
+Each touched entity's observation is rebuilt from its most recent units (not
+only the new ones), recording them as its sources, so running it twice gives
+the same observations: idempotent. Units are marked consolidated at the end.
+
+Which units: all unconsolidated ones, or only those in scope. The scope is
+Hindsight's `observation_scopes` (lists of tags: a unit is in scope when it
+carries every tag of at least one list) or, the older form, `tags` (a unit
+carrying any one of them: `[[t] for t in tags]`).
+
+Every run, scoped or not, also repairs the bank's stale observations (those
+a delete took a source from): each is rebuilt from the units that survive,
+or removed when none do. A delete queues a consolidation for that.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from django.db import transaction
 
-from banks.models import Bank, Entity, MemoryUnit, Observation, UnitEntity
+from banks import memory
+from banks.models import Bank, Entity, MemoryUnit, Observation, ObservationSource, UnitEntity
 from operations.handlers import OperationContext
 
 UNITS_PER_OBSERVATION = 12
 OBSERVATION_MAX_CHARS = 2000
 
+Scopes = list[frozenset[str]]
+
+
+def scopes_from_payload(payload: dict[str, Any]) -> Scopes | None:
+    """The run's scope as tag sets, None for every unit."""
+    if payload.get("observation_scopes"):
+        return [frozenset(scope) for scope in payload["observation_scopes"]]
+    if payload.get("tags"):
+        return [frozenset([tag]) for tag in payload["tags"]]
+    return None
+
+
+def in_scope(tags: Sequence[str], scopes: Scopes | None) -> bool:
+    if scopes is None:
+        return True
+    held = set(tags)
+    return any(scope <= held for scope in scopes)
+
 
 def handle(ctx: OperationContext) -> dict[str, Any]:
     bank = Bank.objects.get(pk=ctx.bank_id)
-    scope = set(ctx.payload.get("tags") or [])
+    scopes = scopes_from_payload(ctx.payload)
     ctx.progress("collecting")
     pending = MemoryUnit.objects.filter(bank=bank, consolidated=False).values_list("pk", "tags")
-    unit_ids = [pk for pk, tags in pending if not scope or scope & set(tags)]
-    entity_ids = sorted(
-        set(UnitEntity.objects.filter(unit_id__in=unit_ids).values_list("entity_id", flat=True))
-    )
-    updated = 0
+    unit_ids = [pk for pk, tags in pending if in_scope(tags, scopes)]
+    entity_ids = set(UnitEntity.objects.filter(unit_id__in=unit_ids).values_list("entity_id", flat=True))
+    stale = set(Observation.objects.filter(bank=bank, needs_rebuild=True).values_list("entity_id", flat=True))
+    written = removed = 0
     if bank.enable_observations:
-        for done, entity_id in enumerate(entity_ids):
-            ctx.progress("observing", processed=done, total=len(entity_ids))
-            updated += observe(bank, entity_id)
+        todo = sorted(entity_ids | stale)
+        for done, entity_id in enumerate(todo):
+            ctx.progress("observing", processed=done, total=len(todo))
+            outcome = observe(bank, entity_id)
+            written += outcome == "written"
+            removed += outcome == "removed"
     ctx.progress("marking", processed=len(entity_ids), total=len(entity_ids))
     MemoryUnit.objects.filter(pk__in=unit_ids).update(consolidated=True)
-    return {"units": len(unit_ids), "entities": len(entity_ids), "observations": updated}
+    return {
+        "units": len(unit_ids),
+        "entities": len(entity_ids),
+        "observations": written,
+        "stale_observations": len(stale) if bank.enable_observations else 0,
+        "observations_removed": removed,
+    }
 
 
-def observe(bank: Bank, entity_id: int) -> int:
-    """Rebuild one entity's observation from its most recent units; 1 if written."""
+def observe(bank: Bank, entity_id: int) -> Literal["written", "removed", "none"]:
+    """Rebuild one entity's observation from its most recent units and record
+    them as its sources; remove it when the entity has no units left."""
     entity = Entity.objects.filter(pk=entity_id).first()
     if entity is None:
-        return 0
+        return "none"  # pruned meanwhile; its observation went with it
     units = MemoryUnit.objects.filter(bank=bank, unitentity__entity_id=entity_id)
-    facts: list[str] = []
-    for text in units.order_by("-timestamp", "position").values_list("text", flat=True)[:UNITS_PER_OBSERVATION]:
-        if text not in facts:
-            facts.append(text)
-    body = f"{entity.display_name}: " + " ".join(facts)
+    recent = units.order_by("-timestamp", "position", "pk")
     with transaction.atomic():
-        Observation.objects.update_or_create(
+        # Lock the units to cite so no delete can remove one before this
+        # commits. One deleted since they were chosen is missing from the
+        # locked set: choose again (the delete has committed by then).
+        for _ in range(3):
+            chosen = list(recent.values_list("pk", flat=True)[:UNITS_PER_OBSERVATION])
+            locked = set(memory.lock_existing_units(chosen))
+            if len(locked) == len(chosen):
+                break
+        cited = [(pk, text) for pk, text in recent.filter(pk__in=locked).values_list("pk", "text")]
+        if not cited:
+            deleted, _ = Observation.objects.filter(bank=bank, entity=entity).delete()
+            return "removed" if deleted else "none"
+        facts: list[str] = []
+        for _, text in cited:
+            if text not in facts:
+                facts.append(text)
+        body = f"{entity.display_name}: " + " ".join(facts)
+        observation, _ = Observation.objects.update_or_create(
             bank=bank,
             entity=entity,
-            defaults={"text": body[:OBSERVATION_MAX_CHARS], "unit_count": units.count()},
+            defaults={"text": body[:OBSERVATION_MAX_CHARS], "unit_count": units.count(), "needs_rebuild": False},
         )
-    return 1
+        sources = [pk for pk, _ in cited]
+        ObservationSource.objects.filter(observation=observation).exclude(unit_id__in=sources).delete()
+        ObservationSource.objects.bulk_create(
+            [ObservationSource(observation=observation, unit_id=pk) for pk in sources], ignore_conflicts=True
+        )
+    return "written"

@@ -20,7 +20,7 @@ def handle(ctx: OperationContext) -> dict[str, Any]:
     stored = StoredFile.objects.filter(operation_id=ctx.operation_id).first()
     if stored is None:
         raise PermanentError("the uploaded file is no longer stored; upload it again")
-    ctx.progress("converting", detail=stored.filename)
+    ctx.progress("converting", detail={"bytes": stored.size})
     text = converters.convert(
         data=bytes(stored.data), content_type=stored.content_type, filename=stored.filename
     )
@@ -29,7 +29,10 @@ def handle(ctx: OperationContext) -> dict[str, Any]:
         content=text,
         context=ctx.payload.get("context") or "",
         tags=ctx.payload.get("tags") or [],
-        metadata={"filename": stored.filename, "content_type": stored.content_type, "size": stored.size},
+        metadata={
+            **(ctx.payload.get("metadata") or {}),
+            "filename": stored.filename, "content_type": stored.content_type, "size": stored.size,
+        },
         document_id=ctx.document_id,
     )
     ctx.progress("retaining", processed=0, total=1)

@@ -81,7 +81,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
 
 
 def _wants_json(request: HttpRequest) -> bool:
-    return request.path.startswith(("/v1/", "/health", "/metrics"))
+    return request.path.startswith(("/v1/", "/health", "/metrics", "/tasks"))
 
 
 def json_not_found(request: HttpRequest, exception: Exception | None = None) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db import connection
@@ -15,46 +16,55 @@ from rest_framework.response import Response
 
 from operations.metrics import OperationsCollector
 
+log = logging.getLogger(__name__)
 
-def check_database() -> str | None:
-    """None when the database answers, else the reason it does not."""
+# What an unauthenticated caller learns of a component: its state, never the
+# exception (which may name hosts, users or paths); the detail goes to the log.
+OK, UNAVAILABLE = "ok", "unavailable"
+
+
+def check_database() -> bool:
+    """True when the database answers."""
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-        return None
-    except Exception as exc:  # any failure means not ready
+        return True
+    except Exception:  # any failure means not ready
+        log.warning("health: the database is unavailable", exc_info=True)
         connection.close()
-        return f"{type(exc).__name__}: {exc}"
+        return False
 
 
-def check_broker() -> str | None:
+def check_broker() -> bool:
+    """True when the broker accepts a connection."""
     from opsproject.celery import app
 
     try:
         with app.connection_for_write() as broker:
             broker.ensure_connection(max_retries=1, timeout=2)
-        return None
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return True
+    except Exception:
+        log.warning("health: the broker is unavailable", exc_info=True)
+        return False
 
 
 HealthSerializer = inline_serializer(
     "Health",
     {
         "status": serializers.ChoiceField(choices=["healthy", "unhealthy"]),
-        "database": serializers.CharField(),
-        "broker": serializers.CharField(),
+        "database": serializers.ChoiceField(choices=[OK, UNAVAILABLE]),
+        "broker": serializers.ChoiceField(choices=[OK, UNAVAILABLE]),
     },
 )
 
 
 def _readiness() -> tuple[dict[str, Any], int]:
     database, broker = check_database(), check_broker()
-    healthy = database is None and broker is None
+    healthy = database and broker
     body = {
         "status": "healthy" if healthy else "unhealthy",
-        "database": database or "ok",
-        "broker": broker or "ok",
+        "database": OK if database else UNAVAILABLE,
+        "broker": OK if broker else UNAVAILABLE,
     }
     return body, 200 if healthy else 503
 

@@ -73,10 +73,37 @@ class AllBanksOperationFilterSerializer(OperationFilterSerializer):
 
 
 class OperationDetailsSerializer(serializers.Serializer):
+    """Hindsight's `details`: the typed outcome of a type that reports one
+    (today refresh_mental_model: RefreshMentalModelOperationDetails)."""
+
+    operation_type = serializers.CharField()
+    outcome = serializers.CharField()
+    failure_reason = serializers.CharField(allow_null=True, required=False)
+
+
+class ExecutionSerializer(serializers.Serializer):
+    """What this service adds about a run: which worker holds it, its lease, a
+    pending cancel request. (Not in `details`, which Hindsight clients parse.)"""
+
     worker = serializers.CharField(allow_null=True)
     max_retries = serializers.IntegerField()
     heartbeat_at = serializers.DateTimeField(allow_null=True)
     cancel_requested_at = serializers.DateTimeField(allow_null=True)
+
+
+class ProgressSerializer(serializers.Serializer):
+    """Hindsight's OperationProgress: `detail` is a few named counts, or null."""
+
+    stage = serializers.CharField()
+    at = serializers.CharField()
+    processed = serializers.IntegerField(allow_null=True)
+    total = serializers.IntegerField(allow_null=True)
+    detail = serializers.DictField(child=serializers.IntegerField(), allow_null=True)
+
+
+@extend_schema_field(ProgressSerializer(allow_null=True))
+class ProgressField(serializers.JSONField):
+    """The stored progress report, documented with its shape."""
 
 
 class OperationSerializer(serializers.Serializer):
@@ -95,6 +122,7 @@ class OperationSerializer(serializers.Serializer):
     tag = serializers.CharField(allow_null=True)
     parent_id = serializers.UUIDField(allow_null=True)
     details = serializers.SerializerMethodField()
+    execution = ExecutionSerializer(source="*")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
@@ -102,18 +130,21 @@ class OperationSerializer(serializers.Serializer):
     error_message = serializers.CharField(allow_null=True)
     retry_count = serializers.IntegerField()
     next_retry_at = serializers.DateTimeField(allow_null=True)
-    progress = serializers.JSONField(allow_null=True)
+    progress = ProgressField(allow_null=True)
 
     @extend_schema_field(OperationDetailsSerializer(allow_null=True))
     def get_details(self, operation: Operation) -> dict[str, Any] | None:
-        return {
-            "worker": operation.worker,
-            "max_retries": operation.max_retries,
-            "heartbeat_at": serializers.DateTimeField().to_representation(operation.heartbeat_at)
-            if operation.heartbeat_at else None,
-            "cancel_requested_at": serializers.DateTimeField().to_representation(operation.cancel_requested_at)
-            if operation.cancel_requested_at else None,
-        }
+        try:
+            describe = registry.get(operation.operation_type).details_function
+        except registry.UnknownOperationType:
+            return None
+        return describe(operation.status, operation.result_metadata or {}) if describe else None
+
+
+class ChildOperationSerializer(OperationSerializer):
+    """A child in `child_operations`; `sub_batch_index` is its place in the batch."""
+
+    sub_batch_index = serializers.IntegerField()
 
 
 class OperationDetailSerializer(OperationSerializer):
@@ -125,10 +156,15 @@ class OperationDetailSerializer(OperationSerializer):
     child_operations = serializers.SerializerMethodField()
     task_payload = serializers.JSONField(required=False)
 
-    @extend_schema_field(OperationSerializer(many=True, allow_null=True))
+    @extend_schema_field(ChildOperationSerializer(many=True, allow_null=True))
     def get_child_operations(self, operation: Operation) -> list[dict[str, Any]] | None:
         children = self.context.get("children")
-        return None if children is None else OperationSerializer(children, many=True).data
+        if children is None:
+            return None
+        return [
+            {**OperationSerializer(child).data, "sub_batch_index": index}
+            for index, child in enumerate(children)
+        ]
 
     def to_representation(self, instance: Operation) -> dict[str, Any]:
         data = super().to_representation(instance)
@@ -140,6 +176,9 @@ class OperationDetailSerializer(OperationSerializer):
 class OperationListSerializer(serializers.Serializer):
     bank_id = serializers.CharField(allow_null=True)
     total = serializers.IntegerField()
+    total_is_estimate = serializers.BooleanField(
+        help_text="true when more than 10,000 match: `total` is then the database's estimate"
+    )
     limit = serializers.IntegerField()
     offset = serializers.IntegerField()
     operations = OperationSerializer(many=True)

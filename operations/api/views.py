@@ -26,6 +26,7 @@ from operations.api.serializers import (
     OperationSerializer,
     OperationStatsSerializer,
 )
+from operations.api import representation
 from operations.api.responses import AUTH_ERRORS, BAD_INPUT, CONFLICT, FORBIDDEN, UNAUTHORIZED
 from operations.models import Operation
 from operations.slots import SlotPlanError, plan_from_settings
@@ -78,18 +79,10 @@ class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet):
         filters = OperationFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         limit, offset = filters.validated_data["limit"], filters.validated_data["offset"]
-        total, page = selectors.operation_page(
+        page = selectors.operation_page(
             selectors.operations_filtered(queryset, filters.validated_data), limit=limit, offset=offset
         )
-        return Response(
-            {
-                "bank_id": bank_id,
-                "total": total,
-                "limit": limit,
-                "offset": offset,
-                "operations": OperationSerializer(page, many=True).data,
-            }
-        )
+        return Response(_page_body(bank_id, page, limit, offset))
 
     @extend_schema(
         summary="Get one operation",
@@ -97,14 +90,23 @@ class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet):
         responses={200: OperationDetailSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
     def retrieve(self, request: Request, bank_id: str, operation_id: str) -> Response:
-        operation = self.get_operation()
+        queryset = self.get_queryset()  # the bank check comes first
         options = IncludePayloadSerializer(data=request.query_params)
         options.is_valid(raise_exception=True)
+        row = queryset.filter(pk=parse_operation_id(operation_id)).values(*selectors.DETAIL_FIELDS).first()
+        if row is None:
+            raise NotFound(f"operation {operation_id} not found")
         children = None
-        if _is_parent(operation):
-            children = list(operation.children.order_by("created_at", "id"))
-        context = {"children": children, "include_payload": options.validated_data["include_payload"]}
-        return Response(OperationDetailSerializer(operation, context=context).data)
+        if _is_parent_type(row["operation_type"]):
+            children = list(
+                Operation.objects.filter(parent_id=row["id"]).order_by("created_at", "id")
+                .values(*selectors.LIST_FIELDS)
+            )
+        return Response(
+            representation.operation_detail(
+                row, children=children, include_payload=options.validated_data["include_payload"]
+            )
+        )
 
     @extend_schema(
         summary="Cancel an operation",
@@ -169,11 +171,23 @@ class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet):
         return Response(selectors.operation_stats(bank_id=bank.pk))
 
 
-def _is_parent(operation: Operation) -> bool:
+def _is_parent_type(operation_type: str) -> bool:
     try:
-        return registry.get(operation.operation_type).rollup
+        return registry.get(operation_type).rollup
     except registry.UnknownOperationType:
-        return operation.children.exists()
+        return False
+
+
+def _page_body(bank_id: str | None, page: selectors.Page, limit: int, offset: int) -> dict[str, Any]:
+    return {
+        "bank_id": bank_id,
+        "total": page.total,
+        # This service's: `total` is PostgreSQL's estimate past COUNT_CAP rows.
+        "total_is_estimate": page.total_is_estimate,
+        "limit": limit,
+        "offset": offset,
+        "operations": representation.operation_items(page.rows),
+    }
 
 
 class AllOperationViewSet(viewsets.GenericViewSet):
@@ -194,19 +208,11 @@ class AllOperationViewSet(viewsets.GenericViewSet):
         filters = AllBanksOperationFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         limit, offset = filters.validated_data["limit"], filters.validated_data["offset"]
-        total, page = selectors.operation_page(
+        page = selectors.operation_page(
             selectors.operations_filtered(Operation.objects.all(), filters.validated_data),
             limit=limit, offset=offset,
         )
-        return Response(
-            {
-                "bank_id": filters.validated_data.get("bank_id"),
-                "total": total,
-                "limit": limit,
-                "offset": offset,
-                "operations": OperationSerializer(page, many=True).data,
-            }
-        )
+        return Response(_page_body(filters.validated_data.get("bank_id"), page, limit, offset))
 
 
 class WorkersSerializer(serializers.Serializer):

@@ -23,18 +23,39 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--operations", type=int, default=10_000, help="backlog size (default 10,000)")
         parser.add_argument("--slots", type=int, default=4, help="worker concurrency on both sides")
+        parser.add_argument(
+            "--task-events", action="store_true",
+            help="instead: the platform with Celery task events (what Flower needs) off, then on",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         count, slots = options["operations"], options["slots"]
         self.stdout.write(f"Backlog of {count:,} no-op jobs, {slots} slots, embedded broker (filesystem).")
-        platform = run_side("platform", count, slots)
-        celery = run_side("celery", count, slots)
-        self.stdout.write(f"\n{'':34}{'platform':>12}{'bare celery':>14}{'ratio':>9}")
+        if options["task_events"]:
+            off = run_side("platform", count, slots, {"OPS_TASK_EVENTS": "false"})
+            on = run_side("platform", count, slots, {"OPS_TASK_EVENTS": "true"})
+            watched = run_side("platform", count, slots, {"OPS_TASK_EVENTS": "true", "OPS_BENCH_FLOWER": "1"})
+            self.compare(on, off, ("events on", "events off"), "Ratios are events on / events off.")
+            self.compare(
+                watched, off, ("+ flower", "events off"),
+                f"Ratios are events on with Flower listening / events off "
+                f"(Flower saw {watched.get('flower_tasks_seen', 0):,} tasks).",
+            )
+            return
+        self.compare(
+            run_side("platform", count, slots),
+            run_side("celery", count, slots),
+            ("platform", "bare celery"),
+            "Ratios are platform / bare Celery: above 1 is more for the platform "
+            "(better for rates, worse for times).",
+        )
+
+    def compare(
+        self, first: dict[str, Any], second: dict[str, Any], names: tuple[str, str], note: str
+    ) -> None:
+        self.stdout.write(f"\n{'':34}{names[0]:>12}{names[1]:>14}{'ratio':>9}")
         for key, label, fmt in ROWS:
-            ours, theirs = platform[key], celery[key]
+            ours, theirs = first[key], second[key]
             ratio = ours / theirs if theirs else float("inf")
             self.stdout.write(f"{label:34}{fmt.format(ours):>12}{fmt.format(theirs):>14}{ratio:>8.2f}x")
-        self.stdout.write(
-            "\nRatios are platform / bare Celery: above 1 is more for the platform "
-            "(better for rates, worse for times)."
-        )
+        self.stdout.write("\n" + note)

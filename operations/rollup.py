@@ -1,0 +1,96 @@
+"""Parents: a parent operation (a `retain_batch`, say) never runs; its status
+is the roll-up of its children's.
+
+`roll_up` is called inside the transaction that changed a child. It locks the
+parent row first, so concurrent children serialize here and the last one sees
+every sibling's final status. The parent then moves by the `roll_up` transition,
+a conditional UPDATE from pending or processing only: a finished parent never
+moves back (a late child change cannot resurrect a cancelled batch); only a
+manual retry (`retry_parent`) re-opens it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db.models import Count
+from django.utils import timezone
+
+from operations.models import TERMINAL_STATUSES, Operation, OperationStatus
+
+PENDING = OperationStatus.PENDING
+PROCESSING = OperationStatus.PROCESSING
+COMPLETED = OperationStatus.COMPLETED
+FAILED = OperationStatus.FAILED
+CANCELLED = OperationStatus.CANCELLED
+
+
+def rolled_up_status(counts: dict[str, int]) -> str | None:
+    """A parent's status from its children's status counts (None: no children).
+
+    `pending` until a child runs, `processing` while children run (or some
+    finished and others wait), and once every child is terminal: `failed` if
+    any failed, else `cancelled` if any was cancelled, else `completed`."""
+    total = sum(counts.values())
+    if total == 0:
+        return None
+    terminal = sum(counts.get(s, 0) for s in TERMINAL_STATUSES)
+    if terminal == total:
+        if counts.get(FAILED):
+            return FAILED
+        if counts.get(CANCELLED):
+            return CANCELLED
+        return COMPLETED
+    if counts.get(PROCESSING) or terminal:
+        return PROCESSING
+    return PENDING
+
+
+def children_counts(parent_id: str | uuid.UUID) -> dict[str, int]:
+    return dict(
+        Operation.objects.filter(parent_id=parent_id)
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+
+
+def roll_up(parent_id: str | uuid.UUID) -> str | None:
+    """Recompute a parent from its children, in the caller's transaction.
+    Returns the parent's new status, or None when it did not move (gone,
+    finished, or childless)."""
+    parent = (
+        Operation.objects.select_for_update()
+        .filter(pk=parent_id)
+        .values("status", "started_at")
+        .first()
+    )
+    if parent is None or parent["status"] in TERMINAL_STATUSES:
+        return None
+    counts = children_counts(parent_id)
+    status = rolled_up_status(counts)
+    if status is None:
+        return None
+    now = timezone.now()
+    total = sum(counts.values())
+    done = sum(counts.get(s, 0) for s in TERMINAL_STATUSES)
+    fields: dict[str, Any] = {
+        "progress": {
+            "stage": "children",
+            "at": now.isoformat(),
+            "processed": done,
+            "total": total,
+            # Hindsight's progress detail: counts by name.
+            "detail": {s: counts.get(s, 0) for s in OperationStatus.values},
+        },
+        "updated_at": now,
+        "completed_at": now if status in TERMINAL_STATUSES else None,
+        "error_message": None,
+    }
+    if status != PENDING and parent["started_at"] is None:
+        fields["started_at"] = now
+    if status == FAILED:
+        fields["error_message"] = f"{counts[FAILED]} of {total} child operations failed"
+    moved = Operation.objects.filter(pk=parent_id).transition("roll_up", status=status, **fields)
+    return status if moved else None

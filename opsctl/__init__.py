@@ -1,0 +1,1 @@
+"""opsctl: the operations platform from the command line, through its REST API."""

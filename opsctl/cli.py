@@ -1,0 +1,400 @@
+"""The opsctl commands.
+
+    opsctl operations list BANK [--status S] [--type T] [--limit N]
+    opsctl operations get BANK ID
+    opsctl operations watch BANK [--all]
+    opsctl operations cancel BANK ID | --all-pending [--type T]
+    opsctl operations retry BANK ID
+    opsctl operations delete BANK ID
+    opsctl retain BANK --files GLOB [--async]
+    opsctl tasks | workers | banks list
+
+Every read command takes --json (the API's JSON, unchanged, on stdout).
+Exit status: 0 done, 1 the API refused or could not be reached (its message
+on stderr), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from opsctl import render
+from opsctl.client import Api, ApiError
+
+STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+ACTIVE = ("pending", "processing")
+TASK_STATUS_CODES = {"pending": "Q", "processing": "R", "completed": "D", "failed": "F", "cancelled": "C"}
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def api_of(ctx: click.Context) -> Api:
+    obj = ctx.find_root().obj
+    if "api" not in obj:
+        if not obj["api_key"]:
+            raise click.UsageError("no API key: set OPS_API_KEY or pass --api-key")
+        obj["api"] = Api(obj["url"], obj["api_key"], timeout=obj["timeout"])
+        ctx.find_root().call_on_close(obj["api"].close)
+    api: Api = obj["api"]
+    return api
+
+
+def split_values(values: tuple[str, ...]) -> list[str]:
+    """Repeated options and comma-separated lists alike: -s failed,cancelled -s pending."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--url", envvar="OPS_URL", default="http://127.0.0.1:8000", show_default=True,
+              help="The platform's service root [env: OPS_URL].")
+@click.option("--api-key", envvar="OPS_API_KEY", default=None, help="An API key [env: OPS_API_KEY].")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds to wait for each API answer.")
+@click.pass_context
+def cli(ctx: click.Context, url: str, api_key: str | None, timeout: float) -> None:
+    """Operate the operations platform from the command line."""
+    ctx.obj = {"url": url, "api_key": api_key, "timeout": timeout}
+
+
+# --- operations -----------------------------------------------------------------------
+
+
+@cli.group()
+def operations() -> None:
+    """A bank's operations: list, get, watch, cancel, retry, delete."""
+
+
+@operations.command("list")
+@click.argument("bank")
+@click.option("--status", "-s", "statuses", multiple=True, help="Only this status (repeatable, or a,b).")
+@click.option("--type", "-t", "types", multiple=True, help="Only this operation type (repeatable, or a,b).")
+@click.option("--tag", default=None, help="Only operations with this tag.")
+@click.option("--limit", "-n", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@json_option
+@click.pass_context
+def list_operations(
+    ctx: click.Context, bank: str, statuses: tuple[str, ...], types: tuple[str, ...], tag: str | None,
+    limit: int, offset: int, as_json: bool,
+) -> None:
+    """List a bank's operations, newest first."""
+    wanted = split_values(statuses)
+    for status in wanted:
+        if status not in STATUSES:
+            raise click.BadParameter(f"{status!r} is not one of {', '.join(STATUSES)}", param_hint="--status")
+    data = api_of(ctx).operations(
+        bank, status=wanted, type=split_values(types), tag=tag, limit=limit, offset=offset
+    )
+    if as_json:
+        emit_json(data)
+        return
+    ops = data.get("operations") or []
+    console.print(render.operations_table(ops, title=f"bank {bank}"))
+    console.print(f"[dim]{offset + 1 if ops else 0}–{offset + len(ops)} of {data.get('total')}[/dim]")
+
+
+@operations.command("get")
+@click.argument("bank")
+@click.argument("operation_id")
+@click.option("--payload", is_flag=True, help="Include the operation's task payload.")
+@json_option
+@click.pass_context
+def get_operation(ctx: click.Context, bank: str, operation_id: str, payload: bool, as_json: bool) -> None:
+    """Show one operation, its result, errors and children."""
+    data = api_of(ctx).operation(bank, operation_id, include_payload=payload)
+    if as_json:
+        emit_json(data)
+        return
+    console.print(render.operation_panel({"bank_id": bank, **data}))
+
+
+@operations.command("watch")
+@click.argument("bank")
+@click.option("--all", "show_all", is_flag=True, help="Show finished operations too, not only pending and running.")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--limit", "-n", type=click.IntRange(1, 100), default=30, show_default=True)
+@json_option
+@click.pass_context
+def watch_operations(ctx: click.Context, bank: str, show_all: bool, interval: float, limit: int, as_json: bool) -> None:
+    """A live table of the bank's operations; ends when nothing is pending or running.
+
+    With --json, one JSON object per refresh (one line each)."""
+    api = api_of(ctx)
+
+    def poll() -> tuple[dict[str, Any], dict[str, Any]]:
+        listed = api.operations(bank, status=[] if show_all else list(ACTIVE), limit=limit)
+        return listed, api.operation_stats(bank)
+
+    def active(stats: dict[str, Any]) -> int:
+        by_status = stats.get("by_status") or {}
+        return int(by_status.get("pending", 0)) + int(by_status.get("processing", 0))
+
+    def view(listed: dict[str, Any], stats: dict[str, Any]) -> Any:
+        by_status = stats.get("by_status") or {}
+        counts = ", ".join(f"{by_status.get(s, 0)} {s}" for s in STATUSES)
+        title = f"bank {bank}: {counts}"
+        return render.operations_table(listed.get("operations") or [], title=title)
+
+    listed, stats = poll()
+    if as_json:
+        while True:
+            click.echo(json.dumps({"operations": listed.get("operations"), "stats": stats}, sort_keys=True))
+            if not active(stats):
+                return
+            time.sleep(interval)
+            listed, stats = poll()
+    with Live(view(listed, stats), console=console, auto_refresh=False) as live:
+        while active(stats):
+            time.sleep(interval)
+            listed, stats = poll()
+            live.update(view(listed, stats), refresh=True)
+    console.print(f"[green]nothing pending or running in bank {bank}[/green]")
+
+
+@operations.command("cancel")
+@click.argument("bank")
+@click.argument("operation_id", required=False)
+@click.option("--all-pending", is_flag=True, help="Cancel every pending operation of the bank.")
+@click.option("--type", "operation_type", default=None, help="With --all-pending: only this type.")
+@json_option
+@click.pass_context
+def cancel_operation(
+    ctx: click.Context, bank: str, operation_id: str | None, all_pending: bool, operation_type: str | None,
+    as_json: bool,
+) -> None:
+    """Cancel one operation (a running one stops at its next checkpoint), or every pending one."""
+    if bool(operation_id) == all_pending:
+        raise click.UsageError("give an operation id or --all-pending (one of them)")
+    if operation_type and not all_pending:
+        raise click.UsageError("--type goes with --all-pending")
+    api = api_of(ctx)
+    if all_pending:
+        data = api.cancel_pending(bank, operation_type)
+        if as_json:
+            emit_json(data)
+        else:
+            console.print(f"cancelled {data.get('cancelled_count', 0)} pending operation(s) in bank {bank}")
+        return
+    assert operation_id is not None
+    status, data = api.cancel(bank, operation_id)
+    if as_json:
+        emit_json(data)
+    elif status == 202:
+        console.print(f"cancel requested: {operation_id} stops at its next checkpoint")
+    else:
+        console.print(f"cancelled {operation_id}")
+
+
+@operations.command("retry")
+@click.argument("bank")
+@click.argument("operation_id")
+@json_option
+@click.pass_context
+def retry_operation(ctx: click.Context, bank: str, operation_id: str, as_json: bool) -> None:
+    """Queue a failed or cancelled operation again."""
+    data = api_of(ctx).retry(bank, operation_id)
+    if as_json:
+        emit_json(data)
+    else:
+        console.print(f"queued {operation_id} again (now {data.get('status')})")
+
+
+@operations.command("delete")
+@click.argument("bank")
+@click.argument("operation_id")
+@json_option
+@click.pass_context
+def delete_operation(ctx: click.Context, bank: str, operation_id: str, as_json: bool) -> None:
+    """Delete a finished operation."""
+    data = api_of(ctx).delete(bank, operation_id)
+    if as_json:
+        emit_json(data)
+    else:
+        console.print(f"deleted {operation_id}")
+
+
+# --- retain ---------------------------------------------------------------------------
+
+
+def expand(patterns: tuple[str, ...]) -> list[Path]:
+    paths: list[Path] = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(pattern, recursive=True))
+        if not matched:
+            raise click.BadParameter(f"no file matches {pattern!r}", param_hint="--files")
+        paths.extend(Path(p) for p in matched if Path(p).is_file())
+    if not paths:
+        raise click.BadParameter("the patterns match folders only", param_hint="--files")
+    return list(dict.fromkeys(paths))
+
+
+@cli.command()
+@click.argument("bank")
+@click.option("--files", "-f", "patterns", multiple=True, required=True,
+              help="A file or glob (quote it: 'docs/**/*.md'); repeatable.")
+@click.option("--async", "is_async", is_flag=True, help="Return once uploaded; do not wait for the conversions.")
+@click.option("--tag", default=None, help="A tag for the operations (filterable).")
+@click.option("--context", default=None, help="Context stored with the retained memories.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=0.5, show_default=True,
+              help="Seconds between status checks while waiting.")
+@json_option
+@click.pass_context
+def retain(
+    ctx: click.Context, bank: str, patterns: tuple[str, ...], is_async: bool, tag: str | None,
+    context: str | None, interval: float, as_json: bool,
+) -> None:
+    """Upload files to a bank: each becomes a file_convert_retain operation.
+
+    Without --async, waits until every operation has finished (exit 1 if any failed)."""
+    paths = expand(patterns)
+    api = api_of(ctx)
+    total = sum(p.stat().st_size for p in paths)
+    operation_ids: list[str] = []
+    progress_console = errors if as_json else console
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=progress_console, transient=as_json,
+    ) as progress:
+        upload = progress.add_task(f"uploading {len(paths)} file(s)", total=total)
+        for path in paths:
+            data = api.upload(bank, path, {"tag": tag or "", "context": context or ""})
+            operation_ids.extend(data.get("operation_ids") or [])
+            progress.advance(upload, path.stat().st_size)
+    outcome: dict[str, Any] = {"bank_id": bank, "operation_ids": operation_ids, "files": [str(p) for p in paths]}
+    if not is_async:
+        outcome["operations"] = wait_for_operations(api, bank, operation_ids, interval, progress_console, as_json)
+    if as_json:
+        emit_json(outcome)
+    elif is_async:
+        for operation_id in operation_ids:
+            console.print(f"queued {operation_id}")
+    if not is_async and any(o.get("status") != "completed" for o in outcome["operations"]):
+        failed = [o for o in outcome["operations"] if o.get("status") != "completed"]
+        reasons = "; ".join(
+            f"{o.get('operation_id')}: {o.get('status')} {o.get('error_message') or ''}".strip() for o in failed
+        )
+        raise ApiError(f"{len(failed)} of {len(operation_ids)} operation(s) did not complete: {reasons}")
+
+
+def wait_for_operations(
+    api: Api, bank: str, ids: list[str], interval: float, out: Console, quiet: bool
+) -> list[dict[str, Any]]:
+    finished: dict[str, dict[str, Any]] = {}
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), console=out, transient=quiet,
+    ) as progress:
+        task = progress.add_task("converting and retaining", total=len(ids))
+        while len(finished) < len(ids):
+            for operation_id in ids:
+                if operation_id in finished:
+                    continue
+                data = api.operation(bank, operation_id)
+                if data.get("status") in ("completed", "failed", "cancelled"):
+                    finished[operation_id] = data
+                    progress.advance(task)
+            if len(finished) < len(ids):
+                time.sleep(interval)
+    results = [finished[i] for i in ids]
+    if not quiet:
+        console.print(render.operations_table(results))
+    return results
+
+
+# --- across banks -------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--type", "-t", "types", multiple=True, help="Only this task type (repeatable, or a,b).")
+@click.option("--status", "-s", "statuses", multiple=True,
+              help="Q pending, R processing, D completed, F failed, C cancelled (or the names; repeatable).")
+@click.option("--within-hours", type=click.IntRange(min=1), default=None,
+              help="Created in the last N hours (API default 1).")
+@click.option("--tag", default=None)
+@click.option("--limit", "-n", type=click.IntRange(1, 100), default=None)
+@click.option("--offset", type=click.IntRange(min=0), default=None)
+@json_option
+@click.pass_context
+def tasks(
+    ctx: click.Context, types: tuple[str, ...], statuses: tuple[str, ...], within_hours: int | None,
+    tag: str | None, limit: int | None, offset: int | None, as_json: bool,
+) -> None:
+    """The unified task view (GET /tasks) across the banks the key reaches."""
+    codes = []
+    for value in split_values(statuses):
+        code = TASK_STATUS_CODES.get(value.lower(), value.upper())
+        if code not in TASK_STATUS_CODES.values():
+            raise click.BadParameter(f"{value!r} is not a status code (Q R D F C) or name", param_hint="--status")
+        codes.append(code)
+    data = api_of(ctx).tasks(
+        task_type=split_values(types), status=codes, within_hours=within_hours, tag=tag, limit=limit, offset=offset
+    )
+    if as_json:
+        emit_json(data)
+        return
+    console.print(render.tasks_table(data))
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def workers(ctx: click.Context, as_json: bool) -> None:
+    """The slot plan and the live worker nodes with what they run (admin key)."""
+    data = api_of(ctx).workers()
+    if as_json:
+        emit_json(data)
+        return
+    console.print(render.workers_view(data))
+
+
+@cli.group()
+def banks() -> None:
+    """Memory banks."""
+
+
+@banks.command("list")
+@click.option("--limit", "-n", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@json_option
+@click.pass_context
+def list_banks(ctx: click.Context, limit: int, offset: int, as_json: bool) -> None:
+    """The banks this key reaches."""
+    data = api_of(ctx).banks(limit=limit, offset=offset)
+    if as_json:
+        emit_json(data)
+        return
+    console.print(render.banks_table(data.get("banks") or []))
+    console.print(f"[dim]{len(data.get('banks') or [])} of {data.get('total')}[/dim]")
+
+
+def main() -> None:
+    cli(prog_name="opsctl")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,88 @@
+"""Data migrations, run forwards and backwards on the real database."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+
+from operations import registry
+
+BEFORE = [("operations", "0003_dispatch_window_indexes")]
+AFTER = [("operations", "0004_unambiguous_keys")]
+
+
+def _latest() -> list[tuple[str, str]]:
+    executor = MigrationExecutor(connection)
+    return executor.loader.graph.leaf_nodes()
+
+
+def _migrate(targets: list[tuple[str, str]]) -> Any:
+    """Move the apps named in `targets` there (the others stay at their latest);
+    returns the models as they are then."""
+    executor = MigrationExecutor(connection)
+    executor.migrate(targets)
+    executor.loader.build_graph()
+    moved = {app for app, _ in targets}
+    others = [node for node in executor.loader.graph.leaf_nodes() if node[0] not in moved]
+    return executor.loader.project_state(targets + others).apps
+
+
+@pytest.fixture
+def back_to_latest() -> Any:
+    """Whatever the test does, later tests find every migration applied."""
+    yield
+    MigrationExecutor(connection).migrate(_latest())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stored_keys_are_rewritten_unambiguously_and_back(back_to_latest: None) -> None:
+    apps = _migrate(BEFORE)
+    Bank = apps.get_model("banks", "Bank")
+    Operation = apps.get_model("operations", "Operation")
+    Bank.objects.create(bank_id="x")
+    Bank.objects.create(bank_id="x:y")
+    # Bank x with document y:z and bank x:y with document z: one old key (the bug).
+    rows = {"plain": ("x", "retain:x:y:z"), "colon": ("x:y", "retain:x:y:z"), "none": ("x:y", None)}
+    ids = {}
+    for name, (bank, serial) in rows.items():
+        ids[name] = uuid.uuid4()
+        Operation.objects.create(
+            id=ids[name], bank_id=bank, operation_type="retain", status="completed", serial_key=serial
+        )
+
+    apps = _migrate(AFTER)
+    Operation = apps.get_model("operations", "Operation")
+    retain = registry.get("retain")
+    keys = dict(Operation.objects.values_list("id", "serial_key"))
+    assert keys[ids["plain"]] == retain.key_for(registry.Scope.DOCUMENT, bank_id="x", document_id="y:z",
+                                               mental_model_id=None) == "retain:x:y:z"
+    assert keys[ids["colon"]] == retain.key_for(registry.Scope.DOCUMENT, bank_id="x:y", document_id="z",
+                                                mental_model_id=None) == "retain:x%3Ay:z"
+    assert keys[ids["none"]] is None
+
+    apps = _migrate(BEFORE)
+    Operation = apps.get_model("operations", "Operation")
+    assert Operation.objects.get(pk=ids["colon"]).serial_key == "retain:x:y:z"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_observations_built_before_sources_were_recorded_are_flagged_for_a_rebuild(back_to_latest: None) -> None:
+    apps = _migrate([("banks", "0003_bank_profile")])
+    Bank = apps.get_model("banks", "Bank")
+    Entity = apps.get_model("banks", "Entity")
+    Observation = apps.get_model("banks", "Observation")
+    bank = Bank.objects.create(bank_id="old")
+    entity = Entity.objects.create(bank=bank, name="ada", display_name="Ada")
+    Observation.objects.create(bank=bank, entity=entity, text="Ada: wrote notes.", unit_count=1)
+
+    apps = _migrate([("banks", "0004_observation_sources_and_refresh_schedules")])
+    Observation = apps.get_model("banks", "Observation")
+    assert list(Observation.objects.values_list("text", "needs_rebuild")) == [("Ada: wrote notes.", True)]
+    # New observations are not stale.
+    Entity = apps.get_model("banks", "Entity")
+    fresh = Entity.objects.create(bank_id="old", name="bob", display_name="Bob")
+    assert not Observation.objects.create(bank_id="old", entity=fresh, text="Bob: new.").needs_rebuild
