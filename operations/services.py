@@ -272,6 +272,19 @@ def _one_statement() -> AbstractContextManager[Any]:
     return transaction.atomic() if connection.in_atomic_block else nullcontext()
 
 
+def _claim_statement() -> AbstractContextManager[Any]:
+    """Where the claim's clock is read. SQLite serializes writers: a claim
+    waiting for the write lock while the holder of its serialization key
+    finishes would otherwise record a `started_at` from before that finish.
+    Its IMMEDIATE transaction takes the lock at BEGIN, so the clock read inside
+    is the moment the claim really happens. On PostgreSQL a busy key fails at
+    once instead of waiting for the holder to finish, so the single statement
+    keeps that order without a transaction around it."""
+    if connection.vendor == "sqlite":
+        return transaction.atomic()
+    return _one_statement()
+
+
 def _with_parent(parent_id: str | uuid.UUID | None) -> AbstractContextManager[Any]:
     """A child's transition and its parent's roll-up commit together; a row
     without a parent needs no transaction around its one UPDATE."""
@@ -289,13 +302,13 @@ def operation_claim(*, operation_id: str, worker: str, task_id: str) -> Lease | 
     claimable (already claimed, finished, cancelled, parked until later, or its
     serialization key is held by another running operation). One statement
     (UPDATE … RETURNING) for a row without a parent."""
-    now = _now()
     lease_id = uuid.uuid4()
-    claimable = Operation.objects.filter(pk=operation_id).filter(
-        Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=now)
-    )
     try:
-        with _one_statement():
+        with _claim_statement():
+            now = _now()
+            claimable = Operation.objects.filter(pk=operation_id).filter(
+                Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=now)
+            )
             rows = claimable.transition_returning(
                 "claim",
                 _CLAIMED,

@@ -148,3 +148,36 @@ def test_the_session_runs_on_the_deployment_it_names(alpha: Any) -> None:
         assert settings.DATABASES["default"]["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
     else:
         assert connection.vendor == "postgresql" and settings.CELERY_BROKER_URL.startswith("redis://")
+
+
+def test_a_claim_that_waited_for_the_sqlite_write_lock_starts_when_it_got_it(alpha: Any) -> None:
+    """SQLite serializes writers. A claim that queued behind another writer (say
+    the finish of the operation holding its serialization key) must record the
+    moment it took the lock, or it would seem to have started before its
+    predecessor finished."""
+    import threading
+    import time
+
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    if connection.vendor != "sqlite":
+        pytest.skip("only SQLite makes a claim wait for a database-wide write lock")
+    pk, other = submit(), submit()
+    holding = threading.Event()
+    released = []
+
+    def hold() -> None:
+        with transaction.atomic():
+            Operation.objects.filter(pk=other).update(tag="holding the write lock")
+            holding.set()
+            time.sleep(0.5)
+            released.append(timezone.now())
+
+    def claim() -> Any:
+        assert holding.wait(10)
+        return services.operation_claim(operation_id=pk, worker="w", task_id="t")
+
+    _, lease = race(hold, claim)
+    assert lease is not None
+    assert Operation.objects.get(pk=pk).started_at >= released[0]
