@@ -307,6 +307,10 @@ def test_hard_cancel_kills_a_handler_that_ignores_interruption(
     assert done.status == "cancelled"
     assert event_count(log, pk, "ignored") >= 1 and event_count(log, pk, "end") == 0
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=10, message="the pool process to die")
+    # Only that process went: the node replaces it and takes new work.
+    after = submit("test_echo", value=1, log=str(log))
+    assert wait_status(after, "completed", "failed", timeout=30).status == "completed"
+    assert started_pid(log, after) != pid
 
 
 def test_a_cancelled_operation_never_runs_after_a_restart(
