@@ -144,10 +144,45 @@ def test_one_banks_backlog_does_not_hold_up_another_bank(
     ]
     wait_for(lambda: Operation.objects.filter(pk__in=backlog, status="completed").exists(),
              message="alpha's backlog to start draining")
-    late = services.operation_submit(bank_id="beta", operation_type="test_echo").operation.pk
+    late = services.operation_submit(
+        bank_id="beta", operation_type="test_sleep", payload={"seconds": 0.05}
+    ).operation.pk
     wait_for(lambda: statuses(backlog + [late]) == ["completed"] * 121, timeout=120,
              message="everything to complete")
     started = Operation.objects.get(pk=late).started_at
     alpha_after = Operation.objects.filter(pk__in=backlog, started_at__gt=started).count()
     # Oldest-first dispatch would have run beta's after every one of alpha's.
     assert alpha_after >= 120 - 40, f"only {alpha_after} of alpha's ran after beta's"
+
+
+def test_a_banks_only_message_goes_ahead_of_another_banks_full_window(
+    start_workers: Any, alpha: Any, beta: Any, settings: Any
+) -> None:
+    """One type, one slot: alpha's backlog fills the window (20 messages in the
+    broker, the rest in the database). Beta's one operation is published on the
+    next take and runs next, not behind alpha's messages already in the broker."""
+    if settings.EMBEDDED_BROKER:
+        pytest.skip("the embedded filesystem broker serves a queue first in, first out (no priorities)")
+    settings.OPS_DISPATCH_WINDOW = 20
+    start_workers(ready=2, beat=True, OPS_WORKER_MAX_SLOTS="1", OPS_DISPATCH_WINDOW="20")
+    backlog = [
+        services.operation_submit(
+            bank_id="alpha", operation_type="test_sleep", payload={"seconds": 0.2}
+        ).operation.pk
+        for _ in range(40)
+    ]
+    wait_for(lambda: Operation.objects.filter(pk__in=backlog, status="completed").exists(),
+             message="alpha's backlog to start draining")
+    in_broker = set(
+        Operation.objects.filter(pk__in=backlog, status="pending", dispatched_at__isnull=False)
+        .values_list("pk", flat=True)
+    )
+    late = services.operation_submit(
+        bank_id="beta", operation_type="test_sleep", payload={"seconds": 0.2}
+    ).operation.pk
+    done = wait_for(lambda: (row := Operation.objects.get(pk=late)).status == "completed" and row,
+                    timeout=60, message="beta's operation to complete")
+    ahead = Operation.objects.filter(pk__in=in_broker, started_at__lt=done.started_at).count()
+    assert len(in_broker) >= 15
+    # First in, first out would have run every one of them first.
+    assert ahead <= 4, f"{ahead} of alpha's {len(in_broker)} messages in the broker ran before beta's"
