@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -137,12 +138,14 @@ class Run:
             result = measure()
         except (KeyboardInterrupt, SystemExit):
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one broken figure must not hide the others
             self.failed = True
             traceback.print_exc()
             self.figures.append(Figure(key="error", label=title, platform=" ".join(f"failed: {exc}".split())[:200]))
             return
-        self.figures.extend(result if isinstance(result, list) else [result])
+        figures = result if isinstance(result, list) else [result]
+        self.figures.extend(figures)
+        self.notes.extend(f.values["note"] for f in figures if "note" in f.values)
         self.say(f"  ({time.perf_counter() - clock:.0f}s)")
 
 
@@ -168,14 +171,21 @@ def scaled_section(args: argparse.Namespace, run: Run, env: dict[str, str]) -> N
             # Figures 1-3: a node of `--slots` slots, nothing reserved, so its
             # shared worker has exactly bare Celery's concurrency.
             noop_env = {**env, "OPS_WORKER_MAX_SLOTS": str(args.slots), "OPS_WORKER_CONSOLIDATION_RESERVED_SLOTS": "0"}
-            with scaled.node(procs, noop_env, "noop-node"):
+            with scaled.node(procs, noop_env, "noop-node") as (_, node_pid):
                 bare_worker = scaled.start_bare_worker(procs, env, args.slots)
                 run.measure("no-op throughput and submit rate, platform and bare Celery interleaved",
-                            lambda: scaled.noop_throughput(options, args.slots, run.say))
+                            lambda: scaled.noop_throughput(options, args.slots, node_pid, bare_worker.pid, run.say))
                 run.measure("one no-op on idle workers", lambda: scaled.idle_latency(options, run.say))
                 procs.stop(bare_worker)
+            # Hindsight's own API and worker, alone on the machine like each side.
+            if args.no_peer:
+                reference: dict[str, Any] = {"available": False, "reason": "skipped (--no-peer)"}
+            else:
+                run.say("Hindsight 1.1.0, the peer of the Hindsight workload")
+                rng = random.Random(4)
+                reference = peer.measure(options, procs, run.say, lambda n: scaled.note_text(rng, n))
             # The rest: the default slot plan and gunicorn, as deployed.
-            with scaled.node(procs, env, "node") as plan:
+            with scaled.node(procs, env, "node") as (plan, _):
                 url = scaled.start_web(procs, env, settings.OPS_WEB_WORKERS)
                 run.notes.append(
                     f"default slot plan: {plan['max_slots']} slots, reserved {plan['reserved']}, "
@@ -183,9 +193,6 @@ def scaled_section(args: argparse.Namespace, run: Run, env: dict[str, str]) -> N
                 )
                 run.measure("pages over a large table", lambda: scaled.pages(options, url, key, run.say))
                 run.measure("pickup of a single-item async retain", lambda: scaled.pickup(options, url, key, run.say))
-                reference = {"available": False, "reason": "skipped (--no-peer)"} if args.no_peer else None
-                if reference is None:
-                    reference = peer.measure(options, args, run.say)
                 run.measure("Hindsight's workload", lambda: scaled.hindsight_workload(options, url, key, reference, run.say))
                 run.measure("fairness across banks", lambda: scaled.fairness(options, url, key, plan["shared"], run.say))
     finally:
@@ -194,7 +201,7 @@ def scaled_section(args: argparse.Namespace, run: Run, env: dict[str, str]) -> N
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     clock = time.perf_counter()
     sys.path.insert(0, str(PROJECT_DIR))
     from bench.procs import stop_on_sigterm
@@ -232,7 +239,7 @@ def main(argv: list[str]) -> int:
             run.say(f"embedded comparison: {embedded_count:,} no-ops, {args.slots} slots, filesystem broker")
             try:
                 embedded_result = embedded.comparison(embedded_count, args.slots, embedded_rounds, run.say)
-            except Exception:
+            except Exception:  # noqa: BLE001 - the scaled figures are still printed and written
                 run.failed = True
                 traceback.print_exc()
     seconds = time.perf_counter() - clock

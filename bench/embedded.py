@@ -122,7 +122,7 @@ def _start_flower(procs: Processes, data_dir: Path) -> str:
     """Flower listening to the workers' events, as an operator would run it."""
     import httpx
 
-    from bench.scaled import free_port
+    from bench.load import free_port
 
     port = free_port()
     procs.start(

@@ -10,7 +10,6 @@ from operations.registry import OperationType, register
 
 def noop(ctx: OperationContext) -> None:
     """Does nothing: what is left is the platform's own cost per operation."""
-    return None
 
 
 register(OperationType(name="bench_noop", handler="bench.optypes.noop", soft_time_limit=30))

@@ -12,8 +12,8 @@ driver polls.
 from __future__ import annotations
 
 import json
+import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +37,8 @@ from banks.memory import RetainItem
 from banks.models import Bank
 from banks.submissions import retain_async
 from bench import bare
-from bench.procs import Processes, wait_until
+from bench.load import free_port, post_concurrently
+from bench.procs import Processes, cpu_by, wait_until
 from bench.report import Figure, median, percentile, ratio_text
 from operations import services
 from operations.models import Operation, OperationStatus, WorkerNode
@@ -64,7 +65,7 @@ class Options:
     retain_items: int = 5
     in_flight: int = 8
     backlog: int = 10_000
-    fairness_rounds: int = 10
+    fairness_rounds: int = 6
 
 
 QUICK = Options(
@@ -83,12 +84,6 @@ def _since(start: datetime, end: datetime | None) -> float:
 
 
 # --- processes ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def slot_plan(env: dict[str, str]) -> dict[str, Any]:
@@ -179,10 +174,29 @@ def _clear_noops() -> None:
         cursor.execute("DELETE FROM operations_operation WHERE bank_id = %s", [NOOP_BANK])
 
 
-def platform_noop_run(count: int) -> dict[str, float]:
+def cpu_groups(workers_pid: int) -> dict[str, Callable[[list[int], str], bool]]:
+    """The processes a no-op run spends CPU in: a side's worker processes
+    (descendants of its runworkers or celery process), PostgreSQL's and
+    Redis's server processes, and this driver, which submits."""
+    driver = os.getpid()
+    return {
+        "workers": lambda lineage, name: workers_pid in lineage,
+        "postgresql": lambda lineage, name: name == "postgres",
+        "redis": lambda lineage, name: name.startswith("redis-server"),
+        "submitting process": lambda lineage, name: lineage[0] == driver,
+    }
+
+
+def _cpu_per_operation(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    return {label: _ms(after[label] - before[label]) / count for label in before}
+
+
+def platform_noop_run(count: int, workers_pid: int) -> dict[str, Any]:
     """Submit `count` no-ops through the service, one transaction each (as
     separate callers would), and time until the last one completed."""
     _clear_noops()
+    groups = cpu_groups(workers_pid)
+    cpu = cpu_by(groups)
     started = timezone.now()
     clock = time.perf_counter()
     for _ in range(count):
@@ -194,36 +208,66 @@ def platform_noop_run(count: int) -> dict[str, float]:
     if completed != count:
         raise RuntimeError(f"{count - completed} of {count} no-op operations did not complete")
     finished = mine.aggregate(last=Max("completed_at"))["last"]
-    return {"submit_per_second": count / submit_seconds, "per_second": count / _since(started, finished)}
+    return {
+        "submit_per_second": count / submit_seconds, "per_second": count / _since(started, finished),
+        "cpu_ms": _cpu_per_operation(cpu, cpu_by(groups), count),
+    }
 
 
-def bare_noop_run(count: int) -> dict[str, float]:
+def bare_noop_run(count: int, workers_pid: int) -> dict[str, Any]:
     marks = bare.marks()
     marks.set(bare.DONE, 0)
+    groups = cpu_groups(workers_pid)
+    cpu = cpu_by(groups)
     clock = time.perf_counter()
     for _ in range(count):
         bare.noop.apply_async()
     submit_seconds = time.perf_counter() - clock
     wait_until(lambda: int(marks.get(bare.DONE) or 0) >= count, timeout=1800, what="bare Celery's backlog", interval=0.01)
-    return {"submit_per_second": count / submit_seconds, "per_second": count / (time.perf_counter() - clock)}
+    seconds = time.perf_counter() - clock
+    return {
+        "submit_per_second": count / submit_seconds, "per_second": count / seconds,
+        "cpu_ms": _cpu_per_operation(cpu, cpu_by(groups), count),
+    }
 
 
-def noop_throughput(options: Options, slots: int, say: Say) -> list[Figure]:
+def cpu_note(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """Where the time per no-op goes: CPU milliseconds per operation by
+    process kind, medians over the runs, both sides."""
+    figures = {
+        side: {label: median([r["cpu_ms"][label] for r in runs]) for label in runs[0]["cpu_ms"]}
+        for side, runs in (("platform", ours), ("bare_celery", theirs))
+    }
+
+    def line(side: str) -> str:
+        per = figures[side]
+        return ", ".join(f"{label} {value:.2f}" for label, value in per.items()) + f" (total {sum(per.values()):.2f})"
+
+    note = (
+        f"CPU per no-op operation (ms, median of {len(ours)} run(s)): platform: {line('platform')}; "
+        f"bare Celery: {line('bare_celery')}."
+    )
+    return note, figures
+
+
+def noop_throughput(options: Options, slots: int, node_pid: int, bare_pid: int, say: Say) -> list[Figure]:
     """Figures 1 and 2, the two sides interleaved run by run so a neighbour's
     load on the shared machine falls on both alike."""
-    platform_noop_run(50)  # warm: connections, imports, the first messages
-    bare_noop_run(50)
-    ours: list[dict[str, float]] = []
-    theirs: list[dict[str, float]] = []
+    platform_noop_run(50, node_pid)  # warm: connections, imports, the first messages
+    bare_noop_run(50, bare_pid)
+    ours: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
     for run in range(options.runs):
-        ours.append(platform_noop_run(options.noop_operations))
-        theirs.append(bare_noop_run(options.noop_operations))
+        ours.append(platform_noop_run(options.noop_operations, node_pid))
+        theirs.append(bare_noop_run(options.noop_operations, bare_pid))
         say(
             f"  run {run + 1}/{options.runs}: platform {ours[-1]['per_second']:,.0f}/s "
             f"(submit {ours[-1]['submit_per_second']:,.0f}/s), bare Celery {theirs[-1]['per_second']:,.0f}/s "
             f"(submit {theirs[-1]['submit_per_second']:,.0f}/s)"
         )
     _clear_noops()
+    note, cpu = cpu_note(ours, theirs)
+    say(f"  {note}")
     figures = []
     for key, label, reference, target in (
         ("per_second", f"{options.noop_operations:,} no-op operations, {slots} slots, submit → all completed",
@@ -238,6 +282,8 @@ def noop_throughput(options: Options, slots: int, say: Say) -> list[Figure]:
             values={"platform": a, "reference": b, "runs_platform": [r[key] for r in ours],
                     "runs_reference": [r[key] for r in theirs]},
         ))
+    figures[0].values["cpu_ms_per_operation"] = cpu
+    figures[0].values["note"] = note
     return figures
 
 
@@ -395,7 +441,7 @@ _WORDS = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Joh
 _PLACES = ("London", "Paris", "Boston", "Zurich", "Kyoto", "Austin", "Oslo", "Lima")
 
 
-def _content(rng: random.Random, n: int) -> str:
+def note_text(rng: random.Random, n: int) -> str:
     """A few sentences naming people and places, so retain extracts entities
     and links as it would from real notes."""
     who, other, where = rng.choice(_WORDS), rng.choice(_WORDS), rng.choice(_PLACES)
@@ -434,7 +480,7 @@ def pickup(options: Options, base_url: str, key: str, say: Say) -> Figure:
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
         for n in range(options.latency_rounds + 1):
             time.sleep(0.2)
-            parent = _submit_retain(client, bank_id, [{"content": _content(rng, n)}])
+            parent = _submit_retain(client, bank_id, [{"content": note_text(rng, n)}])
             samples.append(_child_pickup(parent))
             done = Operation.objects.filter(pk=parent, status__in=TERMINAL)
             wait_until(done.exists, timeout=120, what="a single retain to finish")
@@ -457,7 +503,7 @@ def fairness(options: Options, base_url: str, key: str, shared_slots: int, say: 
     clock = time.perf_counter()
     with override_settings(OPS_RETAIN_BATCH_ITEMS=1):  # one operation per item
         for start in range(0, options.backlog, 100):
-            items = [RetainItem(content=_content(rng, n)) for n in range(start, min(start + 100, options.backlog))]
+            items = [RetainItem(content=note_text(rng, n)) for n in range(start, min(start + 100, options.backlog))]
             retain_async(bank=a, items=items, document_tags=[])
     say(f"  bank A: {options.backlog:,} retains queued in {time.perf_counter() - clock:.1f}s")
     # Retains only: a batch parent is `processing` while its children run, in no slot.
@@ -482,7 +528,7 @@ def fairness(options: Options, base_url: str, key: str, shared_slots: int, say: 
         with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
             for n in range(options.fairness_rounds):
                 time.sleep(0.5)
-                pickups.append(_child_pickup(_submit_retain(client, bank_b, [{"content": _content(rng, n)}])))
+                pickups.append(_child_pickup(_submit_retain(client, bank_b, [{"content": note_text(rng, n)}])))
         stop.set()
         sampler.join()
         left = a_waiting.count()
@@ -515,32 +561,13 @@ def hindsight_run(options: Options, base_url: str, key: str, seed: int) -> dict[
     rng = random.Random(seed)
     bank_id = _fresh_bank("bench-hs-")
     bodies = [
-        [{"content": _content(rng, n * 10 + i)} for i in range(options.retain_items)] for n in range(options.retains)
+        [{"content": note_text(rng, n * 10 + i)} for i in range(options.retain_items)] for n in range(options.retains)
     ]
-    queue = iter(bodies)
-    lock = threading.Lock()
-    errors: list[str] = []
-
-    def client_thread() -> None:
-        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
-            while True:
-                with lock:
-                    items = next(queue, None)
-                if items is None:
-                    return
-                try:
-                    _submit_retain(client, bank_id, items)
-                except (RuntimeError, httpx.HTTPError) as exc:
-                    errors.append(str(exc))
-
     started = timezone.now()
-    clock = time.perf_counter()
-    threads = [threading.Thread(target=client_thread) for _ in range(options.in_flight)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    submit_seconds = time.perf_counter() - clock
+    submit_seconds, errors = post_concurrently(
+        base_url, f"/v1/default/banks/{bank_id}/memories", [{"items": items, "async": True} for items in bodies],
+        in_flight=options.in_flight, headers={"Authorization": f"Bearer {key}"},
+    )
     if errors:
         raise RuntimeError(f"{len(errors)} retain submissions failed, e.g. {errors[0]}")
     parents = Operation.objects.filter(bank_id=bank_id, operation_type="retain_batch")
@@ -607,11 +634,12 @@ def remove_earlier_runs() -> None:
 
 
 @contextmanager
-def node(procs: Processes, env: dict[str, str], name: str) -> Iterator[dict[str, Any]]:
-    """A worker node for the duration of the block; its plan is yielded."""
+def node(procs: Processes, env: dict[str, str], name: str) -> Iterator[tuple[dict[str, Any], int]]:
+    """A worker node for the duration of the block; its plan and the pid of
+    its runworkers process (every worker descends from it) are yielded."""
     started, plan = start_node(procs, env, name)
     try:
-        yield plan
+        yield plan, started[-1].pid
     finally:
         for process in started:
             procs.stop(process)
