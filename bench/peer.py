@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -162,8 +162,8 @@ class _Embeddings(BaseHTTPRequestHandler):
 
 
 def _vector(text: str) -> list[float]:
-    seed = hashlib.sha256(text.encode()).digest()
-    raw = [struct.unpack("<h", hashlib.sha256(seed + bytes([i])).digest()[:2])[0] for i in range(DIMENSIONS)]
+    rng = random.Random(hashlib.sha256(text.encode()).digest())
+    raw = [rng.gauss(0.0, 1.0) for _ in range(DIMENSIONS)]
     norm = sum(v * v for v in raw) ** 0.5 or 1.0
     return [v / norm for v in raw]
 
@@ -193,6 +193,8 @@ def _hindsight_env(database_url: str, embeddings_url: str, port: int) -> dict[st
         HINDSIGHT_API_EMBEDDINGS_OPENAI_MODEL="mock-embeddings",
         HINDSIGHT_API_EMBEDDINGS_OPENAI_DIMENSIONS=str(DIMENSIONS),
         HINDSIGHT_API_RERANKER_PROVIDER="rrf",
+        # As our banks by default: a retain queues no consolidation after it.
+        HINDSIGHT_API_ENABLE_AUTO_CONSOLIDATION="false",
         HINDSIGHT_API_LOG_LEVEL="warning",
     )
     return env
