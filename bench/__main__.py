@@ -227,7 +227,7 @@ def main(argv: list[str]) -> int:
     run.say(f"make bench on {machine_line(info)}; PostgreSQL {info['postgresql']}, Redis {info['redis']}")
     embedded_result: dict[str, Any] | None = None
     quick = args.quick
-    embedded_count, embedded_rounds = (500, 5) if quick else (3_000, 20)
+    embedded_count, embedded_rounds = (500, 5) if quick else (2_000, 20)
     if args.task_events:
         embedded_count = args.operations or (500 if quick else 5_000)
         run.say(f"embedded: Celery task events off / on / with Flower, {embedded_count:,} no-ops, {args.slots} slots")
