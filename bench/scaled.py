@@ -66,6 +66,7 @@ class Options:
     in_flight: int = 8
     backlog: int = 10_000
     fairness_rounds: int = 5
+    workload_budget_seconds: float = 200.0
 
 
 QUICK = Options(
@@ -612,8 +613,15 @@ def hindsight_run(options: Options, base_url: str, key: str, seed: int) -> dict[
 
 
 def hindsight_workload(options: Options, base_url: str, key: str, peer: dict[str, Any], say: Say) -> list[Figure]:
-    runs = []
+    runs: list[dict[str, float]] = []
+    clock = time.perf_counter()
     for run in range(options.runs):
+        # The whole benchmark must stay under 15 minutes on a busy machine:
+        # no further run once this figure has had its share (the median is
+        # then of fewer runs, which the JSON records).
+        if runs and time.perf_counter() - clock > options.workload_budget_seconds:
+            say(f"  stopping after {len(runs)} run(s): the figure's {options.workload_budget_seconds:.0f}s are spent")
+            break
         runs.append(hindsight_run(options, base_url, key, seed=run))
         say(f"  run {run + 1}/{options.runs}: submit {runs[-1]['submit_per_second']:,.0f} req/s, "
             f"{runs[-1]['items_per_second']:,.0f} items/s")
