@@ -52,6 +52,8 @@ test-fast: install
 clean:
 	rm -rf $(VENV) var .pytest_cache
 
-## Measure the embedded platform against bare Celery (figures and ratios).
+## Measure the hot path on PostgreSQL and Redis against bare Celery (and the
+## embedded deployment against bare Celery on its broker): prints the tables,
+## writes bench/results/latest.json. BENCH_ARGS=--quick for a smoke run.
 bench: install
-	$(PY) manage.py bench $(BENCH_ARGS)
+	$(PY) -m bench $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""Bare Celery for the benchmark's baseline: the same filesystem broker, a
+"""Bare Celery for the embedded comparison: the same filesystem broker, a
 no-op task that appends one byte to a file (so the benchmark can count runs
 without a result backend)."""
 
