@@ -19,8 +19,10 @@ rows through their partial indexes.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import reduce
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -88,9 +90,7 @@ def roll_up_finished() -> None:
             return
         if mark.counted_until >= horizon:
             return
-        finished = Operation.objects.filter(
-            status__in=TERMINAL_STATUSES, completed_at__gt=mark.counted_until, completed_at__lte=horizon
-        )
+        finished = Operation.objects.filter(_finished_between(mark.counted_until, horizon))
         increments: dict[tuple[str, str], tuple[int, float]] = {}
         for optype, status, n in finished.values_list("operation_type", "status").annotate(n=Count("id")).order_by():
             increments[(optype, f"finished:{status}")] = (n, 0.0)
@@ -108,6 +108,17 @@ def roll_up_finished() -> None:
             _add(increments)
         mark.counted_until = horizon
         mark.save(update_fields=["counted_until"])
+
+
+def _finished_between(after: datetime, until: datetime) -> Q:
+    """One arm per terminal status, each a range scan of `ops_terminal_completed`
+    (status, completed_at). Written as `status IN (…)`, the condition is the
+    index's own predicate: PostgreSQL drops it and walks the whole index for the
+    time range (224 ms at a million rows, against 2 ms this way)."""
+    return reduce(
+        operator.or_,
+        (Q(status=status, completed_at__gt=after, completed_at__lte=until) for status in sorted(TERMINAL_STATUSES)),
+    )
 
 
 def _add(increments: dict[tuple[str, str], tuple[int, float]]) -> None:
