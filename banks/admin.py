@@ -27,7 +27,7 @@ from django.utils.safestring import SafeString
 
 from banks import services as bank_services
 from banks.api_keys import api_key_create, api_key_revoke
-from banks.models import ApiKey, Bank, MentalModel, bank_id_validator
+from banks.models import ApiKey, Bank, MentalModel, Webhook, WebhookDelivery, bank_id_validator
 from operations import services as operation_services
 from operations.models import TERMINAL_STATUSES, Operation, OperationStatus
 
@@ -283,3 +283,60 @@ class MentalModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if deduplicated:
             text += f" {deduplicated} already had one pending."
         self.message_user(request, text, messages.SUCCESS)
+
+
+class WebhookDeliveryInline(admin.TabularInline):  # type: ignore[type-arg]
+    """The delivery log of a webhook, newest first, read-only (the newest 50)."""
+
+    model = WebhookDelivery
+    extra = 0
+    max_num = 0
+    can_delete = False
+    ordering = ("-created_at", "-id")
+    fields = ("created_at", "event_type", "event_id", "attempt", "outcome", "status_code", "duration_ms",
+              "error", "response_excerpt", "next_retry_at", "operation_link")
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WebhookDelivery]:
+        # An inline cannot be paginated: show the newest rows only (the API pages the rest).
+        newest = WebhookDelivery.objects.order_by("-created_at", "-id")
+        return super().get_queryset(request).filter(
+            pk__in=Subquery(newest.filter(webhook_id=OuterRef("webhook_id")).values("pk")[:50])
+        )
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="operation")
+    def operation_link(self, delivery: WebhookDelivery) -> SafeString:
+        url = reverse("admin:operations_operation_change", args=[delivery.operation_id])
+        return format_html('<a href="{}">{}</a>', url, str(delivery.operation_id)[:8])
+
+
+@admin.register(Webhook)
+class WebhookAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Webhooks, read-only but for `enabled`; registered and changed through
+    the API, which checks URLs against the SSRF guard. The secret is never
+    shown (only whether there is one)."""
+
+    list_display = ("url", "bank", "enabled", "events", "has_secret", "created_at")
+    list_filter = ("enabled",)
+    search_fields = ("url", "=bank__bank_id")
+    show_facets = admin.ShowFacets.NEVER
+    fields = ("id", "bank", "url", "event_types", "enabled", "has_secret", "http_config", "created_at", "updated_at")
+    readonly_fields = ("id", "bank", "url", "event_types", "has_secret", "http_config", "created_at", "updated_at")
+    inlines = [WebhookDeliveryInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="events")
+    def events(self, webhook: Webhook) -> str:
+        return ", ".join(webhook.event_types)
+
+    @admin.display(boolean=True, description="secret")
+    def has_secret(self, webhook: Webhook) -> bool:
+        return webhook.has_secret

@@ -90,6 +90,8 @@ class RetainOutcome:
     units: int = 0
     replaced_units: int = 0
     entities: int = 0
+    # Each retained document, in item order (one `retain.completed` event each).
+    document_ids: list[str] = field(default_factory=list)
 
 
 def retain_items(
@@ -116,6 +118,7 @@ def retain_items(
         outcome.units += added
         outcome.replaced_units += replaced
         outcome.entities += entities
+        outcome.document_ids.append(document_id)
     return outcome
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from django.db.models import Count
 from django.utils import timezone
 
+from operations import finish_hooks
 from operations.models import TERMINAL_STATUSES, Operation, OperationStatus
 
 PENDING = OperationStatus.PENDING
@@ -63,7 +64,7 @@ def roll_up(parent_id: str | uuid.UUID) -> str | None:
     parent = (
         Operation.objects.select_for_update()
         .filter(pk=parent_id)
-        .values("status", "started_at")
+        .values("status", "started_at", "bank_id", "operation_type", "tag", "parent_id")
         .first()
     )
     if parent is None or parent["status"] in TERMINAL_STATUSES:
@@ -93,4 +94,13 @@ def roll_up(parent_id: str | uuid.UUID) -> str | None:
     if status == FAILED:
         fields["error_message"] = f"{counts[FAILED]} of {total} child operations failed"
     moved = Operation.objects.filter(pk=parent_id).transition("roll_up", status=status, **fields)
+    if moved and status in (COMPLETED, FAILED):
+        # A parent finishes here, not through the lifecycle service's finish:
+        # its finish hooks (webhooks) run in this same transaction.
+        found = finish_hooks.followers(bank_id=parent["bank_id"], operation_type=parent["operation_type"])
+        finish_hooks.run(found, finish_hooks.Finished(
+            operation_id=str(parent_id), bank_id=parent["bank_id"], operation_type=parent["operation_type"],
+            status=status, result={"children": fields["progress"]["detail"]}, error=fields["error_message"],
+            tag=parent["tag"], parent_id=str(parent["parent_id"]) if parent["parent_id"] else None,
+        ))
     return status if moved else None

@@ -31,7 +31,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from operations import dispatch, registry
+from operations import dispatch, finish_hooks, registry
 from operations.handlers import Lease
 from operations.rollup import roll_up, rolled_up_status  # noqa: F401 (rolled_up_status: re-exported)
 from operations.models import (
@@ -230,16 +230,29 @@ def operations_submit_children(
     caller's transaction: one bulk INSERT, one roll-up, the window checked once
     per type. Types that deduplicate are refused (a batch cannot be
     half-deduplicated)."""
+    return _submit_bulk(bank_id=parent.bank_id, parent_id=parent.pk, children=children, tag=tag)
+
+
+def operations_submit_many(*, bank_id: str, operations: list[Child], tag: str | None = None) -> list[Operation]:
+    """Many independent operations of one bank (the webhook deliveries of one
+    finished operation), in the caller's transaction: one bulk INSERT, each
+    published on commit. Types that deduplicate are refused."""
+    return _submit_bulk(bank_id=bank_id, parent_id=None, children=operations, tag=tag)
+
+
+def _submit_bulk(
+    *, bank_id: str, parent_id: uuid.UUID | str | None, children: list[Child], tag: str | None
+) -> list[Operation]:
     rows = []
     room: dict[str, int] = {}
     for child in children:
         optype = registry.get(child.operation_type)
         if optype.dedupe is not None or optype.rollup:
-            raise ValueError(f"{optype.name} cannot be submitted as a batch child")
+            raise ValueError(f"{optype.name} cannot be submitted in bulk")
         fields = _new_row(
-            optype, bank_id=parent.bank_id, payload=child.payload, items_count=child.items_count,
+            optype, bank_id=bank_id, payload=child.payload, items_count=child.items_count,
             document_id=child.document_id, filename=child.filename, mental_model_id=child.mental_model_id,
-            tag=tag, parent_id=parent.pk, operation_id=None,
+            tag=tag, parent_id=parent_id, operation_id=None,
         )
         if optype.name not in room:
             room[optype.name] = dispatch.window_room(optype.name)
@@ -249,7 +262,8 @@ def operations_submit_children(
         rows.append(Operation(**fields))
     with transaction.atomic():
         created = Operation.objects.bulk_create(rows, batch_size=500)
-        roll_up(parent.pk)
+        if parent_id is not None:
+            roll_up(parent_id)
     for operation in created:
         if operation.task_id:
             _send_on_commit(operation)
@@ -289,6 +303,26 @@ def _with_parent(parent_id: str | uuid.UUID | None) -> AbstractContextManager[An
     """A child's transition and its parent's roll-up commit together; a row
     without a parent needs no transaction around its one UPDATE."""
     return transaction.atomic() if parent_id is not None else nullcontext()
+
+
+def _finishing(lease: Lease, found: list[finish_hooks.Follower]) -> AbstractContextManager[Any]:
+    """A finish, its parent's roll-up and what the finish hooks write (webhook
+    deliveries) commit together; with neither a parent nor a hook that has
+    work, the finish stays one UPDATE in autocommit."""
+    return transaction.atomic() if lease.parent_id is not None or found else nullcontext()
+
+
+def _followers(lease: Lease) -> list[finish_hooks.Follower]:
+    return finish_hooks.followers(bank_id=lease.bank_id, operation_type=lease.operation_type)
+
+
+def _finished(lease: Lease, status: str, *, result: dict[str, Any] | None = None,
+              error: str | None = None) -> finish_hooks.Finished:
+    return finish_hooks.Finished(
+        operation_id=lease.operation_id, bank_id=lease.bank_id, operation_type=lease.operation_type,
+        status=status, result=result or {}, error=error, document_id=lease.document_id, tag=lease.tag,
+        parent_id=lease.parent_id,
+    )
 
 
 _CLAIMED = (
@@ -388,9 +422,11 @@ def _after_finish(lease: Lease) -> None:
 
 
 def operation_complete(*, lease: Lease, result: dict[str, Any] | None) -> bool:
-    """processing -> completed. False when the lease was lost."""
+    """processing -> completed, with whatever the finish hooks queue (webhook
+    deliveries) in the same transaction. False when the lease was lost."""
+    found = _followers(lease)
     now = _now()
-    with _with_parent(lease.parent_id):
+    with _finishing(lease, found):
         won = _leased(lease).transition(
             "complete",
             result_metadata=result or {},
@@ -400,6 +436,7 @@ def operation_complete(*, lease: Lease, result: dict[str, Any] | None) -> bool:
             updated_at=now,
         )
         if won:
+            finish_hooks.run(found, _finished(lease, COMPLETED, result=result))
             _after_finish(lease)
     return bool(won)
 
@@ -472,9 +509,12 @@ def operation_fail(
             common["error_message"] = _clip(
                 f"{message}; not retried: a pending operation of the same kind covers it"
             )
-    with _with_parent(lease.parent_id):
+    # Only the final failure is an event; a rescheduled attempt is not.
+    found = _followers(lease)
+    with _finishing(lease, found):
         won = leased.transition("fail", completed_at=now, next_retry_at=None, **common)
         if won:
+            finish_hooks.run(found, _finished(lease, FAILED, error=common["error_message"]))
             _after_finish(lease)
     if won:
         return FAILED

@@ -74,3 +74,20 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None:
         return list(default)
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_float_list(name: str, default: list[float], *, minimum: float | None = None) -> list[float]:
+    """Comma-separated numbers, e.g. `5,300,1800`; at least one."""
+    value = _raw(name)
+    if value is None:
+        return list(default)
+    numbers = []
+    for item in value.split(","):
+        try:
+            number = float(item.strip())
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}={value!r}: {item.strip()!r} is not a number.") from None
+        if minimum is not None and number < minimum:
+            raise ImproperlyConfigured(f"{name}={value!r}: {number:g} must be at least {minimum:g}.")
+        numbers.append(number)
+    return numbers

@@ -16,7 +16,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from opsproject.env import env_bool, env_float, env_int, env_list, env_str
+from opsproject.env import env_bool, env_float, env_float_list, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -294,6 +294,10 @@ OPS_EXTRACTOR = env_str("OPS_EXTRACTOR", "banks.extraction.RuleBasedExtractor")
 OPS_RETAIN_BATCH_ITEMS = env_int("OPS_RETAIN_BATCH_ITEMS", 100, minimum=1)
 OPS_SYNC_RETAIN_MAX_ITEMS = env_int("OPS_SYNC_RETAIN_MAX_ITEMS", 50, minimum=1)
 OPS_SYNC_RETAIN_MAX_BYTES = env_int("OPS_SYNC_RETAIN_MAX_BYTES", 256 * 1024, minimum=1024)
+# Webhooks: private, loopback, link-local, multicast and reserved addresses are
+# refused (SSRF) unless this is set; the delays between delivery attempts.
+OPS_WEBHOOK_ALLOW_PRIVATE = env_bool("OPS_WEBHOOK_ALLOW_PRIVATE", False)
+OPS_WEBHOOK_RETRY_DELAYS = env_float_list("OPS_WEBHOOK_RETRY_DELAYS", [5, 300, 1800, 7200, 18000], minimum=0)
 # Deepest nesting of objects and arrays a JSON body may have (400 beyond).
 OPS_MAX_JSON_DEPTH = env_int("OPS_MAX_JSON_DEPTH", 32, minimum=4, maximum=512)
 OPS_MAX_UPLOAD_BYTES = env_int("OPS_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, minimum=1024)

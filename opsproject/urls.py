@@ -18,6 +18,7 @@ from banks.api.memory_views import (
     MentalModelViewSet,
 )
 from banks.api.views import BankViewSet
+from banks.api.webhook_views import WebhookViewSet
 from operations.api import health
 from operations.api.tasks import TaskViewSet
 from operations.api.views import AllOperationViewSet, BankOperationViewSet, WorkerViewSet
@@ -97,6 +98,22 @@ urlpatterns = [
     path(
         f"{API}banks/<str:bank_id>/mental-models/<str:mental_model_id>/refresh",
         MentalModelViewSet.as_view({"post": "refresh"}), name="mental-model-refresh",
+    ),
+    path(
+        f"{API}banks/<str:bank_id>/webhooks",
+        WebhookViewSet.as_view({"get": "index", "post": "create"}), name="webhooks",
+    ),
+    path(
+        f"{API}banks/<str:bank_id>/webhooks/<str:webhook_id>",
+        WebhookViewSet.as_view({"get": "retrieve", "patch": "update", "delete": "destroy"}), name="webhook",
+    ),
+    path(
+        f"{API}banks/<str:bank_id>/webhooks/<str:webhook_id>/deliveries",
+        WebhookViewSet.as_view({"get": "deliveries"}), name="webhook-deliveries",
+    ),
+    path(
+        f"{API}banks/<str:bank_id>/webhooks/<str:webhook_id>/test",
+        WebhookViewSet.as_view({"post": "test"}), name="webhook-test",
     ),
     path(f"{API}operations", AllOperationViewSet.as_view({"get": "index"}), name="operations"),
     path(f"{API}workers", WorkerViewSet.as_view({"get": "index"}), name="workers"),

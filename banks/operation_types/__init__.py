@@ -5,6 +5,8 @@ One module per type holds its handler; this module is the declaration list.
 
 from __future__ import annotations
 
+from django.conf import settings
+
 from operations.registry import OperationType, Scope, register
 
 RETAIN = register(
@@ -62,5 +64,18 @@ GRAPH_MAINTENANCE = register(
         dedupe=Scope.BANK,
         serialize=Scope.BANK,
         soft_time_limit=1800,
+    )
+)
+WEBHOOK_DELIVERY = register(
+    OperationType(
+        name="webhook_delivery",
+        handler="banks.operation_types.webhook_delivery.handle",
+        description="POST a signed event to a registered webhook URL",
+        # Hindsight's schedule (about 5 s, 5 min, 30 min, 2 h, 5 h) unless
+        # OPS_WEBHOOK_RETRY_DELAYS says otherwise: one retry per delay.
+        retry_delays=tuple(settings.OPS_WEBHOOK_RETRY_DELAYS),
+        max_retries=len(settings.OPS_WEBHOOK_RETRY_DELAYS),
+        # The longest allowed timeout (300 s), plus the guard's name resolution.
+        soft_time_limit=330,
     )
 )

@@ -44,5 +44,6 @@ def handle(ctx: OperationContext) -> dict[str, Any]:
         "filename": stored.filename,
         "characters": len(text),
         "units": outcome.units,
+        "document_ids": outcome.document_ids,
         **follow_ups.after_retain(bank=bank, outcome=outcome),
     }

@@ -30,5 +30,6 @@ def handle(ctx: OperationContext) -> dict[str, Any]:
         "items": outcome.items,
         "units": outcome.units,
         "replaced_units": outcome.replaced_units,
+        "document_ids": outcome.document_ids,
         **follow_ups.after_retain(bank=bank, outcome=outcome),
     }
