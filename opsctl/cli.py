@@ -8,6 +8,8 @@
     opsctl operations delete BANK ID
     opsctl retain BANK --files GLOB [--async]
     opsctl tasks | workers | banks list
+    opsctl webhooks list BANK
+    opsctl webhooks deliveries BANK WEBHOOK_ID [--limit N] [--cursor C]
 
 Every read command takes --json (the API's JSON, unchanged, on stdout).
 Exit status: 0 done, 1 the API refused or could not be reached (its message
@@ -390,6 +392,45 @@ def list_banks(ctx: click.Context, limit: int, offset: int, as_json: bool) -> No
         return
     console.print(render.banks_table(data.get("banks") or []))
     console.print(f"[dim]{len(data.get('banks') or [])} of {data.get('total')}[/dim]")
+
+
+@cli.group()
+def webhooks() -> None:
+    """A bank's webhooks and their delivery log."""
+
+
+@webhooks.command("list")
+@click.argument("bank")
+@json_option
+@click.pass_context
+def list_webhooks(ctx: click.Context, bank: str, as_json: bool) -> None:
+    """A bank's webhooks, oldest first (their secrets are never shown)."""
+    data = api_of(ctx).webhooks(bank)
+    if as_json:
+        emit_json(data)
+        return
+    console.print(render.webhooks_table(data.get("items") or []))
+    console.print(f"[dim]{len(data.get('items') or [])} of {data.get('total')}[/dim]")
+
+
+@webhooks.command("deliveries")
+@click.argument("bank")
+@click.argument("webhook_id")
+@click.option("--limit", "-n", type=click.IntRange(1, 200), default=20, show_default=True)
+@click.option("--cursor", default=None, help="The next_cursor a previous page printed.")
+@json_option
+@click.pass_context
+def list_deliveries(
+    ctx: click.Context, bank: str, webhook_id: str, limit: int, cursor: str | None, as_json: bool
+) -> None:
+    """A webhook's delivery attempts, newest first."""
+    data = api_of(ctx).webhook_deliveries(bank, webhook_id, limit=limit, cursor=cursor)
+    if as_json:
+        emit_json(data)
+        return
+    console.print(render.deliveries_table(data.get("items") or []))
+    if data.get("next_cursor"):
+        console.print(f"[dim]older: --cursor '{data['next_cursor']}'[/dim]")
 
 
 def main() -> None:

@@ -143,6 +143,12 @@ class Api:
     def banks(self, **params: Any) -> dict[str, Any]:
         return self.object("GET", API_PREFIX + "banks", params=_clean(params))
 
+    def webhooks(self, bank_id: str, **params: Any) -> dict[str, Any]:
+        return self.object("GET", self.bank_path(bank_id, "webhooks"), params=_clean(params))
+
+    def webhook_deliveries(self, bank_id: str, webhook_id: str, **params: Any) -> dict[str, Any]:
+        return self.object("GET", self.bank_path(bank_id, "webhooks", webhook_id, "deliveries"), params=_clean(params))
+
 
 def _clean(params: dict[str, Any]) -> dict[str, Any]:
     """Drop unset parameters (None, empty lists) so the API applies its defaults."""

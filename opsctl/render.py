@@ -237,3 +237,46 @@ def banks_table(banks: list[dict[str, Any]]) -> Table:
             "yes" if bank.get("enable_auto_consolidation") else "no", age(bank.get("created_at")) + " ago",
         )
     return table
+
+
+def webhooks_table(webhooks: list[dict[str, Any]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("id", style="cyan", no_wrap=True, min_width=36)
+    table.add_column("url", overflow="fold")
+    table.add_column("events")
+    table.add_column("enabled")
+    table.add_column("signed")
+    table.add_column("created", no_wrap=True)
+    for hook in webhooks:
+        table.add_row(
+            str(hook.get("id")), str(hook.get("url")), ", ".join(hook.get("event_types") or []),
+            "yes" if hook.get("enabled") else "no", "yes" if hook.get("has_secret") else "no",
+            age(hook.get("created_at")) + " ago",
+        )
+    return table
+
+
+DELIVERY_STYLES = {"delivered": "green", "retrying": "yellow", "failed": "red"}
+
+
+def deliveries_table(deliveries: list[dict[str, Any]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("when", no_wrap=True)
+    table.add_column("event", no_wrap=True)
+    table.add_column("event id", style="cyan", no_wrap=True)
+    table.add_column("#", justify="right")
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("http", justify="right")
+    table.add_column("ms", justify="right")
+    table.add_column("error / next retry", overflow="fold")
+    for item in deliveries:
+        outcome = str(item.get("status"))
+        note = item.get("last_error") or ""
+        if item.get("next_retry_at"):
+            note = f"{note}; retry at {item['next_retry_at']}" if note else f"retry at {item['next_retry_at']}"
+        table.add_row(
+            age(item.get("created_at")) + " ago", str(item.get("event_type")), str(item.get("event_id")),
+            str(item.get("attempts")), Text(outcome, style=DELIVERY_STYLES.get(outcome, "")),
+            str(item.get("last_response_status") or "-"), str(item.get("duration_ms") or 0), note,
+        )
+    return table

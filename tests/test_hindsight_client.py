@@ -262,3 +262,64 @@ def test_the_client_sets_changes_and_clears_a_refresh_schedule_and_scopes_consol
     assert isinstance(scoped, ConsolidationResponse) and scoped.deduplicated is False
     assert Operation.objects.get(pk=scoped.operation_id).task_payload == {
         "observation_scopes": [["topic:math", "user:ada"]]}
+
+
+def test_the_client_registers_lists_changes_and_reads_the_deliveries_of_webhooks(
+    hindsight: Hindsight, settings: Any
+) -> None:
+    from hindsight_client_api.models import (
+        CreateWebhookRequest,
+        DeleteResponse,
+        UpdateWebhookRequest,
+        WebhookDeliveryListResponse,
+        WebhookHttpConfig,
+        WebhookListResponse,
+        WebhookResponse,
+    )
+
+    from banks.models import Webhook, WebhookDelivery
+
+    settings.OPS_WEBHOOK_ALLOW_PRIVATE = True  # the URL is loopback (never contacted here)
+    client = hindsight
+    client.create_bank(BANK, name="Webhooks")
+    created = sync(client.webhooks.create_webhook(BANK, CreateWebhookRequest(
+        url="http://127.0.0.1:9/hook", secret="whsec-client", event_types=["retain.completed"],
+        http_config=WebhookHttpConfig(timeout_seconds=5, headers={"X-Team": "blue"}),
+    )))
+    assert isinstance(created, WebhookResponse)
+    assert created.bank_id == BANK and created.secret is None and created.enabled
+    assert created.event_types == ["retain.completed"] and created.http_config.timeout_seconds == 5
+    default = sync(client.webhooks.create_webhook(BANK, CreateWebhookRequest(url="http://127.0.0.1:9/other")))
+    assert default.event_types == ["consolidation.completed"]
+
+    listed = sync(client.webhooks.list_webhooks(BANK))
+    assert isinstance(listed, WebhookListResponse) and listed.total == 2
+    assert [w.id for w in listed.items] == [created.id, default.id]
+
+    updated = sync(client.webhooks.update_webhook(BANK, created.id, UpdateWebhookRequest(enabled=False)))
+    assert isinstance(updated, WebhookResponse) and updated.enabled is False and updated.url == created.url
+
+    empty = sync(client.webhooks.list_webhook_deliveries(BANK, created.id))
+    assert isinstance(empty, WebhookDeliveryListResponse) and empty.items == [] and empty.next_cursor is None
+    webhook = Webhook.objects.get(pk=created.id)
+    operation_id, event_id = uuid.uuid4(), uuid.uuid4()
+    for attempt, (outcome, code, error) in enumerate(
+        [("retrying", None, "timed out after 5s"), ("retrying", 503, "HTTP 503"), ("delivered", 200, "")], 1
+    ):
+        WebhookDelivery.objects.create(
+            webhook=webhook, operation_id=operation_id, event_id=event_id, event_type="retain.completed",
+            url=webhook.url, attempt=attempt, outcome=outcome, status_code=code, error=error,
+            response_excerpt="ok" if code == 200 else "", duration_ms=12,
+        )
+    page = sync(client.webhooks.list_webhook_deliveries(BANK, created.id, limit=2))
+    assert isinstance(page, WebhookDeliveryListResponse) and page.next_cursor
+    assert [(d.attempts, d.status, d.last_response_status) for d in page.items] == [
+        (3, "delivered", 200), (2, "retrying", 503)]
+    rest = sync(client.webhooks.list_webhook_deliveries(BANK, created.id, limit=2, cursor=page.next_cursor))
+    [oldest] = rest.items
+    assert rest.next_cursor is None and oldest.attempts == 1 and oldest.last_error == "timed out after 5s"
+    assert oldest.event_id == str(event_id) and oldest.webhook_id == created.id
+
+    deleted = sync(client.webhooks.delete_webhook(BANK, created.id))
+    assert isinstance(deleted, DeleteResponse) and deleted.success
+    assert sync(client.webhooks.list_webhooks(BANK)).total == 1

@@ -214,3 +214,37 @@ def test_work_runs_while_watched_retained_and_listed_by_workers(
     requested = opsctl("operations", "cancel", "alpha", str(long_one.pk))
     assert requested.returncode == 0 and "cancel requested" in requested.stdout
     wait_for(lambda: Operation.objects.get(pk=long_one.pk).status == "cancelled", message="the cancel to land")
+
+
+def test_webhooks_list_and_deliveries(opsctl: Opsctl, alpha: Any, settings: Any) -> None:
+    import uuid
+
+    from banks import webhooks
+    from banks.models import WebhookDelivery
+
+    settings.OPS_WEBHOOK_ALLOW_PRIVATE = True
+    webhook = webhooks.webhook_create(
+        bank=alpha, url="http://127.0.0.1:9/hook", secret="whsec-cli", event_types=["operation.failed"],
+        enabled=True, http_config={},
+    )
+    operation_id, event_id = uuid.uuid4(), uuid.uuid4()
+    for attempt, outcome, code in [(1, "retrying", 502), (2, "delivered", 200)]:
+        WebhookDelivery.objects.create(
+            webhook=webhook, operation_id=operation_id, event_id=event_id, event_type="operation.failed",
+            url=webhook.url, attempt=attempt, outcome=outcome, status_code=code,
+            error="HTTP 502" if code == 502 else "", duration_ms=40,
+        )
+    listed = opsctl.json("webhooks", "list", "alpha")
+    assert [w["id"] for w in listed["items"]] == [str(webhook.pk)]
+    table = opsctl("webhooks", "list", "alpha")
+    assert table.returncode == 0 and "http://127.0.0.1:9/hook" in table.stdout and "operation.failed" in table.stdout
+    assert "whsec-cli" not in table.stdout
+
+    page = opsctl.json("webhooks", "deliveries", "alpha", str(webhook.pk), "--limit", "1")
+    assert [d["attempts"] for d in page["items"]] == [2] and page["next_cursor"]
+    older = opsctl.json("webhooks", "deliveries", "alpha", str(webhook.pk), "--cursor", page["next_cursor"])
+    assert [d["status"] for d in older["items"]] == ["retrying"]
+    shown = opsctl("webhooks", "deliveries", "alpha", str(webhook.pk))
+    assert shown.returncode == 0 and "delivered" in shown.stdout and "HTTP 502" in shown.stdout
+    missing = opsctl("webhooks", "deliveries", "beta", str(webhook.pk))
+    assert missing.returncode == 1 and "not found" in missing.stderr
