@@ -197,7 +197,7 @@ def events_of(finished: finish_hooks.Finished) -> list[tuple[str, dict[str, Any]
     """The (event type, data) pairs a finished operation raises."""
     base = {"operation_type": finished.operation_type, "tag": finished.tag, "parent_id": finished.parent_id}
     if finished.status == OperationStatus.FAILED:
-        return [(WebhookEvent.OPERATION_FAILED, {**base, "error": finished.error})]
+        return [(WebhookEvent.OPERATION_FAILED.value, {**base, "error": finished.error})]
     if finished.status != OperationStatus.COMPLETED:
         return []
     events = [(WebhookEvent.OPERATION_COMPLETED.value, {**base, "result": finished.result})]

@@ -13,7 +13,8 @@ import pytest
 from django.test import Client
 
 from banks.api_keys import api_key_create
-from banks.models import MentalModel
+from banks import webhooks
+from banks.models import Bank, MentalModel
 from operations import services
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
@@ -45,12 +46,17 @@ def _path_values(bank: str) -> dict[str, str]:
     assert lease is not None
     services.operation_fail(lease=lease, error="boom", permanent=True)
     model = MentalModel.objects.create(bank_id=bank, name="m", source_query="q")
+    webhook = webhooks.webhook_create(
+        bank=Bank.objects.get(pk=bank), url="http://127.0.0.1:9/hook", secret="s", event_types=["operation.failed"],
+        enabled=True, http_config={},
+    )
     return {
         "bank_id": bank,
         "operation_id": str(failed.pk),
         "mental_model_id": str(model.pk),
         "document_id": "doc-1",
         "memory_id": "00000000-0000-0000-0000-000000000001",
+        "webhook_id": str(webhook.pk),
     }
 
 
