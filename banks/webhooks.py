@@ -35,6 +35,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
@@ -146,6 +147,9 @@ def address_refusal(address: str) -> str | None:
 
 
 Resolver = Callable[..., Sequence[tuple[Any, ...]]]
+# The resolver the guard uses (a module attribute so a test can answer for a
+# name without any DNS).
+RESOLVE: Resolver = socket.getaddrinfo
 
 
 def parse_url(url: str) -> tuple[str, int]:
@@ -164,22 +168,32 @@ def parse_url(url: str) -> tuple[str, int]:
     return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
-def check_url(url: str, *, allow_private: bool | None = None, resolve: Resolver = socket.getaddrinfo) -> None:
-    """Raise UnsafeWebhookURL unless every address the URL's host resolves to
-    is public (or OPS_WEBHOOK_ALLOW_PRIVATE). Raises socket.gaierror when the
-    name does not resolve (at delivery: a transient failure)."""
-    host, port = parse_url(url)
+def checked_addresses(
+    host: str, port: int, *, allow_private: bool | None = None, resolve: Resolver | None = None
+) -> list[str]:
+    """The addresses `host` resolves to, once every one of them has passed the
+    guard (or OPS_WEBHOOK_ALLOW_PRIVATE). Raises UnsafeWebhookURL, or
+    socket.gaierror when the name does not resolve."""
     if allow_private is None:
         allow_private = settings.OPS_WEBHOOK_ALLOW_PRIVATE
-    if allow_private:
-        return
-    for _family, _type, _proto, _canonname, sockaddr in resolve(host, port, type=socket.SOCK_STREAM):
-        refusal = address_refusal(str(sockaddr[0]))
+    answers = (resolve or RESOLVE)(host, port, type=socket.SOCK_STREAM)
+    addresses = [str(sockaddr[0]) for _family, _type, _proto, _canonname, sockaddr in answers]
+    for address in [] if allow_private else addresses:
+        refusal = address_refusal(address)
         if refusal is not None:
             raise UnsafeWebhookURL(
                 f"{host} resolves to {refusal}; webhooks may only reach public addresses "
                 "(unless OPS_WEBHOOK_ALLOW_PRIVATE is set)"
             )
+    return addresses
+
+
+def check_url(url: str, *, allow_private: bool | None = None, resolve: Resolver | None = None) -> None:
+    """Raise UnsafeWebhookURL unless the URL is well formed and every address
+    its host resolves to is public (or OPS_WEBHOOK_ALLOW_PRIVATE). Raises
+    socket.gaierror when the name does not resolve."""
+    host, port = parse_url(url)
+    checked_addresses(host, port, allow_private=allow_private, resolve=resolve)
 
 
 def check_url_for_registration(url: str) -> None:
@@ -323,6 +337,33 @@ class Attempt:
     duration_ms: int = 0
 
 
+class _PinnedBackend(httpcore.SyncBackend):
+    """Connects only to an address the guard has just passed: the host is
+    resolved once, here, and the connection goes to that address, so a DNS
+    answer that changes between the check and the connect (rebinding) cannot
+    slip a private address through. TLS still verifies the URL's host name
+    (httpcore passes it as the server name, whatever address we connect to)."""
+
+    def connect_tcp(
+        self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        addresses = checked_addresses(host, port)
+        return super().connect_tcp(addresses[0], port, timeout, local_address, socket_options)
+
+
+class _GuardedTransport(httpx.HTTPTransport):
+    """httpx's transport with the pinned backend and no proxy from the
+    environment. httpx takes no network backend parameter, so its connection
+    pool is rebuilt with ours (and its defaults)."""
+
+    def __init__(self) -> None:
+        super().__init__(trust_env=False)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False), network_backend=_PinnedBackend()
+        )
+
+
 def _headers(webhook: Webhook, *, event: str, delivery_id: str, body: bytes, secret: str) -> dict[str, str]:
     headers = dict((webhook.http_config or {}).get("headers") or {})
     headers.update({
@@ -345,32 +386,38 @@ def _outcome_of(status_code: int) -> tuple[bool, bool]:
 
 
 def post_event(*, webhook: Webhook, event: str, delivery_id: str, body: bytes) -> Attempt:
-    """POST one event to the webhook's URL: the SSRF guard again (DNS may have
-    changed since registration), no redirects, no proxies from the
-    environment, at most RESPONSE_EXCERPT_BYTES of the answer read. Raises
-    SecretUnreadable."""
+    """POST one event to the webhook's URL: the SSRF guard again as it connects
+    (DNS may have changed since registration; see _PinnedBackend), no
+    redirects, no proxies from the environment, at most
+    RESPONSE_EXCERPT_BYTES of the answer read. Raises SecretUnreadable."""
     started = time.monotonic()
 
     def elapsed() -> int:
         return int((time.monotonic() - started) * 1000)
 
     try:
-        check_url(webhook.url)
+        parse_url(webhook.url)
     except UnsafeWebhookURL as exc:
         return Attempt(delivered=False, retry=False, error=f"refused: {exc}")
-    except socket.gaierror as exc:
-        return Attempt(delivered=False, retry=True, error=f"name resolution failed: {exc.strerror}")
     secret = unseal(webhook.secret_sealed)
     headers = _headers(webhook, event=event, delivery_id=delivery_id, body=body, secret=secret)
     timeout = float((webhook.http_config or {}).get("timeout_seconds") or DEFAULT_TIMEOUT_SECONDS)
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        with httpx.Client(
+            transport=_GuardedTransport(), timeout=timeout, follow_redirects=False, trust_env=False
+        ) as client:
             with client.stream("POST", webhook.url, content=body, headers=headers) as response:
                 excerpt = b""
                 for chunk in response.iter_bytes():
                     excerpt += chunk
                     if len(excerpt) >= RESPONSE_EXCERPT_BYTES:
                         break
+    except UnsafeWebhookURL as exc:  # raised by the pinned backend as it connects
+        return Attempt(delivered=False, retry=False, error=f"refused: {exc}", duration_ms=elapsed())
+    except socket.gaierror as exc:
+        return Attempt(
+            delivered=False, retry=True, error=f"name resolution failed: {exc.strerror}", duration_ms=elapsed()
+        )
     except httpx.TimeoutException:
         return Attempt(delivered=False, retry=True, error=f"timed out after {timeout:g}s", duration_ms=elapsed())
     except httpx.HTTPError as exc:

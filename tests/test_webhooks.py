@@ -192,6 +192,25 @@ def test_delivery_refuses_a_name_that_now_resolves_to_loopback(
     assert receiver.requests == []
 
 
+def test_delivery_connects_to_the_address_the_guard_passed(
+    alpha: Any, settings: Any, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name is resolved once, by the guard, and the connection goes to
+    that address (no second lookup a rebinding DNS could answer differently):
+    a name only our resolver knows is delivered to, at the address it gave."""
+    monkeypatch.setattr(webhooks, "RESOLVE", fake_resolver("127.0.0.1"))
+    port = receiver.url.split(":")[2].split("/")[0]
+    settings.OPS_WEBHOOK_ALLOW_PRIVATE = True
+    webhook = make_webhook(alpha, f"http://hooks.invalid:{port}/hook")
+    attempt = webhooks.post_event(webhook=webhook, event="webhook.test", delivery_id="d", body=b"{}")
+    assert attempt.delivered, attempt.error
+    assert receiver.requests[0].headers["host"] == f"hooks.invalid:{port}"
+    settings.OPS_WEBHOOK_ALLOW_PRIVATE = False
+    refused = webhooks.post_event(webhook=webhook, event="webhook.test", delivery_id="d", body=b"{}")
+    assert not refused.delivered and not refused.retry and "hooks.invalid resolves to 127.0.0.1" in refused.error
+    assert len(receiver.requests) == 1
+
+
 # --- the API -------------------------------------------------------------------------
 
 

@@ -8,7 +8,6 @@ scoped) by `BankScopedMixin`: another bank's webhook is a 404.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
@@ -19,16 +18,11 @@ from rest_framework.response import Response
 
 from banks import webhooks
 from banks.api import webhook_serializers as s
+from banks.api.memory_views import _validated
 from banks.api.scoping import BankScopedMixin
 from banks.api.views import _body
 from banks.models import Webhook
 from operations.api.responses import AUTH_ERRORS, BAD_INPUT
-
-
-def _validated(serializer_class: type, data: Any, **kwargs: Any) -> dict[str, Any]:
-    serializer = serializer_class(data=data, **kwargs)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
 
 
 class WebhookViewSet(BankScopedMixin, viewsets.GenericViewSet):
