@@ -341,6 +341,8 @@ class WebhookDelivery(models.Model):
     event_id = models.UUIDField()
     event_type = models.CharField(max_length=64)
     url = models.CharField(max_length=2048)
+    # 1, 2, … over the whole life of the delivery operation, manual retries
+    # included (its retry_count starts again at 0 after one).
     attempt = models.PositiveIntegerField()
     outcome = models.CharField(max_length=16, choices=DeliveryOutcome.choices)
     status_code = models.PositiveIntegerField(null=True, blank=True)
@@ -353,10 +355,9 @@ class WebhookDelivery(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "webhook deliveries"
-        indexes = [models.Index(fields=["webhook", "-created_at", "-id"], name="banks_delivery_newest")]
-        constraints = [
-            # A re-run of the same attempt (after a crash) replaces its row.
-            models.UniqueConstraint(fields=["operation_id", "attempt"], name="banks_delivery_attempt"),
+        indexes = [
+            models.Index(fields=["webhook", "-created_at", "-id"], name="banks_delivery_newest"),
+            models.Index(fields=["operation_id"], name="banks_delivery_operation"),
         ]
 
     def __str__(self) -> str:

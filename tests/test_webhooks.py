@@ -495,3 +495,54 @@ def test_the_secret_appears_in_no_response_payload_log_or_admin_page(
         assert SECRET not in response.content.decode()
     assert SECRET not in caplog.text
     assert SECRET not in Path(PROJECT_DIR / "README.md").read_text()
+
+
+# --- the handler, one run at a time -------------------------------------------------------
+
+
+def run_delivery(operation_id: Any) -> str | None:
+    """Claim a delivery and run its handler once, in this process, recording
+    the outcome as the runner does."""
+    from banks.operation_types import webhook_delivery
+    from operations.handlers import OperationContext, PermanentError
+
+    lease = services.operation_claim(operation_id=str(operation_id), worker="w@test", task_id=str(uuid.uuid4()))
+    assert lease is not None
+    try:
+        result = webhook_delivery.handle(OperationContext(lease=lease))
+    except PermanentError as exc:
+        return services.operation_fail(lease=lease, error=str(exc), permanent=True)
+    except webhook_delivery.DeliveryFailed as exc:
+        return services.operation_fail(lease=lease, error=str(exc), permanent=False)
+    services.operation_complete(lease=lease, result=result)
+    return "completed"
+
+
+def test_a_manual_retry_goes_on_numbering_the_attempts(
+    admin: Any, alpha: Any, private_ok: None, receiver: Receiver
+) -> None:
+    webhook = make_webhook(alpha, receiver.url)
+    receiver.answer((410, 0))
+    queued = webhooks.webhook_send_test(webhook=webhook)
+    assert run_delivery(queued.pk) == "failed"
+    assert admin.post(f"banks/alpha/operations/{queued.pk}/retry").status_code == 200
+    assert run_delivery(queued.pk) == "completed"
+    log = list(WebhookDelivery.objects.filter(operation_id=queued.pk).order_by("attempt"))
+    assert [(d.attempt, d.outcome, d.status_code) for d in log] == [(1, "failed", 410), (2, "delivered", 200)]
+    assert len({d.event_id for d in log}) == 1 and receiver.requests[0].body == receiver.requests[1].body
+
+
+def test_a_deleted_or_disabled_webhook_is_not_delivered_to(alpha: Any, private_ok: None, receiver: Receiver) -> None:
+    webhook = make_webhook(alpha, receiver.url, event_types=["operation.completed"])
+    services.operation_complete(lease=claimed(), result={})
+    [disabled_delivery] = deliveries()
+    Webhook.objects.filter(pk=webhook.pk).update(enabled=False)
+    assert run_delivery(disabled_delivery.pk) == "failed"
+    assert "disabled" in (Operation.objects.get(pk=disabled_delivery.pk).error_message or "")
+    test_delivery = webhooks.webhook_send_test(webhook=webhook)  # a test event goes even so
+    assert run_delivery(test_delivery.pk) == "completed"
+    gone = webhooks.webhook_send_test(webhook=webhook)
+    webhook.delete()
+    assert run_delivery(gone.pk) == "failed"
+    assert "no longer exists" in (Operation.objects.get(pk=gone.pk).error_message or "")
+    assert len(receiver.requests) == 1

@@ -34,7 +34,9 @@ def handle(ctx: OperationContext) -> dict[str, Any]:
         raise PermanentError(f"webhook {payload['webhook_id']} no longer exists")
     if not webhook.enabled and not payload.get("test"):
         raise PermanentError("the webhook is disabled")
-    attempt_number = ctx.attempt + 1
+    # Counted from the log, not from retry_count: a manual retry resets that,
+    # and a run that crashed after its POST was an attempt too.
+    attempt_number = WebhookDelivery.objects.filter(operation_id=ctx.operation_id).count() + 1
     ctx.progress("delivering", detail={"attempt": attempt_number})
     try:
         attempt = webhooks.post_event(
@@ -49,25 +51,22 @@ def handle(ctx: OperationContext) -> dict[str, Any]:
         outcome = DeliveryOutcome.RETRYING
     else:
         outcome = DeliveryOutcome.FAILED
-    WebhookDelivery.objects.update_or_create(
+    WebhookDelivery.objects.create(
+        webhook=webhook,
         operation_id=ctx.operation_id,
         attempt=attempt_number,
-        defaults={
-            "webhook": webhook,
-            "event_id": payload["event_id"],
-            "event_type": payload["event"],
-            "url": webhook.url,
-            "outcome": outcome,
-            "status_code": attempt.status_code,
-            "response_excerpt": attempt.excerpt,
-            "error": attempt.error,
-            "duration_ms": attempt.duration_ms,
-            "next_retry_at": next_retry_at,
-            "created_at": timezone.now(),
-        },
+        event_id=payload["event_id"],
+        event_type=payload["event"],
+        url=webhook.url,
+        outcome=outcome,
+        status_code=attempt.status_code,
+        response_excerpt=attempt.excerpt,
+        error=attempt.error,
+        duration_ms=attempt.duration_ms,
+        next_retry_at=next_retry_at,
     )
     if attempt.delivered:
-        return {"status_code": attempt.status_code, "attempts": attempt_number, "duration_ms": attempt.duration_ms}
+        return {"status_code": attempt.status_code, "attempt": attempt_number, "duration_ms": attempt.duration_ms}
     message = f"delivery to {webhook.url} failed: {attempt.error}"
     if attempt.retry:
         raise DeliveryFailed(message)
