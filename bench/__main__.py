@@ -53,7 +53,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--reference-broker-url", default=os.environ.get("BENCH_REFERENCE_BROKER_URL", DEFAULT_REFERENCE_BROKER_URL)
     )
-    parser.add_argument("--output", type=Path, default=BENCH_DIR / "results" / "latest.json")
+    parser.add_argument(
+        "--output", type=Path,
+        help="results file (default bench/results/latest.json; with --task-events, task-events.json)",
+    )
     args = parser.parse_args(argv)
     for name in ("broker_url", "reference_broker_url"):
         url = getattr(args, name)
@@ -65,6 +68,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("the platform and bare Celery need Redis databases of their own")
     if not urlparse(args.database_url).scheme.startswith("postgres"):
         parser.error("--database-url must be a PostgreSQL URL")
+    if args.output is None:
+        # The task-events comparison keeps the full run's results beside it.
+        args.output = BENCH_DIR / "results" / ("task-events.json" if args.task_events else "latest.json")
     return args
 
 
@@ -249,10 +255,10 @@ def main(argv: list[str]) -> int:
     )
     write_results(args.output, document)
     print()
-    print(f"## Scaled (PostgreSQL + Redis){' — quick run' if quick else ''}\n")
     print(f"Machine: {machine_line(info)}; PostgreSQL {info['postgresql']}, Redis {info['redis']}, "
-          f"Celery {info['celery']}, Django {info['django']}.\n")
+          f"Celery {info['celery']}, Django {info['django']}.")
     if run.figures:
+        print(f"\n## Scaled (PostgreSQL + Redis){' — quick run' if quick else ''}\n")
         print(markdown_table(run.figures))
         print("\nRatios are platform / reference: above 1 is better for rates, worse for times.")
     for note in run.notes:

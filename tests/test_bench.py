@@ -84,3 +84,8 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
+
+
+def test_task_events_results_beside_the_full_runs() -> None:
+    assert parse_args([]).output.name == "latest.json"
+    assert parse_args(["--task-events"]).output.name == "task-events.json"
