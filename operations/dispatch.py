@@ -166,13 +166,16 @@ def publish_next(operation_type: str) -> bool:
 
 def _priority(operation_type: str, bank_id: str, operation_id: str) -> int:
     """Ahead of the window when the bank has no other message of this type in
-    the broker (a look at the window's rows of the type, at most
-    OPS_DISPATCH_WINDOW of them, on the `ops_pending_dispatched` index)."""
-    others = Operation.objects.filter(
-        status=OperationStatus.PENDING, operation_type=operation_type, bank_id=bank_id,
-        dispatched_at__gte=_stale_before(),
+    the broker. The banks of the window's messages are read (at most
+    OPS_DISPATCH_WINDOW rows, on `ops_pending_dispatched`, as `in_flight`
+    does) and compared here: with the bank in the WHERE clause, PostgreSQL
+    may walk the bank's whole history on `ops_bank_created` instead (3,700
+    rows per publish, seen in make bench)."""
+    in_broker = Operation.objects.filter(
+        status=OperationStatus.PENDING, operation_type=operation_type, dispatched_at__gte=_stale_before()
     ).exclude(pk=operation_id)
-    return BEHIND if others.exists() else FIRST_OF_ITS_BANK
+    banks = set(in_broker.values_list("bank_id", flat=True)[: settings.OPS_DISPATCH_WINDOW])
+    return BEHIND if bank_id in banks else FIRST_OF_ITS_BANK
 
 
 class _Publisher:

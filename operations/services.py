@@ -28,7 +28,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from operations import dispatch, finish_hooks, registry
@@ -825,14 +825,24 @@ def operations_roll_up_stranded(*, limit: int = 200) -> int:
     unfinished (roll-ups run with every child transition, so this finds only
     parents whose children were changed outside the service)."""
     parent_types = [t.name for t in registry.all_types() if t.rollup]
+    # Written as one query with an anti-join on the children, PostgreSQL (which
+    # expects few unfinished parents) may scan every child row of the table for
+    # each parent: 26 s per sweep with 100 open batches (seen in make bench).
+    # So: unfinished parents first, each status on its own partial index...
+    unfinished = [
+        pk
+        for status in (PENDING, PROCESSING)
+        for pk in Operation.objects.filter(status=status, operation_type__in=parent_types)
+        .values_list("pk", flat=True)[:limit]
+    ]
+    # ...then their children, looked up by parent id (`ops_children`).
     stranded = list(
-        Operation.objects.filter(
-            operation_type__in=parent_types, status__in=[PENDING, PROCESSING]
-        )
-        .exclude(children__status__in=[PENDING, PROCESSING])
-        .filter(children__isnull=False)
-        .values_list("pk", flat=True)
-        .distinct()[:limit]
+        Operation.objects.filter(parent_id__in=unfinished)
+        .values("parent_id")
+        .annotate(active=Count("pk", filter=Q(status__in=[PENDING, PROCESSING])))
+        .filter(active=0)
+        .values_list("parent_id", flat=True)
+        .order_by()[:limit]
     )
     for parent_id in stranded:
         with transaction.atomic():

@@ -116,6 +116,14 @@ def test_stranded_parent_is_rolled_up_by_the_sweeper(alpha: Any) -> None:
     assert services.operations_roll_up_stranded() == 1
     assert Operation.objects.get(pk=parent.pk).status == "completed"
     assert services.operations_roll_up_stranded() == 0
+    # Not stranded: a parent with a child still to run, and one with no children yet.
+    busy = submit("test_batch")
+    done, waiting = submit(parent_id=busy.pk), submit(parent_id=busy.pk)
+    Operation.objects.filter(pk=done.pk).update(status="completed")
+    empty = submit("test_batch")
+    assert services.operations_roll_up_stranded() == 0
+    assert Operation.objects.get(pk=waiting.pk).status == "pending"
+    assert set(Operation.objects.filter(pk__in=[busy.pk, empty.pk]).values_list("status", flat=True)) == {"pending"}
 
 
 def test_retention_prunes_old_terminal_operations_in_batches(alpha: Any) -> None:
