@@ -2,8 +2,8 @@
 Redis, each with its reference from the same run, then the embedded
 comparison. Prints Markdown tables and writes bench/results/latest.json.
 
-    make bench                          # the full run (about 10 minutes)
-    make bench BENCH_ARGS=--quick       # a smoke run (a minute or two)
+    make bench                          # the full run (11-14 minutes on 2 cores)
+    make bench BENCH_ARGS=--quick       # a smoke run (about 3 minutes)
     make bench BENCH_ARGS=--task-events # embedded: Celery task events off / on / with Flower
 
 Uses its own database (`ops_bench`, created when missing) and its own Redis

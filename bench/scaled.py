@@ -433,6 +433,12 @@ def pages(options: Options, base_url: str, key: str, say: Say) -> list[Figure]:
             yield url
 
     scale = f"{rows:,} operations in {banks:,} banks"
+    # The cross-bank list and /metrics read the whole table, which may hold
+    # more than this history (the other size's, earlier runs'): label them by it.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE relname = 'operations_operation'")
+        (table_rows,) = cursor.fetchone()
+    table = f"{round(table_rows, -3):,} operations in the table"
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
         _timed_gets(client, bank_pages(), 20)  # warm both web workers and the buffer cache
         bank = [_ms(t) for t in _timed_gets(client, bank_pages(), options.page_requests)]
@@ -455,11 +461,11 @@ def pages(options: Options, base_url: str, key: str, say: Say) -> list[Figure]:
                        "health_live_p50_ms": live, "get_bank_p50_ms": bank_get,
                        "note": f"Floors through gunicorn, p50: `/health/live` {live:.1f} ms (no database, no key); "
                                f"an authenticated `GET banks/{{id}}` {bank_get:.1f} ms."}),
-        Figure(key="cross_bank_page", label=f"cross-bank `GET operations` first page, {rows:,} operations",
+        Figure(key="cross_bank_page", label=f"cross-bank `GET operations` first page, {table}",
                platform=f"p50 {c50:.1f}, p95 {c95:.1f} ms", target="p95 ≤ 25 ms", holds=c95 <= 25,
-               values={"p50_ms": c50, "p95_ms": c95, "requests": len(cross), "rows": rows}),
-        Figure(key="metrics_scrape", label=f"`/metrics` scrape, {rows:,} operations", platform=f"p50 {m50:.1f} ms",
-               target="≤ 50 ms", holds=m50 <= 50, values={"p50_ms": m50, "scrapes": len(scrape), "rows": rows}),
+               values={"p50_ms": c50, "p95_ms": c95, "requests": len(cross), "table_rows": table_rows}),
+        Figure(key="metrics_scrape", label=f"`/metrics` scrape, {table}", platform=f"p50 {m50:.1f} ms",
+               target="≤ 50 ms", holds=m50 <= 50, values={"p50_ms": m50, "scrapes": len(scrape), "table_rows": table_rows}),
     ]
 
 
