@@ -42,7 +42,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from operations import registry
@@ -100,13 +100,18 @@ def _stale_before() -> datetime:
     return timezone.now() - timedelta(seconds=settings.OPS_REDISPATCH_SECONDS)
 
 
-def in_flight(operation_type: str) -> int:
-    """Messages of this type in the broker now (published, not yet claimed),
-    counted up to the window: the count stops there."""
-    live = Operation.objects.filter(
+def _in_broker(operation_type: str) -> QuerySet[Operation]:
+    """The rows whose message of this type is in the broker now (published,
+    not yet claimed): a range of `ops_pending_dispatched`."""
+    return Operation.objects.filter(
         status=OperationStatus.PENDING, operation_type=operation_type, dispatched_at__gte=_stale_before()
     )
-    return live[: settings.OPS_DISPATCH_WINDOW].count()
+
+
+def in_flight(operation_type: str) -> int:
+    """Messages of this type in the broker now, counted up to the window: the
+    count stops there."""
+    return _in_broker(operation_type)[: settings.OPS_DISPATCH_WINDOW].count()
 
 
 def window_room(operation_type: str) -> int:
@@ -171,9 +176,7 @@ def _priority(operation_type: str, bank_id: str, operation_id: str) -> int:
     does) and compared here: with the bank in the WHERE clause, PostgreSQL
     may walk the bank's whole history on `ops_bank_created` instead (3,700
     rows per publish, seen in make bench)."""
-    in_broker = Operation.objects.filter(
-        status=OperationStatus.PENDING, operation_type=operation_type, dispatched_at__gte=_stale_before()
-    ).exclude(pk=operation_id)
+    in_broker = _in_broker(operation_type).exclude(pk=operation_id)
     banks = set(in_broker.values_list("bank_id", flat=True)[: settings.OPS_DISPATCH_WINDOW])
     return BEHIND if bank_id in banks else FIRST_OF_ITS_BANK
 
