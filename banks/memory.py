@@ -1,13 +1,18 @@
 """Writing a bank's memory: retaining items, deleting documents and units, links.
 
-Every write that changes one document happens in one transaction with the
-document row locked, so concurrent retains of one document run one after the
-other and a crash leaves either the old or the new version, never half of each.
-That also makes retains idempotent: running one again replaces the document
-with the same units.
+A retain does its expensive work first, holding nothing: extraction, vectors,
+and the choice of link candidates (reads only). Then each item is written in
+one short transaction that locks its document row, so concurrent retains of
+one document run one after the other and a crash leaves either the old or the
+new version, never half of each. That also makes retains idempotent: running
+one again replaces the document with the same units. Writers of one bank
+coordinate through `write_locks` (adders side by side, deleters alone), and
+what adders would fight over (co-occurrence counts, a neighbour's cap before
+it links back) they append, for `fold` to bring up to date once per retain:
+a crowd of retains into one bank neither deadlocks nor queues on one hot row.
 
-Co-occurrence counts are kept exact by incrementing them for units added and
-decrementing them for units deleted, in the same transaction. Links are
+Co-occurrence counts are kept exact by deltas for units added and deleted,
+written in the same transaction and folded into the counts after. Links are
 directed: each unit keeps at most `TEMPORAL_CAP` temporal and `SEMANTIC_CAP`
 semantic outgoing links; a neighbour under its cap links back.
 """
@@ -15,6 +20,7 @@ semantic outgoing links; a neighbour under its cap links back.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,17 +28,21 @@ from datetime import datetime
 from itertools import combinations
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Count, F, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
+from operations import transient
+
+from banks import write_locks
 from banks.extraction import EntityMention, canonical, cosine, get_extractor
 from banks.models import (
     Bank,
     Document,
     Entity,
     EntityCooccurrence,
+    EntityCooccurrenceDelta,
     LinkKind,
     MemoryLink,
     MemoryUnit,
@@ -101,15 +111,19 @@ def retain_items(
     document_tags: list[str] | None = None,
     default_document_id: Callable[[int], str],
     on_item: Callable[[int, int], None] | None = None,
+    start: int = 0,
+    outcome: RetainOutcome | None = None,
 ) -> RetainOutcome:
-    """Retain each item (one transaction per item). `default_document_id(i)`
-    names the document of an item without one; it must be deterministic so a
-    re-run replaces instead of duplicating. `on_item(done, total)` is called
-    before each item (progress and cancellation checkpoints)."""
-    outcome = RetainOutcome()
-    for index, item in enumerate(items):
+    """Retain each item from `start` on (one short transaction per item).
+    `default_document_id(i)` names the document of an item without one; it
+    must be deterministic so a re-run replaces instead of duplicating.
+    `on_item(done, total)` is called before each item (progress and
+    cancellation checkpoints). A resumed run passes the `outcome` so far."""
+    outcome = outcome if outcome is not None else RetainOutcome()
+    for index in range(start, len(items)):
         if on_item is not None:
             on_item(index, len(items))
+        item = items[index]
         document_id = item.document_id or default_document_id(index)
         added, replaced, entities = retain_item(
             bank=bank, item=item, document_id=document_id, document_tags=document_tags or []
@@ -119,67 +133,137 @@ def retain_items(
         outcome.replaced_units += replaced
         outcome.entities += entities
         outcome.document_ids.append(document_id)
+    fold(bank)
     return outcome
+
+
+@dataclass
+class _Item:
+    """One item extracted, before anything is written: its facts with their
+    vectors and entity mentions (the expensive part, done once)."""
+
+    document_id: str
+    content_hash: str
+    tags: list[str]
+    context: str
+    metadata: dict[str, Any]
+    timestamp: datetime
+    facts: list[tuple[uuid.UUID, str, dict[str, float], list[EntityMention]]]
+
+    def units(self, bank: Bank) -> list[MemoryUnit]:
+        """Fresh unsaved rows (ids fixed at extraction: links are planned to them)."""
+        return [
+            MemoryUnit(
+                id=unit_id, bank=bank, position=i, text=text, timestamp=self.timestamp, tags=self.tags,
+                context=self.context, vector=vector,
+            )
+            for i, (unit_id, text, vector, _) in enumerate(self.facts)
+        ]
+
+    def names(self) -> dict[str, EntityMention]:
+        return {canonical(m.name): m for *_, mentions in self.facts for m in mentions}
+
+
+class _NeedsExclusive(Exception):
+    """The document has units to replace: its write must run alone in the bank."""
 
 
 def retain_item(
     *, bank: Bank, item: RetainItem, document_id: str, document_tags: list[str]
 ) -> tuple[int, int, int]:
     """Store one item as (the new version of) a document. Returns (units added,
-    units replaced, entities mentioned)."""
+    units replaced, entities mentioned).
+
+    First, holding nothing: extraction, vectors, the entities (created if
+    new, in a statement of their own), and the link candidates. Then one
+    short transaction writes it all (`_write_item`). A transient database
+    error there plans and writes again, without spending the operation's
+    retries."""
     extractor = get_extractor()
-    facts = extractor.extract_facts(item.content) or [item.content.strip() or item.content]
-    when = item.timestamp or timezone.now()
-    tags = sorted(set(item.tags) | set(document_tags))
-    content_hash = hashlib.sha256(item.content.encode()).hexdigest()
+    texts = extractor.extract_facts(item.content) or [item.content.strip() or item.content]
+    extracted = _Item(
+        document_id=document_id,
+        content_hash=hashlib.sha256(item.content.encode()).hexdigest(),
+        tags=sorted(set(item.tags) | set(document_tags)),
+        context=item.context,
+        metadata=item.metadata,
+        timestamp=item.timestamp or timezone.now(),
+        facts=[
+            (uuid.uuid4(), text, extractor.embed(text), _mentions(extractor.extract_entities(text), item.entities))
+            for text in texts
+        ],
+    )
+    exclusive = False
+
+    def attempt() -> tuple[int, int, int]:
+        nonlocal exclusive
+        for _ in range(3):
+            old = set(
+                MemoryUnit.objects.filter(bank=bank, document__document_id=document_id).values_list("pk", flat=True)
+            )
+            exclusive = exclusive or bool(old)
+            # Created here, each new entity in its own short statement, so that
+            # the write below rarely waits for another's uncommitted entity (one
+            # left unused by a failed write is an orphan graph maintenance prunes).
+            entity_ids = _upsert_entities(bank, extracted.names())
+            units = extracted.units(bank)
+            entities_of = {
+                unit_id: {entity_ids[canonical(m.name)] for m in mentions}
+                for unit_id, _, _, mentions in extracted.facts
+            }
+            links = plan_links(bank, units, entities_of=entities_of, exclude=old, siblings=units)
+            try:
+                return _write_item(bank, extracted, units, links, exclusive=exclusive)
+            except _NeedsExclusive:
+                exclusive = True  # another retain of this document wrote it meanwhile
+        raise AssertionError("a document's units appeared under an exclusive writer")
+
+    return transient.retrying(attempt, what=f"retain of document {document_id!r}")
+
+
+def _write_item(
+    bank: Bank, item: _Item, units: list[MemoryUnit], links: list[MemoryLink], *, exclusive: bool
+) -> tuple[int, int, int]:
+    """The write phase of a retain: one transaction, locks in the order of
+    `write_locks`."""
     with transaction.atomic():
-        document = _locked_document(bank, document_id)
-        replaced = _delete_units(bank, MemoryUnit.objects.filter(document=document))
-        document.content_hash = content_hash
-        document.tags = tags
+        write_locks.bank_writing(bank.pk, exclusive=exclusive)
+        document = _locked_document(bank, item.document_id)
+        old_units = MemoryUnit.objects.filter(document=document)
+        if exclusive:
+            replaced = _delete_units(bank, old_units)
+        elif old_units.exists():
+            raise _NeedsExclusive
+        else:
+            replaced = 0
+        document.content_hash = item.content_hash
+        document.tags = item.tags
         document.context = item.context
         document.metadata = item.metadata
         document.save()
-        units = MemoryUnit.objects.bulk_create(
-            [
-                MemoryUnit(
-                    bank=bank, document=document, position=i, text=fact, timestamp=when,
-                    tags=tags, context=item.context, vector=extractor.embed(fact),
-                )
-                for i, fact in enumerate(facts)
-            ]
-        )
-        mentions = {
-            unit.pk: _mentions(extractor.extract_entities(unit.text), item.entities) for unit in units
-        }
-        entity_ids = _upsert_entities(bank, [m for ms in mentions.values() for m in ms])
+        for unit in units:
+            unit.document = document
+        MemoryUnit.objects.bulk_create(units)
+        entity_ids = _upsert_entities(bank, item.names())
+        per_unit = [
+            (unit_id, sorted({entity_ids[canonical(m.name)] for m in mentions}))
+            for unit_id, _, _, mentions in item.facts
+        ]
         UnitEntity.objects.bulk_create(
-            [
-                UnitEntity(unit_id=unit_id, entity_id=entity_ids[canonical(m.name)])
-                for unit_id, ms in mentions.items()
-                for m in ms
-            ],
+            [UnitEntity(unit_id=unit_id, entity_id=e) for unit_id, ids in per_unit for e in ids],
             ignore_conflicts=True,
         )
-        _add_cooccurrences(
-            bank, [sorted({entity_ids[canonical(m.name)] for m in ms}) for ms in mentions.values()]
-        )
-        link_units(bank, units, fresh=True)
+        _write_links(links, fresh={u.pk for u in units})
+        _add_cooccurrences(bank, [ids for _, ids in per_unit])
     return len(units), replaced, len(entity_ids)
 
 
 def _locked_document(bank: Bank, document_id: str) -> Document:
     """The document row, created if new, locked until the transaction ends."""
-    for _ in range(3):
-        document = Document.objects.select_for_update().filter(bank=bank, document_id=document_id).first()
-        if document is not None:
-            return document
-        try:
-            with transaction.atomic():
-                Document.objects.create(bank=bank, document_id=document_id, content_hash="")
-        except IntegrityError:
-            pass  # created concurrently: lock theirs
-    raise IntegrityError(f"document {document_id} could not be locked")
+    Document.objects.bulk_create(
+        [Document(bank=bank, document_id=document_id, content_hash="")], ignore_conflicts=True
+    )
+    return Document.objects.select_for_update().get(bank=bank, document_id=document_id)
 
 
 def _mentions(found: list[EntityMention], explicit: list[EntityMention]) -> list[EntityMention]:
@@ -191,8 +275,8 @@ def _mentions(found: list[EntityMention], explicit: list[EntityMention]) -> list
     return list(unique.values())
 
 
-def _upsert_entities(bank: Bank, mentions: list[EntityMention]) -> dict[str, int]:
-    by_name = {canonical(m.name): m for m in mentions}
+def _upsert_entities(bank: Bank, by_name: dict[str, EntityMention]) -> dict[str, int]:
+    """name -> id of each entity, inserting the missing ones in name order."""
     if not by_name:
         return {}
     Entity.objects.bulk_create(
@@ -212,35 +296,24 @@ def _pair_counts(entity_sets: Iterable[list[int]]) -> Counter[tuple[int, int]]:
     return pairs
 
 
-def _add_cooccurrences(bank: Bank, entity_sets: list[list[int]]) -> None:
-    pairs = _pair_counts(entity_sets)
-    if not pairs:
-        return
-    now = timezone.now()
-    table = EntityCooccurrence._meta.db_table
-    rows = sorted(pairs.items())  # a fixed order: concurrent upserts lock rows alike
-    values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(rows))
-    params: list[Any] = []
-    for (a, b), n in rows:
-        params += [bank.pk, a, b, n, now]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (bank_id, entity_a_id, entity_b_id, count, updated_at) VALUES {values} "
-            f"ON CONFLICT (entity_a_id, entity_b_id) DO UPDATE SET count = {table}.count + EXCLUDED.count, "
-            f"updated_at = EXCLUDED.updated_at",
-            params,
-        )
+def _add_cooccurrences(bank: Bank, entity_sets: list[list[int]], *, sign: int = 1) -> None:
+    """Append the change to the counts (`EntityCooccurrenceDelta`): no
+    shared row is touched, so concurrent retains never wait on each other
+    here. `fold` adds the deltas into the counts."""
+    EntityCooccurrenceDelta.objects.bulk_create(
+        [
+            EntityCooccurrenceDelta(bank=bank, entity_a_id=a, entity_b_id=b, count=sign * n)
+            for (a, b), n in sorted(_pair_counts(entity_sets).items())
+        ]
+    )
 
 
 def _delete_units(bank: Bank, units: QuerySet[MemoryUnit]) -> int:
     """Delete units, keeping co-occurrence counts exact, flagging the
     neighbours that lose a link for a top-up and the observations built from
-    them for a rebuild. Returns how many were deleted.
-
-    The units are locked first, in primary-key order, as a consolidation
-    citing them locks them (`lock_existing_units`): whichever comes second
-    waits, so an observation never commits a citation of a unit deleted
-    under it, and a delete never misses a citation committed before it."""
+    them for a rebuild. Returns how many were deleted. Only an exclusive
+    writer of the bank deletes (`write_locks`): no adder can be linking to
+    these units or citing them meanwhile."""
     unit_ids = list(units.order_by("pk").select_for_update().values_list("pk", flat=True))
     if not unit_ids:
         return 0
@@ -250,8 +323,7 @@ def _delete_units(bank: Bank, units: QuerySet[MemoryUnit]) -> int:
     per_unit: dict[Any, list[int]] = {}
     for unit_id, entity_id in UnitEntity.objects.filter(unit_id__in=unit_ids).values_list("unit_id", "entity_id"):
         per_unit.setdefault(unit_id, []).append(entity_id)
-    for (a, b), n in sorted(_pair_counts(per_unit.values()).items()):
-        EntityCooccurrence.objects.filter(entity_a_id=a, entity_b_id=b).update(count=F("count") - n)
+    _add_cooccurrences(bank, list(per_unit.values()), sign=-1)
     neighbours = set(
         MemoryLink.objects.filter(target_id__in=unit_ids).values_list("source_id", flat=True)
     ) | set(MemoryLink.objects.filter(source_id__in=unit_ids).values_list("target_id", flat=True))
@@ -265,25 +337,56 @@ def _delete_units(bank: Bank, units: QuerySet[MemoryUnit]) -> int:
 # --- links ---------------------------------------------------------------------------
 
 
-def link_units(bank: Bank, units: list[MemoryUnit], *, fresh: bool = False) -> int:
-    """Give each unit its temporal and semantic links (up to the caps), and
-    link back from neighbours still under theirs. Returns links created.
+Have = dict[tuple[Any, str], set[Any]]
 
-    The reads are batched over the units (an item's facts share their
-    timestamp and most of their candidates): a few queries per call, not per
-    unit. `fresh` units were just created, so they have no links yet."""
+
+def plan_links(
+    bank: Bank,
+    units: list[MemoryUnit],
+    *,
+    entities_of: dict[Any, set[int]] | None = None,
+    have: Have | None = None,
+    exclude: set[Any] | None = None,
+    siblings: list[MemoryUnit] | None = None,
+) -> list[MemoryLink]:
+    """Each unit's temporal and semantic links (up to the caps), chosen by
+    reading only: no lock is held, nothing is written (`_write_links` does).
+
+    `siblings` are units not written yet that are candidates too (the other
+    facts of the item being retained, newest of all); `entities_of` gives
+    their entities. `exclude`: units about to be deleted. `have`: the
+    links each unit already has. The reads are batched over the units: a few
+    queries per call, not per unit."""
     if not units:
-        return 0
-    have = _existing_targets(units) if not fresh else {}
-    links = _temporal_links(bank, units, have) + _semantic_links(bank, units, have)
-    links += _back_links(links)
-    created = MemoryLink.objects.bulk_create(links, ignore_conflicts=True)
-    return len(created)
+        return []
+    have = have or {}
+    exclude = exclude or set()
+    siblings = siblings or []
+    if entities_of is None:
+        entities_of = {}
+        for unit_id, entity_id in UnitEntity.objects.filter(unit_id__in=[u.pk for u in units]).values_list(
+            "unit_id", "entity_id"
+        ):
+            entities_of.setdefault(unit_id, set()).add(entity_id)
+    return _temporal_links(bank, units, have, exclude, siblings) + _semantic_links(
+        bank, units, have, exclude, siblings, entities_of
+    )
 
 
-def _existing_targets(units: list[MemoryUnit]) -> dict[tuple[Any, str], set[Any]]:
+def _write_links(links: list[MemoryLink], *, fresh: set[Any]) -> None:
+    """In the writer's transaction: the planned links to units that still
+    exist (one may have been deleted since they were planned), each waiting
+    for `fold` to offer its target a link back."""
+    planned = {link.target_id for link in links} - fresh
+    alive = set(MemoryUnit.objects.filter(pk__in=planned).values_list("pk", flat=True)) | fresh
+    for link in links:
+        link.pending_back = True
+    MemoryLink.objects.bulk_create([link for link in links if link.target_id in alive], ignore_conflicts=True)
+
+
+def _existing_targets(units: list[MemoryUnit]) -> Have:
     """(unit, kind) -> the units it already links to."""
-    have: dict[tuple[Any, str], set[Any]] = {}
+    have: Have = {}
     rows = MemoryLink.objects.filter(source_id__in=[u.pk for u in units]).values_list("source_id", "kind", "target_id")
     for source_id, kind, target_id in rows:
         have.setdefault((source_id, kind), set()).add(target_id)
@@ -291,7 +394,7 @@ def _existing_targets(units: list[MemoryUnit]) -> dict[tuple[Any, str], set[Any]
 
 
 def _temporal_links(
-    bank: Bank, units: list[MemoryUnit], have: dict[tuple[Any, str], set[Any]]
+    bank: Bank, units: list[MemoryUnit], have: Have, exclude: set[Any], siblings: list[MemoryUnit]
 ) -> list[MemoryLink]:
     """Each unit's nearest units in time (half before, half after), for the
     units that have room; one pair of queries per distinct timestamp."""
@@ -302,16 +405,22 @@ def _temporal_links(
             by_time.setdefault(unit.timestamp, []).append(unit)
     links = []
     for when, group in by_time.items():
-        # Enough to fill every unit's half after dropping itself and what it has.
-        depth = half + len(group) + max(len(have.get((u.pk, LinkKind.TEMPORAL), ())) for u in group)
+        # Enough to fill every unit's half after dropping itself, what it has
+        # and what is about to go.
+        depth = half + len(group) + len(exclude) + max(len(have.get((u.pk, LinkKind.TEMPORAL), ())) for u in group)
         others = MemoryUnit.objects.filter(bank=bank)
-        before = list(others.filter(timestamp__lte=when).order_by("-timestamp", "-created_at")
-                      .values_list("pk", "timestamp")[:depth])
-        after = list(others.filter(timestamp__gt=when).order_by("timestamp", "created_at")
-                     .values_list("pk", "timestamp")[:depth])
+        # Unwritten siblings are the newest units: first among equal times.
+        before = [(s.pk, s.timestamp) for s in reversed(siblings) if s.timestamp <= when]
+        before += others.filter(timestamp__lte=when).order_by("-timestamp", "-created_at").values_list(
+            "pk", "timestamp"
+        )[:depth]
+        after = sorted(((s.pk, s.timestamp) for s in siblings if s.timestamp > when), key=lambda r: r[1])
+        after += others.filter(timestamp__gt=when).order_by("timestamp", "created_at").values_list(
+            "pk", "timestamp"
+        )[:depth]
         for unit in group:
-            skip = have.get((unit.pk, LinkKind.TEMPORAL), set()) | {unit.pk}
-            room = TEMPORAL_CAP - len(skip) + 1
+            skip = have.get((unit.pk, LinkKind.TEMPORAL), set()) | {unit.pk} | exclude
+            room = TEMPORAL_CAP - len(have.get((unit.pk, LinkKind.TEMPORAL), ()))
             near = [r for r in before if r[0] not in skip][:half] + [r for r in after if r[0] not in skip][:half]
             near.sort(key=lambda r: abs((r[1] - when).total_seconds()))
             links += [
@@ -325,7 +434,12 @@ def _temporal_links(
 
 
 def _semantic_links(
-    bank: Bank, units: list[MemoryUnit], have: dict[tuple[Any, str], set[Any]]
+    bank: Bank,
+    units: list[MemoryUnit],
+    have: Have,
+    exclude: set[Any],
+    siblings: list[MemoryUnit],
+    entities_of: dict[Any, set[int]],
 ) -> list[MemoryLink]:
     """Each unit's most similar candidates (cosine >= SEMANTIC_THRESHOLD): the
     ENTITY_CANDIDATES most recent units sharing one of its entities, and the
@@ -336,23 +450,26 @@ def _semantic_links(
     units = [u for u in units if u.vector and SEMANTIC_CAP - len(have.get((u.pk, LinkKind.SEMANTIC), ())) > 0]
     if not units:
         return []
-    entities_of: dict[Any, set[int]] = {}
-    for unit_id, entity_id in UnitEntity.objects.filter(unit_id__in=[u.pk for u in units]).values_list(
-        "unit_id", "entity_id"
-    ):
-        entities_of.setdefault(unit_id, set()).add(entity_id)
-    sharers = _recent_units_per_entity(set().union(*entities_of.values()) if entities_of else set())
-    recent = list(
+    # Recency keys: unwritten siblings, (1, position), are newer than any row, (0, created_at).
+    sharers: dict[int, list[tuple[Any, tuple[int, Any]]]] = {}
+    for position, sibling in enumerate(siblings):
+        for entity_id in entities_of.get(sibling.pk, ()):
+            sharers.setdefault(entity_id, []).append((sibling.pk, (1, position)))
+    wanted_entities = set().union(*(entities_of.get(u.pk, set()) for u in units))
+    for entity_id, rows in _recent_units_per_entity(wanted_entities, len(exclude)).items():
+        sharers.setdefault(entity_id, []).extend((pk, (0, at)) for pk, at in rows)
+    recent = [s.pk for s in reversed(siblings)] + list(
         MemoryUnit.objects.filter(bank=bank).order_by("-created_at").values_list("pk", flat=True)[
-            : RECENT_CANDIDATES + len(units)
+            : RECENT_CANDIDATES + len(units) + len(exclude)
         ]
     )
-    wanted = set(recent) | {pk for rows in sharers.values() for pk, _ in rows}
-    vectors = dict(MemoryUnit.objects.filter(pk__in=wanted).values_list("pk", "vector"))
+    vectors = {s.pk: s.vector for s in siblings}
+    stored = ({pk for pk in recent} | {pk for rows in sharers.values() for pk, _ in rows}) - set(vectors)
+    vectors.update(MemoryUnit.objects.filter(pk__in=stored).values_list("pk", "vector"))
     links = []
     for unit in units:
-        skip = have.get((unit.pk, LinkKind.SEMANTIC), set()) | {unit.pk}
-        room = SEMANTIC_CAP - len(skip) + 1
+        skip = have.get((unit.pk, LinkKind.SEMANTIC), set()) | {unit.pk} | exclude
+        room = SEMANTIC_CAP - len(have.get((unit.pk, LinkKind.SEMANTIC), ()))
         shared = sorted(
             {row for entity_id in entities_of.get(unit.pk, ()) for row in sharers.get(entity_id, [])},
             key=lambda row: row[1], reverse=True,
@@ -371,8 +488,8 @@ def _semantic_links(
     return links
 
 
-def _recent_units_per_entity(entity_ids: set[int]) -> dict[int, list[tuple[Any, datetime]]]:
-    """Per entity, its ENTITY_CANDIDATES most recent units (id, created_at)."""
+def _recent_units_per_entity(entity_ids: set[int], extra: int = 0) -> dict[int, list[tuple[Any, datetime]]]:
+    """Per entity, its ENTITY_CANDIDATES (+ `extra`) most recent units (id, created_at)."""
     if not entity_ids:
         return {}
     ranked = (
@@ -380,7 +497,7 @@ def _recent_units_per_entity(entity_ids: set[int]) -> dict[int, list[tuple[Any, 
         .annotate(
             rank=Window(RowNumber(), partition_by=[F("entity_id")], order_by=F("unit__created_at").desc())
         )
-        .filter(rank__lte=ENTITY_CANDIDATES + 1)
+        .filter(rank__lte=ENTITY_CANDIDATES + 1 + extra)
         .values_list("entity_id", "unit_id", "unit__created_at")
     )
     per_entity: dict[int, list[tuple[Any, datetime]]] = {}
@@ -389,11 +506,85 @@ def _recent_units_per_entity(entity_ids: set[int]) -> dict[int, list[tuple[Any, 
     return per_entity
 
 
-def _back_links(links: list[MemoryLink]) -> list[MemoryLink]:
+# --- the fold -------------------------------------------------------------------------
+
+FOLD_CHUNK = 5000
+
+
+def fold(bank: Bank) -> None:
+    """Bring the bank's shared rows up to date with what its retains
+    appended: co-occurrence deltas into the counts, and for each pending link
+    a link back from its target while the target is under its cap.
+
+    One writer of a bank folds at a time, for everyone: a retain that finds
+    the fold busy leaves its share to the folder, which looks again after it
+    lets go, so nothing waits and nothing is left behind. Call it outside a
+    transaction of the bank's writers (a retain calls it after its items)."""
+    for _ in range(10):
+        if not _pending(bank):
+            return
+        with transaction.atomic():
+            write_locks.bank_writing(bank.pk, exclusive=False)
+            if not write_locks.try_bank_fold(bank.pk):
+                return  # the folder will see ours when it looks again
+            _fold_locked(bank)
+
+
+def _pending(bank: Bank) -> bool:
+    return (
+        EntityCooccurrenceDelta.objects.filter(bank=bank).exists()
+        or MemoryLink.objects.filter(bank=bank, pending_back=True).exists()
+    )
+
+
+def _fold_locked(bank: Bank) -> None:
+    """The fold itself, by the holder of the bank's tail (or its only writer)."""
+    while deltas := list(
+        EntityCooccurrenceDelta.objects.filter(bank=bank).order_by("pk").values_list(
+            "pk", "entity_a_id", "entity_b_id", "count"
+        )[:FOLD_CHUNK]
+    ):
+        sums: Counter[tuple[int, int]] = Counter()
+        for _, a, b, n in deltas:
+            sums[(a, b)] += n
+        _upsert_cooccurrences(bank, {pair: n for pair, n in sums.items() if n})
+        EntityCooccurrenceDelta.objects.filter(pk__in=[row[0] for row in deltas]).delete()
+    while pending := list(
+        MemoryLink.objects.filter(bank=bank, pending_back=True).order_by("pk").values_list(
+            "pk", "source_id", "target_id", "kind", "weight"
+        )[:FOLD_CHUNK]
+    ):
+        MemoryLink.objects.bulk_create(_back_links(bank, [row[1:] for row in pending]), ignore_conflicts=True)
+        MemoryLink.objects.filter(pk__in=[row[0] for row in pending]).update(pending_back=False)
+
+
+def _upsert_cooccurrences(bank: Bank, counts: dict[tuple[int, int], int]) -> None:
+    if not counts:
+        return
+    now = timezone.now()
+    table = EntityCooccurrence._meta.db_table
+    rows = sorted(counts.items())
+    values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(rows))
+    params: list[Any] = []
+    for (a, b), n in rows:
+        params += [bank.pk, a, b, n, now]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (bank_id, entity_a_id, entity_b_id, count, updated_at) VALUES {values} "
+            f"ON CONFLICT (entity_a_id, entity_b_id) DO UPDATE SET count = {table}.count + EXCLUDED.count, "
+            f"updated_at = EXCLUDED.updated_at",
+            params,
+        )
+
+
+def _back_links(bank: Bank, links: list[tuple[Any, Any, str, float]]) -> list[MemoryLink]:
+    """For each (source, target, kind, weight) in order, a link back from the
+    target while it is under its cap; the counts cannot change meanwhile (the
+    folder is the bank's only writer of links back)."""
     if not links:
         return []
     caps = {LinkKind.TEMPORAL: TEMPORAL_CAP, LinkKind.SEMANTIC: SEMANTIC_CAP}
-    targets = {link.target_id for link in links}
+    targets = {target for _, target, _, _ in links}
     counts = {
         (row["source_id"], row["kind"]): row["n"]
         for row in MemoryLink.objects.filter(source_id__in=targets)
@@ -402,14 +593,23 @@ def _back_links(links: list[MemoryLink]) -> list[MemoryLink]:
         .order_by()
     }
     back = []
-    for link in links:
-        key = (link.target_id, link.kind)
-        if counts.get(key, 0) < caps[link.kind]:
+    for source, target, kind, weight in links:
+        key = (target, kind)
+        if counts.get(key, 0) < caps[kind]:
             counts[key] = counts.get(key, 0) + 1
-            back.append(
-                MemoryLink(bank=link.bank, source_id=link.target_id, target=link.source, kind=link.kind, weight=link.weight)
-            )
+            back.append(MemoryLink(bank=bank, source_id=target, target_id=source, kind=kind, weight=weight))
     return back
+
+
+def cooccurrence_counts(bank: Bank) -> dict[tuple[int, int], int]:
+    """Each pair's count as of now, unfolded deltas included (pairs at 0 left out)."""
+    counts: Counter[tuple[int, int]] = Counter(
+        {(a, b): n for a, b, n in EntityCooccurrence.objects.filter(bank=bank).values_list(
+            "entity_a_id", "entity_b_id", "count")}
+    )
+    for a, b, n in EntityCooccurrenceDelta.objects.filter(bank=bank).values_list("entity_a_id", "entity_b_id", "count"):
+        counts[(a, b)] += n
+    return {pair: n for pair, n in counts.items() if n}
 
 
 # --- deletes ------------------------------------------------------------------------
@@ -417,64 +617,86 @@ def _back_links(links: list[MemoryLink]) -> list[MemoryLink]:
 
 def document_delete(*, bank: Bank, document_id: str) -> int | None:
     """Delete a document and its units; None if there is no such document.
-    Call inside a transaction that also queues graph maintenance."""
+    Call inside a transaction that also queues graph maintenance: the
+    transaction becomes the bank's only writer until it ends."""
+    write_locks.bank_writing(bank.pk, exclusive=True)
     document = Document.objects.select_for_update().filter(bank=bank, document_id=document_id).first()
     if document is None:
         return None
     count = _delete_units(bank, MemoryUnit.objects.filter(document=document))
     document.delete()
+    _fold_locked(bank)  # alone in the bank: the counts are exact when this commits
     return count
 
 
 def unit_delete(*, bank: Bank, unit_id: Any) -> bool:
-    """Delete one memory unit (its document stays); False if there is none."""
-    units = MemoryUnit.objects.filter(bank=bank, pk=unit_id)
-    return _delete_units(bank, units) > 0
-
-
-def lock_existing_units(unit_ids: Iterable[Any]) -> list[Any]:
-    """Which of these units still exist, each locked until the transaction
-    ends so that it cannot be deleted meanwhile: for a writer about to cite
-    them (an observation's sources). In primary-key order, as deletes lock.
-
-    PostgreSQL: FOR KEY SHARE, the lock a foreign key takes. It blocks a
-    delete and nothing else: retains linking to the units and top-ups
-    flagging them go on. SQLite runs one writer at a time; a read is enough.
-    """
-    ids = sorted(set(unit_ids), key=str)
-    if not ids:
-        return []
-    if connection.vendor != "postgresql":
-        return list(MemoryUnit.objects.filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
-    table = MemoryUnit._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", [ids])
-        return [row[0] for row in cursor.fetchall()]
+    """Delete one memory unit (its document stays); False if there is none.
+    Inside a transaction, as `document_delete`."""
+    write_locks.bank_writing(bank.pk, exclusive=True)
+    deleted = _delete_units(bank, MemoryUnit.objects.filter(bank=bank, pk=unit_id))
+    _fold_locked(bank)
+    return deleted > 0
 
 
 # --- graph maintenance passes --------------------------------------------------------------
 
 
 def top_up_links(bank: Bank, *, limit: int = 500) -> int:
-    """Pass 1: units that lost a neighbour get links up to their caps again."""
+    """Pass 1: units that lost a neighbour get links up to their caps again:
+    planned holding nothing, written holding the bank's fold (so no link back
+    lands on the unit between counting its links and adding to them). A unit
+    that lost another neighbour meanwhile keeps its flag for the next pass."""
     units = list(MemoryUnit.objects.filter(bank=bank, needs_link_topup=True)[:limit])
     for unit in units:
-        with transaction.atomic():
-            link_units(bank, [unit])
-            MemoryUnit.objects.filter(pk=unit.pk).update(needs_link_topup=False)
+
+        def top_up(unit: MemoryUnit = unit) -> None:
+            have = _existing_targets([unit])
+            links = plan_links(bank, [unit], have=have)
+            with transaction.atomic():
+                write_locks.bank_writing(bank.pk, exclusive=False)
+                write_locks.bank_fold(bank.pk)
+                if not MemoryUnit.objects.filter(pk=unit.pk).exists():
+                    return  # deleted meanwhile
+                now = _existing_targets([unit])
+                if not any(targets - now.get(key, set()) for key, targets in have.items()):
+                    MemoryUnit.objects.filter(pk=unit.pk).update(needs_link_topup=False)
+                caps = {LinkKind.TEMPORAL: TEMPORAL_CAP, LinkKind.SEMANTIC: SEMANTIC_CAP}
+                room = {kind: cap - len(now.get((unit.pk, kind), ())) for kind, cap in caps.items()}
+                fitting = []
+                for link in links:
+                    if link.target_id not in now.get((unit.pk, link.kind), set()) and room[link.kind] > 0:
+                        room[link.kind] -= 1
+                        fitting.append(link)
+                _write_links(fitting, fresh=set())
+
+        transient.retrying(top_up, what=f"link top-up of unit {unit.pk}")
+    fold(bank)
     return len(units)
 
 
 def prune_orphan_entities(bank: Bank) -> int:
     """Pass 2: entities no unit mentions any more (their observations go too)."""
-    orphans = list(
-        Entity.objects.filter(bank=bank).annotate(n=Count("unitentity")).filter(n=0).values_list("pk", flat=True)
-    )
-    Entity.objects.filter(pk__in=orphans).delete()
-    return len(orphans)
+
+    def prune() -> int:
+        with transaction.atomic():
+            write_locks.bank_writing(bank.pk, exclusive=True)
+            orphans = list(
+                Entity.objects.filter(bank=bank).annotate(n=Count("unitentity")).filter(n=0).values_list("pk", flat=True)
+            )
+            Entity.objects.filter(pk__in=orphans).delete()
+            return len(orphans)
+
+    return transient.retrying(prune, what="orphan entity prune")
 
 
 def prune_stale_cooccurrences(bank: Bank) -> int:
     """Pass 3: co-occurrences no unit supports any more."""
-    deleted, _ = EntityCooccurrence.objects.filter(bank=bank, count__lte=0).delete()
-    return deleted
+
+    def prune() -> int:
+        with transaction.atomic():
+            write_locks.bank_writing(bank.pk, exclusive=True)
+            _fold_locked(bank)
+            deleted, _ = EntityCooccurrence.objects.filter(bank=bank, count__lte=0).delete()
+            return deleted
+
+    return transient.retrying(prune, what="stale co-occurrence prune")

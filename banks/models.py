@@ -170,6 +170,20 @@ class EntityCooccurrence(models.Model):
         ]
 
 
+class EntityCooccurrenceDelta(models.Model):
+    """A change to a co-occurrence count not yet folded into `EntityCooccurrence`.
+
+    Retains append these instead of updating the shared count rows, so that
+    many retains into one bank never queue on the same row; `memory.fold`
+    adds them up into the counts at the end of each retain and before any
+    delete or prune (`memory.cooccurrence_counts` reads both)."""
+
+    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="+")
+    entity_a = models.ForeignKey(Entity, on_delete=models.CASCADE, related_name="+")
+    entity_b = models.ForeignKey(Entity, on_delete=models.CASCADE, related_name="+")
+    count = models.IntegerField()
+
+
 class LinkKind(models.TextChoices):
     TEMPORAL = "temporal", "Temporal"
     SEMANTIC = "semantic", "Semantic"
@@ -181,10 +195,16 @@ class MemoryLink(models.Model):
     target = models.ForeignKey(MemoryUnit, on_delete=models.CASCADE, related_name="links_in")
     kind = models.CharField(max_length=16, choices=LinkKind.choices)
     weight = models.FloatField(default=0.0)
+    # A link a retain wrote whose target has not yet been offered a link back
+    # (done by `memory.fold`, one writer per bank at a time, in link order).
+    pending_back = models.BooleanField(default=False)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["source", "target", "kind"], name="banks_link_unique")
+        ]
+        indexes = [
+            models.Index(fields=["bank", "id"], condition=models.Q(pending_back=True), name="banks_link_pending_back")
         ]
 
 

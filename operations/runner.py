@@ -15,7 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection
 
-from operations import dispatch, leases, registry, services
+from operations import dispatch, leases, registry, services, transient
 from operations.handlers import LeaseLost, OperationCancelled, OperationContext, PermanentError
 
 log = logging.getLogger(__name__)
@@ -59,17 +59,17 @@ def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str
                 stage=ctx.stage,
             )
             return "timed out"
-        except (PermanentError, ValidationError, IntegrityError) as exc:
-            _recover_connection()
-            _record(services.operation_fail, lease=lease, error=_describe(exc), permanent=True, stage=ctx.stage)
-            return "failed"
         except Exception as exc:
             _recover_connection()
-            log.warning("operation %s failed:\n%s", operation_id, traceback.format_exc())
+            why = transient.reason(exc)
+            permanent = why is None and isinstance(exc, (PermanentError, ValidationError, IntegrityError))
+            if not permanent:
+                log.warning("operation %s failed:\n%s", operation_id, traceback.format_exc())
             outcome = _record(
-                services.operation_fail, lease=lease, error=_describe(exc), permanent=False, stage=ctx.stage
+                services.operation_fail, lease=lease, error=_describe(exc), permanent=permanent,
+                stage=ctx.stage, transient=why,
             )
-            return f"error, now {outcome}"
+            return "failed" if permanent else f"error, now {outcome}"
         _record(services.operation_complete, lease=lease, result=result)
         return "completed"
     finally:

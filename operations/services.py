@@ -460,6 +460,35 @@ def operation_confirm_cancel(
     return bool(won)
 
 
+def _transient_in_a_row(history: list[dict[str, Any]], attempt: int) -> int:
+    """How many runs of this attempt ended in a transient error (each spent
+    retry starts a fresh count)."""
+    return sum(1 for entry in history if entry.get("transient") and entry.get("attempt") == attempt)
+
+
+def _reschedule(
+    lease: Lease, leased: OperationQuerySet, common: dict[str, Any], *, retry_count: int,
+    next_retry_at: datetime | None,
+) -> bool:
+    """processing -> pending for another attempt. False when it did not apply
+    (a cancel request is pending, the lease is gone), or when a newer pending
+    operation with the same dedupe key covers this work: then `common`'s
+    message says so for the failure that follows."""
+    try:
+        with _with_parent(lease.parent_id), _one_statement():
+            won = leased.transition(
+                "reschedule", retry_count=retry_count, next_retry_at=next_retry_at, dispatched_at=None, **common
+            )
+            if won:
+                _after_finish(lease)
+        return bool(won)
+    except IntegrityError:
+        common["error_message"] = _clip(
+            f"{common['error_message']}; not retried: a pending operation of the same kind covers it"
+        )
+        return False
+
+
 def operation_fail(
     *,
     lease: Lease,
@@ -467,12 +496,18 @@ def operation_fail(
     permanent: bool,
     stage: str | None = None,
     stale_before: datetime | None = None,
+    transient: str | None = None,
 ) -> str | None:
     """processing -> failed, or back to pending with `next_retry_at` while the
     retry budget lasts and the error is not permanent. A cancel request wins:
     `fail` and `reschedule` only apply while none is pending (their guard, at
     the moment of the UPDATE), so one landing at any point makes the operation
-    cancelled. Returns the new status, or None when the lease was lost."""
+    cancelled. Returns the new status, or None when the lease was lost.
+
+    A `transient` database error (its reason: "deadlock", "connection lost",
+    see `operations.transient`) is no fault of the work: the operation is due
+    again at once and published on commit, without spending `max_retries`, up
+    to `OPS_TRANSIENT_RETRIES` in a row; beyond that it counts as an error."""
     leased = _leased(lease, stale_before)
     row = leased.values("retry_count", "max_retries", "error_history").first()
     if row is None:
@@ -480,35 +515,28 @@ def operation_fail(
     now = _now()
     attempt = row["retry_count"]
     message = _clip(f"{error} (stage: {stage})" if stage else error)
-    history = row["error_history"] + [
-        {"attempt": attempt, "at": now.isoformat(), "stage": stage, "error": message}
-    ]
+    entry: dict[str, Any] = {"attempt": attempt, "at": now.isoformat(), "stage": stage, "error": message}
+    if transient is not None:
+        entry["transient"] = transient
+    history = row["error_history"] + [entry]
     common = {
         "error_message": message,
         "error_history": history,
         "lease_id": None,
         "updated_at": now,
     }
-    if not permanent and attempt < row["max_retries"]:
+    in_a_row = _transient_in_a_row(history, attempt)
+    if transient is not None and in_a_row <= settings.OPS_TRANSIENT_RETRIES:
+        log.warning(
+            "operation %s: transient %s (%d in a row), due again at once", lease.operation_id, transient, in_a_row
+        )
+        if _reschedule(lease, leased, common, retry_count=attempt, next_retry_at=None):
+            _publish_on_commit(lease.operation_id, lease.operation_type)
+            return PENDING
+    elif not permanent and attempt < row["max_retries"]:
         delay = retry_delay(registry.get(lease.operation_type), attempt + 1)
-        try:
-            with _with_parent(lease.parent_id), _one_statement():
-                won = leased.transition(
-                    "reschedule",
-                    retry_count=attempt + 1,
-                    next_retry_at=now + timedelta(seconds=delay),
-                    dispatched_at=None,
-                    **common,
-                )
-                if won:
-                    _after_finish(lease)
-            if won:
-                return PENDING
-        except IntegrityError:
-            # A newer pending operation with the same dedupe key covers this work.
-            common["error_message"] = _clip(
-                f"{message}; not retried: a pending operation of the same kind covers it"
-            )
+        if _reschedule(lease, leased, common, retry_count=attempt + 1, next_retry_at=now + timedelta(seconds=delay)):
+            return PENDING
     # Only the final failure is an event; a rescheduled attempt is not.
     found = _followers(lease)
     with _finishing(lease, found):

@@ -274,6 +274,9 @@ OPS_NODE_NAME = env_str("OPS_NODE_NAME", socket.gethostname())
 OPS_OPERATION_TYPE_MODULES = env_list("OPS_OPERATION_TYPE_MODULES", [])
 OPS_WORKER_MAX_SLOTS = env_int("OPS_WORKER_MAX_SLOTS", 10, minimum=1)
 OPS_WORKER_MAX_RETRIES = env_int("OPS_WORKER_MAX_RETRIES", 3, minimum=0)
+# Deadlocks, serialization failures, lost connections: retried at once without
+# spending OPS_WORKER_MAX_RETRIES, this many times per attempt (operations.transient).
+OPS_TRANSIENT_RETRIES = env_int("OPS_TRANSIENT_RETRIES", 10, minimum=0)
 OPS_RETRY_BACKOFF_SECONDS = env_float("OPS_RETRY_BACKOFF_SECONDS", 2.0, minimum=0)
 OPS_RETRY_BACKOFF_CAP_SECONDS = env_float("OPS_RETRY_BACKOFF_CAP_SECONDS", 600.0, minimum=0)
 OPS_LEASE_SECONDS = env_float("OPS_LEASE_SECONDS", 60.0, minimum=1)

@@ -115,6 +115,31 @@ def dbloop(ctx: OperationContext) -> dict[str, Any]:
     return {"steps": steps}
 
 
+def runs_so_far(ctx: OperationContext) -> int:
+    """How many times this operation started before (from the log file)."""
+    with open(ctx.payload["log"]) as f:
+        return sum(1 for line in f if json.loads(line)["op"] == ctx.operation_id and '"start"' in line) - 1
+
+
+@tracked
+def dberror(ctx: OperationContext) -> dict[str, Any]:
+    """The first `failures` runs hit a real database error: the server raises
+    SQLSTATE `sqlstate`, or (`"lost"`) terminates this very connection."""
+    from django.db import connection
+
+    ctx.progress("querying")
+    if runs_so_far(ctx) < int(ctx.payload.get("failures", 1)):
+        with connection.cursor() as cursor:
+            if ctx.payload["sqlstate"] == "lost":
+                cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            else:
+                cursor.execute(
+                    "DO $$ BEGIN RAISE EXCEPTION 'injected by the test' USING ERRCODE = '%s'; END $$"
+                    % ctx.payload["sqlstate"]
+                )
+    return {"runs": runs_so_far(ctx) + 1}
+
+
 @tracked
 def stubborn(ctx: OperationContext) -> dict[str, Any]:
     """Ignores every interruption (time limits, cancel signals) for `seconds`."""
@@ -132,6 +157,7 @@ register(OperationType(name="test_echo", handler="tests.optypes.echo", soft_time
 register(OperationType(name="test_sleep", handler="tests.optypes.sleep", soft_time_limit=60))
 register(OperationType(name="test_busy", handler="tests.optypes.busy", soft_time_limit=60))
 register(OperationType(name="test_flaky", handler="tests.optypes.flaky", soft_time_limit=30))
+register(OperationType(name="test_dberror", handler="tests.optypes.dberror", soft_time_limit=30))
 register(OperationType(name="test_reserved", handler="tests.optypes.echo", soft_time_limit=30))
 register(
     OperationType(

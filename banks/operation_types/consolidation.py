@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from django.db import transaction
 
-from banks import memory
+from banks import write_locks
 from banks.models import Bank, Entity, MemoryUnit, Observation, ObservationSource, UnitEntity
 from operations.handlers import OperationContext
 
@@ -64,7 +64,9 @@ def handle(ctx: OperationContext) -> dict[str, Any]:
             written += outcome == "written"
             removed += outcome == "removed"
     ctx.progress("marking", processed=len(entity_ids), total=len(entity_ids))
-    MemoryUnit.objects.filter(pk__in=unit_ids).update(consolidated=True)
+    with transaction.atomic():
+        write_locks.bank_writing(bank.pk, exclusive=False)
+        MemoryUnit.objects.filter(pk__in=unit_ids).update(consolidated=True)
     return {
         "units": len(unit_ids),
         "entities": len(entity_ids),
@@ -77,21 +79,16 @@ def handle(ctx: OperationContext) -> dict[str, Any]:
 def observe(bank: Bank, entity_id: int) -> Literal["written", "removed", "none"]:
     """Rebuild one entity's observation from its most recent units and record
     them as its sources; remove it when the entity has no units left."""
-    entity = Entity.objects.filter(pk=entity_id).first()
-    if entity is None:
-        return "none"  # pruned meanwhile; its observation went with it
     units = MemoryUnit.objects.filter(bank=bank, unitentity__entity_id=entity_id)
     recent = units.order_by("-timestamp", "position", "pk")
     with transaction.atomic():
-        # Lock the units to cite so no delete can remove one before this
-        # commits. One deleted since they were chosen is missing from the
-        # locked set: choose again (the delete has committed by then).
-        for _ in range(3):
-            chosen = list(recent.values_list("pk", flat=True)[:UNITS_PER_OBSERVATION])
-            locked = set(memory.lock_existing_units(chosen))
-            if len(locked) == len(chosen):
-                break
-        cited = [(pk, text) for pk, text in recent.filter(pk__in=locked).values_list("pk", "text")]
+        # As an adder of the bank (`write_locks`): no delete can remove the
+        # entity or a unit cited here before this commits.
+        write_locks.bank_writing(bank.pk, exclusive=False)
+        entity = Entity.objects.filter(pk=entity_id).first()
+        if entity is None:
+            return "none"  # pruned meanwhile; its observation went with it
+        cited = list(recent.values_list("pk", "text")[:UNITS_PER_OBSERVATION])
         if not cited:
             deleted, _ = Observation.objects.filter(bank=bank, entity=entity).delete()
             return "removed" if deleted else "none"
