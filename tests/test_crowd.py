@@ -6,7 +6,8 @@ errors are retried without spending the operation's retries.
 
 from __future__ import annotations
 
-import json
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -19,9 +20,18 @@ from typing import Any
 import pytest
 from django.db import connection, connections
 
+from banks import memory
 from banks.extraction import get_extractor
 from banks.memory import TEMPORAL_CAP, SEMANTIC_CAP
-from banks.models import Bank, Document, EntityCooccurrence, MemoryLink, MemoryUnit, UnitEntity
+from banks.models import (
+    Bank,
+    Document,
+    EntityCooccurrence,
+    EntityCooccurrenceDelta,
+    MemoryLink,
+    MemoryUnit,
+    UnitEntity,
+)
 from operations import services
 from operations.models import Operation
 from tests.conftest import EMBEDDED, needs_scaled, race, wait_for
@@ -93,6 +103,12 @@ def stored_cooccurrences(bank: str) -> dict[tuple[int, int], int]:
 
 
 def assert_graph_is_sound(bank: str) -> None:
+    """Counts exact, caps kept, no dangling link; and once the bank is quiet,
+    nothing left unfolded."""
+    assert memory.cooccurrence_counts(Bank.objects.get(pk=bank)) == exact_cooccurrences(bank)
+    memory.fold(Bank.objects.get(pk=bank))
+    assert not EntityCooccurrenceDelta.objects.filter(bank_id=bank).exists()
+    assert not MemoryLink.objects.filter(bank_id=bank, pending_back=True).exists()
     assert stored_cooccurrences(bank) == exact_cooccurrences(bank)
     per_source = Counter(MemoryLink.objects.filter(bank_id=bank).values_list("source_id", "kind"))
     caps = {"temporal": TEMPORAL_CAP, "semantic": SEMANTIC_CAP}
@@ -296,3 +312,100 @@ def test_a_crowd_with_deletes_and_re_retains_never_deadlocks(start_workers: Any,
     assert set(Document.objects.filter(bank_id="alpha").values_list("document_id", flat=True)) == set(expected)
     assert MemoryUnit.objects.filter(bank_id="alpha").count() == sum(expected.values())
     assert_graph_is_sound("alpha")
+
+
+# --- faults with a crowd ---------------------------------------------------------------------
+
+FAULTY = {
+    "OPS_LEASE_SECONDS": "3",
+    "OPS_HEARTBEAT_SECONDS": "0.5",
+    "OPS_SWEEP_INTERVAL_SECONDS": "0.5",
+    "OPS_REDISPATCH_SECONDS": "3",
+    "OPS_RETRY_BACKOFF_SECONDS": "0.2",
+    "OPS_RETRY_BACKOFF_CAP_SECONDS": "1",
+}
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (worker main processes and their pools)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def crowd(admin: Any, retains: int, items: int) -> tuple[list[str], dict[str, int]]:
+    """`retains` async retains of `items` items each into alpha, submitted at
+    once; returns their child operations and the units each document should
+    end with."""
+    requests = [[item(r, f"c{r}-{k}") for k in range(items)] for r in range(retains)]
+    parents = in_threads([lambda items=items: submit_async(admin, "alpha", items) for items in requests], 8)
+    children = [str(Operation.objects.get(parent_id=p).pk) for p in parents]
+    expected = {i["document_id"]: facts(i["content"]) for items in requests for i in items}
+    return children, expected
+
+
+def assert_crowd_done(children: list[str], expected: dict[str, int]) -> list[Operation]:
+    all_settled("alpha", timeout=400)
+    rows = list(Operation.objects.filter(pk__in=children))
+    assert {r.status for r in rows} == {"completed"}, [(r.status, r.error_message) for r in rows]
+    assert set(Document.objects.filter(bank_id="alpha").values_list("document_id", flat=True)) == set(expected)
+    assert MemoryUnit.objects.filter(bank_id="alpha").count() == sum(expected.values())
+    # Nothing written twice: each document holds exactly its own units, once.
+    per_document = Counter(MemoryUnit.objects.filter(bank_id="alpha").values_list("document__document_id", flat=True))
+    assert per_document == Counter(expected)
+    assert_graph_is_sound("alpha")
+    return rows
+
+
+@pytest.mark.embedded
+def test_a_crowd_survives_every_worker_process_killed(start_workers: Any, admin: Any, alpha: Any) -> None:
+    workers = start_workers(ready=2, beat=True, **FAULTY)
+    children, expected = crowd(admin, retains=10, items=30)
+    wait_for(
+        lambda: MemoryUnit.objects.filter(bank_id="alpha").count() > sum(expected.values()) // 4,
+        timeout=120, interval=0.2, message="a quarter of the crowd to be written",
+    )
+    assert Operation.objects.filter(pk__in=children, status="processing").count() >= 5
+    killed = descendants(workers.process.pid)
+    for pid in killed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert len(killed) >= 3
+    rows = assert_crowd_done(children, expected)
+    # The killed runs were retried (a lost worker spends a retry); none failed.
+    assert any(r.retry_count for r in rows)
+    assert "restarting" in workers.output()
+
+
+def test_a_crowd_survives_every_database_connection_terminated(
+    start_workers: Any, admin: Any, alpha: Any
+) -> None:
+    needs_scaled("PostgreSQL's pg_terminate_backend")
+    start_workers(ready=2, beat=True, **FAULTY)
+    children, expected = crowd(admin, retains=10, items=30)
+    wait_for(
+        lambda: MemoryUnit.objects.filter(bank_id="alpha").count() > sum(expected.values()) // 4,
+        timeout=120, interval=0.2, message="a quarter of the crowd to be written",
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert cursor.fetchone()[0] >= 5
+    rows = assert_crowd_done(children, expected)
+    # A lost connection is transient: no retry spent on it.
+    assert all(r.retry_count == 0 for r in rows), [r.error_history for r in rows if r.retry_count]
