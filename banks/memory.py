@@ -103,6 +103,15 @@ class RetainOutcome:
     # Each retained document, in item order (one `retain.completed` event each).
     document_ids: list[str] = field(default_factory=list)
 
+    def counts(self) -> dict[str, int]:
+        """The counts so far, as a progress detail (a resumed run starts from them)."""
+        return {"items": self.items, "units": self.units, "replaced_units": self.replaced_units,
+                "entities": self.entities}
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, int]) -> RetainOutcome:
+        return cls(**{name: int(counts.get(name, 0)) for name in ("items", "units", "replaced_units", "entities")})
+
 
 def retain_items(
     *,
@@ -110,19 +119,20 @@ def retain_items(
     items: list[RetainItem],
     document_tags: list[str] | None = None,
     default_document_id: Callable[[int], str],
-    on_item: Callable[[int, int], None] | None = None,
+    on_item: Callable[[int, int, RetainOutcome], None] | None = None,
     start: int = 0,
     outcome: RetainOutcome | None = None,
 ) -> RetainOutcome:
     """Retain each item from `start` on (one short transaction per item).
     `default_document_id(i)` names the document of an item without one; it
     must be deterministic so a re-run replaces instead of duplicating.
-    `on_item(done, total)` is called before each item (progress and
-    cancellation checkpoints). A resumed run passes the `outcome` so far."""
+    `on_item(done, total, outcome so far)` is called before each item
+    (progress and cancellation checkpoints). A resumed run passes the
+    `outcome` so far."""
     outcome = outcome if outcome is not None else RetainOutcome()
     for index in range(start, len(items)):
         if on_item is not None:
-            on_item(index, len(items))
+            on_item(index, len(items), outcome)
         item = items[index]
         document_id = item.document_id or default_document_id(index)
         added, replaced, entities = retain_item(

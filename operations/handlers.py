@@ -13,11 +13,14 @@ in the registry by its dotted path. It:
 - raises `PermanentError` for a failure a retry cannot fix (bad input, an
   unreadable file); any other exception is transient and retried with backoff;
 - must be idempotent: after a crash or a lost lease the operation runs again
-  from the start, so a second run must converge on the same rows.
+  from the start (or, for a `resumable` type, from its last progress), so a
+  second run must converge on the same rows.
 
 `ctx.progress` and `ctx.checkpoint` raise `OperationCancelled` when a cancel was
 requested and `LeaseLost` when another worker now owns the operation; handlers
-let both propagate.
+let both propagate. A type declared `resumable` may also see `OperationYielded`
+(its bank is over its fair share while another bank waits): it propagates too,
+and the next run starts from `ctx.resumed`, the last progress recorded.
 """
 
 from __future__ import annotations
@@ -41,6 +44,12 @@ class LeaseLost(Exception):
     """Raised at a checkpoint when the worker no longer owns the operation."""
 
 
+class OperationYielded(Exception):
+    """Raised at a checkpoint of a resumable operation whose bank holds more
+    than its share of the pool while another bank waits: the operation goes
+    back to pending with its progress and resumes there (`fair_share`)."""
+
+
 @dataclass(frozen=True)
 class Lease:
     """A worker's claim on one operation; every write it makes is fenced by `lease_id`."""
@@ -59,11 +68,15 @@ class Lease:
     tag: str | None = None
     parent_id: str | None = None
     serial_key: str | None = None
+    # The progress the operation had when claimed (a resumed run starts there).
+    progress: dict[str, Any] | None = None
+    resumable: bool = False
 
 
 # Checkpoints between items can be very frequent; the cancellation flag is read
-# from the database at most this often.
+# from the database at most this often, and the fair share checked this often.
 CHECKPOINT_INTERVAL_SECONDS = 0.2
+FAIR_SHARE_INTERVAL_SECONDS = 0.25
 
 
 @dataclass
@@ -71,6 +84,7 @@ class OperationContext:
     lease: Lease
     stage: str = "started"
     _last_check: float = field(default=0.0, repr=False)
+    _last_share_check: float = field(default_factory=time.monotonic, repr=False)
 
     @property
     def operation_id(self) -> str:
@@ -95,6 +109,12 @@ class OperationContext:
     @property
     def mental_model_id(self) -> str | None:
         return self.lease.mental_model_id
+
+    @property
+    def resumed(self) -> dict[str, Any] | None:
+        """A resumable operation run again: the last progress it recorded
+        (`processed` items were done and committed), else None."""
+        return self.lease.progress if self.lease.resumable else None
 
     @property
     def attempt(self) -> int:
@@ -139,3 +159,7 @@ class OperationContext:
             raise LeaseLost(self.operation_id)
         if state == "cancel_requested":
             raise OperationCancelled(self.operation_id)
+        if self.lease.resumable and now - self._last_share_check >= FAIR_SHARE_INTERVAL_SECONDS:
+            self._last_share_check = now
+            if services.operation_over_share(lease=self.lease):
+                raise OperationYielded(self.operation_id)

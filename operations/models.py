@@ -104,6 +104,11 @@ TRANSITIONS: dict[str, Transition] = {
         "a transient error: pending again until next_retry_at; a pending cancel request wins instead",
         guard=_NO_CANCEL_REQUEST,
     ),
+    "yield": Transition(
+        frozenset({OperationStatus.PROCESSING}), (OperationStatus.PENDING,),
+        "gave its slot back to another bank's waiting work (fair share); resumes from its progress",
+        guard=_NO_CANCEL_REQUEST,
+    ),
     "confirm_cancel": Transition(
         frozenset({OperationStatus.PROCESSING}), (OperationStatus.CANCELLED,),
         "the handler stopped after a cancel request (or was stopped)",

@@ -51,6 +51,9 @@ class OperationType:
     serialize       at most one operation of this type and scope is processing
     reserved_slots  default reservation in the slot plan (OPS_WORKER_<NAME>_RESERVED_SLOTS)
     rollup          a parent type: it never runs, its status is the roll-up of its children
+    resumable       the handler resumes from `ctx.resumed` (its last progress) when run
+                    again, so it may give its slot back mid-run (fair share, see
+                    `operations.fair_share`) and after a crash skips work already done
     details         dotted path of `details(status, result_metadata) -> dict | None`: the
                     typed outcome the API reports as the operation's `details`
                     (Hindsight's field; null for types that declare none)
@@ -67,6 +70,7 @@ class OperationType:
     serialize: Scope | None = None
     reserved_slots: int = 0
     rollup: bool = False
+    resumable: bool = False
     details: str = ""
 
     @property

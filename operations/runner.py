@@ -16,7 +16,7 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection
 
 from operations import dispatch, leases, registry, services, transient
-from operations.handlers import LeaseLost, OperationCancelled, OperationContext, PermanentError
+from operations.handlers import LeaseLost, OperationCancelled, OperationContext, OperationYielded, PermanentError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,6 +49,11 @@ def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str
         except LeaseLost:
             log.warning("operation %s: lease lost, result discarded", operation_id)
             return "lease lost"
+        except OperationYielded:
+            if _record(services.operation_yield, lease=lease):
+                return "yielded to another bank"
+            _record(services.operation_confirm_cancel, lease=lease, stage=ctx.stage)
+            return "cancelled"
         except SoftTimeLimitExceeded:
             _recover_connection()
             _record(

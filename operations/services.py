@@ -31,7 +31,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
-from operations import dispatch, finish_hooks, registry
+from operations import dispatch, fair_share, finish_hooks, registry
 from operations.handlers import Lease
 from operations.rollup import roll_up, rolled_up_status  # noqa: F401 (rolled_up_status: re-exported)
 from operations.models import (
@@ -327,7 +327,7 @@ def _finished(lease: Lease, status: str, *, result: dict[str, Any] | None = None
 
 _CLAIMED = (
     "id", "bank_id", "operation_type", "retry_count", "task_payload", "document_id", "filename",
-    "mental_model_id", "tag", "parent_id", "serial_key",
+    "mental_model_id", "tag", "parent_id", "serial_key", "progress",
 )
 
 
@@ -341,7 +341,7 @@ def operation_claim(*, operation_id: str, worker: str, task_id: str) -> Lease | 
         with _claim_statement():
             now = _now()
             claimable = Operation.objects.filter(pk=operation_id).filter(
-                Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=now)
+                Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=now), fair_share.claim_guard(worker, now)
             )
             rows = claimable.transition_returning(
                 "claim",
@@ -361,6 +361,10 @@ def operation_claim(*, operation_id: str, worker: str, task_id: str) -> Lease | 
         log.info("operation %s waits: its serialization key is busy", operation_id)
         return None
     if not rows:
+        # Not claimable. If it is still pending under this message (its bank
+        # is at its fair share while another bank waits, or it is not due),
+        # it is published again later.
+        Operation.objects.filter(pk=operation_id, task_id=task_id).transition("dispatch", dispatched_at=None)
         return None
     row = rows[0]
     if row["parent_id"] is not None:
@@ -383,6 +387,8 @@ def operation_claim(*, operation_id: str, worker: str, task_id: str) -> Lease | 
         tag=row["tag"],
         parent_id=str(row["parent_id"]) if row["parent_id"] else None,
         serial_key=row["serial_key"],
+        progress=row["progress"],
+        resumable=registry.get(row["operation_type"]).resumable,
     )
 
 
@@ -438,6 +444,33 @@ def operation_complete(*, lease: Lease, result: dict[str, Any] | None) -> bool:
         if won:
             finish_hooks.run(found, _finished(lease, COMPLETED, result=result))
             _after_finish(lease)
+    return bool(won)
+
+
+def operation_over_share(*, lease: Lease) -> bool:
+    """Whether this running operation should give its slot back to another
+    bank's waiting work (see `fair_share`)."""
+    return fair_share.should_yield(
+        operation_id=lease.operation_id, operation_type=lease.operation_type, bank_id=lease.bank_id,
+        worker=lease.worker, now=_now(),
+    )
+
+
+def operation_yield(*, lease: Lease) -> bool:
+    """processing -> pending, keeping its progress and retry count: the slot
+    goes to another bank's waiting work, and the next waiting operation of
+    the type (chosen fairly across banks) is published. False when the lease
+    was lost or a cancel request is pending (the handler stops at once then)."""
+    now = _now()
+    with _with_parent(lease.parent_id):
+        won = _leased(lease).transition(
+            "yield", lease_id=None, dispatched_at=None, next_retry_at=None, updated_at=now
+        )
+        if won:
+            _after_finish(lease)
+    if won:
+        operation_type = lease.operation_type
+        transaction.on_commit(lambda: dispatch.publish_next(operation_type), robust=True)
     return bool(won)
 
 

@@ -289,6 +289,9 @@ if OPS_HEARTBEAT_SECONDS >= OPS_LEASE_SECONDS:
 OPS_SWEEP_INTERVAL_SECONDS = env_float("OPS_SWEEP_INTERVAL_SECONDS", 5.0, minimum=0.1)
 OPS_REDISPATCH_SECONDS = env_float("OPS_REDISPATCH_SECONDS", 120.0, minimum=1)
 # Messages per operation type in the broker at once; a backlog waits in the database.
+# While another bank waits, one bank holds at most this share of a worker
+# pool's slots (at least one); all of them when nobody else waits (operations.fair_share).
+OPS_BANK_SHARE = env_float("OPS_BANK_SHARE", 0.5, minimum=0.01, maximum=1.0)
 OPS_DISPATCH_WINDOW = env_int("OPS_DISPATCH_WINDOW", 100, minimum=1)
 OPS_CANCEL_GRACE_SECONDS = env_float("OPS_CANCEL_GRACE_SECONDS", 30.0, minimum=0)
 OPS_OPERATION_RETENTION_DAYS = env_int("OPS_OPERATION_RETENTION_DAYS", 30, minimum=1)

@@ -409,3 +409,46 @@ def test_a_crowd_survives_every_database_connection_terminated(
     rows = assert_crowd_done(children, expected)
     # A lost connection is transient: no retry spent on it.
     assert all(r.retry_count == 0 for r in rows), [r.error_history for r in rows if r.retry_count]
+
+
+# --- fair share ------------------------------------------------------------------------------
+
+
+@pytest.mark.embedded
+def test_another_banks_retain_starts_within_two_seconds_of_a_big_import(
+    start_workers: Any, admin: Any, alpha: Any, beta: Any
+) -> None:
+    """Bank alpha imports 30 x 100 items and holds every shared slot (nobody
+    else waits); bank beta's single retain starts within 2 s anyway: alpha's
+    newest runs give their slots back at their next checkpoint, alpha's queued
+    messages are refused while beta waits, and the yielded runs resume later
+    where they stopped."""
+    start_workers(ready=2, beat=True, **FAST)
+    slots = 10  # the test environment's shared pool (no reserved slots)
+    requests = [[item(r, f"bulk{r}-{k}") for k in range(100)] for r in range(30)]
+    parents = in_threads([lambda items=items: submit_async(admin, "alpha", items) for items in requests], 8)
+    running = wait_for(
+        lambda: (n := Operation.objects.filter(bank_id="alpha", operation_type="retain", status="processing")
+                 .count()) >= slots and n,
+        timeout=60, interval=0.1, message="alpha's import to take every slot",
+    )
+    assert running == slots  # nobody else waits: alpha holds them all
+    time.sleep(1.0)
+    single = submit_async(admin, "beta", [item(0, "beta-only")])
+    child = Operation.objects.get(parent_id=single)
+    started = wait_for(
+        lambda: Operation.objects.get(pk=child.pk).started_at, timeout=30, interval=0.05,
+        message="beta's retain to start",
+    )
+    waited = (started - child.created_at).total_seconds()
+    assert waited < 2.0, f"beta's retain waited {waited:.2f}s behind alpha's import"
+    assert finished([child.pk], timeout=60)[0].status == "completed"
+    # Alpha gave slots back and resumes: some of its runs yielded mid-way.
+    yielded = [
+        op for op in Operation.objects.filter(bank_id="alpha", operation_type="retain")
+        if op.status == "pending" and (op.progress or {}).get("processed")
+    ]
+    print(f"\nbeta waited {waited:.2f}s; alpha runs parked mid-way: {len(yielded)}")
+    for parent in parents:
+        services.operation_cancel(operation_id=parent)
+    all_settled("alpha", timeout=120)

@@ -323,6 +323,8 @@ def _attempt(action: str, status: str, operation: Operation, lease: Lease | None
         return services.operation_fail(lease=lease, error="e", permanent=False) == "pending"
     if action == "confirm_cancel":
         return services.operation_confirm_cancel(lease=lease)
+    if action == "yield":
+        return services.operation_yield(lease=lease)
     raise AssertionError(action)
 
 

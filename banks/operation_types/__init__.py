@@ -16,6 +16,7 @@ RETAIN = register(
         description="store items as documents and memory units, extract entities, link units",
         serialize=Scope.DOCUMENT,
         soft_time_limit=900,
+        resumable=True,
     )
 )
 RETAIN_BATCH = register(
