@@ -60,18 +60,15 @@ def pool_of(worker: str) -> Pool:
 
 _TABLE = Operation._meta.db_table
 
-# Another bank has a due pending operation of this type. Written as ranges on
-# the bank (below, above) over the unpublished rows' index, and over the few
-# published ones, so that a bank's own backlog of thousands is never scanned.
+# Another bank has a due pending operation of this type: two range probes on
+# `ops_pending_bank` (banks below, banks above), so that a bank's own backlog of
+# thousands is never scanned.
 _OTHERS_WAIT = f"""(
-    EXISTS (SELECT 1 FROM {_TABLE} w WHERE w.status = 'pending' AND w.dispatched_at IS NULL
+    EXISTS (SELECT 1 FROM {_TABLE} w WHERE w.status = 'pending'
             AND w.operation_type = {{type}} AND w.bank_id < {{bank}}
             AND (w.next_retry_at IS NULL OR w.next_retry_at <= %s))
-    OR EXISTS (SELECT 1 FROM {_TABLE} w WHERE w.status = 'pending' AND w.dispatched_at IS NULL
+    OR EXISTS (SELECT 1 FROM {_TABLE} w WHERE w.status = 'pending'
             AND w.operation_type = {{type}} AND w.bank_id > {{bank}}
-            AND (w.next_retry_at IS NULL OR w.next_retry_at <= %s))
-    OR EXISTS (SELECT 1 FROM {_TABLE} w WHERE w.status = 'pending' AND w.dispatched_at IS NOT NULL
-            AND w.operation_type = {{type}} AND w.bank_id <> {{bank}}
             AND (w.next_retry_at IS NULL OR w.next_retry_at <= %s))
 )"""
 
@@ -85,7 +82,7 @@ def claim_guard(worker: str, now: datetime) -> RawSQL:
     row = {"type": f"{_TABLE}.operation_type", "bank": f"{_TABLE}.bank_id"}
     at = connection.ops.adapt_datetimefield_value(now)
     sql = f"({_RUNNING.format(**row)} < %s OR NOT {_OTHERS_WAIT.format(**row)})"
-    return RawSQL(sql, [worker, pool_of(worker).bank_cap, at, at, at], output_field=BooleanField())
+    return RawSQL(sql, [worker, pool_of(worker).bank_cap, at, at], output_field=BooleanField())
 
 
 def should_yield(*, operation_id: str, operation_type: str, bank_id: str, worker: str, now: datetime) -> bool:
@@ -104,8 +101,7 @@ def should_yield(*, operation_id: str, operation_type: str, bank_id: str, worker
     with connection.cursor() as cursor:
         cursor.execute(
             sql,
-            [worker, bank_id, pk, pk, pk, operation_type, bank_id, at, operation_type, bank_id, at,
-             operation_type, bank_id, at],
+            [worker, bank_id, pk, pk, pk, operation_type, bank_id, at, operation_type, bank_id, at],
         )
         started_before, others_wait = cursor.fetchone()
     return bool(others_wait) and started_before >= cap

@@ -278,6 +278,13 @@ class Operation(models.Model):
                 condition=Q(status="pending", dispatched_at__isnull=True),
                 name="ops_pending_fair",
             ),
+            # Fair share: does another bank have pending work of the type? Two
+            # range probes (banks below, banks above), never a bank's own backlog.
+            models.Index(
+                fields=["operation_type", "bank"],
+                condition=Q(status="pending"),
+                name="ops_pending_bank",
+            ),
             models.Index(
                 fields=["heartbeat_at"],
                 condition=Q(status="processing"),
