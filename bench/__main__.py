@@ -35,6 +35,9 @@ DEFAULT_REFERENCE_BROKER_URL = "redis://127.0.0.1:6379/10"
 SECRET_KEY = "bench-only-secret-key-not-for-any-deployment-0123456789"
 
 
+SCALED_FIGURES = ("noop", "idle", "pages", "pickup", "hindsight", "fairness")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer operations, one run each")
@@ -44,6 +47,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-embedded", action="store_true", help="leave out the embedded comparison")
     parser.add_argument("--skip-scaled", action="store_true", help="only the embedded comparison")
     parser.add_argument("--no-peer", action="store_true", help="do not install or run Hindsight's own worker")
+    parser.add_argument(
+        "--only", action="append", choices=SCALED_FIGURES, metavar="FIGURE",
+        help=f"measure only these scaled figures (repeatable; any of {', '.join(SCALED_FIGURES)}); "
+        "implies --skip-embedded",
+    )
     parser.add_argument(
         "--task-events", action="store_true",
         help="instead of everything else: the embedded platform with Celery task events off, on, and with Flower",
@@ -68,6 +76,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("the platform and bare Celery need Redis databases of their own")
     if not urlparse(args.database_url).scheme.startswith("postgres"):
         parser.error("--database-url must be a PostgreSQL URL")
+    if args.only:
+        args.skip_embedded = True
     if args.output is None:
         # The task-events comparison keeps the full run's results beside it.
         args.output = BENCH_DIR / "results" / ("task-events.json" if args.task_events else "latest.json")
@@ -172,20 +182,27 @@ def scaled_section(args: argparse.Namespace, run: Run, env: dict[str, str]) -> N
     scaled.remove_earlier_runs()
     key_row, key = api_key_create(name="bench", admin=True)
     logs = BENCH_DIR / "results" / "logs"
+    wanted = set(args.only or SCALED_FIGURES)
     try:
         with Processes(logs) as procs:
             # Figures 1-3: a node of `--slots` slots, nothing reserved, so its
             # shared worker has exactly bare Celery's concurrency.
             noop_env = {**env, "OPS_WORKER_MAX_SLOTS": str(args.slots), "OPS_WORKER_CONSOLIDATION_RESERVED_SLOTS": "0"}
-            with scaled.node(procs, noop_env, "noop-node") as (_, node_pid):
-                bare_worker = scaled.start_bare_worker(procs, env, args.slots)
-                run.measure("no-op throughput and submit rate, platform and bare Celery interleaved",
-                            lambda: scaled.noop_throughput(options, args.slots, node_pid, bare_worker.pid, run.say))
-                run.measure("one no-op on idle workers", lambda: scaled.idle_latency(options, run.say))
-                procs.stop(bare_worker)
+            if wanted & {"noop", "idle"}:
+                with scaled.node(procs, noop_env, "noop-node") as (_, node_pid):
+                    bare_worker = scaled.start_bare_worker(procs, env, args.slots)
+                    if "noop" in wanted:
+                        run.measure("no-op throughput and submit rate, platform and bare Celery interleaved",
+                                    lambda: scaled.noop_throughput(options, args.slots, node_pid, bare_worker.pid, run.say))
+                    if "idle" in wanted:
+                        run.measure("one no-op on idle workers", lambda: scaled.idle_latency(options, run.say))
+                    procs.stop(bare_worker)
             # Hindsight's own API and worker, alone on the machine like each side.
-            if args.no_peer:
-                reference: dict[str, Any] = {"available": False, "reason": "skipped (--no-peer)"}
+            reference: dict[str, Any]
+            if "hindsight" not in wanted:
+                reference = {"available": False, "reason": "not measured"}
+            elif args.no_peer:
+                reference = {"available": False, "reason": "skipped (--no-peer)"}
             else:
                 run.say("Hindsight 1.1.0, the peer of the Hindsight workload")
                 rng = random.Random(4)
@@ -197,10 +214,16 @@ def scaled_section(args: argparse.Namespace, run: Run, env: dict[str, str]) -> N
                     f"default slot plan: {plan['max_slots']} slots, reserved {plan['reserved']}, "
                     f"shared {plan['shared']}; gunicorn with {settings.OPS_WEB_WORKERS} sync workers"
                 )
-                run.measure("pages over a large table", lambda: scaled.pages(options, url, key, run.say))
-                run.measure("pickup of a single-item async retain", lambda: scaled.pickup(options, url, key, run.say))
-                run.measure("Hindsight's workload", lambda: scaled.hindsight_workload(options, url, key, reference, run.say))
-                run.measure("fairness across banks", lambda: scaled.fairness(options, url, key, plan["shared"], run.say))
+                if "pages" in wanted:
+                    run.measure("pages over a large table", lambda: scaled.pages(options, url, key, run.say))
+                if "pickup" in wanted:
+                    run.measure("pickup of a single-item async retain", lambda: scaled.pickup(options, url, key, run.say))
+                if "hindsight" in wanted:
+                    run.measure("Hindsight's workload",
+                                lambda: scaled.hindsight_workload(options, url, key, reference, run.say))
+                if "fairness" in wanted:
+                    run.measure("fairness across banks",
+                                lambda: scaled.fairness(options, url, key, plan["shared"], run.say))
     finally:
         api_key_revoke(key_id=key_row.pk)
 
