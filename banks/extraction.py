@@ -111,9 +111,9 @@ def canonical(name: str) -> str:
 
 
 def cosine(a: Vector, b: Vector) -> float:
-    if len(a) > len(b):
-        a, b = b, a
-    return sum(weight * b.get(index, 0.0) for index, weight in a.items())
+    # The shared dimensions first (a set intersection, in C): two short texts
+    # share few, so the Python loop is over a handful instead of every entry.
+    return sum(a[index] * b[index] for index in a.keys() & b.keys())
 
 
 @cache

@@ -12,9 +12,8 @@ it links back) they append, for `fold` to bring up to date once per retain:
 a crowd of retains into one bank neither deadlocks nor queues on one hot row.
 
 Co-occurrence counts are kept exact by deltas for units added and deleted,
-written in the same transaction and folded into the counts after. Links are
-directed: each unit keeps at most `TEMPORAL_CAP` temporal and `SEMANTIC_CAP`
-semantic outgoing links; a neighbour under its cap links back.
+written in the same transaction and folded into the counts after. Links, how
+they are chosen and written: `banks.links`.
 """
 
 from __future__ import annotations
@@ -29,34 +28,27 @@ from itertools import combinations
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Count, F, QuerySet, Window
-from django.db.models.functions import RowNumber
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 
-from operations import transient
-
-from banks import write_locks
-from banks.extraction import EntityMention, canonical, cosine, get_extractor
+from banks import links, write_locks
+from banks.extraction import EntityMention, canonical, get_extractor
 from banks.models import (
     Bank,
     Document,
     Entity,
     EntityCooccurrence,
     EntityCooccurrenceDelta,
-    LinkKind,
     MemoryLink,
     MemoryUnit,
     Observation,
     ObservationSource,
+    PendingBackLink,
     UnitEntity,
 )
+from operations import transient
 
-TEMPORAL_CAP = 20
-SEMANTIC_CAP = 50
-SEMANTIC_THRESHOLD = 0.2
-# Semantic candidates: units sharing an entity, and the bank's most recent units.
-ENTITY_CANDIDATES = 300
-RECENT_CANDIDATES = 200
+TEMPORAL_CAP, SEMANTIC_CAP = links.TEMPORAL_CAP, links.SEMANTIC_CAP
 
 
 @dataclass
@@ -221,9 +213,9 @@ def retain_item(
                 unit_id: {entity_ids[canonical(m.name)] for m in mentions}
                 for unit_id, _, _, mentions in extracted.facts
             }
-            links = plan_links(bank, units, entities_of=entities_of, exclude=old, siblings=units)
+            planned = links.plan(bank.pk, units, entities_of=entities_of, exclude=old, siblings=units)
             try:
-                return _write_item(bank, extracted, units, links, exclusive=exclusive)
+                return _write_item(bank, extracted, units, planned, exclusive=exclusive)
             except _NeedsExclusive:
                 exclusive = True  # another retain of this document wrote it meanwhile
         raise AssertionError("a document's units appeared under an exclusive writer")
@@ -232,7 +224,7 @@ def retain_item(
 
 
 def _write_item(
-    bank: Bank, item: _Item, units: list[MemoryUnit], links: list[MemoryLink], *, exclusive: bool
+    bank: Bank, item: _Item, units: list[MemoryUnit], planned: list[links.Link], *, exclusive: bool
 ) -> tuple[int, int, int]:
     """The write phase of a retain: one transaction, locks in the order of
     `write_locks`."""
@@ -263,7 +255,7 @@ def _write_item(
             [UnitEntity(unit_id=unit_id, entity_id=e) for unit_id, ids in per_unit for e in ids],
             ignore_conflicts=True,
         )
-        _write_links(links, fresh={u.pk for u in units})
+        _write_links(bank, planned, fresh={u.pk for u in units})
         _add_cooccurrences(bank, [ids for _, ids in per_unit])
     return len(units), replaced, len(entity_ids)
 
@@ -344,176 +336,12 @@ def _delete_units(bank: Bank, units: QuerySet[MemoryUnit]) -> int:
     return len(unit_ids)
 
 
-# --- links ---------------------------------------------------------------------------
-
-
-Have = dict[tuple[Any, str], set[Any]]
-
-
-def plan_links(
-    bank: Bank,
-    units: list[MemoryUnit],
-    *,
-    entities_of: dict[Any, set[int]] | None = None,
-    have: Have | None = None,
-    exclude: set[Any] | None = None,
-    siblings: list[MemoryUnit] | None = None,
-) -> list[MemoryLink]:
-    """Each unit's temporal and semantic links (up to the caps), chosen by
-    reading only: no lock is held, nothing is written (`_write_links` does).
-
-    `siblings` are units not written yet that are candidates too (the other
-    facts of the item being retained, newest of all); `entities_of` gives
-    their entities. `exclude`: units about to be deleted. `have`: the
-    links each unit already has. The reads are batched over the units: a few
-    queries per call, not per unit."""
-    if not units:
-        return []
-    have = have or {}
-    exclude = exclude or set()
-    siblings = siblings or []
-    if entities_of is None:
-        entities_of = {}
-        for unit_id, entity_id in UnitEntity.objects.filter(unit_id__in=[u.pk for u in units]).values_list(
-            "unit_id", "entity_id"
-        ):
-            entities_of.setdefault(unit_id, set()).add(entity_id)
-    return _temporal_links(bank, units, have, exclude, siblings) + _semantic_links(
-        bank, units, have, exclude, siblings, entities_of
-    )
-
-
-def _write_links(links: list[MemoryLink], *, fresh: set[Any]) -> None:
+def _write_links(bank: Bank, planned: list[links.Link], *, fresh: set[Any]) -> None:
     """In the writer's transaction: the planned links to units that still
     exist (one may have been deleted since they were planned), each waiting
     for `fold` to offer its target a link back."""
-    planned = {link.target_id for link in links} - fresh
-    alive = set(MemoryUnit.objects.filter(pk__in=planned).values_list("pk", flat=True)) | fresh
-    for link in links:
-        link.pending_back = True
-    MemoryLink.objects.bulk_create([link for link in links if link.target_id in alive], ignore_conflicts=True)
-
-
-def _existing_targets(units: list[MemoryUnit]) -> Have:
-    """(unit, kind) -> the units it already links to."""
-    have: Have = {}
-    rows = MemoryLink.objects.filter(source_id__in=[u.pk for u in units]).values_list("source_id", "kind", "target_id")
-    for source_id, kind, target_id in rows:
-        have.setdefault((source_id, kind), set()).add(target_id)
-    return have
-
-
-def _temporal_links(
-    bank: Bank, units: list[MemoryUnit], have: Have, exclude: set[Any], siblings: list[MemoryUnit]
-) -> list[MemoryLink]:
-    """Each unit's nearest units in time (half before, half after), for the
-    units that have room; one pair of queries per distinct timestamp."""
-    half = TEMPORAL_CAP // 2
-    by_time: dict[datetime, list[MemoryUnit]] = {}
-    for unit in units:
-        if TEMPORAL_CAP - len(have.get((unit.pk, LinkKind.TEMPORAL), ())) > 0:
-            by_time.setdefault(unit.timestamp, []).append(unit)
-    links = []
-    for when, group in by_time.items():
-        # Enough to fill every unit's half after dropping itself, what it has
-        # and what is about to go.
-        depth = half + len(group) + len(exclude) + max(len(have.get((u.pk, LinkKind.TEMPORAL), ())) for u in group)
-        others = MemoryUnit.objects.filter(bank=bank)
-        # Unwritten siblings are the newest units: first among equal times.
-        before = [(s.pk, s.timestamp) for s in reversed(siblings) if s.timestamp <= when]
-        before += others.filter(timestamp__lte=when).order_by("-timestamp", "-created_at").values_list(
-            "pk", "timestamp"
-        )[:depth]
-        after = sorted(((s.pk, s.timestamp) for s in siblings if s.timestamp > when), key=lambda r: r[1])
-        after += others.filter(timestamp__gt=when).order_by("timestamp", "created_at").values_list(
-            "pk", "timestamp"
-        )[:depth]
-        for unit in group:
-            skip = have.get((unit.pk, LinkKind.TEMPORAL), set()) | {unit.pk} | exclude
-            room = TEMPORAL_CAP - len(have.get((unit.pk, LinkKind.TEMPORAL), ()))
-            near = [r for r in before if r[0] not in skip][:half] + [r for r in after if r[0] not in skip][:half]
-            near.sort(key=lambda r: abs((r[1] - when).total_seconds()))
-            links += [
-                MemoryLink(
-                    bank=bank, source=unit, target_id=pk, kind=LinkKind.TEMPORAL,
-                    weight=1.0 / (1.0 + abs((at - when).total_seconds()) / 3600),
-                )
-                for pk, at in near[:room]
-            ]
-    return links
-
-
-def _semantic_links(
-    bank: Bank,
-    units: list[MemoryUnit],
-    have: Have,
-    exclude: set[Any],
-    siblings: list[MemoryUnit],
-    entities_of: dict[Any, set[int]],
-) -> list[MemoryLink]:
-    """Each unit's most similar candidates (cosine >= SEMANTIC_THRESHOLD): the
-    ENTITY_CANDIDATES most recent units sharing one of its entities, and the
-    bank's RECENT_CANDIDATES most recent units. The candidates of all the
-    units are read at once: per entity its most recent units (so each unit's
-    own most recent sharers are among them), the bank's recent ones, then
-    every candidate's vector in one query."""
-    units = [u for u in units if u.vector and SEMANTIC_CAP - len(have.get((u.pk, LinkKind.SEMANTIC), ())) > 0]
-    if not units:
-        return []
-    # Recency keys: unwritten siblings, (1, position), are newer than any row, (0, created_at).
-    sharers: dict[int, list[tuple[Any, tuple[int, Any]]]] = {}
-    for position, sibling in enumerate(siblings):
-        for entity_id in entities_of.get(sibling.pk, ()):
-            sharers.setdefault(entity_id, []).append((sibling.pk, (1, position)))
-    wanted_entities = set().union(*(entities_of.get(u.pk, set()) for u in units))
-    for entity_id, rows in _recent_units_per_entity(wanted_entities, len(exclude)).items():
-        sharers.setdefault(entity_id, []).extend((pk, (0, at)) for pk, at in rows)
-    recent = [s.pk for s in reversed(siblings)] + list(
-        MemoryUnit.objects.filter(bank=bank).order_by("-created_at").values_list("pk", flat=True)[
-            : RECENT_CANDIDATES + len(units) + len(exclude)
-        ]
-    )
-    vectors = {s.pk: s.vector for s in siblings}
-    stored = ({pk for pk in recent} | {pk for rows in sharers.values() for pk, _ in rows}) - set(vectors)
-    vectors.update(MemoryUnit.objects.filter(pk__in=stored).values_list("pk", "vector"))
-    links = []
-    for unit in units:
-        skip = have.get((unit.pk, LinkKind.SEMANTIC), set()) | {unit.pk} | exclude
-        room = SEMANTIC_CAP - len(have.get((unit.pk, LinkKind.SEMANTIC), ()))
-        shared = sorted(
-            {row for entity_id in entities_of.get(unit.pk, ()) for row in sharers.get(entity_id, [])},
-            key=lambda row: row[1], reverse=True,
-        )
-        candidates = [pk for pk, _ in shared if pk not in skip][:ENTITY_CANDIDATES]
-        candidates += [pk for pk in recent if pk not in skip][:RECENT_CANDIDATES]
-        scored = sorted(
-            ((cosine(unit.vector, vectors[pk]), pk) for pk in set(candidates) if pk in vectors),
-            key=lambda s: (-s[0], str(s[1])),
-        )
-        links += [
-            MemoryLink(bank=bank, source=unit, target_id=pk, kind=LinkKind.SEMANTIC, weight=round(score, 6))
-            for score, pk in scored[:room]
-            if score >= SEMANTIC_THRESHOLD
-        ]
-    return links
-
-
-def _recent_units_per_entity(entity_ids: set[int], extra: int = 0) -> dict[int, list[tuple[Any, datetime]]]:
-    """Per entity, its ENTITY_CANDIDATES (+ `extra`) most recent units (id, created_at)."""
-    if not entity_ids:
-        return {}
-    ranked = (
-        UnitEntity.objects.filter(entity_id__in=entity_ids)
-        .annotate(
-            rank=Window(RowNumber(), partition_by=[F("entity_id")], order_by=F("unit__created_at").desc())
-        )
-        .filter(rank__lte=ENTITY_CANDIDATES + 1 + extra)
-        .values_list("entity_id", "unit_id", "unit__created_at")
-    )
-    per_entity: dict[int, list[tuple[Any, datetime]]] = {}
-    for entity_id, unit_id, created_at in ranked:
-        per_entity.setdefault(entity_id, []).append((unit_id, created_at))
-    return per_entity
+    alive = links.alive({link.target for link in planned} - fresh) | fresh
+    links.insert(bank.pk, [link for link in planned if link.target in alive], offer_back=True)
 
 
 # --- the fold -------------------------------------------------------------------------
@@ -543,7 +371,7 @@ def fold(bank: Bank) -> None:
 def _pending(bank: Bank) -> bool:
     return (
         EntityCooccurrenceDelta.objects.filter(bank=bank).exists()
-        or MemoryLink.objects.filter(bank=bank, pending_back=True).exists()
+        or PendingBackLink.objects.filter(bank=bank).exists()
     )
 
 
@@ -559,13 +387,9 @@ def _fold_locked(bank: Bank) -> None:
             sums[(a, b)] += n
         _upsert_cooccurrences(bank, {pair: n for pair, n in sums.items() if n})
         EntityCooccurrenceDelta.objects.filter(pk__in=[row[0] for row in deltas]).delete()
-    while pending := list(
-        MemoryLink.objects.filter(bank=bank, pending_back=True).order_by("pk").values_list(
-            "pk", "source_id", "target_id", "kind", "weight"
-        )[:FOLD_CHUNK]
-    ):
-        MemoryLink.objects.bulk_create(_back_links(bank, [row[1:] for row in pending]), ignore_conflicts=True)
-        MemoryLink.objects.filter(pk__in=[row[0] for row in pending]).update(pending_back=False)
+    while pending := links.offers(bank.pk, FOLD_CHUNK):
+        links.insert(bank.pk, links.back_links([link for _, link in pending]), offer_back=False)
+        links.drop_offers([offer_id for offer_id, _ in pending])
 
 
 def _upsert_cooccurrences(bank: Bank, counts: dict[tuple[int, int], int]) -> None:
@@ -585,30 +409,6 @@ def _upsert_cooccurrences(bank: Bank, counts: dict[tuple[int, int], int]) -> Non
             f"updated_at = EXCLUDED.updated_at",
             params,
         )
-
-
-def _back_links(bank: Bank, links: list[tuple[Any, Any, str, float]]) -> list[MemoryLink]:
-    """For each (source, target, kind, weight) in order, a link back from the
-    target while it is under its cap; the counts cannot change meanwhile (the
-    folder is the bank's only writer of links back)."""
-    if not links:
-        return []
-    caps = {LinkKind.TEMPORAL: TEMPORAL_CAP, LinkKind.SEMANTIC: SEMANTIC_CAP}
-    targets = {target for _, target, _, _ in links}
-    counts = {
-        (row["source_id"], row["kind"]): row["n"]
-        for row in MemoryLink.objects.filter(source_id__in=targets)
-        .values("source_id", "kind")
-        .annotate(n=Count("id"))
-        .order_by()
-    }
-    back = []
-    for source, target, kind, weight in links:
-        key = (target, kind)
-        if counts.get(key, 0) < caps[kind]:
-            counts[key] = counts.get(key, 0) + 1
-            back.append(MemoryLink(bank=bank, source_id=target, target_id=source, kind=kind, weight=weight))
-    return back
 
 
 def cooccurrence_counts(bank: Bank) -> dict[tuple[int, int], int]:
@@ -660,24 +460,23 @@ def top_up_links(bank: Bank, *, limit: int = 500) -> int:
     for unit in units:
 
         def top_up(unit: MemoryUnit = unit) -> None:
-            have = _existing_targets([unit])
-            links = plan_links(bank, [unit], have=have)
+            have = links.existing_targets([unit.pk])
+            planned = links.plan(bank.pk, [unit], have=have)
             with transaction.atomic():
                 write_locks.bank_writing(bank.pk, exclusive=False)
                 write_locks.bank_fold(bank.pk)
                 if not MemoryUnit.objects.filter(pk=unit.pk).exists():
                     return  # deleted meanwhile
-                now = _existing_targets([unit])
+                now = links.existing_targets([unit.pk])
                 if not any(targets - now.get(key, set()) for key, targets in have.items()):
                     MemoryUnit.objects.filter(pk=unit.pk).update(needs_link_topup=False)
-                caps = {LinkKind.TEMPORAL: TEMPORAL_CAP, LinkKind.SEMANTIC: SEMANTIC_CAP}
-                room = {kind: cap - len(now.get((unit.pk, kind), ())) for kind, cap in caps.items()}
+                room = {kind: cap - len(now.get((unit.pk, kind), ())) for kind, cap in links.CAPS.items()}
                 fitting = []
-                for link in links:
-                    if link.target_id not in now.get((unit.pk, link.kind), set()) and room[link.kind] > 0:
+                for link in planned:
+                    if link.target not in now.get((unit.pk, link.kind), set()) and room[link.kind] > 0:
                         room[link.kind] -= 1
                         fitting.append(link)
-                _write_links(fitting, fresh=set())
+                _write_links(bank, fitting, fresh=set())
 
         transient.retrying(top_up, what=f"link top-up of unit {unit.pk}")
     fold(bank)

@@ -122,7 +122,8 @@ class MemoryUnit(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["bank", "timestamp"], name="banks_unit_time"),
+            # Temporal neighbours: nearest in time, newest first among equal times.
+            models.Index(fields=["bank", "timestamp", "created_at"], name="banks_unit_time"),
             models.Index(fields=["bank", "-created_at"], name="banks_unit_recent"),
             models.Index(fields=["bank"], condition=models.Q(consolidated=False), name="banks_unit_unconsolidated"),
             models.Index(fields=["bank"], condition=models.Q(needs_link_topup=True), name="banks_unit_topup"),
@@ -153,6 +154,10 @@ class UnitEntity(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["unit", "entity"], name="banks_unit_entity_unique")]
+        # An entity's most recently written units (link candidates), without
+        # ranking all of them: rows are written with their units, so the id
+        # orders them by recency.
+        indexes = [models.Index(fields=["entity", "-id"], name="banks_entity_recent_units")]
 
 
 class EntityCooccurrence(models.Model):
@@ -190,22 +195,38 @@ class LinkKind(models.TextChoices):
 
 
 class MemoryLink(models.Model):
-    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="links")
-    source = models.ForeignKey(MemoryUnit, on_delete=models.CASCADE, related_name="links_out")
+    # A retain writes a few hundred links per item: each index is paid per
+    # row, so only those queries need (the bank's, without the LIKE twin
+    # Django adds to a text foreign key; the source's is the unique one's prefix).
+    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="links", db_index=False)
+    source = models.ForeignKey(MemoryUnit, on_delete=models.CASCADE, related_name="links_out", db_index=False)
     target = models.ForeignKey(MemoryUnit, on_delete=models.CASCADE, related_name="links_in")
     kind = models.CharField(max_length=16, choices=LinkKind.choices)
     weight = models.FloatField(default=0.0)
-    # A link a retain wrote whose target has not yet been offered a link back
-    # (done by `memory.fold`, one writer per bank at a time, in link order).
-    pending_back = models.BooleanField(default=False)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["source", "target", "kind"], name="banks_link_unique")
         ]
         indexes = [
-            models.Index(fields=["bank", "id"], condition=models.Q(pending_back=True), name="banks_link_pending_back")
+            models.Index(fields=["bank"], name="banks_link_bank"),
         ]
+
+
+class PendingBackLink(models.Model):
+    """A link a retain wrote whose target has not yet been offered a link back
+    to its source: `memory.fold` does that, one writer per bank at a time, in
+    the order the links were written, then deletes the row. A narrow queue of
+    its own, so a link row is written once (not written, then updated)."""
+
+    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="+", db_index=False)
+    source_id = models.UUIDField()
+    target_id = models.UUIDField()
+    kind = models.CharField(max_length=16, choices=LinkKind.choices)
+    weight = models.FloatField()
+
+    class Meta:
+        indexes = [models.Index(fields=["bank", "id"], name="banks_pending_back_bank")]
 
 
 class Observation(models.Model):

@@ -31,6 +31,7 @@ from banks.models import (
     EntityCooccurrenceDelta,
     MemoryLink,
     MemoryUnit,
+    PendingBackLink,
     UnitEntity,
 )
 from operations import services
@@ -109,7 +110,7 @@ def assert_graph_is_sound(bank: str) -> None:
     assert memory.cooccurrence_counts(Bank.objects.get(pk=bank)) == exact_cooccurrences(bank)
     memory.fold(Bank.objects.get(pk=bank))
     assert not EntityCooccurrenceDelta.objects.filter(bank_id=bank).exists()
-    assert not MemoryLink.objects.filter(bank_id=bank, pending_back=True).exists()
+    assert not PendingBackLink.objects.filter(bank_id=bank).exists()
     assert stored_cooccurrences(bank) == exact_cooccurrences(bank)
     per_source = Counter(MemoryLink.objects.filter(bank_id=bank).values_list("source_id", "kind"))
     caps = {"temporal": TEMPORAL_CAP, "semantic": SEMANTIC_CAP}

@@ -1,0 +1,339 @@
+"""The memory graph's links: choosing them, and writing them fast.
+
+Links are directed: each unit keeps at most `TEMPORAL_CAP` temporal links (its
+nearest units in time, half before, half after) and `SEMANTIC_CAP` semantic
+ones (its most similar candidates: the most recent units sharing one of its
+entities, and the bank's most recent units). A neighbour under its cap links
+back (`back_links`, run by the bank's fold).
+
+Planning only reads, holding nothing, and is the expensive half of a retain,
+so it is written for speed: the reads are batched over an item's units (a few
+queries per item, not per unit), a unit's vector is read once per process
+(`_vectors`: units never change, and consecutive items of a bank share most of
+their candidates), and links travel as tuples and are written with one
+statement, not as model instances.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import orjson
+from django.db import connection
+
+from banks.extraction import cosine
+from banks.models import LinkKind, MemoryLink, MemoryUnit, PendingBackLink, UnitEntity
+
+TEMPORAL_CAP = 20
+SEMANTIC_CAP = 50
+CAPS = {LinkKind.TEMPORAL: TEMPORAL_CAP, LinkKind.SEMANTIC: SEMANTIC_CAP}
+SEMANTIC_THRESHOLD = 0.2
+# Semantic candidates: units sharing an entity, and the bank's most recent units.
+ENTITY_CANDIDATES = 300
+RECENT_CANDIDATES = 200
+
+
+class Link(NamedTuple):
+    source: Any
+    target: Any
+    kind: str
+    weight: float
+
+
+# (unit, kind) -> the units it already links to.
+Have = dict[tuple[Any, str], set[Any]]
+
+
+def plan(
+    bank_id: str,
+    units: list[MemoryUnit],
+    *,
+    entities_of: dict[Any, set[int]] | None = None,
+    have: Have | None = None,
+    exclude: set[Any] | None = None,
+    siblings: list[MemoryUnit] | None = None,
+) -> list[Link]:
+    """Each unit's temporal and semantic links (up to the caps), chosen by
+    reading only: no lock is held, nothing is written.
+
+    `siblings` are units not written yet that are candidates too (the other
+    facts of the item being retained, newest of all); `entities_of` gives
+    their entities. `exclude`: units about to be deleted. `have`: the links
+    each unit already has."""
+    if not units:
+        return []
+    have = have or {}
+    exclude = exclude or set()
+    siblings = siblings or []
+    if entities_of is None:
+        entities_of = {}
+        for unit_id, entity_id in UnitEntity.objects.filter(unit_id__in=[u.pk for u in units]).values_list(
+            "unit_id", "entity_id"
+        ):
+            entities_of.setdefault(unit_id, set()).add(entity_id)
+    return _temporal(bank_id, units, have, exclude, siblings) + _semantic(
+        bank_id, units, have, exclude, siblings, entities_of
+    )
+
+
+def existing_targets(unit_ids: Iterable[Any]) -> Have:
+    have: Have = {}
+    rows = MemoryLink.objects.filter(source_id__in=list(unit_ids)).values_list("source_id", "kind", "target_id")
+    for source_id, kind, target_id in rows:
+        have.setdefault((source_id, kind), set()).add(target_id)
+    return have
+
+
+def _temporal(
+    bank_id: str, units: list[MemoryUnit], have: Have, exclude: set[Any], siblings: list[MemoryUnit]
+) -> list[Link]:
+    """Each unit's nearest units in time (half before, half after), for the
+    units that have room; one pair of queries per distinct timestamp."""
+    half = TEMPORAL_CAP // 2
+    by_time: dict[datetime, list[MemoryUnit]] = {}
+    for unit in units:
+        if TEMPORAL_CAP - len(have.get((unit.pk, LinkKind.TEMPORAL), ())) > 0:
+            by_time.setdefault(unit.timestamp, []).append(unit)
+    links = []
+    for when, group in by_time.items():
+        # Enough to fill every unit's half after dropping itself, what it has
+        # and what is about to go.
+        depth = half + len(group) + len(exclude) + max(len(have.get((u.pk, LinkKind.TEMPORAL), ())) for u in group)
+        others = MemoryUnit.objects.filter(bank_id=bank_id)
+        # Unwritten siblings are the newest units: first among equal times.
+        before = [(s.pk, s.timestamp) for s in reversed(siblings) if s.timestamp <= when]
+        before += others.filter(timestamp__lte=when).order_by("-timestamp", "-created_at").values_list(
+            "pk", "timestamp"
+        )[:depth]
+        after = sorted(((s.pk, s.timestamp) for s in siblings if s.timestamp > when), key=lambda r: r[1])
+        after += others.filter(timestamp__gt=when).order_by("timestamp", "created_at").values_list(
+            "pk", "timestamp"
+        )[:depth]
+        for unit in group:
+            skip = have.get((unit.pk, LinkKind.TEMPORAL), set()) | {unit.pk} | exclude
+            room = TEMPORAL_CAP - len(have.get((unit.pk, LinkKind.TEMPORAL), ()))
+            near = [r for r in before if r[0] not in skip][:half] + [r for r in after if r[0] not in skip][:half]
+            near.sort(key=lambda r: abs((r[1] - when).total_seconds()))
+            links += [
+                Link(unit.pk, pk, LinkKind.TEMPORAL, 1.0 / (1.0 + abs((at - when).total_seconds()) / 3600))
+                for pk, at in near[:room]
+            ]
+    return links
+
+
+def _semantic(
+    bank_id: str,
+    units: list[MemoryUnit],
+    have: Have,
+    exclude: set[Any],
+    siblings: list[MemoryUnit],
+    entities_of: dict[Any, set[int]],
+) -> list[Link]:
+    """Each unit's most similar candidates (cosine >= SEMANTIC_THRESHOLD): the
+    ENTITY_CANDIDATES most recent units sharing one of its entities, and the
+    bank's RECENT_CANDIDATES most recent units."""
+    units = [u for u in units if u.vector and SEMANTIC_CAP - len(have.get((u.pk, LinkKind.SEMANTIC), ())) > 0]
+    if not units:
+        return []
+    # Recency keys: unwritten siblings, (1, position), are newer than any
+    # stored unit, (0, the order its entity rows were written in).
+    sharers: dict[int, list[tuple[Any, tuple[int, int]]]] = {}
+    for position, sibling in reversed(list(enumerate(siblings))):  # newest first, as every list here
+        for entity_id in entities_of.get(sibling.pk, ()):
+            sharers.setdefault(entity_id, []).append((sibling.pk, (1, position)))
+    wanted = set().union(*(entities_of.get(u.pk, set()) for u in units))
+    for entity_id, pk, order in _recent_sharers(wanted, ENTITY_CANDIDATES + 1 + len(exclude)):
+        sharers.setdefault(entity_id, []).append((pk, (0, order)))
+    recent = [s.pk for s in reversed(siblings)] + list(
+        MemoryUnit.objects.filter(bank_id=bank_id).order_by("-created_at").values_list("pk", flat=True)[
+            : RECENT_CANDIDATES + len(units) + len(exclude)
+        ]
+    )
+    vectors = {s.pk: s.vector for s in siblings}
+    vectors.update(_vectors.get_many(({*recent} | {pk for rows in sharers.values() for pk, _ in rows}) - set(vectors)))
+    links = []
+    for unit in units:
+        skip = have.get((unit.pk, LinkKind.SEMANTIC), set()) | {unit.pk} | exclude
+        room = SEMANTIC_CAP - len(have.get((unit.pk, LinkKind.SEMANTIC), ()))
+        candidates = _most_recent(
+            [sharers.get(entity_id, []) for entity_id in entities_of.get(unit.pk, ())], skip, ENTITY_CANDIDATES
+        )
+        candidates += [pk for pk in recent if pk not in skip][:RECENT_CANDIDATES]
+        scored = sorted(
+            ((cosine(unit.vector, vectors[pk]), pk) for pk in set(candidates) if pk in vectors),
+            key=lambda s: (-s[0], str(s[1])),
+        )
+        links += [
+            Link(unit.pk, pk, LinkKind.SEMANTIC, round(score, 6))
+            for score, pk in scored[:room]
+            if score >= SEMANTIC_THRESHOLD
+        ]
+    return links
+
+
+def _recent_sharers(entity_ids: set[int], limit: int) -> list[tuple[int, Any, int]]:
+    """(entity, unit, order) of each entity's `limit` most recently written
+    units, newest first (`banks_entity_recent_units`)."""
+    if not entity_ids:
+        return []
+    table = UnitEntity._meta.db_table
+    to_uuid = MemoryUnit._meta.pk.to_python  # type: ignore[union-attr]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"SELECT e.id, ue.unit_id, ue.id FROM unnest(%s::bigint[]) AS e(id) CROSS JOIN LATERAL "
+                f"(SELECT unit_id, id FROM {table} WHERE entity_id = e.id ORDER BY id DESC LIMIT %s) ue",
+                [sorted(entity_ids), limit],
+            )
+            rows = cursor.fetchall()
+        else:
+            rows = []
+            for entity_id in sorted(entity_ids):
+                cursor.execute(
+                    f"SELECT entity_id, unit_id, id FROM {table} WHERE entity_id = %s ORDER BY id DESC LIMIT %s",
+                    [entity_id, limit],
+                )
+                rows += cursor.fetchall()
+    return [(entity_id, to_uuid(unit_id), order) for entity_id, unit_id, order in rows]
+
+
+def _most_recent(lists: list[list[tuple[Any, tuple[int, int]]]], skip: set[Any], limit: int) -> list[Any]:
+    """The `limit` most recent distinct units of several newest-first lists."""
+    found: list[Any] = []
+    seen: set[Any] = set()
+    for pk, _ in heapq.merge(*lists, key=lambda row: row[1], reverse=True):
+        if pk not in skip and pk not in seen:
+            seen.add(pk)
+            found.append(pk)
+            if len(found) == limit:
+                break
+    return found
+
+
+class _VectorCache:
+    """Unit id -> vector, the most recently used `size` of them. A unit's
+    vector never changes; a deleted unit's entry is only ever a candidate
+    that the write finds gone."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[Any, dict[str, float]] = OrderedDict()
+
+    def get_many(self, unit_ids: set[Any]) -> dict[Any, dict[str, float]]:
+        found: dict[Any, dict[str, float]] = {}
+        missing = []
+        for unit_id in unit_ids:
+            vector = self._entries.get(unit_id)
+            if vector is None:
+                missing.append(unit_id)
+            else:
+                self._entries.move_to_end(unit_id)
+                found[unit_id] = vector
+        if missing:
+            table = MemoryUnit._meta.db_table
+            condition, params = _any(missing)
+            with connection.cursor() as cursor:
+                # The vector's text, parsed here (orjson): far cheaper than the ORM's JSON decoding.
+                cast = "vector::text" if connection.vendor == "postgresql" else "vector"
+                cursor.execute(f"SELECT id, {cast} FROM {table} WHERE id {condition}", params)
+                rows = cursor.fetchall()
+            for raw_id, text in rows:
+                unit_id = MemoryUnit._meta.pk.to_python(raw_id)  # type: ignore[union-attr]
+                vector = orjson.loads(text)
+                found[unit_id] = vector
+                self._entries[unit_id] = vector
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return found
+
+
+_vectors = _VectorCache(size=5000)
+
+
+def _any(unit_ids: Iterable[Any]) -> tuple[str, list[Any]]:
+    """`= ANY(…)` on PostgreSQL (one parameter), `IN (…)` elsewhere."""
+    ids = [MemoryUnit._meta.pk.get_db_prep_value(pk, connection) for pk in unit_ids]  # type: ignore[union-attr]
+    if connection.vendor == "postgresql":
+        return "= ANY(%s)", [ids]
+    return f"IN ({', '.join(['%s'] * len(ids))})", ids
+
+
+def alive(unit_ids: Iterable[Any]) -> set[Any]:
+    """Which of these units exist now."""
+    ids = list(unit_ids)
+    if not ids:
+        return set()
+    condition, params = _any(ids)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id FROM {MemoryUnit._meta.db_table} WHERE id {condition}", params)
+        return {MemoryUnit._meta.pk.to_python(row[0]) for row in cursor.fetchall()}  # type: ignore[union-attr]
+
+
+def insert(bank_id: str, links: list[Link], *, offer_back: bool) -> None:
+    """Write links, skipping any that exist; with `offer_back`, queue each
+    one written for the fold to offer its target a link back."""
+    if not links:
+        return
+    table, queue = MemoryLink._meta.db_table, PendingBackLink._meta.db_table
+    columns = "(bank_id, source_id, target_id, kind, weight)"
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            written = f"""INSERT INTO {table} {columns}
+                SELECT %s, s, t, k, w FROM unnest(%s::uuid[], %s::uuid[], %s::varchar[], %s::float8[]) AS l(s, t, k, w)
+                ON CONFLICT DO NOTHING"""
+            if offer_back:  # one round trip: the links, and the offers of those written
+                written = f"""WITH written AS ({written} RETURNING bank_id, source_id, target_id, kind, weight)
+                    INSERT INTO {queue} {columns} SELECT * FROM written"""
+            cursor.execute(
+                written,
+                [bank_id, [l.source for l in links], [l.target for l in links], [l.kind for l in links],
+                 [l.weight for l in links]],
+            )
+            return
+        for link in links:
+            row = (bank_id, link.source.hex, link.target.hex, link.kind, link.weight)
+            cursor.execute(f"INSERT OR IGNORE INTO {table} {columns} VALUES (%s, %s, %s, %s, %s)", row)
+            if offer_back and cursor.rowcount:
+                cursor.execute(f"INSERT INTO {queue} {columns} VALUES (%s, %s, %s, %s, %s)", row)
+
+
+def offers(bank_id: str, limit: int) -> list[tuple[int, Link]]:
+    """The oldest queued offers of links back, in the order the links were written."""
+    rows = PendingBackLink.objects.filter(bank_id=bank_id).order_by("id").values_list(
+        "id", "source_id", "target_id", "kind", "weight"
+    )[:limit]
+    return [(row[0], Link(*row[1:])) for row in rows]
+
+
+def drop_offers(offer_ids: list[int]) -> None:
+    PendingBackLink.objects.filter(pk__in=offer_ids).delete()
+
+
+def back_links(links: list[Link]) -> list[Link]:
+    """For each link in order, one back from its target while the target is
+    under its cap. The caller must be the only writer of links back (the
+    bank's folder) so the counts cannot change meanwhile."""
+    if not links:
+        return []
+    targets = {link.target for link in links}
+    counts: dict[tuple[Any, str], int] = {}
+    table = MemoryLink._meta.db_table
+    condition, params = _any(targets)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT source_id, kind, COUNT(*) FROM {table} WHERE source_id {condition} GROUP BY source_id, kind",
+            params,
+        )
+        for raw_id, kind, n in cursor.fetchall():
+            counts[(MemoryUnit._meta.pk.to_python(raw_id), kind)] = n  # type: ignore[union-attr]
+    back = []
+    for link in links:
+        key = (link.target, link.kind)
+        if counts.get(key, 0) < CAPS[link.kind]:
+            counts[key] = counts.get(key, 0) + 1
+            back.append(Link(link.target, link.source, link.kind, link.weight))
+    return back
