@@ -25,7 +25,6 @@ from typing import Any, NamedTuple
 import orjson
 from django.db import connection
 
-from banks.extraction import cosine
 from banks.models import LinkKind, MemoryLink, MemoryUnit, PendingBackLink, UnitEntity
 
 TEMPORAL_CAP = 20
@@ -153,26 +152,35 @@ def _semantic(
             : RECENT_CANDIDATES + len(units) + len(exclude)
         ]
     )
-    vectors = {s.pk: s.vector for s in siblings}
+    vectors = {s.pk: _keyed(s.vector) for s in siblings}
     vectors.update(_vectors.get_many(({*recent} | {pk for rows in sharers.values() for pk, _ in rows}) - set(vectors)))
     links = []
     for unit in units:
+        mine, my_keys = _keyed(unit.vector)
         skip = have.get((unit.pk, LinkKind.SEMANTIC), set()) | {unit.pk} | exclude
         room = SEMANTIC_CAP - len(have.get((unit.pk, LinkKind.SEMANTIC), ()))
         candidates = _most_recent(
             [sharers.get(entity_id, []) for entity_id in entities_of.get(unit.pk, ())], skip, ENTITY_CANDIDATES
         )
         candidates += [pk for pk in recent if pk not in skip][:RECENT_CANDIDATES]
-        scored = sorted(
-            ((cosine(unit.vector, vectors[pk]), pk) for pk in set(candidates) if pk in vectors),
-            key=lambda s: (-s[0], str(s[1])),
-        )
-        links += [
-            Link(unit.pk, pk, LinkKind.SEMANTIC, round(score, 6))
-            for score, pk in scored[:room]
-            if score >= SEMANTIC_THRESHOLD
-        ]
+        scored = []
+        for pk in set(candidates):
+            if (theirs := vectors.get(pk)) is not None:
+                # The dot product over the dimensions both use (unit vectors: the cosine).
+                score = sum(mine[i] * theirs[0][i] for i in my_keys & theirs[1])
+                if score >= SEMANTIC_THRESHOLD:
+                    scored.append((-score, pk))
+        scored.sort()  # most similar first; ties by id (a UUID orders as its text does)
+        links += [Link(unit.pk, pk, LinkKind.SEMANTIC, round(-score, 6)) for score, pk in scored[:room]]
     return links
+
+
+Keyed = tuple[dict[str, float], frozenset[str]]
+
+
+def _keyed(vector: dict[str, float]) -> Keyed:
+    """A vector with its set of dimensions, kept for the intersections above."""
+    return vector, frozenset(vector)
 
 
 def _recent_sharers(entity_ids: set[int], limit: int) -> list[tuple[int, Any, int]]:
@@ -221,10 +229,10 @@ class _VectorCache:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: OrderedDict[Any, dict[str, float]] = OrderedDict()
+        self._entries: OrderedDict[Any, Keyed] = OrderedDict()
 
-    def get_many(self, unit_ids: set[Any]) -> dict[Any, dict[str, float]]:
-        found: dict[Any, dict[str, float]] = {}
+    def get_many(self, unit_ids: set[Any]) -> dict[Any, Keyed]:
+        found: dict[Any, Keyed] = {}
         missing = []
         for unit_id in unit_ids:
             vector = self._entries.get(unit_id)
@@ -243,7 +251,7 @@ class _VectorCache:
                 rows = cursor.fetchall()
             for raw_id, text in rows:
                 unit_id = MemoryUnit._meta.pk.to_python(raw_id)  # type: ignore[union-attr]
-                vector = orjson.loads(text)
+                vector = _keyed(orjson.loads(text))
                 found[unit_id] = vector
                 self._entries[unit_id] = vector
             while len(self._entries) > self.size:
@@ -254,11 +262,17 @@ class _VectorCache:
 _vectors = _VectorCache(size=5000)
 
 
+def _uuids(ids: Iterable[Any]) -> str:
+    """A uuid[] literal: one text parameter instead of an array psycopg dumps
+    element by element (a retain sends a few hundred ids per statement)."""
+    return "{" + ",".join(u.hex for u in ids) + "}"
+
+
 def _any(unit_ids: Iterable[Any]) -> tuple[str, list[Any]]:
     """`= ANY(…)` on PostgreSQL (one parameter), `IN (…)` elsewhere."""
-    ids = [MemoryUnit._meta.pk.get_db_prep_value(pk, connection) for pk in unit_ids]  # type: ignore[union-attr]
     if connection.vendor == "postgresql":
-        return "= ANY(%s)", [ids]
+        return "= ANY(%s::uuid[])", [_uuids(unit_ids)]
+    ids = [MemoryUnit._meta.pk.get_db_prep_value(pk, connection) for pk in unit_ids]  # type: ignore[union-attr]
     return f"IN ({', '.join(['%s'] * len(ids))})", ids
 
 
@@ -290,8 +304,8 @@ def insert(bank_id: str, links: list[Link], *, offer_back: bool) -> None:
                     INSERT INTO {queue} {columns} SELECT * FROM written"""
             cursor.execute(
                 written,
-                [bank_id, [l.source for l in links], [l.target for l in links], [l.kind for l in links],
-                 [l.weight for l in links]],
+                [bank_id, _uuids(l.source for l in links), _uuids(l.target for l in links),
+                 "{" + ",".join(l.kind for l in links) + "}", "{" + ",".join(map(repr, (l.weight for l in links))) + "}"],
             )
             return
         for link in links:

@@ -195,12 +195,23 @@ class LinkKind(models.TextChoices):
 
 
 class MemoryLink(models.Model):
-    # A retain writes a few hundred links per item: each index is paid per
-    # row, so only those queries need (the bank's, without the LIKE twin
-    # Django adds to a text foreign key; the source's is the unique one's prefix).
-    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="links", db_index=False)
-    source = models.ForeignKey(MemoryUnit, on_delete=models.CASCADE, related_name="links_out", db_index=False)
-    target = models.ForeignKey(MemoryUnit, on_delete=models.CASCADE, related_name="links_in")
+    """A directed link between two units of a bank (`banks.links`).
+
+    A retain writes a few hundred per item, so each row pays only for what
+    queries need: no LIKE twin of the bank's index, no index on the source
+    (the unique index's prefix), and no database-level foreign keys, whose
+    checks at commit cost three row lookups and locks per link. The write
+    protocol keeps the references instead (`banks.write_locks`): links are
+    written by adders, who check their targets exist in the same transaction
+    as no delete can run beside them; deletes remove a unit's links with it."""
+
+    bank = models.ForeignKey(
+        Bank, on_delete=models.CASCADE, related_name="links", db_index=False, db_constraint=False
+    )
+    source = models.ForeignKey(
+        MemoryUnit, on_delete=models.CASCADE, related_name="links_out", db_index=False, db_constraint=False
+    )
+    target = models.ForeignKey(MemoryUnit, on_delete=models.CASCADE, related_name="links_in", db_constraint=False)
     kind = models.CharField(max_length=16, choices=LinkKind.choices)
     weight = models.FloatField(default=0.0)
 
@@ -219,7 +230,7 @@ class PendingBackLink(models.Model):
     the order the links were written, then deletes the row. A narrow queue of
     its own, so a link row is written once (not written, then updated)."""
 
-    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="+", db_index=False)
+    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False)
     source_id = models.UUIDField()
     target_id = models.UUIDField()
     kind = models.CharField(max_length=16, choices=LinkKind.choices)

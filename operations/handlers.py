@@ -77,6 +77,9 @@ class Lease:
 # from the database at most this often, and the fair share checked this often.
 CHECKPOINT_INTERVAL_SECONDS = 0.2
 FAIR_SHARE_INTERVAL_SECONDS = 0.25
+# Progress within one stage is written at most this often (a retain reports
+# before every item); a new stage is written at once.
+PROGRESS_INTERVAL_SECONDS = 0.25
 
 
 @dataclass
@@ -85,6 +88,10 @@ class OperationContext:
     stage: str = "started"
     _last_check: float = field(default=0.0, repr=False)
     _last_share_check: float = field(default_factory=time.monotonic, repr=False)
+    _last_write: float = field(default=0.0, repr=False)
+    _written_stage: str | None = field(default=None, repr=False)
+    # The latest progress reported, written or not (a yield records it).
+    last_report: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def operation_id(self) -> str:
@@ -130,19 +137,27 @@ class OperationContext:
         detail: dict[str, int] | None = None,
     ) -> None:
         """Record progress, then check for cancellation (see `checkpoint`).
-        `detail` is a few named counts (Hindsight's shape), e.g. {"units": 12}."""
+        `detail` is a few named counts (Hindsight's shape), e.g. {"units": 12}.
+        Within a stage, written at most every PROGRESS_INTERVAL_SECONDS: the
+        row may show an earlier count, never a later one (a resumed run
+        starts from what is written)."""
         from operations import services
 
         self.stage = stage
-        report = {
+        self.last_report = {
             "stage": stage,
             "at": timezone.now().isoformat(),
             "processed": processed,
             "total": total,
             "detail": detail,
         }
-        if not services.operation_progress(lease=self.lease, progress=report):
+        now = time.monotonic()
+        if stage == self._written_stage and now - self._last_write < PROGRESS_INTERVAL_SECONDS:
+            self.checkpoint()
+            return
+        if not services.operation_progress(lease=self.lease, progress=self.last_report):
             raise LeaseLost(self.operation_id)
+        self._written_stage, self._last_write = stage, now
         self.checkpoint(force=True)
 
     def checkpoint(self, *, force: bool = False) -> None:

@@ -50,7 +50,7 @@ def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str
             log.warning("operation %s: lease lost, result discarded", operation_id)
             return "lease lost"
         except OperationYielded:
-            if _record(services.operation_yield, lease=lease):
+            if _record(services.operation_yield, lease=lease, progress=ctx.last_report):
                 return "yielded to another bank"
             _record(services.operation_confirm_cancel, lease=lease, stage=ctx.stage)
             return "cancelled"

@@ -28,7 +28,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from operations import dispatch, fair_share, finish_hooks, registry
@@ -456,15 +456,16 @@ def operation_over_share(*, lease: Lease) -> bool:
     )
 
 
-def operation_yield(*, lease: Lease) -> bool:
-    """processing -> pending, keeping its progress and retry count: the slot
+def operation_yield(*, lease: Lease, progress: dict[str, Any] | None) -> bool:
+    """processing -> pending, with its latest progress and its retry count: the slot
     goes to another bank's waiting work, and the next waiting operation of
     the type (chosen fairly across banks) is published. False when the lease
     was lost or a cancel request is pending (the handler stops at once then)."""
     now = _now()
     with _with_parent(lease.parent_id):
         won = _leased(lease).transition(
-            "yield", lease_id=None, dispatched_at=None, next_retry_at=None, updated_at=now
+            "yield", lease_id=None, dispatched_at=None, next_retry_at=None, updated_at=now,
+            **({"progress": progress} if progress is not None else {}),
         )
         if won:
             _after_finish(lease)

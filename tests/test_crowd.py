@@ -247,7 +247,6 @@ def test_transient_retries_are_bounded_per_attempt(start_workers: Any, alpha: An
 def test_eight_retains_into_one_bank_run_side_by_side(start_workers: Any, admin: Any, alpha: Any) -> None:
     start_workers(ready=2, **FAST)
     requests = [[item(r, f"r{r}-{k}") for k in range(40)] for r in range(8)]
-    sampler: LockSampler | None = None
     with (LockSampler() if not EMBEDDED else _nothing()) as sampler:
         parents = in_threads([lambda items=items: submit_async(admin, "alpha", items) for items in requests], 8)
         children = [Operation.objects.get(parent_id=p).pk for p in parents]

@@ -324,7 +324,7 @@ def _attempt(action: str, status: str, operation: Operation, lease: Lease | None
     if action == "confirm_cancel":
         return services.operation_confirm_cancel(lease=lease)
     if action == "yield":
-        return services.operation_yield(lease=lease)
+        return services.operation_yield(lease=lease, progress=None)
     raise AssertionError(action)
 
 
