@@ -388,7 +388,11 @@ def _fold_locked(bank: Bank) -> None:
         _upsert_cooccurrences(bank, {pair: n for pair, n in sums.items() if n})
         EntityCooccurrenceDelta.objects.filter(pk__in=[row[0] for row in deltas]).delete()
     while pending := links.offers(bank.pk, FOLD_CHUNK):
-        links.insert(bank.pk, links.back_links([link for _, link in pending]), offer_back=False)
+        # A unit deleted since its link was written takes the offer with it
+        # (no delete runs while the folder holds its share of the bank).
+        alive = links.alive({end for _, link in pending for end in (link.source, link.target)})
+        offered = [link for _, link in pending if link.source in alive and link.target in alive]
+        links.insert(bank.pk, links.back_links(offered), offer_back=False)
         links.drop_offers([offer_id for offer_id, _ in pending])
 
 

@@ -6,7 +6,6 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('banks', '0006_cooccurrence_deltas_and_pending_back_links'),
         ('operations', '0006_console_permissions'),
     ]
 
