@@ -11,8 +11,8 @@ class BanksConfig(AppConfig):
     def ready(self) -> None:
         # Declares the built-in operation types in the registry.
         import banks.operation_types  # noqa: F401
-        from banks.webhooks import webhook_finish_hook
+        from banks.webhooks import WEBHOOK_FINISH_HOOK
         from operations import finish_hooks
 
         # Finished operations raise webhook events (banks.webhooks).
-        finish_hooks.register(webhook_finish_hook)
+        finish_hooks.register(WEBHOOK_FINISH_HOOK)

@@ -55,7 +55,8 @@ def retain_async(
     tag: str | None = None,
 ) -> tuple[Operation, bool]:
     """One retain_batch parent and children of at most OPS_RETAIN_BATCH_ITEMS
-    items, in one transaction (published on commit). Returns (parent, repeated):
+    items, in one transaction (published on commit). Returns (parent as
+    inserted, its status rolled up in the database; repeated):
     a repeated client `operation_id` returns the original parent untouched.
     Raises OperationIdConflict when the id names another bank's or type's operation."""
     if operation_id is not None:
@@ -100,7 +101,7 @@ def retain_async(
         if existing is None:
             raise
         return existing, True
-    return Operation.objects.get(pk=parent.pk), False
+    return parent, False
 
 
 def files_submit(*, bank: Bank, uploads: list[Upload], tag: str | None = None) -> list[Operation]:

@@ -268,8 +268,8 @@ def _queue_events(subscribed: list[tuple[uuid.UUID, list[str]]], finished: finis
 
 
 def webhook_finish_hook(bank_id: str, operation_type: str) -> finish_hooks.Follower | None:
-    """The finish hook: one query on the partial index of enabled webhooks,
-    and nothing more when the bank has none. A delivery never raises events
+    """The finish hook's follower, asked when the bank may have webhooks: the
+    enabled ones and what they subscribe to. A delivery never raises events
     (a failing receiver must not feed itself)."""
     if operation_type == WEBHOOK_DELIVERY:
         return None
@@ -277,6 +277,18 @@ def webhook_finish_hook(bank_id: str, operation_type: str) -> finish_hooks.Follo
     if not subscribed:
         return None
     return partial(_queue_events, subscribed)
+
+
+_OPERATIONS = Operation._meta.db_table
+# The finish hook's question, asked by the finishing UPDATE itself (its
+# RETURNING, or its WHERE): a probe of the partial index of enabled webhooks.
+WEBHOOK_FINISH_HOOK = finish_hooks.Hook(
+    may_act=(
+        f"{_OPERATIONS}.operation_type <> '{WEBHOOK_DELIVERY}' AND EXISTS (SELECT 1 FROM "
+        f"{Webhook._meta.db_table} hook WHERE hook.bank_id = {_OPERATIONS}.bank_id AND hook.enabled)"
+    ),
+    follower=webhook_finish_hook,
+)
 
 
 # --- services -----------------------------------------------------------------------

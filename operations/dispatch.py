@@ -37,8 +37,12 @@ import logging
 import os
 import queue
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -46,6 +50,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from operations import registry
+from operations.lifecycle import queries
 from operations.models import Operation, OperationStatus
 
 log = logging.getLogger(__name__)
@@ -119,94 +124,107 @@ def window_room(operation_type: str) -> int:
     return max(settings.OPS_DISPATCH_WINDOW - in_flight(operation_type), 0)
 
 
+# A submission asks whether its type's window has room. Counting the window
+# for each one would be a query per operation (S1 of the hot path), so each
+# process counts at most this often and spends from the count in between; a
+# window can then run over by what other processes publish meanwhile.
+WINDOW_RECOUNT_SECONDS = 0.1
+_estimates: dict[str, tuple[float, int]] = {}
+
+
+def take_window_slot(operation_type: str) -> bool:
+    """Whether a submission of this type is published at once (and counted
+    against the window), from this process's estimate of the window."""
+    now = time.monotonic()
+    counted_at, room = _estimates.get(operation_type, (-WINDOW_RECOUNT_SECONDS, 0))
+    if now - counted_at >= WINDOW_RECOUNT_SECONDS:
+        counted_at, room = now, window_room(operation_type)
+    if room <= 0:
+        _estimates[operation_type] = (counted_at, 0)
+        return False
+    _estimates[operation_type] = (counted_at, room - 1)
+    return True
+
+
+def forget_process_state() -> None:
+    """Drop this process's window estimates and fair-pick cursors (a test
+    whose database was emptied under them starts afresh)."""
+    _estimates.clear()
+    _cursor.clear()
+
+
 def offer(operation_id: uuid.UUID | str, operation_type: str) -> bool:
     """A re-queued operation (a retry): publish it now if its type's window
     has room, else leave it to the next top-up."""
     return bool(window_room(operation_type)) and publish(operation_id, operation_type)
 
 
-# The fair pick: the oldest due, unpublished operation of the next bank after
-# the cursor that has one, whose serialization key is free, marked as published
-# in the same statement (so concurrent pickers never take the same row).
-_PICK = """
-UPDATE operations_operation SET dispatched_at = %s, task_id = %s
-WHERE id = (
-    SELECT o.id FROM operations_operation o
-    WHERE o.status = 'pending' AND o.operation_type = %s AND o.dispatched_at IS NULL
-      AND o.bank_id > %s
-      AND (o.next_retry_at IS NULL OR o.next_retry_at <= %s)
-      AND (o.serial_key IS NULL OR NOT EXISTS (
-          SELECT 1 FROM operations_operation p WHERE p.status = 'processing' AND p.serial_key = o.serial_key))
-    ORDER BY o.bank_id, o.created_at
-    LIMIT 1 {lock}
-) AND status = 'pending' AND dispatched_at IS NULL
-RETURNING id, bank_id
-"""
-
-
-def _pick(operation_type: str, after: str, task_id: str) -> tuple[str, str] | None:
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
-    # PostgreSQL: skip rows another picker is marking instead of waiting for it.
-    lock = "FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+def _pick(operation_type: str, after: str, task_id: str) -> tuple[str, str, bool] | None:
+    """The next waiting operation (`queries.pick`), marked as published:
+    (id, bank, whether its bank has another message of the type in the broker)."""
+    params = queries.pick_params(
+        operation_type=operation_type, after=after, task_id=task_id,
+        now=queries.adapt(timezone.now(), connection), stale_before=queries.adapt(_stale_before(), connection),
+    )
     with connection.cursor() as cursor:
-        cursor.execute(_PICK.format(lock=lock), [now, task_id, operation_type, after, now])
+        cursor.execute(queries.pick(connection.vendor), params)
         row = cursor.fetchone()
     if row is None:
         return None
-    return str(uuid.UUID(str(row[0]))), row[1]
+    return str(uuid.UUID(str(row[0]))), row[1], bool(row[2])
 
 
 def publish_next(operation_type: str) -> bool:
     """Publish the next waiting operation of a type, fairly across banks
     (see the module). False when nothing waits."""
     task_id = str(uuid.uuid4())
-    after = _cursor.get(operation_type, "")
-    picked = _pick(operation_type, after, task_id) or (after and _pick(operation_type, "", task_id))
+    picked = _pick(operation_type, _cursor.get(operation_type, ""), task_id)
     if not picked:
         return False
-    operation_id, bank_id = picked
+    operation_id, bank_id, behind = picked
     _cursor[operation_type] = bank_id
-    return send(operation_id, operation_type, task_id, priority=_priority(operation_type, bank_id, operation_id))
+    return send(operation_id, operation_type, task_id, priority=BEHIND if behind else FIRST_OF_ITS_BANK)
 
 
-def _priority(operation_type: str, bank_id: str, operation_id: str) -> int:
-    """Ahead of the window when the bank has no other message of this type in
-    the broker. The banks of the window's messages are read (at most
-    OPS_DISPATCH_WINDOW rows, on `ops_pending_dispatched`, as `in_flight`
-    does) and compared here: with the bank in the WHERE clause, PostgreSQL
-    may walk the bank's whole history on `ops_bank_created` instead (3,700
-    rows per publish, seen in make bench)."""
-    in_broker = _in_broker(operation_type).exclude(pk=operation_id)
-    banks = set(in_broker.values_list("bank_id", flat=True)[: settings.OPS_DISPATCH_WINDOW])
-    return BEHIND if bank_id in banks else FIRST_OF_ITS_BANK
+def cursor_for(operation_type: str) -> str:
+    """This process's fair-pick cursor for a type (the bank picked last)."""
+    return _cursor.get(operation_type, "")
+
+
+def picked_by_claim(operation_type: str, picked: dict[str, Any], task_id: str) -> None:
+    """A claim also picked the next operation (PostgreSQL: `CLAIM_AND_PICK`):
+    move the cursor and send its message off the run's path."""
+    _cursor[operation_type] = picked["bank_id"]
+    priority = BEHIND if picked["behind"] else FIRST_OF_ITS_BANK
+    _publisher.submit(partial(send, str(picked["id"]), operation_type, task_id, priority=priority))
 
 
 class _Publisher:
     """A daemon thread of a worker process that publishes the next operation
-    when a message was taken, off the path of the task that took it (a
-    database round trip and a broker publish the run no longer waits for).
+    when a message was taken, off the path of the task that took it (a broker
+    publish, and on SQLite the pick, that the run no longer waits for).
     Started on first use; a forked process starts its own."""
 
     def __init__(self) -> None:
         self._pid: int | None = None
-        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
         self._lock = threading.Lock()
 
-    def submit(self, operation_type: str) -> None:
+    def submit(self, work: Callable[[], object]) -> None:
         with self._lock:
             if self._pid != os.getpid():
                 self._pid = os.getpid()
                 self._queue = queue.SimpleQueue()
                 threading.Thread(target=self._run, name="ops-publisher", daemon=True).start()
-        self._queue.put(operation_type)
+        self._queue.put(work)
 
     def _run(self) -> None:
         while True:
-            operation_type = self._queue.get()
+            work = self._queue.get()
             try:
-                publish_next(operation_type)
+                work()
             except Exception:  # the sweeper tops windows up too
-                log.exception("publishing the next %s operation failed", operation_type)
+                log.exception("publishing the next operation failed")
                 connection.close()
 
 
@@ -218,7 +236,7 @@ def replace_taken(operation_type: str, *, in_background: bool) -> None:
     takes its place in the window. In a worker's pool process, a background
     thread does it; elsewhere (a run in-process) it happens here."""
     if in_background:
-        _publisher.submit(operation_type)
+        _publisher.submit(partial(publish_next, operation_type))
     else:
         publish_next(operation_type)
 

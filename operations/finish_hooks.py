@@ -1,17 +1,21 @@
 """Work that rides on an operation's finishing transaction.
 
 An app that must react to operations finishing (the banks app queues webhook
-deliveries) registers a hook here once, from its `ready()`. The lifecycle
-service asks every hook *before* the finishing UPDATE whether it has anything
-to do for this bank and type (`hook(bank_id, operation_type)`); a hook that
-has nothing to do answers None, and then the finish stays the single UPDATE it
-always was. A hook that answers with a follower gets it called with the
-`Finished` outcome inside the same transaction as the UPDATE, only if the
-UPDATE won, so whatever it writes commits or rolls back with the status change.
+deliveries) registers a `Hook` here once, from its `ready()`. A hook has two
+parts:
 
-Why not Django signals: the contract is explicit (ask first, then act in the
-transaction), and the ask is what keeps the hot path at one cheap query for a
-deployment that never registered a webhook.
+- `may_act`, an SQL condition on the finishing row (the operations table, by
+  its name), which the finishing UPDATE returns beside its own result: the
+  question costs no statement of its own, and a finish where no hook may act
+  is that one UPDATE;
+- `follower(bank_id, operation_type)`, asked only when `may_act` held (inside
+  the finishing transaction): it may read more and returns what to do with
+  the `Finished` outcome, or None. Whatever it writes commits or rolls back
+  with the status change.
+
+Why not Django signals: the contract is explicit (ask, then act in the
+transaction), and the ask is what keeps the hot path free of queries for a
+bank that never registered a webhook.
 """
 
 from __future__ import annotations
@@ -37,25 +41,51 @@ class Finished:
 
 
 Follower = Callable[[Finished], None]
-Hook = Callable[[str, str], "Follower | None"]
+
+
+@dataclass(frozen=True)
+class Hook:
+    """`may_act`: an SQL boolean over the finishing row of the operations
+    table, without parameters. `follower`: what to do, asked when it held."""
+
+    may_act: str
+    follower: Callable[[str, str], Follower | None]
+
 
 _HOOKS: list[Hook] = []
 
 
 def register(hook: Hook) -> Hook:
-    """Add a hook (idempotent: registering the same function twice keeps one)."""
+    """Add a hook (idempotent: registering an equal hook twice keeps one)."""
     if hook not in _HOOKS:
         _HOOKS.append(hook)
     return hook
 
 
+def conditions() -> dict[str, str]:
+    """Each hook's `may_act`, named for a RETURNING clause."""
+    return {f"hook_{index}": hook.may_act for index, hook in enumerate(_HOOKS)}
+
+
+def followers_where(*, bank_id: str, operation_type: str, answers: dict[str, Any]) -> list[Follower]:
+    """The followers of the hooks whose condition held (`answers`: the
+    finishing row's values of `conditions()`)."""
+    found = []
+    for index, hook in enumerate(_HOOKS):
+        if answers.get(f"hook_{index}"):
+            follower = hook.follower(bank_id, operation_type)
+            if follower is not None:
+                found.append(follower)
+    return found
+
+
 def followers(*, bank_id: str, operation_type: str) -> list[Follower]:
-    """What the registered hooks want to do when an operation of this bank and
-    type finishes; empty when none has anything to do. Call before the
-    finishing transaction starts (it may read the database)."""
+    """What every hook wants to do when an operation of this bank and type
+    finishes, asking each one (a parent's roll-up, which finishes outside
+    the lifecycle's UPDATE)."""
     found = []
     for hook in _HOOKS:
-        follower = hook(bank_id, operation_type)
+        follower = hook.follower(bank_id, operation_type)
         if follower is not None:
             found.append(follower)
     return found

@@ -153,11 +153,12 @@ class OperationQuerySet(models.QuerySet["Operation"]):
         rows, values = self._transition_update(name, status, fields)
         return rows.update(**values)
 
-    def transition_returning(
-        self, name: str, returning: tuple[str, ...], *, status: str | None = None, **fields: Any
-    ) -> list[dict[str, Any]]:
-        """`transition`, returning the named fields of the rows it changed, in
-        the same statement (UPDATE … RETURNING: PostgreSQL, SQLite >= 3.35)."""
+    def transition_sql(
+        self, name: str, returning: tuple[str, ...], *, status: str | None = None,
+        extra: dict[str, str] | None = None, **fields: Any,
+    ) -> tuple[str, list[Any]]:
+        """The statement of `transition_returning`, to run it inside another
+        (`operations.lifecycle.queries.CLAIM_AND_PICK`)."""
         rows, values = self._transition_update(name, status, fields)
         query = rows.query.chain(UpdateQuery)
         query.add_update_values(values)
@@ -165,7 +166,22 @@ class OperationQuerySet(models.QuerySet["Operation"]):
         statement, params = query.get_compiler(rows.db).as_sql()
         table = self.model._meta.db_table
         columns = [self.model._meta.get_field(name).get_col(table) for name in returning]
-        statement += " RETURNING " + ", ".join(db.ops.quote_name(c.target.column) for c in columns)
+        returned = [db.ops.quote_name(c.target.column) for c in columns]
+        returned += [f"({condition}) AS {db.ops.quote_name(key)}" for key, condition in (extra or {}).items()]
+        statement += " RETURNING " + ", ".join(returned)
+        return statement, list(params)
+
+    def transition_returning(
+        self, name: str, returning: tuple[str, ...], *, status: str | None = None,
+        extra: dict[str, str] | None = None, **fields: Any,
+    ) -> list[dict[str, Any]]:
+        """`transition`, returning the named fields of the rows it changed, in
+        the same statement (UPDATE … RETURNING: PostgreSQL, SQLite >= 3.35),
+        and the `extra` SQL expressions over the changed row, by name."""
+        statement, params = self.transition_sql(name, returning, status=status, extra=extra, **fields)
+        db = connections[self.db]
+        table = self.model._meta.db_table
+        columns = [self.model._meta.get_field(name).get_col(table) for name in returning]
         with db.cursor() as cursor:
             cursor.execute(statement, params)
             fetched = cursor.fetchall()
@@ -173,10 +189,11 @@ class OperationQuerySet(models.QuerySet["Operation"]):
         result = []
         for row in fetched:
             values_out = {}
-            for name, column, convert, value in zip(returning, columns, converters, row, strict=True):
+            for name, column, convert, value in zip(returning, columns, converters, row[: len(columns)], strict=True):
                 for converter in convert:
                     value = converter(value, column, db)
                 values_out[name] = value
+            values_out.update(zip(extra or {}, row[len(columns):], strict=True))
             result.append(values_out)
         return result
 
@@ -279,9 +296,11 @@ class Operation(models.Model):
                 name="ops_pending_fair",
             ),
             # Fair share: does another bank have pending work of the type? Two
-            # range probes (banks below, banks above), never a bank's own backlog.
+            # range probes (banks below, banks above), never a bank's own
+            # backlog. And does this bank have a message in the broker (the
+            # pick's priority)? One probe on (type, bank, dispatched_at).
             models.Index(
-                fields=["operation_type", "bank"],
+                fields=["operation_type", "bank", "dispatched_at"],
                 condition=Q(status="pending"),
                 name="ops_pending_bank",
             ),

@@ -26,9 +26,12 @@ def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str
     """Run the operation if it is claimable; returns what happened (for logs)."""
     # Riding out a connection that died since the last task (none is health
     # checked before each task): reconnect and claim again.
-    lease = _record(services.operation_claim, operation_id=operation_id, worker=worker, task_id=task_id)
-    # This message left the broker: the next waiting operation takes its place.
-    _replace_taken(operation_type)
+    # This message left the broker: the next waiting operation takes its place
+    # (picked by the claim's own statement where it can).
+    lease = _record(
+        services.operation_claim, operation_id=operation_id, worker=worker, task_id=task_id,
+        replace=(operation_type, lambda: _replace_taken(operation_type)),
+    )
     if lease is None:
         return "dropped"
     optype = registry.get(lease.operation_type)

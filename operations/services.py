@@ -21,6 +21,7 @@ import enum
 import logging
 import random
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,10 +29,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, Q
+from django.db.models import BooleanField, Count, F, Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from operations import dispatch, fair_share, finish_hooks, registry
+from operations.lifecycle import queries
 from operations.handlers import Lease
 from operations.rollup import roll_up, rolled_up_status  # noqa: F401 (rolled_up_status: re-exported)
 from operations.models import (
@@ -181,7 +184,7 @@ def operation_submit(
         filename=filename, mental_model_id=mental_model_id, tag=tag, parent_id=parent_id,
         operation_id=operation_id,
     )
-    if not optype.rollup and dispatch.window_room(operation_type):
+    if not optype.rollup and dispatch.take_window_slot(operation_type):
         _mark_published(fields)
     dedupe_key = fields["dedupe_key"]
     # A plain row is one INSERT. A duplicate needs a savepoint to fail in (the
@@ -244,7 +247,6 @@ def _submit_bulk(
     *, bank_id: str, parent_id: uuid.UUID | str | None, children: list[Child], tag: str | None
 ) -> list[Operation]:
     rows = []
-    room: dict[str, int] = {}
     for child in children:
         optype = registry.get(child.operation_type)
         if optype.dedupe is not None or optype.rollup:
@@ -254,13 +256,12 @@ def _submit_bulk(
             document_id=child.document_id, filename=child.filename, mental_model_id=child.mental_model_id,
             tag=tag, parent_id=parent_id, operation_id=None,
         )
-        if optype.name not in room:
-            room[optype.name] = dispatch.window_room(optype.name)
-        if room[optype.name] > 0:
-            room[optype.name] -= 1
+        if dispatch.take_window_slot(optype.name):
             _mark_published(fields)
         rows.append(Operation(**fields))
-    with transaction.atomic():
+    # In the caller's transaction when there is one (no savepoint: a failure
+    # here fails the caller's whole submission anyway).
+    with transaction.atomic(savepoint=False):
         created = Operation.objects.bulk_create(rows, batch_size=500)
         if parent_id is not None:
             roll_up(parent_id)
@@ -305,15 +306,32 @@ def _with_parent(parent_id: str | uuid.UUID | None) -> AbstractContextManager[An
     return transaction.atomic() if parent_id is not None else nullcontext()
 
 
-def _finishing(lease: Lease, found: list[finish_hooks.Follower]) -> AbstractContextManager[Any]:
-    """A finish, its parent's roll-up and what the finish hooks write (webhook
-    deliveries) commit together; with neither a parent nor a hook that has
-    work, the finish stays one UPDATE in autocommit."""
-    return transaction.atomic() if lease.parent_id is not None or found else nullcontext()
+def _finish(
+    lease: Lease, leased: OperationQuerySet, transition: str, status: str, fields: dict[str, Any], *,
+    result: dict[str, Any] | None = None, error: str | None = None,
+) -> bool:
+    """processing -> completed | failed, with whatever the finish hooks write
+    (webhook deliveries) and the parent's roll-up in the same transaction.
 
-
-def _followers(lease: Lease) -> list[finish_hooks.Follower]:
-    return finish_hooks.followers(bank_id=lease.bank_id, operation_type=lease.operation_type)
+    Most finishes have neither: then it is one UPDATE in autocommit, which
+    applies only while no hook's condition holds for the row. Otherwise (or
+    when that UPDATE did not apply) one transaction: the UPDATE returns each
+    hook's answer, and only the hooks that may act are asked what to do."""
+    conditions = finish_hooks.conditions()
+    if lease.parent_id is None:
+        quiet = [RawSQL(f"NOT ({condition})", [], output_field=BooleanField()) for condition in conditions.values()]
+        if leased.filter(*quiet).transition(transition, **fields):
+            _after_finish(lease)
+            return True
+    with transaction.atomic():
+        rows = leased.transition_returning(transition, ("id",), extra=conditions, **fields)
+        if rows:
+            found = finish_hooks.followers_where(
+                bank_id=lease.bank_id, operation_type=lease.operation_type, answers=rows[0]
+            )
+            finish_hooks.run(found, _finished(lease, status, result=result, error=error))
+            _after_finish(lease)
+    return bool(rows)
 
 
 def _finished(lease: Lease, status: str, *, result: dict[str, Any] | None = None,
@@ -331,40 +349,51 @@ _CLAIMED = (
 )
 
 
-def operation_claim(*, operation_id: str, worker: str, task_id: str) -> Lease | None:
+def operation_claim(
+    *, operation_id: str, worker: str, task_id: str, replace: tuple[str, Callable[[], None]] | None = None
+) -> Lease | None:
     """pending -> processing, if the operation is due. None when it is not
-    claimable (already claimed, finished, cancelled, parked until later, or its
-    serialization key is held by another running operation). One statement
-    (UPDATE … RETURNING) for a row without a parent."""
+    claimable (already claimed, finished, cancelled, parked until later, its
+    bank at its fair share while another waits, or its serialization key
+    held by another running operation). One statement (UPDATE … RETURNING)
+    for a row without a parent.
+
+    `replace` = (the message's type, a fallback): the message left the broker,
+    so the next waiting operation of that type takes its place in the window.
+    On PostgreSQL the claim picks it in the same statement
+    (`queries.CLAIM_AND_PICK`); elsewhere, or when the claim failed on its
+    serialization key, the fallback does it."""
     lease_id = uuid.uuid4()
+    picked_in_claim = False
     try:
         with _claim_statement():
             now = _now()
             claimable = Operation.objects.filter(pk=operation_id).filter(
                 Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=now), fair_share.claim_guard(worker, now)
             )
-            rows = claimable.transition_returning(
-                "claim",
-                _CLAIMED,
-                worker=worker,
-                task_id=task_id,
-                lease_id=lease_id,
-                heartbeat_at=now,
-                started_at=now,
-                cancel_requested_at=None,
-                updated_at=now,
-            )
+            fields = {
+                "worker": worker, "task_id": task_id, "lease_id": lease_id, "heartbeat_at": now,
+                "started_at": now, "cancel_requested_at": None, "updated_at": now,
+            }
+            if replace is not None and connection.vendor == "postgresql":
+                rows = _claim_and_pick(claimable, fields, replace[0], now)
+                picked_in_claim = True
+            else:
+                rows = claimable.transition_returning("claim", _CLAIMED, **fields)
     except IntegrityError:
         # Another operation with the same serialization key is running. This one
         # stays pending; it is published again when that one finishes.
         Operation.objects.filter(pk=operation_id).transition("dispatch", dispatched_at=None)
         log.info("operation %s waits: its serialization key is busy", operation_id)
-        return None
+        rows = None
+    if replace is not None and not picked_in_claim:
+        replace[1]()
     if not rows:
-        # Not claimable. If it is still pending under this message (its bank
-        # is at its fair share while another bank waits, or it is not due),
-        # it is published again later.
-        Operation.objects.filter(pk=operation_id, task_id=task_id).transition("dispatch", dispatched_at=None)
+        if rows is not None:
+            # Not claimable. If it is still pending under this message (its bank
+            # is at its fair share while another bank waits, or it is not due),
+            # it is published again later.
+            Operation.objects.filter(pk=operation_id, task_id=task_id).transition("dispatch", dispatched_at=None)
         return None
     row = rows[0]
     if row["parent_id"] is not None:
@@ -390,6 +419,27 @@ def operation_claim(*, operation_id: str, worker: str, task_id: str) -> Lease | 
         progress=row["progress"],
         resumable=registry.get(row["operation_type"]).resumable,
     )
+
+
+def _claim_and_pick(
+    claimable: OperationQuerySet, fields: dict[str, Any], operation_type: str, now: datetime
+) -> list[dict[str, Any]]:
+    """The claim and the pick of the next operation of `operation_type`, one
+    statement (`queries.CLAIM_AND_PICK`); the picked one's message is sent
+    off the run's path. Returns the claimed row, as `transition_returning`."""
+    claim, params = claimable.transition_sql("claim", _CLAIMED, **fields)
+    next_task = str(uuid.uuid4())
+    params += queries.pick_params(
+        operation_type=operation_type, after=dispatch.cursor_for(operation_type), task_id=next_task,
+        now=queries.adapt(now, connection),
+        stale_before=queries.adapt(now - timedelta(seconds=settings.OPS_REDISPATCH_SECONDS), connection),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(queries.claim_and_pick(claim), params)
+        claimed, picked = cursor.fetchone()
+    if picked is not None:
+        dispatch.picked_by_claim(operation_type, picked, next_task)
+    return [claimed] if claimed is not None else []
 
 
 def _leased(lease: Lease, stale_before: datetime | None = None) -> OperationQuerySet:
@@ -430,21 +480,12 @@ def _after_finish(lease: Lease) -> None:
 def operation_complete(*, lease: Lease, result: dict[str, Any] | None) -> bool:
     """processing -> completed, with whatever the finish hooks queue (webhook
     deliveries) in the same transaction. False when the lease was lost."""
-    found = _followers(lease)
     now = _now()
-    with _finishing(lease, found):
-        won = _leased(lease).transition(
-            "complete",
-            result_metadata=result or {},
-            completed_at=now,
-            next_retry_at=None,
-            lease_id=None,
-            updated_at=now,
-        )
-        if won:
-            finish_hooks.run(found, _finished(lease, COMPLETED, result=result))
-            _after_finish(lease)
-    return bool(won)
+    fields = {
+        "result_metadata": result or {}, "completed_at": now, "next_retry_at": None, "lease_id": None,
+        "updated_at": now,
+    }
+    return _finish(lease, _leased(lease), "complete", COMPLETED, fields, result=result)
 
 
 def operation_over_share(*, lease: Lease) -> bool:
@@ -572,13 +613,8 @@ def operation_fail(
         if _reschedule(lease, leased, common, retry_count=attempt + 1, next_retry_at=now + timedelta(seconds=delay)):
             return PENDING
     # Only the final failure is an event; a rescheduled attempt is not.
-    found = _followers(lease)
-    with _finishing(lease, found):
-        won = leased.transition("fail", completed_at=now, next_retry_at=None, **common)
-        if won:
-            finish_hooks.run(found, _finished(lease, FAILED, error=common["error_message"]))
-            _after_finish(lease)
-    if won:
+    finished = {"completed_at": now, "next_retry_at": None, **common}
+    if _finish(lease, leased, "fail", FAILED, finished, error=common["error_message"]):
         return FAILED
     # Neither applied: a cancel request is pending (it wins), or the lease is gone.
     return CANCELLED if operation_confirm_cancel(lease=lease, stage=stage, stale_before=stale_before) else None

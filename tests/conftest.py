@@ -58,6 +58,15 @@ def _clean_broker() -> None:
     redis.Redis.from_url(check_test_broker(os.environ["CELERY_BROKER_URL"])).flushdb()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dispatch_state() -> None:
+    """Each test's database starts empty: so do this process's estimates of
+    the dispatch windows and its fair-pick cursors."""
+    from operations import dispatch
+
+    dispatch.forget_process_state()
+
+
 def needs_scaled(what: str) -> None:
     """Skip on the embedded deployment a test of something only the scaled one has."""
     if EMBEDDED:

@@ -440,21 +440,35 @@ def test_a_rolled_back_change_sends_nothing(alpha: Any) -> None:
     assert Operation.objects.get(pk=lease.operation_id).status == "processing"
 
 
-def test_without_webhooks_a_finish_costs_one_extra_indexed_query(alpha: Any) -> None:
+def test_without_webhooks_a_finish_is_one_statement(alpha: Any) -> None:
     lease = claimed()
     with CaptureQueriesContext(connection) as queries:
         assert services.operation_complete(lease=lease, result={})
     statements = [q["sql"] for q in queries.captured_queries]
-    # The hook's question, then the finishing UPDATE; no transaction around them.
-    assert len(statements) == 2, statements
-    assert '"banks_webhook"' in statements[0] and statements[1].startswith("UPDATE")
+    # The hook's question rides in the finishing UPDATE; no transaction around it.
+    assert len(statements) == 1, statements
+    assert statements[0].startswith("UPDATE") and "banks_webhook" in statements[0]
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SET enable_seqscan = off")  # the tiny test table would be scanned anyway
-            cursor.execute("EXPLAIN " + statements[0].replace("%s", "'alpha'"))
+            cursor.execute("EXPLAIN SELECT 1 FROM banks_webhook hook WHERE hook.bank_id = 'alpha' AND hook.enabled")
             plan = " ".join(row[0] for row in cursor.fetchall())
             cursor.execute("RESET enable_seqscan")
         assert "banks_webhook_enabled" in plan, plan
+
+
+def test_with_webhooks_a_finish_asks_the_hook_inside_its_transaction(alpha: Any) -> None:
+    make_webhook(alpha, event_types=["operation.completed"])
+    lease = claimed()
+    with CaptureQueriesContext(connection) as queries:
+        assert services.operation_complete(lease=lease, result={})
+    statements = [q["sql"] for q in queries.captured_queries]
+    # The quiet UPDATE does not apply (the hook may act); then, in one
+    # transaction, the UPDATE returning the hook's answer, the follower's
+    # query and the delivery it queues.
+    assert statements[0].startswith("UPDATE") and "NOT (" in statements[0]
+    assert any(s.startswith("UPDATE") and "RETURNING" in s for s in statements[1:])
+    assert len(deliveries()) == 1
 
 
 # --- the secret stays secret ------------------------------------------------------------

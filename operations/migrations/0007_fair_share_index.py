@@ -12,6 +12,6 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddIndex(
             model_name='operation',
-            index=models.Index(condition=models.Q(('status', 'pending')), fields=['operation_type', 'bank'], name='ops_pending_bank'),
+            index=models.Index(condition=models.Q(('status', 'pending')), fields=['operation_type', 'bank', 'dispatched_at'], name='ops_pending_bank'),
         ),
     ]

@@ -1,0 +1,86 @@
+"""The lifecycle's hot-path statements, named and documented in one place.
+
+`operations.services` is the only caller. It builds each transition's
+conditional UPDATE from the status table (`operations.models.TRANSITIONS`);
+where the hot path pays per operation, the statements below ride on those
+UPDATEs, so that a no-op costs three transactions: its INSERT, its CLAIM
+(which also picks the next waiting operation to publish: CLAIM_AND_PICK) and
+its finish (whose RETURNING also says whether a finish hook has work).
+
+Placeholders are positional (`%s`, Django's cursor on both vendors); each
+statement's `*_params` function gives them in order.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from operations.models import Operation
+
+TABLE = Operation._meta.db_table
+
+# --- PICK --------------------------------------------------------------------------
+#
+# The next waiting operation of a type to publish, fairly across banks: the
+# oldest due, unpublished operation of the first bank after the picker's
+# cursor that has one, else of the first bank (the cursor wraps: COALESCE
+# evaluates its second query only when the first finds nothing), whose
+# serialization key is free. Marked as published in the same statement, so
+# concurrent pickers never take the same row (on PostgreSQL a row another
+# picker holds is skipped, not waited for). Returns its id, its bank, and
+# whether its bank already has a message of this type in the broker (then it
+# goes behind the window, else ahead of it: a Redis priority).
+# Indexes: `ops_pending_fair` (candidates), `ops_serial_processing` (the key),
+# `ops_pending_bank` (the priority probe).
+
+_CANDIDATE = """(
+    SELECT o.id FROM {table} o
+    WHERE o.status = 'pending' AND o.operation_type = %s AND o.dispatched_at IS NULL {after}
+      AND (o.next_retry_at IS NULL OR o.next_retry_at <= %s)
+      AND (o.serial_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM {table} p WHERE p.status = 'processing' AND p.serial_key = o.serial_key))
+    ORDER BY o.bank_id, o.created_at
+    LIMIT 1 {lock})"""
+
+_PICK = """UPDATE {table} SET dispatched_at = %s, task_id = %s
+WHERE id = COALESCE({first}, {wrapped}) AND status = 'pending' AND dispatched_at IS NULL
+RETURNING id, bank_id, EXISTS (
+    SELECT 1 FROM {table} w
+    WHERE w.status = 'pending' AND w.operation_type = {table}.operation_type AND w.bank_id = {table}.bank_id
+      AND w.dispatched_at >= %s AND w.id <> {table}.id) AS behind"""
+
+
+def pick(vendor: str) -> str:
+    lock = "FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
+    return _PICK.format(
+        table=TABLE,
+        first=_CANDIDATE.format(table=TABLE, after="AND o.bank_id > %s", lock=lock),
+        wrapped=_CANDIDATE.format(table=TABLE, after="", lock=lock),
+    )
+
+
+def pick_params(*, operation_type: str, after: str, task_id: str, now: Any, stale_before: Any) -> list[Any]:
+    """`now` and `stale_before` already adapted for the database."""
+    return [now, task_id, operation_type, after, now, operation_type, now, stale_before]
+
+
+# --- CLAIM_AND_PICK (PostgreSQL) ------------------------------------------------------
+#
+# The claim (pending -> processing, the UPDATE … RETURNING built by services
+# from the transition table) and the PICK that replaces the taken message in
+# the window, as one statement: both data-modifying CTEs run to completion
+# whatever the outer query reads, and each reads the table as it was when the
+# statement began (the claimed row was published, so the pick never takes it).
+# One row: the claimed row and the picked one, each as JSON or NULL.
+
+CLAIM_AND_PICK = """WITH claimed AS ({claim}), picked AS ({pick})
+SELECT (SELECT row_to_json(c) FROM claimed c), (SELECT row_to_json(p) FROM picked p)"""
+
+
+def claim_and_pick(claim: str) -> str:
+    return CLAIM_AND_PICK.format(claim=claim, pick=pick("postgresql"))
+
+
+def adapt(value: datetime, connection: Any) -> Any:
+    return connection.ops.adapt_datetimefield_value(value)

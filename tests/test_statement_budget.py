@@ -1,0 +1,155 @@
+"""The hot path's budget: how many statements and transactions the lifecycle
+spends to submit, claim and finish an operation, counted, not timed.
+
+Counts are deterministic, so the next change that adds a query to the hot
+path fails here and has to raise the budget in the same commit, saying why.
+Measured on PostgreSQL, the scaled deployment, where the claim also picks
+the next operation to publish (one statement) and the window is estimated
+per process (a count at most every 0.1 s, none in these steady-state counts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from banks.memory import RetainItem
+from banks.models import Bank, Webhook
+from banks.submissions import retain_async
+from banks.webhooks import seal
+from operations import dispatch, services
+from operations.handlers import Lease
+from operations.models import Operation
+from tests.conftest import needs_scaled
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@dataclass
+class Spent:
+    statements: list[str] = field(default_factory=list)
+    transactions: int = 0
+
+    def within(self, statements: int, transactions: int, what: str) -> None:
+        assert len(self.statements) <= statements and self.transactions <= transactions, (
+            f"{what}: {len(self.statements)} statements in {self.transactions} transactions, over its budget of "
+            f"{statements} in {transactions}. Raise the budget here only with a reason:\n" + "\n".join(self.statements)
+        )
+
+
+@contextmanager
+def counted() -> Iterator[Spent]:
+    """Statements run on the default connection, and the transactions they
+    ran in: one per statement in autocommit, one per outermost atomic block."""
+    spent = Spent()
+    blocks: set[int] = set()
+
+    def record(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        spent.statements.append(" ".join(sql.split())[:160])
+        if connection.in_atomic_block:
+            blocks.add(id(connection.atomic_blocks[0]))
+        else:
+            spent.transactions += 1
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        yield spent
+    spent.transactions += len(blocks)
+
+
+def no_replacement() -> None:
+    raise AssertionError("on PostgreSQL the claim picks the next operation itself")
+
+
+def claim(operation: Operation, operation_type: str) -> Lease:
+    """Claim as a worker taking the operation's message (its task id)."""
+    lease = services.operation_claim(
+        operation_id=str(operation.pk), worker="shared@budget", task_id=str(operation.task_id),
+        replace=(operation_type, no_replacement),
+    )
+    assert lease is not None
+    return lease
+
+
+@pytest.fixture(autouse=True)
+def _scaled() -> None:
+    needs_scaled("the PostgreSQL hot path (the claim picks in its own statement)")
+
+
+@pytest.fixture
+def published_quietly(monkeypatch: Any) -> None:
+    """Messages are not sent to a broker here (no worker takes them): the
+    statements are what is counted."""
+    monkeypatch.setattr(dispatch, "send", lambda *args, **kwargs: True)
+    monkeypatch.setattr(dispatch, "picked_by_claim", lambda *args, **kwargs: None)
+
+
+def test_a_no_op(alpha: Any, published_quietly: None) -> None:
+    services.operation_submit(bank_id="alpha", operation_type="test_echo")  # the window is counted once
+    with counted() as submit:
+        operation = services.operation_submit(bank_id="alpha", operation_type="test_echo").operation
+    submit.within(1, 1, "submit of a no-op (its INSERT)")
+    with counted() as claimed:
+        lease = claim(operation, "test_echo")
+    claimed.within(1, 1, "claim of a no-op (its UPDATE, with the pick of the next operation)")
+    with counted() as finished:
+        assert services.operation_complete(lease=lease, result={})
+    finished.within(1, 1, "finish of a no-op (its UPDATE, the webhook question inside)")
+
+
+def test_a_retain_of_one_document(alpha: Any, published_quietly: None) -> None:
+    payload = {"items": [RetainItem(content="Ada met Charles.", document_id="d").to_payload()]}
+    services.operation_submit(bank_id="alpha", operation_type="retain", payload=payload, document_id="d0")
+    with counted() as submit:
+        operation = services.operation_submit(
+            bank_id="alpha", operation_type="retain", payload=payload, document_id="d"
+        ).operation
+    submit.within(1, 1, "submit of a retain")
+    with counted() as claimed:
+        lease = claim(operation, "retain")
+    claimed.within(1, 1, "claim of a retain")
+    with counted() as finished:
+        assert services.operation_complete(lease=lease, result={"units": 1})
+    # The UPDATE, then (after commit) the next retain waiting on the same
+    # document is looked up to be published: one indexed SELECT.
+    finished.within(2, 2, "finish of a retain of one document")
+
+
+def test_a_parent_with_a_thousand_children(alpha: Any, published_quietly: None, settings: Any) -> None:
+    settings.OPS_RETAIN_BATCH_ITEMS = 1
+    items = [RetainItem(content=f"Fact {i}.") for i in range(1000)]
+    bank = Bank.objects.get(pk="alpha")
+    with counted() as submit:
+        parent, _ = retain_async(bank=bank, items=items, document_tags=[])
+    # Parent INSERT, the window's count (at most every 0.1 s), two bulk INSERTs
+    # of 500, the parent's roll-up (lock, count, UPDATE); one transaction.
+    submit.within(7, 1, "submit of a parent with 1,000 children")
+    child = parent.children.exclude(task_id=None).order_by("created_at").first()
+    with counted() as claimed:
+        lease = claim(child, "retain")
+    # The claim, then the parent's roll-up in a transaction of its own.
+    claimed.within(4, 2, "claim of a child")
+    with counted() as finished:
+        assert services.operation_complete(lease=lease, result={})
+    # One transaction: the UPDATE (with the webhook question) and the roll-up.
+    finished.within(4, 1, "finish of a child")
+
+
+def test_a_finish_in_a_bank_with_webhooks(alpha: Any, published_quietly: None) -> None:
+    Webhook.objects.create(
+        bank=Bank.objects.get(pk="alpha"), url="http://127.0.0.1:9/hook", secret_sealed=seal("s"),
+        event_types=["operation.completed"], enabled=True, http_config={},
+    )
+    first, second = (services.operation_submit(bank_id="alpha", operation_type="test_echo").operation for _ in "12")
+    assert services.operation_complete(lease=claim(first, "test_echo"), result={})  # the deliveries' window counted
+    lease = claim(second, "test_echo")
+    with counted() as finished:
+        assert services.operation_complete(lease=lease, result={})
+    # The quiet UPDATE finds the hook may act; then one transaction: the UPDATE
+    # returning the hook's answer, the webhooks read, the deliveries' INSERT.
+    finished.within(4, 2, "finish in a bank with webhooks")
