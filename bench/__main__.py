@@ -180,6 +180,10 @@ def scaled_section(args: argparse.Namespace, run: Run, env: dict[str, str]) -> N
     scaled.reset_broker(args.broker_url)
     scaled.reset_broker(args.reference_broker_url)
     scaled.remove_earlier_runs()
+    # Every figure runs against a table of a deployment's size (and its
+    # statistics): on an empty one PostgreSQL plans the hot path as scans.
+    run.say("history: finished operations the figures run beside")
+    scaled.ensure_history(options.history_rows, options.history_banks, run.say)
     key_row, key = api_key_create(name="bench", admin=True)
     logs = BENCH_DIR / "results" / "logs"
     wanted = set(args.only or SCALED_FIGURES)

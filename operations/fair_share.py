@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -76,13 +77,24 @@ _RUNNING = f"""(SELECT COUNT(*) FROM {_TABLE} r
     WHERE r.status = 'processing' AND r.worker = %s AND r.bank_id = {{bank}})"""
 
 
-def claim_guard(worker: str, now: datetime) -> RawSQL:
-    """The claim's condition: the row's bank is under its share of this
-    worker's pool, or no other bank waits for the type."""
-    row = {"type": f"{_TABLE}.operation_type", "bank": f"{_TABLE}.bank_id"}
+# The claim's condition: the row's bank is under its share of this worker's
+# pool, or no other bank waits for the type. Nobody else waiting is the common
+# case and two index probes: asked first, so the running count is read only
+# when it matters.
+CLAIM_GUARD = "(NOT {others} OR {running} < %s)".format(
+    others=_OTHERS_WAIT.format(type=f"{_TABLE}.operation_type", bank=f"{_TABLE}.bank_id"),
+    running=_RUNNING.format(bank=f"{_TABLE}.bank_id"),
+)
+
+
+def claim_guard_params(worker: str, now: datetime) -> list[Any]:
     at = connection.ops.adapt_datetimefield_value(now)
-    sql = f"({_RUNNING.format(**row)} < %s OR NOT {_OTHERS_WAIT.format(**row)})"
-    return RawSQL(sql, [worker, pool_of(worker).bank_cap, at, at], output_field=BooleanField())
+    return [at, at, worker, pool_of(worker).bank_cap]
+
+
+def claim_guard(worker: str, now: datetime) -> RawSQL:
+    """`CLAIM_GUARD` as an ORM condition."""
+    return RawSQL(CLAIM_GUARD, claim_guard_params(worker, now), output_field=BooleanField())
 
 
 def should_yield(*, operation_id: str, operation_type: str, bank_id: str, worker: str, now: datetime) -> bool:

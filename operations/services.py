@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import BooleanField, Count, F, Q
@@ -184,7 +185,7 @@ def operation_submit(
         filename=filename, mental_model_id=mental_model_id, tag=tag, parent_id=parent_id,
         operation_id=operation_id,
     )
-    if not optype.rollup and dispatch.take_window_slot(operation_type):
+    if not optype.rollup and dispatch.take_window_slots(operation_type):
         _mark_published(fields)
     dedupe_key = fields["dedupe_key"]
     # A plain row is one INSERT. A duplicate needs a savepoint to fail in (the
@@ -246,7 +247,10 @@ def operations_submit_many(*, bank_id: str, operations: list[Child], tag: str | 
 def _submit_bulk(
     *, bank_id: str, parent_id: uuid.UUID | str | None, children: list[Child], tag: str | None
 ) -> list[Operation]:
+    """One bulk INSERT (500 rows a statement), the window asked once per type,
+    and the messages of those published sent in one pass after commit."""
     rows = []
+    by_type: dict[str, list[dict[str, Any]]] = {}
     for child in children:
         optype = registry.get(child.operation_type)
         if optype.dedupe is not None or optype.rollup:
@@ -256,18 +260,20 @@ def _submit_bulk(
             document_id=child.document_id, filename=child.filename, mental_model_id=child.mental_model_id,
             tag=tag, parent_id=parent_id, operation_id=None,
         )
-        if dispatch.take_window_slot(optype.name):
+        by_type.setdefault(optype.name, []).append(fields)
+        rows.append(fields)
+    for name, of_type in by_type.items():
+        for fields in of_type[: dispatch.take_window_slots(name, len(of_type))]:
             _mark_published(fields)
-        rows.append(Operation(**fields))
     # In the caller's transaction when there is one (no savepoint: a failure
     # here fails the caller's whole submission anyway).
     with transaction.atomic(savepoint=False):
-        created = Operation.objects.bulk_create(rows, batch_size=500)
+        created = Operation.objects.bulk_create([Operation(**fields) for fields in rows], batch_size=500)
         if parent_id is not None:
             roll_up(parent_id)
-    for operation in created:
-        if operation.task_id:
-            _send_on_commit(operation)
+    messages = [(op.pk, op.operation_type, op.task_id) for op in created if op.task_id]
+    if messages:
+        transaction.on_commit(lambda: dispatch.send_many(messages), robust=True)
     return created
 
 
@@ -343,20 +349,14 @@ def _finished(lease: Lease, status: str, *, result: dict[str, Any] | None = None
     )
 
 
-_CLAIMED = (
-    "id", "bank_id", "operation_type", "retry_count", "task_payload", "document_id", "filename",
-    "mental_model_id", "tag", "parent_id", "serial_key", "progress",
-)
-
-
 def operation_claim(
     *, operation_id: str, worker: str, task_id: str, replace: tuple[str, Callable[[], None]] | None = None
 ) -> Lease | None:
     """pending -> processing, if the operation is due. None when it is not
     claimable (already claimed, finished, cancelled, parked until later, its
     bank at its fair share while another waits, or its serialization key
-    held by another running operation). One statement (UPDATE … RETURNING)
-    for a row without a parent.
+    held by another running operation). One statement (`queries.claim`) for
+    a row without a parent.
 
     `replace` = (the message's type, a fallback): the message left the broker,
     so the next waiting operation of that type takes its place in the window.
@@ -365,81 +365,81 @@ def operation_claim(
     serialization key, the fallback does it."""
     lease_id = uuid.uuid4()
     picked_in_claim = False
+    row: dict[str, Any] | None = None
     try:
         with _claim_statement():
             now = _now()
-            claimable = Operation.objects.filter(pk=operation_id).filter(
-                Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=now), fair_share.claim_guard(worker, now)
+            statement = queries.claim()
+            params = queries.claim_params(
+                operation_id=operation_id, worker=worker, task_id=task_id, lease_id=lease_id, now=now,
+                connection=connection,
             )
-            fields = {
-                "worker": worker, "task_id": task_id, "lease_id": lease_id, "heartbeat_at": now,
-                "started_at": now, "cancel_requested_at": None, "updated_at": now,
-            }
+            picked: dict[str, Any] | None = None
+            next_task = str(uuid.uuid4())
             if replace is not None and connection.vendor == "postgresql":
-                rows = _claim_and_pick(claimable, fields, replace[0], now)
+                statement = queries.claim_and_pick(statement)
+                params += queries.pick_params(
+                    operation_type=replace[0], after=dispatch.cursor_for(replace[0]), task_id=next_task,
+                    now=queries.adapt(now, connection),
+                    stale_before=queries.adapt(now - timedelta(seconds=settings.OPS_REDISPATCH_SECONDS), connection),
+                )
                 picked_in_claim = True
-            else:
-                rows = claimable.transition_returning("claim", _CLAIMED, **fields)
+            with connection.cursor() as cursor:
+                cursor.execute(statement, params)
+                fetched = cursor.fetchone()
+            if picked_in_claim:
+                claimed, picked = (_json(value) for value in fetched)
+                row = claimed
+            elif fetched is not None:
+                row = dict(zip(queries.CLAIMED, fetched, strict=True))
+        if picked is not None:
+            dispatch.picked_by_claim(replace[0], picked, next_task)  # type: ignore[index]
     except IntegrityError:
         # Another operation with the same serialization key is running. This one
         # stays pending; it is published again when that one finishes.
         Operation.objects.filter(pk=operation_id).transition("dispatch", dispatched_at=None)
         log.info("operation %s waits: its serialization key is busy", operation_id)
-        rows = None
+        picked_in_claim = False
+        if replace is not None:
+            replace[1]()
+        return None
     if replace is not None and not picked_in_claim:
         replace[1]()
-    if not rows:
-        if rows is not None:
-            # Not claimable. If it is still pending under this message (its bank
-            # is at its fair share while another bank waits, or it is not due),
-            # it is published again later.
-            Operation.objects.filter(pk=operation_id, task_id=task_id).transition("dispatch", dispatched_at=None)
+    if row is None:
+        # Not claimable. If it is still pending under this message (its bank
+        # is at its fair share while another bank waits, or it is not due),
+        # it is published again later.
+        Operation.objects.filter(pk=operation_id, task_id=task_id).transition("dispatch", dispatched_at=None)
         return None
-    row = rows[0]
     if row["parent_id"] is not None:
         # Right after the claim, in a transaction of its own (a parent shows
         # pending for that moment; the next child change would fix it anyway).
         with transaction.atomic():
             roll_up(row["parent_id"])
     return Lease(
-        operation_id=str(row["id"]),
+        operation_id=str(uuid.UUID(str(row["id"]))),
         lease_id=str(lease_id),
         operation_type=row["operation_type"],
         bank_id=row["bank_id"],
         worker=worker,
         task_id=task_id,
         attempt=row["retry_count"],
-        payload=row["task_payload"],
+        payload=_json(row["task_payload"]) or {},
         document_id=row["document_id"],
         filename=row["filename"],
         mental_model_id=row["mental_model_id"],
         tag=row["tag"],
-        parent_id=str(row["parent_id"]) if row["parent_id"] else None,
+        parent_id=str(uuid.UUID(str(row["parent_id"]))) if row["parent_id"] else None,
         serial_key=row["serial_key"],
-        progress=row["progress"],
+        progress=_json(row["progress"]),
         resumable=registry.get(row["operation_type"]).resumable,
     )
 
 
-def _claim_and_pick(
-    claimable: OperationQuerySet, fields: dict[str, Any], operation_type: str, now: datetime
-) -> list[dict[str, Any]]:
-    """The claim and the pick of the next operation of `operation_type`, one
-    statement (`queries.CLAIM_AND_PICK`); the picked one's message is sent
-    off the run's path. Returns the claimed row, as `transition_returning`."""
-    claim, params = claimable.transition_sql("claim", _CLAIMED, **fields)
-    next_task = str(uuid.uuid4())
-    params += queries.pick_params(
-        operation_type=operation_type, after=dispatch.cursor_for(operation_type), task_id=next_task,
-        now=queries.adapt(now, connection),
-        stale_before=queries.adapt(now - timedelta(seconds=settings.OPS_REDISPATCH_SECONDS), connection),
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(queries.claim_and_pick(claim), params)
-        claimed, picked = cursor.fetchone()
-    if picked is not None:
-        dispatch.picked_by_claim(operation_type, picked, next_task)
-    return [claimed] if claimed is not None else []
+def _json(value: Any) -> Any:
+    """A JSON column read by a raw statement: its text (Django's loaders) or
+    already decoded (json built in the statement)."""
+    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
 
 
 def _leased(lease: Lease, stale_before: datetime | None = None) -> OperationQuerySet:
@@ -479,13 +479,35 @@ def _after_finish(lease: Lease) -> None:
 
 def operation_complete(*, lease: Lease, result: dict[str, Any] | None) -> bool:
     """processing -> completed, with whatever the finish hooks queue (webhook
-    deliveries) in the same transaction. False when the lease was lost."""
-    now = _now()
-    fields = {
-        "result_metadata": result or {}, "completed_at": now, "next_retry_at": None, "lease_id": None,
-        "updated_at": now,
-    }
-    return _finish(lease, _leased(lease), "complete", COMPLETED, fields, result=result)
+    deliveries) in the same transaction. False when the lease was lost.
+
+    The hot path's finish, so its statements are `queries.complete`, not
+    built per call: for a row with no parent where no hook may act, one
+    UPDATE in autocommit; otherwise one transaction (see `_finish`)."""
+    conditions = tuple(finish_hooks.conditions().items())
+    params = queries.complete_params(
+        operation_id=lease.operation_id, lease_id=lease.lease_id, result=orjson.dumps(result or {}).decode(),
+        now=_now(), connection=connection,
+    )
+    if lease.parent_id is None:
+        with connection.cursor() as cursor:
+            cursor.execute(queries.complete(conditions, quiet=True), params)
+            won = cursor.fetchone() is not None
+        if won:
+            _after_finish(lease)
+            return True
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(queries.complete(conditions, quiet=False), params)
+            row = cursor.fetchone()
+        if row is not None:
+            answers = dict(zip((name for name, _ in conditions), row[1:], strict=True))
+            found = finish_hooks.followers_where(
+                bank_id=lease.bank_id, operation_type=lease.operation_type, answers=answers
+            )
+            finish_hooks.run(found, _finished(lease, COMPLETED, result=result))
+            _after_finish(lease)
+    return row is not None
 
 
 def operation_over_share(*, lease: Lease) -> bool:

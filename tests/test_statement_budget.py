@@ -86,6 +86,7 @@ def published_quietly(monkeypatch: Any) -> None:
     """Messages are not sent to a broker here (no worker takes them): the
     statements are what is counted."""
     monkeypatch.setattr(dispatch, "send", lambda *args, **kwargs: True)
+    monkeypatch.setattr(dispatch, "send_many", lambda messages: len(messages))
     monkeypatch.setattr(dispatch, "picked_by_claim", lambda *args, **kwargs: None)
 
 

@@ -14,11 +14,92 @@ statement's `*_params` function gives them in order.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from operations.models import Operation
+from operations import fair_share, registry
+from operations.models import TRANSITIONS, Operation
 
 TABLE = Operation._meta.db_table
+
+
+def _statuses(names: frozenset[str]) -> str:
+    return ", ".join(f"'{name}'" for name in sorted(names))
+
+
+def _runs() -> str:
+    """Rows that run (a transition meant for them never touches a parent)."""
+    parents = registry.parent_type_names()
+    return f"operation_type NOT IN ({', '.join(repr(str(name)) for name in parents)})" if parents else "TRUE"
+
+
+# --- CLAIM -------------------------------------------------------------------------
+#
+# pending -> processing (`TRANSITIONS["claim"]`) for a row that is due and
+# whose bank is under its fair share (`fair_share.CLAIM_GUARD`), holding a
+# lease: the worker, its task, a fencing token, and the clock. Returns what
+# the run needs. A busy serialization key makes it fail on
+# `ops_serial_processing` (IntegrityError): the row stays pending.
+
+CLAIMED = (
+    "id", "bank_id", "operation_type", "retry_count", "task_payload", "document_id", "filename",
+    "mental_model_id", "tag", "parent_id", "serial_key", "progress",
+)
+
+
+@cache
+def claim() -> str:
+    transition = TRANSITIONS["claim"]
+    return f"""UPDATE {TABLE} SET status = '{transition.target}', worker = %s, task_id = %s, lease_id = %s,
+    heartbeat_at = %s, started_at = %s, cancel_requested_at = NULL, updated_at = %s
+WHERE id = %s AND status IN ({_statuses(transition.sources)}) AND {_runs()}
+  AND (next_retry_at IS NULL OR next_retry_at <= %s) AND {fair_share.CLAIM_GUARD}
+RETURNING {", ".join(CLAIMED)}"""
+
+
+def claim_params(
+    *, operation_id: Any, worker: str, task_id: str, lease_id: Any, now: datetime, connection: Any
+) -> list[Any]:
+    at, pk = adapt(now, connection), Operation._meta.pk.get_db_prep_value
+    return [
+        worker, task_id, pk(lease_id, connection), at, at, at, pk(operation_id, connection), at,
+        *fair_share.claim_guard_params(worker, now),
+    ]
+
+
+# --- COMPLETE ----------------------------------------------------------------------
+#
+# processing -> completed (`TRANSITIONS["complete"]`) while this lease holds
+# the row. Two forms: the quiet one applies only while no finish hook may act
+# on the row (its conditions negated in the WHERE: a no-op's one statement);
+# the other returns each hook's answer, run inside the finishing transaction.
+
+
+@cache
+def complete(conditions: tuple[tuple[str, str], ...], *, quiet: bool) -> str:
+    transition = TRANSITIONS["complete"]
+    where = f"""id = %s AND lease_id = %s AND status IN ({_statuses(transition.sources)}) AND {_runs()}"""
+    if quiet:
+        where += "".join(f" AND NOT ({condition})" for _, condition in conditions)
+        returning = "id"
+    else:
+        returning = ", ".join(["id", *(f"({condition}) AS {name}" for name, condition in conditions)])
+    cast = "::jsonb" if _vendor() == "postgresql" else ""
+    return f"""UPDATE {TABLE} SET status = '{transition.target}', result_metadata = %s{cast}, completed_at = %s,
+    next_retry_at = NULL, lease_id = NULL, updated_at = %s
+WHERE {where}
+RETURNING {returning}"""
+
+
+def complete_params(*, operation_id: Any, lease_id: Any, result: str, now: datetime, connection: Any) -> list[Any]:
+    at, pk = adapt(now, connection), Operation._meta.pk.get_db_prep_value
+    return [result, at, at, pk(operation_id, connection), pk(lease_id, connection)]
+
+
+def _vendor() -> str:
+    from django.db import connection
+
+    return connection.vendor
 
 # --- PICK --------------------------------------------------------------------------
 #
