@@ -40,6 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -82,27 +83,28 @@ def send(operation_id: uuid.UUID | str, operation_type: str, task_id: str, *, pr
     return True
 
 
-def send_many(messages: list[tuple[uuid.UUID | str, str, str]]) -> int:
-    """Send the messages of rows already marked (id, type, task id) in one
+def send_many(messages: list[tuple[uuid.UUID | str, str, str, int]]) -> int:
+    """Send the messages of rows already marked (id, type, task id, priority) in one
     pass over one broker connection (a batch's children). A message the
     broker refuses has its mark undone, as `send` does. Returns how many went."""
     from opsproject.celery import app
 
-    sent = 0
+    sent = tried = 0
     try:
         with app.producer_or_acquire() as producer:
-            for operation_id, operation_type, task_id in messages:
+            for operation_id, operation_type, task_id, priority in messages:
                 optype = registry.get(operation_type)
+                tried += 1
                 try:
                     app.send_task(
                         optype.task_name, args=[str(operation_id)], queue=optype.queue, task_id=task_id,
-                        priority=BEHIND, producer=producer,
+                        priority=priority, producer=producer,
                     )
                     sent += 1
                 except Exception as exc:  # the sweeper publishes it again
                     _unmark(operation_id, operation_type, task_id, exc)
     except Exception as exc:  # no broker connection at all
-        for operation_id, operation_type, task_id in messages[sent:]:
+        for operation_id, operation_type, task_id, _ in messages[tried:]:
             _unmark(operation_id, operation_type, task_id, exc)
     return sent
 
@@ -153,24 +155,47 @@ def window_room(operation_type: str) -> int:
     return max(settings.OPS_DISPATCH_WINDOW - in_flight(operation_type), 0)
 
 
-# A submission asks whether its type's window has room. Counting the window
-# for each one would be a query per operation (S1 of the hot path), so each
-# process counts at most this often and spends from the count in between; a
-# window can then run over by what other processes publish meanwhile.
+# A submission asks whether its type's window has room, and whether its bank
+# already has a message there (its priority). Reading the window for each one
+# would be a query per operation (S1 of the hot path), so each process reads
+# it at most this often and spends from what it read in between; a window can
+# then run over by what other processes publish meanwhile, and a bank whose
+# message was taken meanwhile still counts as in the broker.
 WINDOW_RECOUNT_SECONDS = 0.1
-_estimates: dict[str, tuple[float, int]] = {}
 
 
-def take_window_slots(operation_type: str, wanted: int = 1) -> int:
-    """How many of `wanted` submissions of this type are published at once
-    (and counted against the window), from this process's estimate of it."""
-    now = time.monotonic()
-    counted_at, room = _estimates.get(operation_type, (-WINDOW_RECOUNT_SECONDS, 0))
-    if now - counted_at >= WINDOW_RECOUNT_SECONDS:
-        counted_at, room = now, window_room(operation_type)
-    granted = max(min(room, wanted), 0)
-    _estimates[operation_type] = (counted_at, room - granted)
-    return granted
+@dataclass
+class _WindowEstimate:
+    counted_at: float
+    room: int
+    banks: set[str]
+
+
+_estimates: dict[str, _WindowEstimate] = {}
+
+
+def _read_window(operation_type: str) -> _WindowEstimate:
+    """The banks of the messages of this type in the broker now (at most the
+    window's worth of rows, on `ops_pending_dispatched`, as `in_flight`)."""
+    banks = list(_in_broker(operation_type).values_list("bank_id", flat=True)[: settings.OPS_DISPATCH_WINDOW])
+    return _WindowEstimate(time.monotonic(), max(settings.OPS_DISPATCH_WINDOW - len(banks), 0), set(banks))
+
+
+def take_window_slots(operation_type: str, bank_id: str, wanted: int = 1) -> tuple[int, int]:
+    """How many of `wanted` submissions of this type from one bank are
+    published at once (counted against the window, from this process's
+    estimate of it), and the priority of the first of them: ahead of the
+    window when its bank has no message of the type there (the rest go
+    behind it, as `publish_next` would send them)."""
+    estimate = _estimates.get(operation_type)
+    if estimate is None or time.monotonic() - estimate.counted_at >= WINDOW_RECOUNT_SECONDS:
+        estimate = _estimates[operation_type] = _read_window(operation_type)
+    granted = max(min(estimate.room, wanted), 0)
+    priority = BEHIND if bank_id in estimate.banks else FIRST_OF_ITS_BANK
+    if granted:
+        estimate.room -= granted
+        estimate.banks.add(bank_id)
+    return granted, priority
 
 
 def forget_process_state() -> None:

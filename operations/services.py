@@ -152,10 +152,12 @@ def _mark_published(fields: dict[str, Any]) -> None:
     fields["task_id"] = str(uuid.uuid4())
 
 
-def _send_on_commit(operation: Operation) -> None:
+def _send_on_commit(operation: Operation, priority: int) -> None:
     operation_id, operation_type, task_id = operation.pk, operation.operation_type, operation.task_id
     assert task_id is not None
-    transaction.on_commit(lambda: dispatch.send(operation_id, operation_type, task_id), robust=True)
+    transaction.on_commit(
+        lambda: dispatch.send(operation_id, operation_type, task_id, priority=priority), robust=True
+    )
 
 
 def operation_submit(
@@ -185,7 +187,8 @@ def operation_submit(
         filename=filename, mental_model_id=mental_model_id, tag=tag, parent_id=parent_id,
         operation_id=operation_id,
     )
-    if not optype.rollup and dispatch.take_window_slots(operation_type):
+    published, priority = dispatch.take_window_slots(operation_type, bank_id) if not optype.rollup else (0, 0)
+    if published:
         _mark_published(fields)
     dedupe_key = fields["dedupe_key"]
     # A plain row is one INSERT. A duplicate needs a savepoint to fail in (the
@@ -210,7 +213,7 @@ def operation_submit(
                 return Submission(existing, deduplicated=True)
             continue
         if operation.task_id:
-            _send_on_commit(operation)
+            _send_on_commit(operation, priority)
         return Submission(operation, deduplicated=False)
     raise IntegrityError(f"could not submit {operation_type}: dedupe key {dedupe_key} kept changing")
 
@@ -262,16 +265,20 @@ def _submit_bulk(
         )
         by_type.setdefault(optype.name, []).append(fields)
         rows.append(fields)
+    priorities: dict[str, int] = {}
     for name, of_type in by_type.items():
-        for fields in of_type[: dispatch.take_window_slots(name, len(of_type))]:
+        published, priority = dispatch.take_window_slots(name, bank_id, len(of_type))
+        for fields in of_type[:published]:
             _mark_published(fields)
+            priorities[fields["task_id"]] = priority
+            priority = dispatch.BEHIND
     # In the caller's transaction when there is one (no savepoint: a failure
     # here fails the caller's whole submission anyway).
     with transaction.atomic(savepoint=False):
         created = Operation.objects.bulk_create([Operation(**fields) for fields in rows], batch_size=500)
         if parent_id is not None:
             roll_up(parent_id)
-    messages = [(op.pk, op.operation_type, op.task_id) for op in created if op.task_id]
+    messages = [(op.pk, op.operation_type, op.task_id, priorities[op.task_id]) for op in created if op.task_id]
     if messages:
         transaction.on_commit(lambda: dispatch.send_many(messages), robust=True)
     return created

@@ -162,6 +162,34 @@ def test_dispatch_window_keeps_a_backlog_in_the_database(
     assert dispatch.top_up("test_echo") == 0 and dispatch.publish_due() == 0
 
 
+def test_a_submission_goes_ahead_of_the_window_only_when_its_bank_has_no_message_there(
+    alpha: Any, beta: Any, settings: Any, monkeypatch: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The priority a submission is sent with comes from the window as its
+    process last read it: behind when its bank has a message there, ahead
+    when not (another bank's full window does not delay it)."""
+    settings.OPS_DISPATCH_WINDOW = 6
+    sent: list[tuple[str, int]] = []
+    monkeypatch.setattr(
+        dispatch, "send",
+        lambda operation_id, operation_type, task_id, *, priority: sent.append(
+            (Operation.objects.get(pk=operation_id).bank_id, priority)
+        ) or True,
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        for _ in range(3):
+            submit()
+    dispatch.forget_process_state()  # read the window again: alpha's three are in it
+    with django_capture_on_commit_callbacks(execute=True):
+        submit()
+        services.operation_submit(bank_id="beta", operation_type="test_echo")
+        services.operation_submit(bank_id="beta", operation_type="test_echo")
+    assert sent == [
+        ("alpha", dispatch.FIRST_OF_ITS_BANK), ("alpha", dispatch.BEHIND), ("alpha", dispatch.BEHIND),
+        ("alpha", dispatch.BEHIND), ("beta", dispatch.FIRST_OF_ITS_BANK), ("beta", dispatch.BEHIND),
+    ]
+
+
 def test_an_operation_waiting_on_a_busy_serialization_key_is_not_republished(alpha: Any) -> None:
     running = submit("test_serial")
     services.operation_claim(operation_id=str(running.pk), worker="w", task_id="t")
