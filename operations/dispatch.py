@@ -218,9 +218,7 @@ def _pick(operation_type: str, after: str, task_id: str) -> tuple[str, str, bool
         operation_type=operation_type, after=after, task_id=task_id,
         now=queries.adapt(timezone.now(), connection), stale_before=queries.adapt(_stale_before(), connection),
     )
-    with connection.cursor() as cursor:
-        cursor.execute(queries.pick(connection.vendor), params)
-        row = cursor.fetchone()
+    row = queries.fetchone(queries.pick(connection.vendor), params)
     if row is None:
         return None
     return str(uuid.UUID(str(row[0]))), row[1], bool(row[2])

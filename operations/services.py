@@ -391,9 +391,7 @@ def operation_claim(
                     stale_before=queries.adapt(now - timedelta(seconds=settings.OPS_REDISPATCH_SECONDS), connection),
                 )
                 picked_in_claim = True
-            with connection.cursor() as cursor:
-                cursor.execute(statement, params)
-                fetched = cursor.fetchone()
+            fetched = queries.fetchone(statement, params)
             if picked_in_claim:
                 claimed, picked = (_json(value) for value in fetched)
                 row = claimed
@@ -497,16 +495,12 @@ def operation_complete(*, lease: Lease, result: dict[str, Any] | None) -> bool:
         now=_now(), connection=connection,
     )
     if lease.parent_id is None:
-        with connection.cursor() as cursor:
-            cursor.execute(queries.complete(conditions, quiet=True), params)
-            won = cursor.fetchone() is not None
+        won = queries.fetchone(queries.complete(conditions, quiet=True), params) is not None
         if won:
             _after_finish(lease)
             return True
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(queries.complete(conditions, quiet=False), params)
-            row = cursor.fetchone()
+        row = queries.fetchone(queries.complete(conditions, quiet=False), params)
         if row is not None:
             answers = dict(zip((name for name, _ in conditions), row[1:], strict=True))
             found = finish_hooks.followers_where(

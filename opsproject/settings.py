@@ -277,6 +277,11 @@ OPS_WORKER_MAX_RETRIES = env_int("OPS_WORKER_MAX_RETRIES", 3, minimum=0)
 # Deadlocks, serialization failures, lost connections: retried at once without
 # spending OPS_WORKER_MAX_RETRIES, this many times per attempt (operations.transient).
 OPS_TRANSIENT_RETRIES = env_int("OPS_TRANSIENT_RETRIES", 10, minimum=0)
+# The hot path's statements (claim, pick, finish) as server-side prepared
+# statements on PostgreSQL: planned once per connection, not per operation.
+# Off behind a pooler in transaction mode that does not track them
+# (PgBouncer before 1.21, or without max_prepared_statements).
+OPS_PREPARED_STATEMENTS = env_bool("OPS_PREPARED_STATEMENTS", True)
 OPS_RETRY_BACKOFF_SECONDS = env_float("OPS_RETRY_BACKOFF_SECONDS", 2.0, minimum=0)
 OPS_RETRY_BACKOFF_CAP_SECONDS = env_float("OPS_RETRY_BACKOFF_CAP_SECONDS", 600.0, minimum=0)
 OPS_LEASE_SECONDS = env_float("OPS_LEASE_SECONDS", 60.0, minimum=1)
@@ -288,10 +293,10 @@ if OPS_HEARTBEAT_SECONDS >= OPS_LEASE_SECONDS:
     )
 OPS_SWEEP_INTERVAL_SECONDS = env_float("OPS_SWEEP_INTERVAL_SECONDS", 5.0, minimum=0.1)
 OPS_REDISPATCH_SECONDS = env_float("OPS_REDISPATCH_SECONDS", 120.0, minimum=1)
-# Messages per operation type in the broker at once; a backlog waits in the database.
 # While another bank waits, one bank holds at most this share of a worker
 # pool's slots (at least one); all of them when nobody else waits (operations.fair_share).
 OPS_BANK_SHARE = env_float("OPS_BANK_SHARE", 0.5, minimum=0.01, maximum=1.0)
+# Messages per operation type in the broker at once; a backlog waits in the database.
 OPS_DISPATCH_WINDOW = env_int("OPS_DISPATCH_WINDOW", 100, minimum=1)
 OPS_CANCEL_GRACE_SECONDS = env_float("OPS_CANCEL_GRACE_SECONDS", 30.0, minimum=0)
 OPS_OPERATION_RETENTION_DAYS = env_int("OPS_OPERATION_RETENTION_DAYS", 30, minimum=1)

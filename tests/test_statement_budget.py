@@ -154,3 +154,16 @@ def test_a_finish_in_a_bank_with_webhooks(alpha: Any, published_quietly: None) -
     # The quiet UPDATE finds the hook may act; then one transaction: the UPDATE
     # returning the hook's answer, the webhooks read, the deliveries' INSERT.
     finished.within(4, 2, "finish in a bank with webhooks")
+
+
+def test_the_claim_and_the_finish_are_prepared_once_per_connection(alpha: Any, published_quietly: None) -> None:
+    """Planned on first use, then reused by every claim and finish on the
+    connection (`queries.fetchone`): the plan is not paid per operation."""
+    for _ in range(3):
+        operation = services.operation_submit(bank_id="alpha", operation_type="test_echo").operation
+        assert services.operation_complete(lease=claim(operation, "test_echo"), result={})
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [statement for (statement,) in cursor.fetchall()]
+    assert len([s for s in prepared if "SET status = 'processing'" in s]) == 1, prepared
+    assert len([s for s in prepared if "SET status = 'completed'" in s]) == 1, prepared

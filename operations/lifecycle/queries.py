@@ -17,6 +17,9 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+from django.conf import settings
+from django.db import connection
+
 from operations import fair_share, registry
 from operations.models import TRANSITIONS, Operation
 
@@ -97,8 +100,6 @@ def complete_params(*, operation_id: Any, lease_id: Any, result: str, now: datet
 
 
 def _vendor() -> str:
-    from django.db import connection
-
     return connection.vendor
 
 # --- PICK --------------------------------------------------------------------------
@@ -165,3 +166,31 @@ def claim_and_pick(claim: str) -> str:
 
 def adapt(value: datetime, connection: Any) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
+
+
+# --- executing them ------------------------------------------------------------------
+
+
+def fetchone(statement: str, params: list[Any]) -> tuple[Any, ...] | None:
+    """Run one of these statements and return its first row. On PostgreSQL
+    (with OPS_PREPARED_STATEMENTS) as a prepared statement: the connection
+    plans it on first use and reuses the plan, where Django's cursor binds
+    parameters client-side and so has every run planned again (0.5 ms of
+    the claim's 1.2 ms). Errors are Django's (the claim catches IntegrityError),
+    and the statement is logged and counted as any other query."""
+    if connection.vendor != "postgresql" or not settings.OPS_PREPARED_STATEMENTS:
+        with connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchone()
+    from django.db.backends.postgresql.base import ServerBindingCursor  # psycopg's, only where it is used
+
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    raw = connection.connection
+    if raw.prepare_threshold is None:  # Django turns preparing off for every cursor
+        raw.prepare_threshold = 0  # ... and only this one binds server-side, so only these prepare
+    with connection.wrap_database_errors:
+        server_binding = ServerBindingCursor(raw)
+    with connection._prepare_cursor(server_binding) as cursor:  # Django's wrapper: errors, logging
+        cursor.execute(statement, params)
+        return cursor.fetchone()
