@@ -152,6 +152,22 @@ def _mark_published(fields: dict[str, Any]) -> None:
     fields["task_id"] = str(uuid.uuid4())
 
 
+_FIELDS = [field.attname for field in Operation._meta.concrete_fields]
+
+
+def _insert(fields: dict[str, Any]) -> Operation:
+    """Write one new pending row (`queries.insert`, prepared) and return it as
+    create() would: every column set, the others as the database has them."""
+    now = timezone.now()
+    row: dict[str, Any] = dict.fromkeys(queries.INSERTED)
+    row.update(status=PENDING.value, result_metadata={}, error_history=[], retry_count=0, created_at=now, updated_at=now)
+    row.update(fields)
+    row["id"] = uuid.UUID(str(row["id"])) if row["id"] is not None else uuid.uuid4()
+    with queries.execute(queries.insert(), queries.insert_params(row, connection)):
+        pass
+    return Operation.from_db(connection.alias, _FIELDS, [row.get(name) for name in _FIELDS])
+
+
 def _send_on_commit(operation: Operation, priority: int) -> None:
     operation_id, operation_type, task_id = operation.pk, operation.operation_type, operation.task_id
     assert task_id is not None
@@ -200,11 +216,11 @@ def operation_submit(
         try:
             if guarded:
                 with transaction.atomic():
-                    operation = Operation.objects.create(**fields)
+                    operation = _insert(fields)
                     if parent_id is not None:
                         roll_up(parent_id)
             else:
-                operation = Operation.objects.create(**fields)
+                operation = _insert(fields)
         except IntegrityError:
             if dedupe_key is None:
                 raise

@@ -10,13 +10,17 @@ per process (a count at most every 0.1 s, none in these steady-state counts).
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
+from django.utils import timezone
 
 from banks.memory import RetainItem
 from banks.models import Bank, Webhook
@@ -24,6 +28,7 @@ from banks.submissions import retain_async
 from banks.webhooks import seal
 from operations import dispatch, services
 from operations.handlers import Lease
+from operations.lifecycle import queries
 from operations.models import Operation
 from tests.conftest import needs_scaled
 
@@ -167,3 +172,55 @@ def test_the_claim_and_the_finish_are_prepared_once_per_connection(alpha: Any, p
         prepared = [statement for (statement,) in cursor.fetchall()]
     assert len([s for s in prepared if "SET status = 'processing'" in s]) == 1, prepared
     assert len([s for s in prepared if "SET status = 'completed'" in s]) == 1, prepared
+
+
+def _rows_walked(statement: str, params: list[Any]) -> tuple[int, str]:
+    """Rows an UPDATE's plan read and threw away (its filters' "Rows Removed"),
+    the statement run for real inside a transaction that is rolled back."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (ANALYZE, FORMAT TEXT) " + statement, params)
+            plan = "\n".join(line for (line,) in cursor.fetchall())
+        transaction.set_rollback(True)
+    removed = sum(int(number) for number in re.findall(r"Rows Removed by Filter: (\d+)", plan))
+    return removed, plan
+
+
+def test_a_backlog_that_arrived_after_the_statistics_is_not_walked_per_claim(
+    alpha: Any, published_quietly: None, settings: Any
+) -> None:
+    """Statistics taken on a table of finished work, then a backlog of 400
+    arrives: the claim, the pick and the finish still find their row by
+    primary key, not by a walk of a partial index the planner believes empty."""
+    settings.OPS_DISPATCH_WINDOW = 10
+    finished = timezone.now() - timedelta(days=1)
+    Operation.objects.bulk_create(
+        Operation(bank_id="alpha", operation_type="test_echo", status="completed", created_at=finished,
+                  completed_at=finished)
+        for _ in range(3000)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE operations_operation")
+    backlog = [services.operation_submit(bank_id="alpha", operation_type="test_echo").operation for _ in range(400)]
+    published = next(operation for operation in backlog if operation.task_id)
+    now = timezone.now()
+    claim_params = queries.claim_params(
+        operation_id=published.pk, worker="w", task_id="t", lease_id=uuid.uuid4(), now=now, connection=connection
+    )
+    pick_params = queries.pick_params(
+        operation_type="test_echo", after="", task_id="p", now=queries.adapt(now, connection),
+        stale_before=queries.adapt(now - timedelta(minutes=2), connection),
+    )
+    for name, statement, params in (
+        ("claim", queries.claim(), claim_params),
+        ("pick", queries.pick("postgresql"), pick_params),
+        ("claim and pick", queries.claim_and_pick(queries.claim()), claim_params + pick_params),
+    ):
+        removed, plan = _rows_walked(statement, params)
+        assert removed <= 5, f"{name} read {removed} rows it did not want:\n{plan}"
+    lease = claim(published, "test_echo")
+    finish = queries.complete_params(
+        operation_id=lease.operation_id, lease_id=lease.lease_id, result="{}", now=now, connection=connection
+    )
+    removed, plan = _rows_walked(queries.complete((), quiet=True), finish)
+    assert removed <= 5, f"finish read {removed} rows it did not want:\n{plan}"
