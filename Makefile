@@ -8,15 +8,25 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/11
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test test-fast test-scaled test-embedded bench install clean browser
+.PHONY: run test test-fast test-scaled test-embedded bench install clean browser lock
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the locked versions (requirements/test.txt, with hashes), then the
+# project itself on top of them, editable and with no dependency of its own.
+$(VENV)/.installed: pyproject.toml requirements/test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements/test.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
+
+## Re-resolve the lockfiles from pyproject.toml, every dependency at its newest
+## allowed version (uv, installed into the venv for this).
+lock: install
+	$(PY) -m pip install --quiet uv
+	$(VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes --upgrade --quiet -o requirements/base.txt
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --python-version 3.11 --generate-hashes --upgrade --quiet -o requirements/test.txt
 
 ## Run the embedded platform (SQLite + filesystem broker under ./var).
 run: install

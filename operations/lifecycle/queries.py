@@ -74,15 +74,22 @@ def insert() -> str:
 
 
 def insert_params(row: dict[str, Any], connection: Any) -> list[Any]:
-    """`row` holds every column of INSERTED as the model's Python values."""
+    """`row` holds every column of INSERTED as the model's Python values.
+    JSON goes to PostgreSQL as orjson's text (jsonb normalizes it); elsewhere
+    as Django writes it, since SQLite keeps the text and compares it as
+    written (a later `filter(task_payload=…)` must match)."""
     pk = Operation._meta.pk.get_db_prep_value
+    postgresql = connection.vendor == "postgresql"
     params = []
     for column in INSERTED:
         value = row[column]
         if value is None:
             pass
         elif column in _JSON_COLUMNS:
-            value = orjson.dumps(value).decode()
+            if postgresql:
+                value = orjson.dumps(value).decode()
+            else:
+                value = Operation._meta.get_field(column).get_db_prep_save(value, connection)
         elif column in _UUID_COLUMNS:
             value = pk(value, connection)
         elif column in _TIME_COLUMNS:
