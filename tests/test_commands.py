@@ -12,6 +12,7 @@ import pytest
 import yaml
 from django.core.management import call_command, get_commands
 from django.core.management.base import CommandError
+from django.utils import timezone
 
 from banks.api_keys import api_key_authenticate
 from banks.models import ApiKey
@@ -57,14 +58,23 @@ def test_create_api_key_refuses_bad_arguments(args: list[str], message: str) -> 
     assert ApiKey.objects.count() == 0
 
 
-def test_quickstart_issues_a_fresh_admin_key(settings: Any, tmp_path: Path) -> None:
+def test_quickstart_keeps_its_admin_key_across_restarts_until_rotated(settings: Any, tmp_path: Path) -> None:
     settings.DATA_DIR = tmp_path
     first = run("quickstart")
     second = run("quickstart")
     assert first[0].startswith("Admin login: admin / ") and first[0] == second[0]
     key_one, key_two = first[-1].split()[-1], second[-1].split()[-1]
-    assert api_key_authenticate(key_one) is None  # replaced by the second run
-    assert api_key_authenticate(key_two) is not None and api_key_authenticate(key_two).is_admin
+    assert key_one == key_two and api_key_authenticate(key_one).is_admin  # a restart revokes nothing
+    assert (tmp_path / "api-key").stat().st_mode & 0o777 == 0o600
+    rotated = run("quickstart", "--rotate")[-1].split()[-1]
+    assert rotated != key_one and api_key_authenticate(key_one) is None
+    assert api_key_authenticate(rotated).is_admin
+    # A kept key that was revoked meanwhile is replaced, not printed.
+    ApiKey.objects.filter(name="quickstart").update(revoked_at=timezone.now())
+    fresh = run("quickstart")[-1].split()[-1]
+    assert fresh != rotated and api_key_authenticate(fresh).is_admin
+    assert (tmp_path / "api-key").read_text().strip() == fresh
+    assert ApiKey.objects.filter(name="quickstart", revoked_at__isnull=True).count() == 1
     from django.contrib.auth import authenticate
 
     assert authenticate(username="admin", password=first[0].split()[-1]) is not None
