@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -468,6 +469,22 @@ def test_schema_and_docs_are_served(client: Any) -> None:
     responses = paths["/v1/default/banks/{bank_id}/operations/{operation_id}"]["delete"]["responses"]
     assert {"200", "202", "400", "401", "404", "409"} <= set(responses)
     assert client.get("/v1/docs").status_code == 200
+
+
+def test_the_docs_page_loads_everything_from_the_platform(client: Any) -> None:
+    """/v1/docs works on a machine without internet: Swagger UI's scripts,
+    styles and icon are the platform's own static files."""
+    page = client.get("/v1/docs")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    assert any("swagger-ui" in asset for asset in assets), html[:2000]
+    external = [asset for asset in assets if re.match(r"(https?:)?//", asset)]
+    assert not external, f"loaded from elsewhere: {external}"
+    for asset in assets:
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        b"".join(response.streaming_content) if response.streaming else response.content
 
 
 @pytest.mark.parametrize(

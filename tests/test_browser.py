@@ -190,3 +190,16 @@ def test_dashboard_progress_moves_without_reload(
              message="the dbloop operation to complete")
     page.wait_for_selector(f"#ops-running tr[data-operation-id='{operation.pk}']", state="detached")
     assert os.path.getsize(DOCS / "dashboard.png") > 10_000
+
+
+def test_the_api_docs_render_with_no_internet(browser_page: Any, live_server: Any) -> None:
+    """Swagger UI at /v1/docs draws the schema's operations from the
+    platform's own assets (the fixture refuses every request elsewhere)."""
+    page = browser_page
+    page.goto(f"{live_server.url}/v1/docs")
+    page.wait_for_selector(".swagger-ui .info .title")
+    assert "Operations platform API" in page.inner_text(".swagger-ui .info .title")
+    page.wait_for_selector(".opblock-summary-path")
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert any("/v1/default/banks/{bank_id}/operations" in path for path in paths)
+    screenshot(page, "api-docs.png")
