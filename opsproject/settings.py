@@ -181,6 +181,10 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+try:  # whitenoise warns of a missing one at every start (the files come from the apps)
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+except OSError:  # a read-only data folder: only that warning
+    pass
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -188,12 +192,16 @@ STORAGES = {
 # Admin assets are served straight from the installed apps: no collectstatic step.
 WHITENOISE_USE_FINDERS = True
 
+OPS_LOG_LEVEL = env_str("OPS_LOG_LEVEL", "INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("OPS_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": OPS_LOG_LEVEL},
+    # Beat's "Sending due task" every few seconds buries what matters (the
+    # start-up banner scrolled away within seconds): shown only when debugging.
+    "loggers": {"celery.beat": {"level": "DEBUG" if OPS_LOG_LEVEL == "DEBUG" else "WARNING"}},
 }
 
 # --- Celery ---------------------------------------------------------------------
@@ -204,7 +212,7 @@ if EMBEDDED_BROKER:
     _broker_dir = DATA_DIR / "broker"
     for _folder in ("queue", "processed", "control"):
         (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_URL = "filesystem://localhost/"  # a host named: kombu warns at every connection otherwise
     # kombu's filesystem transport with atomic writes and claims (see the module).
     CELERY_BROKER_TRANSPORT = "operations.embedded_broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -52,8 +52,18 @@ def alive(pid: int) -> bool:
 
 def test_runplatform_embedded_default(tmp_path: Path) -> None:
     port = free_port()
-    env = embedded_env(OPS_BIND=f"127.0.0.1:{port}", OPS_WORKER_MAX_SLOTS="3")
+    env = embedded_env(OPS_BIND=f"127.0.0.1:{port}", OPS_WORKER_MAX_SLOTS="3", OPS_LOG_LEVEL="INFO")  # as a user runs it
     log_path = tmp_path / "platform.log"
+    migrated = subprocess.run(
+        [sys.executable, MANAGE, "migrate", "--noinput", "-v0"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    quickstart = subprocess.run(
+        [sys.executable, MANAGE, "quickstart"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert quickstart.returncode == 0, quickstart.stderr
+    key = quickstart.stdout.split()[-1]
+    launched = time.monotonic()
     with open(log_path, "wb") as log:
         platform = subprocess.Popen(
             [sys.executable, MANAGE, "runplatform"], cwd=tmp_path, env=env,
@@ -63,7 +73,11 @@ def test_runplatform_embedded_default(tmp_path: Path) -> None:
     try:
         # The default plan: consolidation keeps its 2 reserved slots, 1 is shared.
         wait_for(lambda: output().count(" ready.") >= 3, timeout=90, message="workers ready")
-        assert "Platform running, embedded" in output()
+        wait_for(lambda: "Press Ctrl-C to stop." in output(), timeout=30, message="the banner")
+        banner = output()[output().index("Platform running, embedded"):]
+        assert " ready." not in banner  # printed after the workers' start-up lines, where it stays in view
+        for shown in ("/v1/docs", "/admin/dashboard/", f"API key:   {key}", "Login:     admin / "):
+            assert shown in banner, banner[:1000]
         database = tmp_path / "var" / "ops.sqlite3"
         assert database.exists() and (tmp_path / "var" / "broker" / "queue").is_dir()
 
@@ -94,11 +108,18 @@ def test_runplatform_embedded_default(tmp_path: Path) -> None:
 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=10) as page:
             assert page.status == 200
+        # Beat sends the sweep every OPS_SWEEP_INTERVAL_SECONDS (5 s): give it
+        # two of them, so that its routine lines would be in the log by now.
+        time.sleep(max(0.0, 11 - (time.monotonic() - launched)))
     finally:
         child_pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", output())]
         platform.send_signal(signal.SIGTERM)
         code = platform.wait(timeout=90)
     assert code == 0, output()[-3000:]
+    # Routine lines stay out of the way: beat's due tasks (it sent the sweep at
+    # start), kombu's missing-hostname warning, whitenoise's missing folder.
+    for routine in ("Sending due task", "No hostname was supplied", "No directory at"):
+        assert routine not in output(), routine
     # Every child (web, runworkers, its workers, beat) stopped with it.
     assert len(child_pids) >= 5
     deadline = time.monotonic() + 10
