@@ -133,16 +133,17 @@ _REFUSED_KINDS = (
 
 
 def address_refusal(address: str) -> str | None:
-    """Why a webhook may not be sent to this IP address, or None when it may.
-    An IPv4-mapped IPv6 address is judged as the IPv4 address it maps."""
+    """Why a webhook may not be sent to this IP address ("a loopback
+    address"…), or None when it may. An IPv4-mapped IPv6 address is judged
+    as the IPv4 address it maps."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone index
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     for attribute, kind in _REFUSED_KINDS:
         if getattr(ip, attribute):
-            return f"{ip} is a {kind} address"
+            return f"a {kind} address"
     if not ip.is_global and not ip.is_multicast:
-        return f"{ip} is not a public address"  # e.g. shared address space 100.64.0.0/10
+        return "not a public address"  # e.g. shared address space 100.64.0.0/10
     return None
 
 
@@ -181,9 +182,10 @@ def checked_addresses(
     for address in [] if allow_private else addresses:
         refusal = address_refusal(address)
         if refusal is not None:
+            literal = host.strip("[]") == address.split("%", 1)[0]
+            what = f"{address} is {refusal}" if literal else f"{host} resolves to {address}, {refusal}"
             raise UnsafeWebhookURL(
-                f"{host} resolves to {refusal}; webhooks may only reach public addresses "
-                "(unless OPS_WEBHOOK_ALLOW_PRIVATE is set)"
+                f"{what}; webhooks may only reach public addresses (unless OPS_WEBHOOK_ALLOW_PRIVATE is set)"
             )
     return addresses
 

@@ -191,6 +191,13 @@ def test_invalid_filters_are_400_naming_the_parameter(admin: Any, alpha: Any, qu
     assert body["detail"].startswith("invalid input: ")
 
 
+def test_a_wrong_status_or_type_is_answered_with_the_valid_ones(admin: Any, alpha: Any) -> None:
+    body = admin.get("banks/alpha/operations?status=done").json()
+    assert body["errors"]["status.0"] == ['"done" is not one of: pending, processing, completed, failed, cancelled']
+    (message,) = admin.get("banks/alpha/operations?type=retian").json()["errors"]["type.0"]
+    assert message.startswith('"retian" is not one of: ') and "retain" in message.split(": ", 1)[1].split(", ")
+
+
 def test_pagination_walk(admin: Any, alpha: Any) -> None:
     made = [make() for _ in range(23)]
     # Several rows share one creation time: the order must still be total.

@@ -131,7 +131,9 @@ def another_beat(env: dict[str, str], directory: Path) -> Iterator[Path]:
 def test_a_schedule_fires_once_per_period_across_two_beats(
     start_workers: Any, admin: Any, alpha: Any, tmp_path: Path
 ) -> None:
-    workers = start_workers(ready=2, beat=True, OPS_WORKER_MAX_SLOTS="2", **FAST)
+    # DEBUG: beat's "Sending due task" lines, the proof that both beats tick,
+    # are routine lines hidden at INFO.
+    workers = start_workers(ready=2, beat=True, OPS_WORKER_MAX_SLOTS="2", OPS_LOG_LEVEL="DEBUG", **FAST)
     retain_items(bank=Bank.objects.get(pk="alpha"), items=[RetainItem(content="The pump was serviced.")],
                  default_document_id=lambda i: "pump")
     with another_beat(workers.env, tmp_path) as second_log:

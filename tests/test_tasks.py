@@ -102,3 +102,12 @@ def test_bad_values_are_400_naming_the_parameter(admin: Caller, query: dict[str,
 def test_no_key_is_401(db: None) -> None:
     response = APIClient().get("/tasks")
     assert response.status_code == 401 and "detail" in response.json()
+
+
+def test_a_wrong_status_code_is_answered_with_the_valid_ones(admin: Caller) -> None:
+    response = tasks(admin, status="cancelled")
+    assert response.status_code == 400
+    (message,) = response.json()["errors"]["status.0"]
+    assert message == (
+        '"cancelled" is not one of: Q (pending), R (processing), D (completed), F (failed), C (cancelled)'
+    )

@@ -157,8 +157,13 @@ def fake_resolver(address: str) -> Any:
 def test_a_name_is_judged_by_every_address_it_resolves_to(settings: Any) -> None:
     settings.OPS_WEBHOOK_ALLOW_PRIVATE = False
     webhooks.check_url("https://hooks.example/x", resolve=fake_resolver("93.184.216.34"))
-    with pytest.raises(webhooks.UnsafeWebhookURL, match="loopback"):
+    with pytest.raises(webhooks.UnsafeWebhookURL, match="^hooks.example resolves to 127.0.0.1, a loopback address; "):
         webhooks.check_url("https://hooks.example/x", resolve=fake_resolver("127.0.0.1"))
+    # An address written in the URL is named once.
+    with pytest.raises(webhooks.UnsafeWebhookURL, match=r"^127\.0\.0\.1 is a loopback address; "):
+        webhooks.check_url("https://127.0.0.1/x", resolve=fake_resolver("127.0.0.1"))
+    with pytest.raises(webhooks.UnsafeWebhookURL, match=r"^::1 is a loopback address; "):
+        webhooks.check_url("https://[::1]/x", resolve=fake_resolver("::1"))
 
     def both(host: str, port: int, **kwargs: Any) -> list[tuple[Any, ...]]:
         return fake_resolver("93.184.216.34")(host, port) + fake_resolver("10.1.2.3")(host, port)
@@ -188,7 +193,7 @@ def test_delivery_refuses_a_name_that_now_resolves_to_loopback(
     settings.OPS_WEBHOOK_ALLOW_PRIVATE = False
     attempt = webhooks.post_event(webhook=webhook, event="webhook.test", delivery_id="d", body=b"{}")
     assert not attempt.delivered and not attempt.retry
-    assert "refused: localhost resolves to 127.0.0.1 is a loopback address" in attempt.error
+    assert "refused: localhost resolves to 127.0.0.1, a loopback address" in attempt.error
     assert receiver.requests == []
 
 

@@ -15,6 +15,20 @@ from operations import registry
 from operations.models import Operation, OperationStatus
 
 
+class ChoiceOf(serializers.ChoiceField):
+    """A choice whose error names the valid ones (with their meaning where
+    the value is a code), so a caller sees what to send instead."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError:
+            valid = ", ".join(
+                str(key) if str(key) == str(label) else f"{key} ({label})" for key, label in self.choices.items()
+            )
+            raise serializers.ValidationError(f'"{data}" is not one of: {valid}', code="invalid_choice") from None
+
+
 class CommaListField(serializers.ListField):
     """A query parameter that may repeat (`?status=a&status=b`) and/or hold a
     comma-separated list (`?status=a,b`)."""
@@ -36,11 +50,11 @@ class OperationFilterSerializer(serializers.Serializer):
     """Query parameters of the operation lists."""
 
     status = CommaListField(
-        child=serializers.ChoiceField(choices=OperationStatus.values), required=False,
+        child=ChoiceOf(choices=OperationStatus.values), required=False,
         help_text="only these statuses (repeatable or comma-separated)",
     )
     type = CommaListField(
-        child=serializers.ChoiceField(choices=[]), required=False,
+        child=ChoiceOf(choices=[]), required=False,
         help_text="only these operation types (repeatable or comma-separated)",
     )
     tag = serializers.CharField(required=False, allow_blank=True, max_length=200, help_text="empty: no filter")

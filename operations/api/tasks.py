@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from banks.api.auth import access_of
 from operations import registry
 from operations.api.responses import BAD_INPUT, UNAUTHORIZED
-from operations.api.serializers import CommaListField
+from operations.api.serializers import ChoiceOf, CommaListField
 from operations.models import Operation, OperationStatus
 
 # The guide's status codes: queued, running, done, failed, cancelled.
@@ -33,11 +33,11 @@ CODE_OF_STATUS = {status: code for code, status in STATUS_CODES.items()}
 
 class TaskFilterSerializer(serializers.Serializer):
     task_type = CommaListField(
-        child=serializers.ChoiceField(choices=[]), required=False,
+        child=ChoiceOf(choices=[]), required=False,
         help_text="only these operation types (repeatable)",
     )
     status = CommaListField(
-        child=serializers.ChoiceField(choices=list(STATUS_CODES)), required=False,
+        child=ChoiceOf(choices=list(STATUS_CODES.items())), required=False,
         help_text="only these statuses (repeatable): Q pending, R processing, D completed, F failed, C cancelled",
     )
     within_hours = serializers.IntegerField(
