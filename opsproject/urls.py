@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 from django.views.decorators.csrf import csrf_exempt
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
 from banks.api.memory_views import (
@@ -124,7 +125,9 @@ urlpatterns = [
     path("metrics", health.metrics, name="metrics"),
     path("v1/openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     path("v1/docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
-    # The live dashboard lives in the admin's URL space (and behind its login).
+    # The live dashboard lives in the admin's URL space (and behind its login);
+    # the site's root (the admin's "View site") leads there.
+    path("", RedirectView.as_view(pattern_name="ops-dashboard"), name="home"),
     path("admin/", include("operations.dashboard.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -167,3 +167,11 @@ def test_paginator_estimates_past_the_cap(many_operations: None) -> None:
     few = admin_paging.CappedCountPaginator(Operation.objects.filter(status="failed", bank_id="bank3"), 50)
     assert few.count == Operation.objects.filter(status="failed", bank_id="bank3").count()
     assert not few.is_estimate
+
+
+def test_the_sites_root_leads_to_the_dashboard(root: Client) -> None:
+    """The admin's "View site" link goes to `/`: it lands on the dashboard, not a 404."""
+    response = root.get("/", follow=True)
+    assert response.status_code == 200
+    assert response.redirect_chain[-1][0] == "/admin/dashboard/"
+    assert 'hx-get="/admin/dashboard/panels/"' in response.content.decode()
