@@ -68,7 +68,7 @@ _TIME_COLUMNS = frozenset({"dispatched_at", "created_at", "updated_at"})
 
 @cache
 def insert() -> str:
-    cast = "::jsonb" if _vendor() == "postgresql" else ""
+    cast = "::jsonb" if connection.vendor == "postgresql" else ""
     values = ", ".join(f"%s{cast}" if column in _JSON_COLUMNS else "%s" for column in INSERTED)
     return f"INSERT INTO {TABLE} ({', '.join(INSERTED)}) VALUES ({values})"
 
@@ -149,7 +149,7 @@ def complete(conditions: tuple[tuple[str, str], ...], *, quiet: bool) -> str:
         returning = "id"
     else:
         returning = ", ".join(["id", *(f"({condition}) AS {name}" for name, condition in conditions)])
-    cast = "::jsonb" if _vendor() == "postgresql" else ""
+    cast = "::jsonb" if connection.vendor == "postgresql" else ""
     return f"""UPDATE {TABLE} SET status = '{transition.target}', result_metadata = %s{cast}, completed_at = %s,
     next_retry_at = NULL, lease_id = NULL, updated_at = %s
 WHERE {where}
@@ -160,9 +160,6 @@ def complete_params(*, operation_id: Any, lease_id: Any, result: str, now: datet
     at, pk = adapt(now, connection), Operation._meta.pk.get_db_prep_value
     return [result, at, at, pk(operation_id, connection), pk(lease_id, connection)]
 
-
-def _vendor() -> str:
-    return connection.vendor
 
 # --- PICK --------------------------------------------------------------------------
 #
