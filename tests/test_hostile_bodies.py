@@ -138,3 +138,13 @@ def test_numbers_past_64_bits_stored_in_json_are_rendered(api: tuple[Client, dic
     again = client.get("/v1/default/banks/alpha")
     assert again.status_code == 200
     assert float(again.json()["config"]["big"]) == 1.8446744073709552e+19
+
+
+def test_a_nul_character_in_an_explicit_entity_is_a_400() -> None:
+    """Found by the fuzzer: an entity's name with U+0000 reached PostgreSQL's
+    INSERT (a 500); it is refused with the other bad input."""
+    from banks.api.memory_serializers import RetainItemSerializer
+
+    for entity in ({"text": "a\x00b"}, "c\x00", {"text": "d", "type": "t\x00"}):
+        item = RetainItemSerializer(data={"content": "x", "entities": [entity]})
+        assert not item.is_valid() and "entities" in item.errors

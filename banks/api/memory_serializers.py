@@ -42,6 +42,7 @@ class EntityField(serializers.Field):
     """An explicit entity: "Ada Lovelace" or {"text": "Ada Lovelace", "type": "person"}."""
 
     def to_internal_value(self, data: Any) -> EntityMention:
+        no_nul_characters(data)  # PostgreSQL text cannot hold it (a 500 on the entity's INSERT)
         if isinstance(data, str) and data.strip():
             return EntityMention(data.strip()[:200])
         if isinstance(data, dict):
