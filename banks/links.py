@@ -74,9 +74,29 @@ def plan(
             "unit_id", "entity_id"
         ):
             entities_of.setdefault(unit_id, set()).add(entity_id)
-    return _temporal(bank_id, units, have, exclude, siblings) + _semantic(
-        bank_id, units, have, exclude, siblings, entities_of
+    stored = _Stored.read(bank_id, units, have=have, exclude=exclude, entities_of=entities_of)
+    return _temporal(units, have, exclude, siblings, stored) + _semantic(
+        units, have, exclude, siblings, entities_of, stored
     )
+
+
+def plan_items(bank_id: str, items: list[list[MemoryUnit]], *, entities_of: dict[Any, set[int]]) -> list[Link]:
+    """The links of several new items' units, exactly as if each item were
+    written before the next one is planned (`plan` with the earlier items'
+    units as siblings), from one read of what is stored: a retain of many
+    items plans them with a handful of queries, not a handful per item."""
+    every = [unit for units in items for unit in units]
+    if not every:
+        return []
+    stored = _Stored.read(bank_id, every, have={}, exclude=set(), entities_of=entities_of)
+    links: list[Link] = []
+    written = 0
+    for units in items:
+        written += len(units)
+        siblings = every[:written]
+        links += _temporal(units, {}, set(), siblings, stored)
+        links += _semantic(units, {}, set(), siblings, entities_of, stored)
+    return links
 
 
 def existing_targets(unit_ids: Iterable[Any]) -> Have:
@@ -87,34 +107,117 @@ def existing_targets(unit_ids: Iterable[Any]) -> Have:
     return have
 
 
+# (unit id, timestamp), in the order a list of candidates is read.
+Near = tuple[Any, datetime]
+
+
+class _Stored:
+    """What planning reads of the stored units, once for every unit it plans:
+    for each timestamp the units nearest before and after it (newest first
+    among equal times), each entity's most recently written units, the
+    bank's most recent units, and their vectors."""
+
+    def __init__(self) -> None:
+        self.before: dict[datetime, list[Near]] = {}
+        self.after: dict[datetime, list[Near]] = {}
+        self.sharers: dict[int, list[tuple[Any, tuple[int, int]]]] = {}
+        self.recent: list[Any] = []
+        self.vectors: dict[Any, Keyed] = {}
+
+    @classmethod
+    def read(
+        cls, bank_id: str, units: list[MemoryUnit], *, have: Have, exclude: set[Any], entities_of: dict[Any, set[int]]
+    ) -> _Stored:
+        stored = cls()
+        temporal = [u for u in units if _room(u, LinkKind.TEMPORAL, have) > 0]
+        if temporal:
+            depths: dict[datetime, int] = {}
+            for unit in temporal:
+                # Enough to fill every unit's half after dropping itself, what
+                # it has and what is about to go.
+                taken = len(have.get((unit.pk, LinkKind.TEMPORAL), ()))
+                depths[unit.timestamp] = depths.get(unit.timestamp, TEMPORAL_CAP // 2 + len(exclude)) + 1 + taken
+            stored.before, stored.after = _around(bank_id, depths)
+        semantic = [u for u in units if u.vector and _room(u, LinkKind.SEMANTIC, have) > 0]
+        if semantic:
+            wanted = set().union(*(entities_of.get(u.pk, set()) for u in semantic))
+            for entity_id, pk, order in _recent_sharers(wanted, ENTITY_CANDIDATES + 1 + len(exclude)):
+                stored.sharers.setdefault(entity_id, []).append((pk, (0, order)))
+            stored.recent = list(
+                MemoryUnit.objects.filter(bank_id=bank_id).order_by("-created_at").values_list("pk", flat=True)[
+                    : RECENT_CANDIDATES + len(units) + len(exclude)
+                ]
+            )
+            candidates = {*stored.recent} | {pk for rows in stored.sharers.values() for pk, _ in rows}
+            stored.vectors = _vectors.get_many(candidates - {u.pk for u in units})
+        return stored
+
+
+def _room(unit: MemoryUnit, kind: str, have: Have) -> int:
+    return CAPS[kind] - len(have.get((unit.pk, kind), ()))
+
+
+def _around(bank_id: str, depths: dict[datetime, int]) -> tuple[dict[datetime, list[Near]], dict[datetime, list[Near]]]:
+    """For each timestamp, its `depth` nearest stored units at or before it
+    (newest first, the latest written first among equal times) and after it
+    (oldest first, the earliest written first): one statement on PostgreSQL,
+    a pair per timestamp elsewhere."""
+    before: dict[datetime, list[Near]] = {when: [] for when in depths}
+    after: dict[datetime, list[Near]] = {when: [] for when in depths}
+    if connection.vendor != "postgresql":
+        others = MemoryUnit.objects.filter(bank_id=bank_id)
+        for when, depth in depths.items():
+            before[when] = list(others.filter(timestamp__lte=when).order_by("-timestamp", "-created_at").values_list(
+                "pk", "timestamp")[:depth])
+            after[when] = list(others.filter(timestamp__gt=when).order_by("timestamp", "created_at").values_list(
+                "pk", "timestamp")[:depth])
+        return before, after
+    table = MemoryUnit._meta.db_table
+    whens = list(depths)
+    lateral = """SELECT w.i, {side}, u.id, u.timestamp, u.created_at FROM unnest(%s::timestamptz[], %s::int[])
+        WITH ORDINALITY AS w(t, depth, i) CROSS JOIN LATERAL (SELECT id, timestamp, created_at FROM {table}
+        WHERE bank_id = %s AND timestamp {op} w.t ORDER BY timestamp {order}, created_at {order} LIMIT w.depth) u"""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            lateral.format(side=0, table=table, op="<=", order="DESC")
+            + " UNION ALL "
+            + lateral.format(side=1, table=table, op=">", order="ASC"),
+            [whens, [depths[w] for w in whens], bank_id] * 2,
+        )
+        rows = cursor.fetchall()
+    to_uuid = MemoryUnit._meta.pk.to_python  # type: ignore[union-attr]
+    # The union's order is not the laterals' own: sorted again here.
+    rows.sort(key=lambda row: (row[0], row[1], row[3], row[4]))
+    for index, side, pk, at, _ in rows:
+        (after if side else before)[whens[index - 1]].append((to_uuid(pk), at))
+    for near in before.values():
+        near.reverse()
+    return before, after
+
+
 def _temporal(
-    bank_id: str, units: list[MemoryUnit], have: Have, exclude: set[Any], siblings: list[MemoryUnit]
+    units: list[MemoryUnit], have: Have, exclude: set[Any], siblings: list[MemoryUnit], stored: _Stored
 ) -> list[Link]:
     """Each unit's nearest units in time (half before, half after), for the
-    units that have room; one pair of queries per distinct timestamp."""
+    units that have room. Unwritten siblings are newer than every stored
+    unit, and later siblings newer than earlier ones: first among equal times
+    before, last among them after."""
     half = TEMPORAL_CAP // 2
     by_time: dict[datetime, list[MemoryUnit]] = {}
     for unit in units:
-        if TEMPORAL_CAP - len(have.get((unit.pk, LinkKind.TEMPORAL), ())) > 0:
+        if _room(unit, LinkKind.TEMPORAL, have) > 0:
             by_time.setdefault(unit.timestamp, []).append(unit)
     links = []
     for when, group in by_time.items():
-        # Enough to fill every unit's half after dropping itself, what it has
-        # and what is about to go.
-        depth = half + len(group) + len(exclude) + max(len(have.get((u.pk, LinkKind.TEMPORAL), ())) for u in group)
-        others = MemoryUnit.objects.filter(bank_id=bank_id)
-        # Unwritten siblings are the newest units: first among equal times.
-        before = [(s.pk, s.timestamp) for s in reversed(siblings) if s.timestamp <= when]
-        before += others.filter(timestamp__lte=when).order_by("-timestamp", "-created_at").values_list(
-            "pk", "timestamp"
-        )[:depth]
-        after = sorted(((s.pk, s.timestamp) for s in siblings if s.timestamp > when), key=lambda r: r[1])
-        after += others.filter(timestamp__gt=when).order_by("timestamp", "created_at").values_list(
-            "pk", "timestamp"
-        )[:depth]
+        mine_before = sorted(((s.pk, s.timestamp) for s in reversed(siblings) if s.timestamp <= when),
+                             key=lambda r: r[1], reverse=True)
+        mine_after = sorted(((s.pk, s.timestamp) for s in siblings if s.timestamp > when), key=lambda r: r[1])
+        # heapq.merge keeps the first list's row first among equal keys.
+        before = list(heapq.merge(mine_before, stored.before[when], key=lambda r: r[1], reverse=True))
+        after = list(heapq.merge(stored.after[when], mine_after, key=lambda r: r[1]))
         for unit in group:
             skip = have.get((unit.pk, LinkKind.TEMPORAL), set()) | {unit.pk} | exclude
-            room = TEMPORAL_CAP - len(have.get((unit.pk, LinkKind.TEMPORAL), ()))
+            room = _room(unit, LinkKind.TEMPORAL, have)
             near = [r for r in before if r[0] not in skip][:half] + [r for r in after if r[0] not in skip][:half]
             near.sort(key=lambda r: abs((r[1] - when).total_seconds()))
             links += [
@@ -125,17 +228,17 @@ def _temporal(
 
 
 def _semantic(
-    bank_id: str,
     units: list[MemoryUnit],
     have: Have,
     exclude: set[Any],
     siblings: list[MemoryUnit],
     entities_of: dict[Any, set[int]],
+    stored: _Stored,
 ) -> list[Link]:
     """Each unit's most similar candidates (cosine >= SEMANTIC_THRESHOLD): the
     ENTITY_CANDIDATES most recent units sharing one of its entities, and the
     bank's RECENT_CANDIDATES most recent units."""
-    units = [u for u in units if u.vector and SEMANTIC_CAP - len(have.get((u.pk, LinkKind.SEMANTIC), ())) > 0]
+    units = [u for u in units if u.vector and _room(u, LinkKind.SEMANTIC, have) > 0]
     if not units:
         return []
     # Recency keys: unwritten siblings, (1, position), are newer than any
@@ -144,21 +247,15 @@ def _semantic(
     for position, sibling in reversed(list(enumerate(siblings))):  # newest first, as every list here
         for entity_id in entities_of.get(sibling.pk, ()):
             sharers.setdefault(entity_id, []).append((sibling.pk, (1, position)))
-    wanted = set().union(*(entities_of.get(u.pk, set()) for u in units))
-    for entity_id, pk, order in _recent_sharers(wanted, ENTITY_CANDIDATES + 1 + len(exclude)):
-        sharers.setdefault(entity_id, []).append((pk, (0, order)))
-    recent = [s.pk for s in reversed(siblings)] + list(
-        MemoryUnit.objects.filter(bank_id=bank_id).order_by("-created_at").values_list("pk", flat=True)[
-            : RECENT_CANDIDATES + len(units) + len(exclude)
-        ]
-    )
-    vectors = {s.pk: _keyed(s.vector) for s in siblings}
-    vectors.update(_vectors.get_many(({*recent} | {pk for rows in sharers.values() for pk, _ in rows}) - set(vectors)))
+    for entity_id, rows in stored.sharers.items():
+        sharers.setdefault(entity_id, []).extend(rows)
+    recent = [s.pk for s in reversed(siblings)] + stored.recent
+    vectors = {**stored.vectors, **{s.pk: _keyed(s.vector) for s in siblings}}
     links = []
     for unit in units:
         mine, my_keys = _keyed(unit.vector)
         skip = have.get((unit.pk, LinkKind.SEMANTIC), set()) | {unit.pk} | exclude
-        room = SEMANTIC_CAP - len(have.get((unit.pk, LinkKind.SEMANTIC), ()))
+        room = _room(unit, LinkKind.SEMANTIC, have)
         candidates = _most_recent(
             [sharers.get(entity_id, []) for entity_id in entities_of.get(unit.pk, ())], skip, ENTITY_CANDIDATES
         )
@@ -315,16 +412,20 @@ def insert(bank_id: str, links: list[Link], *, offer_back: bool) -> None:
                 cursor.execute(f"INSERT INTO {queue} {columns} VALUES (%s, %s, %s, %s, %s)", row)
 
 
-def offers(bank_id: str, limit: int) -> list[tuple[int, Link]]:
-    """The oldest queued offers of links back, in the order the links were written."""
-    rows = PendingBackLink.objects.filter(bank_id=bank_id).order_by("id").values_list(
-        "id", "source_id", "target_id", "kind", "weight"
-    )[:limit]
-    return [(row[0], Link(*row[1:])) for row in rows]
-
-
-def drop_offers(offer_ids: list[int]) -> None:
-    PendingBackLink.objects.filter(pk__in=offer_ids).delete()
+def take_offers(bank_id: str, limit: int) -> list[Link]:
+    """Remove and return the oldest queued offers of links back, in the order
+    the links were written: one statement (the caller's transaction keeps them
+    if it fails)."""
+    table = PendingBackLink._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE bank_id = %s ORDER BY id LIMIT %s) "
+            f"RETURNING id, source_id, target_id, kind, weight",
+            [bank_id, limit],
+        )
+        rows = sorted(cursor.fetchall())
+    to_uuid = MemoryUnit._meta.pk.to_python  # type: ignore[union-attr]
+    return [Link(to_uuid(source), to_uuid(target), kind, weight) for _, source, target, kind, weight in rows]
 
 
 def back_links(links: list[Link]) -> list[Link]:

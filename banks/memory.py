@@ -1,10 +1,11 @@
 """Writing a bank's memory: retaining items, deleting documents and units, links.
 
 A retain does its expensive work first, holding nothing: extraction, vectors,
-and the choice of link candidates (reads only). Then each item is written in
-one short transaction that locks its document row, so concurrent retains of
-one document run one after the other and a crash leaves either the old or the
-new version, never half of each. That also makes retains idempotent: running
+and the choice of link candidates (reads only). Then the items are written,
+up to `WRITE_ITEMS` new documents in one short transaction (an item that
+replaces a document in one of its own), which locks their document rows: so
+concurrent retains of one document run one after the other and a crash leaves
+either the old or the new version, never half of each. That also makes retains idempotent: running
 one again replaces the document with the same units. Writers of one bank
 coordinate through `write_locks` (adders side by side, deleters alone), and
 what adders would fight over (co-occurrence counts, a neighbour's cap before
@@ -105,6 +106,11 @@ class RetainOutcome:
         return cls(**{name: int(counts.get(name, 0)) for name in ("items", "units", "replaced_units", "entities")})
 
 
+# Items written in one transaction (when none replaces a document): a
+# request's items cost one set of statements, and a transaction stays short.
+WRITE_ITEMS = 20
+
+
 def retain_items(
     *,
     bank: Bank,
@@ -115,26 +121,26 @@ def retain_items(
     start: int = 0,
     outcome: RetainOutcome | None = None,
 ) -> RetainOutcome:
-    """Retain each item from `start` on (one short transaction per item).
-    `default_document_id(i)` names the document of an item without one; it
-    must be deterministic so a re-run replaces instead of duplicating.
-    `on_item(done, total, outcome so far)` is called before each item
-    (progress and cancellation checkpoints). A resumed run passes the
-    `outcome` so far."""
+    """Retain each item from `start` on, up to WRITE_ITEMS new documents per
+    short transaction, and an item that replaces a document in one of its
+    own. `default_document_id(i)` names the document of an item without one;
+    it must be deterministic so a re-run replaces instead of duplicating.
+    `on_item(done, total, outcome so far)` is called before each write
+    (progress and cancellation checkpoints: every item before `done` is
+    written). A resumed run passes the `outcome` so far."""
     outcome = outcome if outcome is not None else RetainOutcome()
-    for index in range(start, len(items)):
+    index = start
+    while index < len(items):
         if on_item is not None:
             on_item(index, len(items), outcome)
-        item = items[index]
-        document_id = item.document_id or default_document_id(index)
-        added, replaced, entities = retain_item(
-            bank=bank, item=item, document_id=document_id, document_tags=document_tags or []
-        )
-        outcome.items += 1
-        outcome.units += added
-        outcome.replaced_units += replaced
-        outcome.entities += entities
-        outcome.document_ids.append(document_id)
+        group = _next_group(bank, items, index, default_document_id, document_tags or [])
+        for item, (added, replaced, entities) in zip(group, _retain_group(bank, group)):
+            outcome.items += 1
+            outcome.units += added
+            outcome.replaced_units += replaced
+            outcome.entities += entities
+            outcome.document_ids.append(item.document_id)
+        index += len(group)
     fold(bank)
     return outcome
 
@@ -152,6 +158,24 @@ class _Item:
     timestamp: datetime
     facts: list[tuple[uuid.UUID, str, dict[str, float], list[EntityMention]]]
 
+    @classmethod
+    def extract(cls, item: RetainItem, *, document_id: str, document_tags: list[str]) -> _Item:
+        extractor = get_extractor()
+        texts = extractor.extract_facts(item.content) or [item.content.strip() or item.content]
+        return cls(
+            document_id=document_id,
+            content_hash=hashlib.sha256(item.content.encode()).hexdigest(),
+            tags=sorted(set(item.tags) | set(document_tags)),
+            context=item.context,
+            metadata=item.metadata,
+            timestamp=item.timestamp or timezone.now(),
+            facts=[
+                (uuid.uuid4(), text, extractor.embed(text),
+                 _mentions(extractor.extract_entities(text), item.entities))
+                for text in texts
+            ],
+        )
+
     def units(self, bank: Bank) -> list[MemoryUnit]:
         """Fresh unsaved rows (ids fixed at extraction: links are planned to them)."""
         return [
@@ -166,106 +190,152 @@ class _Item:
         return {canonical(m.name): m for *_, mentions in self.facts for m in mentions}
 
 
-class _NeedsExclusive(Exception):
-    """The document has units to replace: its write must run alone in the bank."""
-
-
-def retain_item(
-    *, bank: Bank, item: RetainItem, document_id: str, document_tags: list[str]
-) -> tuple[int, int, int]:
-    """Store one item as (the new version of) a document. Returns (units added,
-    units replaced, entities mentioned).
-
-    First, holding nothing: extraction, vectors, the entities (created if
-    new, in a statement of their own), and the link candidates. Then one
-    short transaction writes it all (`_write_item`). A transient database
-    error there plans and writes again, without spending the operation's
-    retries."""
-    extractor = get_extractor()
-    texts = extractor.extract_facts(item.content) or [item.content.strip() or item.content]
-    extracted = _Item(
-        document_id=document_id,
-        content_hash=hashlib.sha256(item.content.encode()).hexdigest(),
-        tags=sorted(set(item.tags) | set(document_tags)),
-        context=item.context,
-        metadata=item.metadata,
-        timestamp=item.timestamp or timezone.now(),
-        facts=[
-            (uuid.uuid4(), text, extractor.embed(text), _mentions(extractor.extract_entities(text), item.entities))
-            for text in texts
-        ],
+def _next_group(
+    bank: Bank, items: list[RetainItem], index: int, document_id: Callable[[int], str], document_tags: list[str]
+) -> list[_Item]:
+    """The items written next, extracted: up to WRITE_ITEMS of new, distinct
+    documents, or the one item at `index` when it replaces a document (or
+    repeats one of the group's)."""
+    ahead = range(index, min(index + WRITE_ITEMS, len(items)))
+    ids = [items[i].document_id or document_id(i) for i in ahead]
+    stored = set(
+        MemoryUnit.objects.filter(bank=bank, document__document_id__in=ids).values_list(
+            "document__document_id", flat=True
+        ).distinct()
     )
+    taken: list[int] = []
+    for i, doc in zip(ahead, ids):
+        if doc in stored or doc in {ids[j - index] for j in taken}:
+            break
+        taken.append(i)
+    taken = taken or [index]
+    return [_Item.extract(items[i], document_id=ids[i - index], document_tags=document_tags) for i in taken]
+
+
+class _NeedsExclusive(Exception):
+    """A document has units to replace: its write must run alone in the bank."""
+
+
+def _retain_group(bank: Bank, group: list[_Item]) -> list[tuple[int, int, int]]:
+    """Write new documents together: entities first (each new one in a
+    statement of its own, so the write rarely waits on another's uncommitted
+    entity), the links planned holding nothing, then one short transaction
+    (`_write_items`). A document that turns out to have units meanwhile sends
+    the group through one item at a time. A transient database error plans
+    and writes again, without spending the operation's retries."""
+    if len(group) == 1:
+        return [retain_item(bank=bank, item=group[0])]
+
+    def attempt() -> list[tuple[int, int, int]]:
+        names: dict[str, EntityMention] = {}
+        for item in group:
+            names.update(item.names())
+        entity_ids = _upsert_entities(bank, names)
+        units = [item.units(bank) for item in group]
+        entities_of = {
+            unit_id: {entity_ids[canonical(m.name)] for m in mentions}
+            for item in group
+            for unit_id, _, _, mentions in item.facts
+        }
+        planned = links.plan_items(bank.pk, units, entities_of=entities_of)
+        return _write_items(bank, group, units, planned)
+
+    try:
+        return transient.retrying(attempt, what=f"retain of {len(group)} documents")
+    except _NeedsExclusive:
+        return [retain_item(bank=bank, item=item) for item in group]
+
+
+def retain_item(*, bank: Bank, item: _Item) -> tuple[int, int, int]:
+    """Store one item as (the new version of) its document. Returns (units
+    added, units replaced, entities mentioned). As `_retain_group`, for one
+    item that may replace a document: the write then runs alone in the bank."""
     exclusive = False
 
     def attempt() -> tuple[int, int, int]:
         nonlocal exclusive
         for _ in range(3):
             old = set(
-                MemoryUnit.objects.filter(bank=bank, document__document_id=document_id).values_list("pk", flat=True)
+                MemoryUnit.objects.filter(bank=bank, document__document_id=item.document_id).values_list(
+                    "pk", flat=True
+                )
             )
             exclusive = exclusive or bool(old)
             # Created here, each new entity in its own short statement, so that
             # the write below rarely waits for another's uncommitted entity (one
             # left unused by a failed write is an orphan graph maintenance prunes).
-            entity_ids = _upsert_entities(bank, extracted.names())
-            units = extracted.units(bank)
+            entity_ids = _upsert_entities(bank, item.names())
+            units = item.units(bank)
             entities_of = {
                 unit_id: {entity_ids[canonical(m.name)] for m in mentions}
-                for unit_id, _, _, mentions in extracted.facts
+                for unit_id, _, _, mentions in item.facts
             }
             planned = links.plan(bank.pk, units, entities_of=entities_of, exclude=old, siblings=units)
             try:
-                return _write_item(bank, extracted, units, planned, exclusive=exclusive)
+                return _write_items(bank, [item], [units], planned, exclusive=exclusive)[0]
             except _NeedsExclusive:
                 exclusive = True  # another retain of this document wrote it meanwhile
         raise AssertionError("a document's units appeared under an exclusive writer")
 
-    return transient.retrying(attempt, what=f"retain of document {document_id!r}")
+    return transient.retrying(attempt, what=f"retain of document {item.document_id!r}")
 
 
-def _write_item(
-    bank: Bank, item: _Item, units: list[MemoryUnit], planned: list[links.Link], *, exclusive: bool
-) -> tuple[int, int, int]:
+def _write_items(
+    bank: Bank, items: list[_Item], units: list[list[MemoryUnit]], planned: list[links.Link], *, exclusive: bool = False
+) -> list[tuple[int, int, int]]:
     """The write phase of a retain: one transaction, locks in the order of
-    `write_locks`."""
+    `write_locks`, documents locked in id order. Only an exclusive writer
+    replaces units; an adder that finds a document with units raises
+    `_NeedsExclusive`. Returns (added, replaced, entities) per item."""
     with transaction.atomic():
         write_locks.bank_writing(bank.pk, exclusive=exclusive)
-        document = _locked_document(bank, item.document_id)
-        old_units = MemoryUnit.objects.filter(document=document)
+        documents = _locked_documents(bank, items)
+        old_units = MemoryUnit.objects.filter(document__in=list(documents.values()))
         if exclusive:
             replaced = _delete_units(bank, old_units)
         elif old_units.exists():
             raise _NeedsExclusive
         else:
             replaced = 0
-        document.content_hash = item.content_hash
-        document.tags = item.tags
-        document.context = item.context
-        document.metadata = item.metadata
-        document.save()
-        for unit in units:
-            unit.document = document
-        MemoryUnit.objects.bulk_create(units)
-        entity_ids = _upsert_entities(bank, item.names())
+        fresh = []
+        for item, rows in zip(items, units):
+            for unit in rows:
+                unit.document = documents[item.document_id]
+                fresh.append(unit)
+        MemoryUnit.objects.bulk_create(fresh)
+        names: dict[str, EntityMention] = {}
+        for item in items:
+            names.update(item.names())
+        entity_ids = _upsert_entities(bank, names)
         per_unit = [
             (unit_id, sorted({entity_ids[canonical(m.name)] for m in mentions}))
+            for item in items
             for unit_id, _, _, mentions in item.facts
         ]
         UnitEntity.objects.bulk_create(
             [UnitEntity(unit_id=unit_id, entity_id=e) for unit_id, ids in per_unit for e in ids],
             ignore_conflicts=True,
         )
-        _write_links(bank, planned, fresh={u.pk for u in units})
+        _write_links(bank, planned, fresh={u.pk for u in fresh})
         _add_cooccurrences(bank, [ids for _, ids in per_unit])
-    return len(units), replaced, len(entity_ids)
+    return [(len(rows), replaced, len(item.names())) for item, rows in zip(items, units)]
 
 
-def _locked_document(bank: Bank, document_id: str) -> Document:
-    """The document row, created if new, locked until the transaction ends."""
-    Document.objects.bulk_create(
-        [Document(bank=bank, document_id=document_id, content_hash="")], ignore_conflicts=True
+def _locked_documents(bank: Bank, items: list[_Item]) -> dict[str, Document]:
+    """Each item's document row as of the item (created if new), locked until
+    the transaction ends: one upsert, rows in id order so two writers never
+    lock the same documents in opposite orders."""
+    rows = Document.objects.bulk_create(
+        [
+            Document(bank=bank, document_id=item.document_id, content_hash=item.content_hash, tags=item.tags,
+                     context=item.context, metadata=item.metadata)
+            for item in sorted(items, key=lambda item: item.document_id)
+        ],
+        update_conflicts=True,
+        unique_fields=["bank", "document_id"],
+        update_fields=["content_hash", "tags", "context", "metadata", "updated_at"],
     )
-    return Document.objects.select_for_update().get(bank=bank, document_id=document_id)
+    return {row.document_id: row for row in rows}
 
 
 def _mentions(found: list[EntityMention], explicit: list[EntityMention]) -> list[EntityMention]:
@@ -376,24 +446,37 @@ def _pending(bank: Bank) -> bool:
 
 
 def _fold_locked(bank: Bank) -> None:
-    """The fold itself, by the holder of the bank's tail (or its only writer)."""
-    while deltas := list(
-        EntityCooccurrenceDelta.objects.filter(bank=bank).order_by("pk").values_list(
-            "pk", "entity_a_id", "entity_b_id", "count"
-        )[:FOLD_CHUNK]
-    ):
+    """The fold itself, by the holder of the bank's tail (or its only writer):
+    each chunk taken off its queue and applied in the same transaction."""
+    while True:
+        deltas = _take_deltas(bank, FOLD_CHUNK)
         sums: Counter[tuple[int, int]] = Counter()
-        for _, a, b, n in deltas:
+        for a, b, n in deltas:
             sums[(a, b)] += n
         _upsert_cooccurrences(bank, {pair: n for pair, n in sums.items() if n})
-        EntityCooccurrenceDelta.objects.filter(pk__in=[row[0] for row in deltas]).delete()
-    while pending := links.offers(bank.pk, FOLD_CHUNK):
+        if len(deltas) < FOLD_CHUNK:
+            break
+    while True:
+        pending = links.take_offers(bank.pk, FOLD_CHUNK)
         # A unit deleted since its link was written takes the offer with it
         # (no delete runs while the folder holds its share of the bank).
-        alive = links.alive({end for _, link in pending for end in (link.source, link.target)})
-        offered = [link for _, link in pending if link.source in alive and link.target in alive]
+        alive = links.alive({end for link in pending for end in (link.source, link.target)})
+        offered = [link for link in pending if link.source in alive and link.target in alive]
         links.insert(bank.pk, links.back_links(offered), offer_back=False)
-        links.drop_offers([offer_id for offer_id, _ in pending])
+        if len(pending) < FOLD_CHUNK:
+            break
+
+
+def _take_deltas(bank: Bank, limit: int) -> list[tuple[int, int, int]]:
+    """Remove and return the oldest co-occurrence deltas of the bank."""
+    table = EntityCooccurrenceDelta._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE bank_id = %s ORDER BY id LIMIT %s) "
+            f"RETURNING entity_a_id, entity_b_id, count",
+            [bank.pk, limit],
+        )
+        return cursor.fetchall()
 
 
 def _upsert_cooccurrences(bank: Bank, counts: dict[tuple[int, int], int]) -> None:

@@ -7,9 +7,13 @@ tested in test_memory_workers.py.
 
 from __future__ import annotations
 
+import itertools
+import random
+import uuid
 from collections import Counter
 from datetime import timedelta
 from itertools import combinations
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -177,6 +181,72 @@ def test_link_caps(alpha: Any) -> None:
     middle = MemoryUnit.objects.get(document__document_id="r30")
     targets = MemoryLink.objects.filter(source=middle, kind="temporal").values_list("target__document__document_id", flat=True)
     assert {int(t[1:]) for t in targets} == set(range(20, 41)) - {30}
+
+
+def _graph(bank: str) -> dict[str, Any]:
+    """A bank's memory in terms that do not depend on its ids: units named by
+    (document, position), entities by name."""
+    name = {
+        pk: (document, position)
+        for pk, document, position in MemoryUnit.objects.filter(bank_id=bank).values_list(
+            "pk", "document__document_id", "position"
+        )
+    }
+    entity = dict(Entity.objects.filter(bank_id=bank).values_list("pk", "name"))
+    return {
+        "units": sorted(MemoryUnit.objects.filter(bank_id=bank).values_list("document__document_id", "position", "text")),
+        "links": sorted(
+            (name[source], name[target], kind, round(weight, 6))
+            for source, target, kind, weight in MemoryLink.objects.filter(bank_id=bank).values_list(
+                "source_id", "target_id", "kind", "weight"
+            )
+        ),
+        "mentions": sorted(
+            (name[unit], entity[e]) for unit, e in UnitEntity.objects.filter(unit__bank_id=bank).values_list(
+                "unit_id", "entity_id")
+        ),
+        "cooccurrences": sorted(
+            (*sorted((entity[a], entity[b])), n)  # ids, and so the pairs' order, depend on when each was created
+            for (a, b), n in memory.cooccurrence_counts(Bank.objects.get(pk=bank)).items()
+        ),
+    }
+
+
+def test_items_written_together_make_the_graph_written_one_by_one(alpha: Any, beta: Any, monkeypatch: Any) -> None:
+    """A retain writes up to WRITE_ITEMS new documents in one transaction,
+    planning each item's links as if the ones before it were written: the
+    graph is the one item-by-item writes make, replacements and repeated
+    documents included."""
+    rng = random.Random(11)
+    people, places = ["Ada", "Grace Hopper", "Alan Turing", "Edsger", "Barbara Liskov"], ["London", "Zurich", "Delft"]
+    base = timezone.now() - timedelta(days=1)
+
+    def item(n: int, document: str) -> RetainItem:
+        who, other = rng.sample(people, 2)
+        return RetainItem(
+            content=f"{who} met {other} in {rng.choice(places)} about note {n}. "
+                    f"{other} reviewed the {rng.choice(['draft', 'proof', 'budget'])} with {who}.",
+            document_id=document,
+            # Shared and out-of-order times: ties and candidates on both sides.
+            timestamp=base + timedelta(minutes=rng.choice([0, 5, 5, 9, 30, -20])),
+        )
+
+    stored = [item(n, f"d{n}") for n in range(12)]
+    crowd = [item(n, f"d{n}") for n in range(12, 40)]
+    crowd[10] = item(99, "d3")  # replaces a stored document: written alone
+    crowd[20] = item(98, "d20")  # repeats a document of the same request (38 documents in all)
+    for bank, size in (("alpha", 1), ("beta", 7)):
+        monkeypatch.setattr(memory, "WRITE_ITEMS", size)
+        # The same ids in the same order for both banks' units: ties between
+        # equally similar candidates break the same way.
+        counter = itertools.count()
+        prefix = 1 if bank == "alpha" else 2
+        monkeypatch.setattr(memory, "uuid", SimpleNamespace(uuid4=lambda: uuid.UUID(int=(prefix << 64) + next(counter))))
+        for items in (stored, crowd):
+            memory.retain_items(bank=Bank.objects.get(pk=bank), items=items, default_document_id=str)
+    one_by_one, together = _graph("alpha"), _graph("beta")
+    assert len(one_by_one["units"]) == 2 * 38 and len(one_by_one["links"]) > 1000
+    assert together == one_by_one
 
 
 # --- deletes and graph maintenance -----------------------------------------------------------

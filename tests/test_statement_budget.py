@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from banks.memory import RetainItem
 from banks.models import Bank, Webhook
+from banks import memory
 from banks.submissions import retain_async
 from banks.webhooks import seal
 from operations import dispatch, services
@@ -124,6 +125,27 @@ def test_a_retain_of_one_document(alpha: Any, published_quietly: None) -> None:
     # The UPDATE, then (after commit) the next retain waiting on the same
     # document is looked up to be published: one indexed SELECT.
     finished.within(2, 2, "finish of a retain of one document")
+
+
+def test_a_retain_of_five_new_documents_writes_them_together(alpha: Any) -> None:
+    """The memory writes of a request's five items: one set of statements
+    and one write transaction, not one per item (the fold after them is a
+    transaction of its own)."""
+    bank = Bank.objects.get(pk="alpha")
+    memory.retain_items(bank=bank, items=[RetainItem(content="Ada met Charles in London.")],
+                        default_document_id=lambda i: "earlier")
+    items = [RetainItem(content=f"Ada met Grace in Zurich about note {i}. Grace wrote it down.") for i in range(5)]
+    with counted() as written:
+        outcome = memory.retain_items(bank=bank, items=items, default_document_id=lambda i: f"d{i}")
+    assert outcome.items == 5 and outcome.units == 10
+    # Before the write, each in autocommit: which documents have units, the
+    # entities (upsert, read), the temporal and entity neighbours, the recent
+    # units, their vectors. The write, one transaction: lock, documents,
+    # units, entities (upsert, read), mentions, targets alive, links,
+    # co-occurrences. The fold, one transaction after a check: lock, deltas
+    # (taken, upserted), offers (taken, alive, counts, links back); the checks
+    # that nothing came meanwhile.
+    written.within(28, 12, "the memory writes of a retain of five new documents")
 
 
 def test_a_parent_with_a_thousand_children(alpha: Any, published_quietly: None, settings: Any) -> None:
