@@ -22,9 +22,11 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 from django.db import connection
 
+from banks.extraction import Vector
 from banks.models import LinkKind, MemoryLink, MemoryUnit, PendingBackLink, UnitEntity
 
 TEMPORAL_CAP = 20
@@ -75,8 +77,9 @@ def plan(
         ):
             entities_of.setdefault(unit_id, set()).add(entity_id)
     stored = _Stored.read(bank_id, units, have=have, exclude=exclude, entities_of=entities_of)
+    space = _Space({**stored.vectors, **{s.pk: s.vector for s in siblings}})
     return _temporal(units, have, exclude, siblings, stored) + _semantic(
-        units, have, exclude, siblings, entities_of, stored
+        units, have, exclude, siblings, entities_of, stored, space
     )
 
 
@@ -89,13 +92,14 @@ def plan_items(bank_id: str, items: list[list[MemoryUnit]], *, entities_of: dict
     if not every:
         return []
     stored = _Stored.read(bank_id, every, have={}, exclude=set(), entities_of=entities_of)
+    space = _Space({**stored.vectors, **{u.pk: u.vector for u in every}})
     links: list[Link] = []
     written = 0
     for units in items:
         written += len(units)
         siblings = every[:written]
         links += _temporal(units, {}, set(), siblings, stored)
-        links += _semantic(units, {}, set(), siblings, entities_of, stored)
+        links += _semantic(units, {}, set(), siblings, entities_of, stored, space)
     return links
 
 
@@ -122,7 +126,7 @@ class _Stored:
         self.after: dict[datetime, list[Near]] = {}
         self.sharers: dict[int, list[tuple[Any, tuple[int, int]]]] = {}
         self.recent: list[Any] = []
-        self.vectors: dict[Any, Keyed] = {}
+        self.vectors: dict[Any, Vector] = {}
 
     @classmethod
     def read(
@@ -234,6 +238,7 @@ def _semantic(
     siblings: list[MemoryUnit],
     entities_of: dict[Any, set[int]],
     stored: _Stored,
+    space: _Space,
 ) -> list[Link]:
     """Each unit's most similar candidates (cosine >= SEMANTIC_THRESHOLD): the
     ENTITY_CANDIDATES most recent units sharing one of its entities, and the
@@ -250,34 +255,53 @@ def _semantic(
     for entity_id, rows in stored.sharers.items():
         sharers.setdefault(entity_id, []).extend(rows)
     recent = [s.pk for s in reversed(siblings)] + stored.recent
-    vectors = {**stored.vectors, **{s.pk: _keyed(s.vector) for s in siblings}}
+    scores = space.scores([unit.vector for unit in units])
     links = []
-    for unit in units:
-        mine, my_keys = _keyed(unit.vector)
+    for column, unit in enumerate(units):
         skip = have.get((unit.pk, LinkKind.SEMANTIC), set()) | {unit.pk} | exclude
-        room = _room(unit, LinkKind.SEMANTIC, have)
         candidates = _most_recent(
             [sharers.get(entity_id, []) for entity_id in entities_of.get(unit.pk, ())], skip, ENTITY_CANDIDATES
         )
         candidates += [pk for pk in recent if pk not in skip][:RECENT_CANDIDATES]
-        scored = []
-        for pk in set(candidates):
-            if (theirs := vectors.get(pk)) is not None:
-                # The dot product over the dimensions both use (unit vectors: the cosine).
-                score = sum(mine[i] * theirs[0][i] for i in my_keys & theirs[1])
-                if score >= SEMANTIC_THRESHOLD:
-                    scored.append((-score, pk))
-        scored.sort()  # most similar first; ties by id (a UUID orders as its text does)
-        links += [Link(unit.pk, pk, LinkKind.SEMANTIC, round(-score, 6)) for score, pk in scored[:room]]
+        rows = np.fromiter({space.row[pk]: None for pk in candidates if pk in space.row}, dtype=np.intp)
+        mine = scores[rows, column]
+        similar = mine >= SEMANTIC_THRESHOLD
+        rows, mine = rows[similar], mine[similar]
+        # Most similar first; ties by id (a UUID orders as its text does).
+        best = np.lexsort((space.rank[rows], -mine))[: _room(unit, LinkKind.SEMANTIC, have)]
+        links += [Link(unit.pk, space.ids[rows[i]], LinkKind.SEMANTIC, round(float(mine[i]), 6)) for i in best]
     return links
 
 
-Keyed = tuple[dict[str, float], frozenset[str]]
+class _Space:
+    """Sparse vectors as the rows of one dense matrix, so that a unit's
+    similarity to every candidate is one matrix product (numpy) instead of a
+    Python loop per pair. Vectors are unit length: the dot product is the cosine."""
 
+    def __init__(self, vectors: dict[Any, Vector]) -> None:
+        self.ids = list(vectors)
+        self.row = {pk: i for i, pk in enumerate(self.ids)}
+        # For ties: a UUID orders as its integer does.
+        self.rank = np.empty(len(self.ids), dtype=np.intp)
+        self.rank[sorted(range(len(self.ids)), key=lambda i: self.ids[i].int)] = np.arange(len(self.ids))
+        self.columns: dict[str, int] = {}
+        for vector in vectors.values():
+            for key in vector:
+                self.columns.setdefault(key, len(self.columns))
+        self.matrix = self._dense(list(vectors.values()))
 
-def _keyed(vector: dict[str, float]) -> Keyed:
-    """A vector with its set of dimensions, kept for the intersections above."""
-    return vector, frozenset(vector)
+    def _dense(self, vectors: list[Vector]) -> np.ndarray:
+        matrix = np.zeros((len(vectors), len(self.columns)))
+        for i, vector in enumerate(vectors):
+            known = [(self.columns[key], value) for key, value in vector.items() if key in self.columns]
+            if known:
+                columns, values = zip(*known)
+                matrix[i, list(columns)] = values
+        return matrix
+
+    def scores(self, vectors: list[Vector]) -> np.ndarray:
+        """Row i, column j: the similarity of candidate i to vector j."""
+        return self.matrix @ self._dense(vectors).T
 
 
 def _recent_sharers(entity_ids: set[int], limit: int) -> list[tuple[int, Any, int]]:
@@ -326,10 +350,10 @@ class _VectorCache:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: OrderedDict[Any, Keyed] = OrderedDict()
+        self._entries: OrderedDict[Any, Vector] = OrderedDict()
 
-    def get_many(self, unit_ids: set[Any]) -> dict[Any, Keyed]:
-        found: dict[Any, Keyed] = {}
+    def get_many(self, unit_ids: set[Any]) -> dict[Any, Vector]:
+        found: dict[Any, Vector] = {}
         missing = []
         for unit_id in unit_ids:
             vector = self._entries.get(unit_id)
@@ -348,7 +372,7 @@ class _VectorCache:
                 rows = cursor.fetchall()
             for raw_id, text in rows:
                 unit_id = MemoryUnit._meta.pk.to_python(raw_id)  # type: ignore[union-attr]
-                vector = _keyed(orjson.loads(text))
+                vector = orjson.loads(text)
                 found[unit_id] = vector
                 self._entries[unit_id] = vector
             while len(self._entries) > self.size:
