@@ -77,7 +77,7 @@ def plan(
         ):
             entities_of.setdefault(unit_id, set()).add(entity_id)
     stored = _Stored.read(bank_id, units, have=have, exclude=exclude, entities_of=entities_of)
-    space = _Space({**stored.vectors, **{s.pk: s.vector for s in siblings}})
+    space = _Space({**stored.vectors, **{s.pk: s.vector for s in siblings}}, basis=[u.vector for u in units])
     return _temporal(units, have, exclude, siblings, stored) + _semantic(
         units, have, exclude, siblings, entities_of, stored, space
     )
@@ -92,7 +92,7 @@ def plan_items(bank_id: str, items: list[list[MemoryUnit]], *, entities_of: dict
     if not every:
         return []
     stored = _Stored.read(bank_id, every, have={}, exclude=set(), entities_of=entities_of)
-    space = _Space({**stored.vectors, **{u.pk: u.vector for u in every}})
+    space = _Space({**stored.vectors, **{u.pk: u.vector for u in every}}, basis=[u.vector for u in every])
     links: list[Link] = []
     written = 0
     for units in items:
@@ -127,6 +127,7 @@ class _Stored:
         self.sharers: dict[int, list[tuple[Any, tuple[int, int]]]] = {}
         self.recent: list[Any] = []
         self.vectors: dict[Any, Vector] = {}
+        self._sharer_rows: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
 
     @classmethod
     def read(
@@ -153,8 +154,22 @@ class _Stored:
                 ]
             )
             candidates = {*stored.recent} | {pk for rows in stored.sharers.values() for pk, _ in rows}
-            stored.vectors = _vectors.get_many(candidates - {u.pk for u in units})
+            candidates -= {u.pk for u in units}
+            # A candidate gone since it was read has no vector: an empty one
+            # still takes its place among the most recent, and never links.
+            stored.vectors = {pk: {} for pk in candidates} | _vectors.get_many(candidates)
         return stored
+
+    def sharer_rows(self, space: _Space) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """`sharers` as each entity's arrays of recency and row, once."""
+        if self._sharer_rows is None:
+            self._sharer_rows = {}
+            for entity_id, rows in self.sharers.items():
+                # The units being planned are not candidates of themselves.
+                known = [(order, space.row[pk]) for pk, (_, order) in rows if pk in space.row]
+                self._sharer_rows[entity_id] = (np.array([order for order, _ in known], dtype=np.int64),
+                                                np.array([row for _, row in known], dtype=np.intp))
+        return self._sharer_rows
 
 
 def _room(unit: MemoryUnit, kind: str, have: Have) -> int:
@@ -242,35 +257,56 @@ def _semantic(
 ) -> list[Link]:
     """Each unit's most similar candidates (cosine >= SEMANTIC_THRESHOLD): the
     ENTITY_CANDIDATES most recent units sharing one of its entities, and the
-    bank's RECENT_CANDIDATES most recent units."""
+    bank's RECENT_CANDIDATES most recent units. Units are rows of `space`
+    here, so that choosing and scoring candidates are array operations."""
     units = [u for u in units if u.vector and _room(u, LinkKind.SEMANTIC, have) > 0]
     if not units:
         return []
-    # Recency keys: unwritten siblings, (1, position), are newer than any
-    # stored unit, (0, the order its entity rows were written in).
-    sharers: dict[int, list[tuple[Any, tuple[int, int]]]] = {}
-    for position, sibling in reversed(list(enumerate(siblings))):  # newest first, as every list here
+    # Each entity's units as (recency, row) newest first: unwritten siblings
+    # (SIBLING + their position) are newer than any stored unit (the order
+    # its entity rows were written in).
+    sibling_sharers: dict[int, list[tuple[int, int]]] = {}
+    for position, sibling in enumerate(siblings):
         for entity_id in entities_of.get(sibling.pk, ()):
-            sharers.setdefault(entity_id, []).append((sibling.pk, (1, position)))
-    for entity_id, rows in stored.sharers.items():
-        sharers.setdefault(entity_id, []).extend(rows)
-    recent = [s.pk for s in reversed(siblings)] + stored.recent
+            sibling_sharers.setdefault(entity_id, []).append((_SIBLING + position, space.row[sibling.pk]))
+    sharers = stored.sharer_rows(space)
+    recent = space.rows([s.pk for s in reversed(siblings)] + stored.recent)
     scores = space.scores([unit.vector for unit in units])
     links = []
     for column, unit in enumerate(units):
-        skip = have.get((unit.pk, LinkKind.SEMANTIC), set()) | {unit.pk} | exclude
-        candidates = _most_recent(
-            [sharers.get(entity_id, []) for entity_id in entities_of.get(unit.pk, ())], skip, ENTITY_CANDIDATES
+        skip = space.rows(have.get((unit.pk, LinkKind.SEMANTIC), set()) | {unit.pk} | exclude)
+        entities = entities_of.get(unit.pk, ())
+        recency = np.concatenate(
+            [np.array([k for k, _ in sibling_sharers.get(e, [])], dtype=np.int64) for e in entities]
+            + [sharers[e][0] for e in entities if e in sharers] + [np.empty(0, dtype=np.int64)]
         )
-        candidates += [pk for pk in recent if pk not in skip][:RECENT_CANDIDATES]
-        rows = np.fromiter({space.row[pk]: None for pk in candidates if pk in space.row}, dtype=np.intp)
-        mine = scores[rows, column]
+        rows = np.concatenate(
+            [np.array([r for _, r in sibling_sharers.get(e, [])], dtype=np.intp) for e in entities]
+            + [sharers[e][1] for e in entities if e in sharers] + [np.empty(0, dtype=np.intp)]
+        )
+        by_sharing = _first_distinct(rows[np.argsort(-recency, kind="stable")], skip)[:ENTITY_CANDIDATES]
+        by_time = _first_distinct(recent, skip)[:RECENT_CANDIDATES]
+        candidates = np.unique(np.concatenate([by_sharing, by_time]))
+        mine = scores[candidates, column]
         similar = mine >= SEMANTIC_THRESHOLD
-        rows, mine = rows[similar], mine[similar]
+        candidates, mine = candidates[similar], mine[similar]
         # Most similar first; ties by id (a UUID orders as its text does).
-        best = np.lexsort((space.rank[rows], -mine))[: _room(unit, LinkKind.SEMANTIC, have)]
-        links += [Link(unit.pk, space.ids[rows[i]], LinkKind.SEMANTIC, round(float(mine[i]), 6)) for i in best]
+        best = np.lexsort((space.rank[candidates], -mine))[: _room(unit, LinkKind.SEMANTIC, have)]
+        links += [
+            Link(unit.pk, space.ids[candidates[i]], LinkKind.SEMANTIC, round(float(mine[i]), 6)) for i in best
+        ]
     return links
+
+
+# Recency of an unwritten sibling: above any stored unit's (a row id).
+_SIBLING = 1 << 62
+
+
+def _first_distinct(rows: np.ndarray, skip: np.ndarray) -> np.ndarray:
+    """The rows in their order, each once (its first place), less `skip`."""
+    rows = rows[~np.isin(rows, skip)]
+    _, first = np.unique(rows, return_index=True)
+    return rows[np.sort(first)]
 
 
 class _Space:
@@ -278,14 +314,16 @@ class _Space:
     similarity to every candidate is one matrix product (numpy) instead of a
     Python loop per pair. Vectors are unit length: the dot product is the cosine."""
 
-    def __init__(self, vectors: dict[Any, Vector]) -> None:
+    def __init__(self, vectors: dict[Any, Vector], *, basis: list[Vector]) -> None:
         self.ids = list(vectors)
         self.row = {pk: i for i, pk in enumerate(self.ids)}
         # For ties: a UUID orders as its integer does.
         self.rank = np.empty(len(self.ids), dtype=np.intp)
         self.rank[sorted(range(len(self.ids)), key=lambda i: self.ids[i].int)] = np.arange(len(self.ids))
+        # Only the dimensions of the vectors to be scored (`basis`): the
+        # others add nothing to their dot products, and the matrix stays small.
         self.columns: dict[str, int] = {}
-        for vector in vectors.values():
+        for vector in basis:
             for key in vector:
                 self.columns.setdefault(key, len(self.columns))
         self.matrix = self._dense(list(vectors.values()))
@@ -298,6 +336,10 @@ class _Space:
                 columns, values = zip(*known)
                 matrix[i, list(columns)] = values
         return matrix
+
+    def rows(self, ids: Iterable[Any]) -> np.ndarray:
+        """The rows of these units, in order (units not in the space left out)."""
+        return np.fromiter((self.row[pk] for pk in ids if pk in self.row), dtype=np.intp)
 
     def scores(self, vectors: list[Vector]) -> np.ndarray:
         """Row i, column j: the similarity of candidate i to vector j."""
@@ -328,19 +370,6 @@ def _recent_sharers(entity_ids: set[int], limit: int) -> list[tuple[int, Any, in
                 )
                 rows += cursor.fetchall()
     return [(entity_id, to_uuid(unit_id), order) for entity_id, unit_id, order in rows]
-
-
-def _most_recent(lists: list[list[tuple[Any, tuple[int, int]]]], skip: set[Any], limit: int) -> list[Any]:
-    """The `limit` most recent distinct units of several newest-first lists."""
-    found: list[Any] = []
-    seen: set[Any] = set()
-    for pk, _ in heapq.merge(*lists, key=lambda row: row[1], reverse=True):
-        if pk not in skip and pk not in seen:
-            seen.add(pk)
-            found.append(pk)
-            if len(found) == limit:
-                break
-    return found
 
 
 class _VectorCache:
