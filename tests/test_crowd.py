@@ -458,5 +458,8 @@ def test_a_big_import_starves_neither_another_bank_nor_the_sweeper(
     assert max(sweeps) < 0.5, sorted(sweeps)[-5:]
     assert "Discarding revoked task" not in workers.output()
     for parent in parents:
-        services.operation_cancel(operation_id=parent)
+        try:
+            services.operation_cancel(operation_id=parent)
+        except services.TransitionRefused:
+            pass  # that request's import has finished already
     all_settled("alpha", timeout=120)
