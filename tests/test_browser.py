@@ -139,12 +139,14 @@ def test_dashboard_progress_moves_without_reload(
 ) -> None:
     settings.OPS_DASHBOARD_REFRESH_SECONDS = 0.5
     page = browser_page
+    # Something for the "latest failures" panel, failed before any worker
+    # runs: a real worker would otherwise take its message before `make` claims it.
+    make(status="failed")
     start_workers(ready=2, OPS_WORKER_MAX_SLOTS="2")
     # 40 progress reports, 0.25 s apart: about ten seconds of visible progress.
     operation = services.operation_submit(
         bank_id="alpha", operation_type="test_dbloop", payload={"steps": 40, "pause": 0.25}
     ).operation
-    make(status="failed")  # something for the "latest failures" panel
     page.goto(f"{live_server.url}/admin/")
     page.click("#ops-dashboard-link a")
     page.wait_for_url("**/admin/dashboard/")
