@@ -124,7 +124,8 @@ class _Stored:
     def __init__(self) -> None:
         self.before: dict[datetime, list[Near]] = {}
         self.after: dict[datetime, list[Near]] = {}
-        self.sharers: dict[int, list[tuple[Any, tuple[int, int]]]] = {}
+        # entity -> (unit, the order its entity row was written in), newest first
+        self.sharers: dict[int, list[tuple[Any, int]]] = {}
         self.recent: list[Any] = []
         self.vectors: dict[Any, Vector] = {}
         self._sharer_rows: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
@@ -147,7 +148,7 @@ class _Stored:
         if semantic:
             wanted = set().union(*(entities_of.get(u.pk, set()) for u in semantic))
             for entity_id, pk, order in _recent_sharers(wanted, ENTITY_CANDIDATES + 1 + len(exclude)):
-                stored.sharers.setdefault(entity_id, []).append((pk, (0, order)))
+                stored.sharers.setdefault(entity_id, []).append((pk, order))
             stored.recent = list(
                 MemoryUnit.objects.filter(bank_id=bank_id).order_by("-created_at").values_list("pk", flat=True)[
                     : RECENT_CANDIDATES + len(units) + len(exclude)
@@ -166,7 +167,7 @@ class _Stored:
             self._sharer_rows = {}
             for entity_id, rows in self.sharers.items():
                 # The units being planned are not candidates of themselves.
-                known = [(order, space.row[pk]) for pk, (_, order) in rows if pk in space.row]
+                known = [(order, space.row[pk]) for pk, order in rows if pk in space.row]
                 self._sharer_rows[entity_id] = (np.array([order for order, _ in known], dtype=np.int64),
                                                 np.array([row for _, row in known], dtype=np.intp))
         return self._sharer_rows
@@ -265,25 +266,27 @@ def _semantic(
     # Each entity's units as (recency, row) newest first: unwritten siblings
     # (SIBLING + their position) are newer than any stored unit (the order
     # its entity rows were written in).
-    sibling_sharers: dict[int, list[tuple[int, int]]] = {}
+    by_siblings: dict[int, list[tuple[int, int]]] = {}
     for position, sibling in enumerate(siblings):
         for entity_id in entities_of.get(sibling.pk, ()):
-            sibling_sharers.setdefault(entity_id, []).append((_SIBLING + position, space.row[sibling.pk]))
-    sharers = stored.sharer_rows(space)
+            by_siblings.setdefault(entity_id, []).append((_SIBLING + position, space.row[sibling.pk]))
+    sharers = {
+        entity_id: (np.array([k for k, _ in rows], dtype=np.int64), np.array([r for _, r in rows], dtype=np.intp))
+        for entity_id, rows in by_siblings.items()
+    }
+    for entity_id, (recency, rows) in stored.sharer_rows(space).items():
+        mine = sharers.get(entity_id)
+        sharers[entity_id] = (recency, rows) if mine is None else (
+            np.concatenate([mine[0], recency]), np.concatenate([mine[1], rows]))
+    none = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.intp))
     recent = space.rows([s.pk for s in reversed(siblings)] + stored.recent)
     scores = space.scores([unit.vector for unit in units])
     links = []
     for column, unit in enumerate(units):
         skip = space.rows(have.get((unit.pk, LinkKind.SEMANTIC), set()) | {unit.pk} | exclude)
-        entities = entities_of.get(unit.pk, ())
-        recency = np.concatenate(
-            [np.array([k for k, _ in sibling_sharers.get(e, [])], dtype=np.int64) for e in entities]
-            + [sharers[e][0] for e in entities if e in sharers] + [np.empty(0, dtype=np.int64)]
-        )
-        rows = np.concatenate(
-            [np.array([r for _, r in sibling_sharers.get(e, [])], dtype=np.intp) for e in entities]
-            + [sharers[e][1] for e in entities if e in sharers] + [np.empty(0, dtype=np.intp)]
-        )
+        mine = [sharers.get(e, none) for e in entities_of.get(unit.pk, ())] + [none]
+        recency = np.concatenate([m[0] for m in mine])
+        rows = np.concatenate([m[1] for m in mine])
         by_sharing = _first_distinct(rows[np.argsort(-recency, kind="stable")], skip)[:ENTITY_CANDIDATES]
         by_time = _first_distinct(recent, skip)[:RECENT_CANDIDATES]
         candidates = np.unique(np.concatenate([by_sharing, by_time]))

@@ -205,8 +205,9 @@ def _next_group(
     )
     taken: list[int] = []
     for i, doc in zip(ahead, ids):
-        if doc in stored or doc in {ids[j - index] for j in taken}:
+        if doc in stored:
             break
+        stored.add(doc)  # a repeat within the group replaces it
         taken.append(i)
     taken = taken or [index]
     return [_Item.extract(items[i], document_id=ids[i - index], document_tags=document_tags) for i in taken]
@@ -227,10 +228,7 @@ def _retain_group(bank: Bank, group: list[_Item]) -> list[tuple[int, int, int]]:
         return [retain_item(bank=bank, item=group[0])]
 
     def attempt() -> list[tuple[int, int, int]]:
-        names: dict[str, EntityMention] = {}
-        for item in group:
-            names.update(item.names())
-        entity_ids = _upsert_entities(bank, names)
+        entity_ids = _upsert_entities(bank, _names(group))
         units = [item.units(bank) for item in group]
         entities_of = {
             unit_id: {entity_ids[canonical(m.name)] for m in mentions}
@@ -303,10 +301,7 @@ def _write_items(
                 unit.document = documents[item.document_id]
                 fresh.append(unit)
         MemoryUnit.objects.bulk_create(fresh)
-        names: dict[str, EntityMention] = {}
-        for item in items:
-            names.update(item.names())
-        entity_ids = _upsert_entities(bank, names)
+        entity_ids = _upsert_entities(bank, _names(items))
         per_unit = [
             (unit_id, sorted({entity_ids[canonical(m.name)] for m in mentions}))
             for item in items
@@ -319,6 +314,11 @@ def _write_items(
         _write_links(bank, planned, fresh={u.pk for u in fresh})
         _add_cooccurrences(bank, [ids for _, ids in per_unit])
     return [(len(rows), replaced, len(item.names())) for item, rows in zip(items, units)]
+
+
+def _names(items: list[_Item]) -> dict[str, EntityMention]:
+    """The entities the items mention, by canonical name."""
+    return {name: mention for item in items for name, mention in item.names().items()}
 
 
 def _locked_documents(bank: Bank, items: list[_Item]) -> dict[str, Document]:
