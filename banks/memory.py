@@ -2,11 +2,11 @@
 
 A retain does its expensive work first, holding nothing: extraction, vectors,
 and the choice of link candidates (reads only). Then the items are written,
-up to `WRITE_ITEMS` new documents in one short transaction (an item that
+new documents together in one short transaction (`WRITE_ITEMS`; an item that
 replaces a document in one of its own), which locks their document rows: so
-concurrent retains of one document run one after the other and a crash leaves
-either the old or the new version, never half of each. That also makes retains idempotent: running
-one again replaces the document with the same units. Writers of one bank
+concurrent retains of one document run one after the other and a crash
+leaves either the old or the new version, never half of each. That also makes
+retains idempotent: running one again replaces the document with the same units. Writers of one bank
 coordinate through `write_locks` (adders side by side, deleters alone), and
 what adders would fight over (co-occurrence counts, a neighbour's cap before
 it links back) they append, for `fold` to bring up to date once per retain:
@@ -106,9 +106,13 @@ class RetainOutcome:
         return cls(**{name: int(counts.get(name, 0)) for name in ("items", "units", "replaced_units", "entities")})
 
 
-# Items written in one transaction (when none replaces a document): a
-# request's items cost one set of statements, and a transaction stays short.
-WRITE_ITEMS = 20
+# New documents written in one transaction, by database. On PostgreSQL a
+# request's items cost one set of round trips and the transaction stays
+# short. SQLite runs in process (no round trips to save) with one writer for
+# the whole database: a longer write would hold up every other writer, the
+# sweeper included, and put a retain's checkpoints (where it gives its slot to
+# a waiting bank) further apart.
+WRITE_ITEMS = {"postgresql": 20, "sqlite": 1}
 
 
 def retain_items(
@@ -121,9 +125,9 @@ def retain_items(
     start: int = 0,
     outcome: RetainOutcome | None = None,
 ) -> RetainOutcome:
-    """Retain each item from `start` on, up to WRITE_ITEMS new documents per
-    short transaction, and an item that replaces a document in one of its
-    own. `default_document_id(i)` names the document of an item without one;
+    """Retain each item from `start` on, up to WRITE_ITEMS (by database) new
+    documents per short transaction, and an item that replaces a document in
+    one of its own. `default_document_id(i)` names the document of an item without one;
     it must be deterministic so a re-run replaces instead of duplicating.
     `on_item(done, total, outcome so far)` is called before each write
     (progress and cancellation checkpoints: every item before `done` is
@@ -196,7 +200,7 @@ def _next_group(
     """The items written next, extracted: up to WRITE_ITEMS of new, distinct
     documents, or the one item at `index` when it replaces a document (or
     repeats one of the group's)."""
-    ahead = range(index, min(index + WRITE_ITEMS, len(items)))
+    ahead = range(index, min(index + WRITE_ITEMS.get(connection.vendor, 1), len(items)))
     ids = [items[i].document_id or document_id(i) for i in ahead]
     stored = set(
         MemoryUnit.objects.filter(bank=bank, document__document_id__in=ids).values_list(

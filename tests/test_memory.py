@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from banks import memory
@@ -236,7 +237,7 @@ def test_items_written_together_make_the_graph_written_one_by_one(alpha: Any, be
     crowd[10] = item(99, "d3")  # replaces a stored document: written alone
     crowd[20] = item(98, "d20")  # repeats a document of the same request (38 documents in all)
     for bank, size in (("alpha", 1), ("beta", 7)):
-        monkeypatch.setattr(memory, "WRITE_ITEMS", size)
+        monkeypatch.setitem(memory.WRITE_ITEMS, connection.vendor, size)
         # The same ids in the same order for both banks' units: ties between
         # equally similar candidates break the same way.
         counter = itertools.count()
