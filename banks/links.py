@@ -27,7 +27,7 @@ import orjson
 from django.db import connection
 
 from banks.extraction import Vector
-from banks.models import LinkKind, MemoryLink, MemoryUnit, PendingBackLink, UnitEntity
+from banks.models import FullLinks, LinkKind, MemoryLink, MemoryUnit, PendingBackLink, UnitEntity
 
 TEMPORAL_CAP = 20
 SEMANTIC_CAP = 50
@@ -442,19 +442,21 @@ def alive(unit_ids: Iterable[Any]) -> set[Any]:
 
 def insert(bank_id: str, links: list[Link], *, offer_back: bool) -> None:
     """Write links, skipping any that exist; with `offer_back`, queue each
-    one written for the fold to offer its target a link back."""
+    one written for the fold to offer its target a link back (on PostgreSQL
+    only to targets not known full: most are, and the fold skips them anyway)."""
     if not links:
         return
-    table, queue = MemoryLink._meta.db_table, PendingBackLink._meta.db_table
+    table, queue, full = MemoryLink._meta.db_table, PendingBackLink._meta.db_table, FullLinks._meta.db_table
     columns = "(bank_id, source_id, target_id, kind, weight)"
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             written = f"""INSERT INTO {table} {columns}
                 SELECT %s, s, t, k, w FROM unnest(%s::uuid[], %s::uuid[], %s::varchar[], %s::float8[]) AS l(s, t, k, w)
                 ON CONFLICT DO NOTHING"""
-            if offer_back:  # one round trip: the links, and the offers of those written
+            if offer_back:  # one round trip: the links, and the offers of those written to units not known full
                 written = f"""WITH written AS ({written} RETURNING bank_id, source_id, target_id, kind, weight)
-                    INSERT INTO {queue} {columns} SELECT * FROM written"""
+                    INSERT INTO {queue} {columns} SELECT * FROM written w WHERE NOT EXISTS
+                        (SELECT 1 FROM {full} f WHERE f.unit_id = w.target_id AND f.kind = w.kind)"""
             cursor.execute(
                 written,
                 [bank_id, _uuids(l.source for l in links), _uuids(l.target for l in links),
@@ -468,43 +470,80 @@ def insert(bank_id: str, links: list[Link], *, offer_back: bool) -> None:
                 cursor.execute(f"INSERT INTO {queue} {columns} VALUES (%s, %s, %s, %s, %s)", row)
 
 
-def take_offers(bank_id: str, limit: int) -> list[Link]:
-    """Remove and return the oldest queued offers of links back, in the order
-    the links were written: one statement (the caller's transaction keeps them
+def take_offers(bank_id: str, limit: int) -> tuple[list[Link], int]:
+    """Remove the oldest queued offers of links back and return those whose
+    target is not known full (`FullLinks`), in the order the links were
+    written, with how many were removed (the caller's transaction keeps them
     if it fails)."""
-    table = PendingBackLink._meta.db_table
+    table, full = PendingBackLink._meta.db_table, FullLinks._meta.db_table
+    taken = f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE bank_id = %s ORDER BY id LIMIT %s)"
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE bank_id = %s ORDER BY id LIMIT %s) "
-            f"RETURNING id, source_id, target_id, kind, weight",
-            [bank_id, limit],
-        )
-        rows = sorted(cursor.fetchall())
+        if connection.vendor == "postgresql":  # one statement
+            cursor.execute(
+                f"""WITH taken AS ({taken} RETURNING id, source_id, target_id, kind, weight)
+                SELECT t.*, EXISTS (SELECT 1 FROM {full} f WHERE f.unit_id = t.target_id AND f.kind = t.kind)
+                FROM taken t""",
+                [bank_id, limit],
+            )
+            rows = cursor.fetchall()
+        else:  # SQLite has no DELETE in WITH
+            cursor.execute(f"{taken} RETURNING id, source_id, target_id, kind, weight", [bank_id, limit])
+            offers = cursor.fetchall()
+            condition, params = _any({target for _, _, target, _, _ in offers})
+            cursor.execute(f"SELECT unit_id, kind FROM {full} WHERE unit_id {condition}", params)
+            known_full = set(cursor.fetchall())
+            rows = [(*offer, (offer[2], offer[3]) in known_full) for offer in offers]
     to_uuid = MemoryUnit._meta.pk.to_python  # type: ignore[union-attr]
-    return [Link(to_uuid(source), to_uuid(target), kind, weight) for _, source, target, kind, weight in rows]
+    return [
+        Link(to_uuid(source), to_uuid(target), kind, weight)
+        for _, source, target, kind, weight, is_full in sorted(rows)
+        if not is_full
+    ], len(rows)
 
 
 def back_links(links: list[Link]) -> list[Link]:
     """For each link in order, one back from its target while the target is
-    under its cap. The caller must be the only writer of links back (the
-    bank's folder) so the counts cannot change meanwhile."""
+    under its cap; the targets found or made full are recorded (`FullLinks`)
+    so that they are neither offered nor counted again. The caller must be
+    the only writer of links back (the bank's folder) so the counts cannot
+    change meanwhile."""
     if not links:
         return []
-    targets = {link.target for link in links}
-    counts: dict[tuple[Any, str], int] = {}
-    table = MemoryLink._meta.db_table
-    condition, params = _any(targets)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT source_id, kind, COUNT(*) FROM {table} WHERE source_id {condition} GROUP BY source_id, kind",
-            params,
-        )
-        for raw_id, kind, n in cursor.fetchall():
-            counts[(MemoryUnit._meta.pk.to_python(raw_id), kind)] = n  # type: ignore[union-attr]
+    to_uuid = MemoryUnit._meta.pk.to_python  # type: ignore[union-attr]
+    counts = {(to_uuid(unit_id), kind): n for unit_id, kind, n in _link_counts({link.target for link in links})}
     back = []
     for link in links:
         key = (link.target, link.kind)
         if counts.get(key, 0) < CAPS[link.kind]:
             counts[key] = counts.get(key, 0) + 1
             back.append(Link(link.target, link.source, link.kind, link.weight))
+    FullLinks.objects.bulk_create(
+        [FullLinks(unit_id=unit_id, kind=kind) for (unit_id, kind), n in sorted(counts.items()) if n >= CAPS[kind]],
+        ignore_conflicts=True,
+    )
     return back
+
+
+def _link_counts(unit_ids: set[Any]) -> list[tuple[Any, str, int]]:
+    """(unit, kind, how many links it has) for these units, each counted on
+    the link index. On PostgreSQL a count per unit (a LATERAL aggregate): a
+    bank's links grow by hundreds a retain, and a GROUP BY over `ANY(…)` is
+    planned from statistics that lag behind (a seq scan of every bank's links
+    once they say the table is small)."""
+    table = MemoryLink._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"""SELECT u.id, c.kind, c.n FROM unnest(%s::uuid[]) AS u(id)
+                CROSS JOIN LATERAL (
+                    SELECT kind, COUNT(*) AS n FROM {table} WHERE source_id = u.id GROUP BY kind
+                ) AS c""",
+                [_uuids(unit_ids)],
+            )
+        else:
+            condition, params = _any(unit_ids)
+            cursor.execute(
+                f"SELECT source_id, kind, COUNT(*) FROM {table} WHERE source_id {condition} GROUP BY source_id, kind",
+                params,
+            )
+        return cursor.fetchall()

@@ -40,6 +40,7 @@ from banks.models import (
     Entity,
     EntityCooccurrence,
     EntityCooccurrenceDelta,
+    FullLinks,
     MemoryLink,
     MemoryUnit,
     Observation,
@@ -386,8 +387,8 @@ def _add_cooccurrences(bank: Bank, entity_sets: list[list[int]], *, sign: int = 
 
 def _delete_units(bank: Bank, units: QuerySet[MemoryUnit]) -> int:
     """Delete units, keeping co-occurrence counts exact, flagging the
-    neighbours that lose a link for a top-up and the observations built from
-    them for a rebuild. Returns how many were deleted. Only an exclusive
+    neighbours that lose a link for a top-up (and as no longer full) and the
+    observations built from them for a rebuild. Returns how many were deleted. Only an exclusive
     writer of the bank deletes (`write_locks`): no adder can be linking to
     these units or citing them meanwhile."""
     unit_ids = list(units.order_by("pk").select_for_update().values_list("pk", flat=True))
@@ -406,6 +407,7 @@ def _delete_units(bank: Bank, units: QuerySet[MemoryUnit]) -> int:
     neighbours -= set(unit_ids)
     if neighbours:
         MemoryUnit.objects.filter(pk__in=neighbours).update(needs_link_topup=True)
+        FullLinks.objects.filter(unit_id__in=neighbours).delete()  # they have room again
     MemoryUnit.objects.filter(pk__in=unit_ids).delete()
     return len(unit_ids)
 
@@ -461,13 +463,13 @@ def _fold_locked(bank: Bank) -> None:
         if len(deltas) < FOLD_CHUNK:
             break
     while True:
-        pending = links.take_offers(bank.pk, FOLD_CHUNK)
+        pending, taken = links.take_offers(bank.pk, FOLD_CHUNK)
         # A unit deleted since its link was written takes the offer with it
         # (no delete runs while the folder holds its share of the bank).
         alive = links.alive({end for link in pending for end in (link.source, link.target)})
         offered = [link for link in pending if link.source in alive and link.target in alive]
         links.insert(bank.pk, links.back_links(offered), offer_back=False)
-        if len(pending) < FOLD_CHUNK:
+        if taken < FOLD_CHUNK:
             break
 
 

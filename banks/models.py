@@ -240,6 +240,25 @@ class PendingBackLink(models.Model):
         indexes = [models.Index(fields=["bank", "id"], name="banks_pending_back_bank")]
 
 
+class FullLinks(models.Model):
+    """A unit whose links of one kind have reached their cap (`links.CAPS`).
+
+    Known full, a unit is neither offered nor counted for a link back again:
+    a retain's links go to recent units that are mostly full already, and
+    counting their links at every offer was half the database time of a
+    retain. Only the bank's folder adds rows (`links.back_links`); a delete
+    removes those of the units that lose a link (`memory._delete_units`), so
+    a row always means full, while no row means only "not known full"."""
+
+    unit = models.ForeignKey(
+        MemoryUnit, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    kind = models.CharField(max_length=16, choices=LinkKind.choices)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["unit", "kind"], name="banks_full_links_unique")]
+
+
 class Observation(models.Model):
     """What the bank knows about one entity, consolidated from its units.
 

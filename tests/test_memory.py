@@ -20,7 +20,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from banks import memory
+from banks import links, memory
 from banks.extraction import EntityMention, RuleBasedExtractor, cosine
 from banks.memory import RetainItem
 from banks.models import (
@@ -28,6 +28,7 @@ from banks.models import (
     Document,
     Entity,
     EntityCooccurrence,
+    FullLinks,
     MemoryLink,
     MemoryUnit,
     MentalModel,
@@ -182,6 +183,62 @@ def test_link_caps(alpha: Any) -> None:
     middle = MemoryUnit.objects.get(document__document_id="r30")
     targets = MemoryLink.objects.filter(source=middle, kind="temporal").values_list("target__document__document_id", flat=True)
     assert {int(t[1:]) for t in targets} == set(range(20, 41)) - {30}
+    assert_links_back()
+
+
+def link_counts(bank: str = "alpha") -> Counter[tuple[Any, str]]:
+    return Counter(MemoryLink.objects.filter(bank_id=bank).values_list("source_id", "kind"))
+
+
+def assert_links_back(bank: str = "alpha") -> None:
+    """Without deletes, every link has its link back unless its target is full
+    (a target under its cap always links back), and a unit recorded as full
+    has its cap of links of that kind."""
+    counts = link_counts(bank)
+    present = set(MemoryLink.objects.filter(bank_id=bank).values_list("source_id", "target_id", "kind"))
+    missing = [
+        (source, target, kind) for source, target, kind in present
+        if (target, source, kind) not in present and counts[(target, kind)] < links.CAPS[kind]
+    ]
+    assert not missing, f"{len(missing)} links without their link back, e.g. {missing[0]}"
+    recorded = list(FullLinks.objects.filter(unit__bank_id=bank).values_list("unit_id", "kind"))
+    assert recorded, "no unit was recorded as full"
+    assert all(counts[(unit, kind)] == links.CAPS[kind] for unit, kind in recorded)
+
+
+def test_a_unit_recorded_full_gets_room_again_when_a_neighbour_goes(alpha: Any) -> None:
+    """Units whose links reach a cap are recorded as full (their links are not
+    counted again); deleting a neighbour gives them room again, graph
+    maintenance fills it, and links back reach them as before."""
+    base = timezone.now()
+    retain([
+        {"content": f"The Engine status report {i} names the Engine and Ada.", "document_id": f"r{i}",
+         "timestamp": base + timedelta(minutes=i)}
+        for i in range(40)
+    ])
+    assert_links_back()
+    gone = set(MemoryUnit.objects.filter(document__document_id="r20").values_list("pk", flat=True))
+    losing = set(MemoryLink.objects.filter(target_id__in=gone).values_list("source_id", flat=True)) - gone
+    full_before = set(FullLinks.objects.filter(unit_id__in=losing).values_list("unit_id", "kind"))
+    assert full_before, "the deleted unit's neighbours include units recorded as full"
+
+    assert memory.document_delete(bank=Bank.objects.get(pk="alpha"), document_id="r20")
+    assert not FullLinks.objects.filter(unit_id__in=losing).exists()
+    done = run("graph_maintenance")
+    assert done.status == "completed", done.error_message
+    counts = link_counts()
+    # Topped up to their caps again, then recorded anew as they fill.
+    assert {key: counts[key] for key in full_before} == {key: links.CAPS[key[1]] for key in full_before}
+    retain([
+        {"content": f"The Engine status report {i} names the Engine and Ada.", "document_id": f"s{i}",
+         "timestamp": base + timedelta(minutes=i, seconds=30)}
+        for i in range(15, 25)
+    ])
+    counts = link_counts()
+    assert all(
+        counts[(unit, kind)] == links.CAPS[kind]
+        for unit, kind in FullLinks.objects.filter(unit__bank_id="alpha").values_list("unit_id", "kind")
+    )
 
 
 def _graph(bank: str) -> dict[str, Any]:
