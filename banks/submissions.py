@@ -55,8 +55,8 @@ def retain_async(
     tag: str | None = None,
 ) -> tuple[Operation, bool]:
     """One retain_batch parent and children of at most OPS_RETAIN_BATCH_ITEMS
-    items, in one transaction (published on commit). Returns (parent as
-    inserted, its status rolled up in the database; repeated):
+    items, in one transaction (published on commit). Returns (the parent as
+    inserted, rolled up already; repeated):
     a repeated client `operation_id` returns the original parent untouched.
     Raises OperationIdConflict when the id names another bank's or type's operation."""
     if operation_id is not None:
@@ -65,34 +65,34 @@ def retain_async(
             return existing, True
     batch_id = str(operation_id or uuid.uuid4())
     size = settings.OPS_RETAIN_BATCH_ITEMS
+    children = []
+    for start in range(0, len(items), size):
+        chunk = items[start : start + size]
+        children.append(
+            services.Child(
+                operation_type="retain",
+                items_count=len(chunk),
+                # A one-document chunk is serialized with other retains of that document.
+                document_id=chunk[0].document_id if len(chunk) == 1 else None,
+                payload={
+                    "items": [item.to_payload() for item in chunk],
+                    "document_tags": document_tags,
+                    "batch_id": batch_id,
+                    "offset": start,
+                },
+            )
+        )
     try:
         with transaction.atomic():
-            parent = services.operation_submit(
+            parent, _ = services.operation_submit_parent(
                 bank_id=bank.pk,
                 operation_type="retain_batch",
                 operation_id=batch_id,
                 items_count=len(items),
                 tag=tag,
-                payload={"document_tags": document_tags, "children": -(-len(items) // size)},
-            ).operation
-            children = []
-            for start in range(0, len(items), size):
-                chunk = items[start : start + size]
-                children.append(
-                    services.Child(
-                        operation_type="retain",
-                        items_count=len(chunk),
-                        # A one-document chunk is serialized with other retains of that document.
-                        document_id=chunk[0].document_id if len(chunk) == 1 else None,
-                        payload={
-                            "items": [item.to_payload() for item in chunk],
-                            "document_tags": document_tags,
-                            "batch_id": batch_id,
-                            "offset": start,
-                        },
-                    )
-                )
-            services.operations_submit_children(parent=parent, children=children, tag=tag)
+                payload={"document_tags": document_tags, "children": len(children)},
+                children=children,
+            )
     except IntegrityError:
         # The same client id submitted concurrently: the other request won.
         if operation_id is None:

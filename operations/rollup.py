@@ -12,6 +12,7 @@ manual retry (`retry_parent`) re-opens it.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django.db.models import Count
@@ -48,6 +49,18 @@ def rolled_up_status(counts: dict[str, int]) -> str | None:
     return PENDING
 
 
+def progress(counts: dict[str, int], now: datetime) -> dict[str, Any]:
+    """A parent's progress from its children's status counts."""
+    return {
+        "stage": "children",
+        "at": now.isoformat(),
+        "processed": sum(counts.get(s, 0) for s in TERMINAL_STATUSES),
+        "total": sum(counts.values()),
+        # Hindsight's progress detail: counts by name.
+        "detail": {s: counts.get(s, 0) for s in OperationStatus.values},
+    }
+
+
 def children_counts(parent_id: str | uuid.UUID) -> dict[str, int]:
     return dict(
         Operation.objects.filter(parent_id=parent_id)
@@ -75,16 +88,8 @@ def roll_up(parent_id: str | uuid.UUID) -> str | None:
         return None
     now = timezone.now()
     total = sum(counts.values())
-    done = sum(counts.get(s, 0) for s in TERMINAL_STATUSES)
     fields: dict[str, Any] = {
-        "progress": {
-            "stage": "children",
-            "at": now.isoformat(),
-            "processed": done,
-            "total": total,
-            # Hindsight's progress detail: counts by name.
-            "detail": {s: counts.get(s, 0) for s in OperationStatus.values},
-        },
+        "progress": progress(counts, now),
         "updated_at": now,
         "completed_at": now if status in TERMINAL_STATUSES else None,
         "error_message": None,

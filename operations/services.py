@@ -37,6 +37,7 @@ from django.utils import timezone
 from operations import dispatch, fair_share, finish_hooks, registry
 from operations.lifecycle import queries
 from operations.handlers import Lease
+from operations.rollup import progress as roll_up_progress
 from operations.rollup import roll_up, rolled_up_status  # noqa: F401 (rolled_up_status: re-exported)
 from operations.models import (
     ERROR_MESSAGE_MAX,
@@ -236,7 +237,7 @@ def operation_submit(
 
 @dataclass(frozen=True)
 class Child:
-    """One child of `operations_submit_children`: the fields of `operation_submit`."""
+    """One operation of `operation_submit_parent` or `operations_submit_many`: the fields of `operation_submit`."""
 
     operation_type: str
     payload: dict[str, Any]
@@ -246,14 +247,36 @@ class Child:
     mental_model_id: str | None = None
 
 
-def operations_submit_children(
-    *, parent: Operation, children: list[Child], tag: str | None = None
-) -> list[Operation]:
-    """Many children of one parent (an async retain split in chunks), in the
-    caller's transaction: one bulk INSERT, one roll-up, the window checked once
-    per type. Types that deduplicate are refused (a batch cannot be
-    half-deduplicated)."""
-    return _submit_bulk(bank_id=parent.bank_id, parent_id=parent.pk, children=children, tag=tag)
+def operation_submit_parent(
+    *,
+    bank_id: str,
+    operation_type: str,
+    children: list[Child],
+    payload: dict[str, Any] | None = None,
+    items_count: int = 0,
+    tag: str | None = None,
+    operation_id: str | uuid.UUID | None = None,
+) -> tuple[Operation, list[Operation]]:
+    """A parent (an async retain's `retain_batch`) and its children, in the
+    caller's transaction: the parent's INSERT, then the children's bulk
+    INSERT with the window checked once per type, published on commit. The
+    parent is written already rolled up (every child pending), so no roll-up
+    runs. Types that deduplicate are refused as children (a batch cannot be
+    half-deduplicated); IntegrityError for an id already taken (callers own
+    id idempotency)."""
+    optype = registry.get(operation_type)
+    if not optype.rollup:
+        raise ValueError(f"{optype.name} is not a parent type")
+    fields = _new_row(
+        optype, bank_id=bank_id, payload=payload, items_count=items_count, document_id=None, filename=None,
+        mental_model_id=None, tag=tag, parent_id=None, operation_id=operation_id,
+    )
+    if children:
+        fields["progress"] = roll_up_progress({PENDING.value: len(children)}, timezone.now())
+    with transaction.atomic(savepoint=False):
+        parent = _insert(fields)
+        created = _submit_bulk(bank_id=bank_id, parent_id=parent.pk, children=children, tag=tag)
+    return parent, created
 
 
 def operations_submit_many(*, bank_id: str, operations: list[Child], tag: str | None = None) -> list[Operation]:
@@ -292,8 +315,6 @@ def _submit_bulk(
     # here fails the caller's whole submission anyway).
     with transaction.atomic(savepoint=False):
         created = Operation.objects.bulk_create([Operation(**fields) for fields in rows], batch_size=500)
-        if parent_id is not None:
-            roll_up(parent_id)
     messages = [(op.pk, op.operation_type, op.task_id, priorities[op.task_id]) for op in created if op.task_id]
     if messages:
         transaction.on_commit(lambda: dispatch.send_many(messages), robust=True)

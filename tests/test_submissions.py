@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import transaction
 
 from banks.models import Bank, Document, MemoryUnit, StoredFile
-from operations import runner
+from operations import rollup, runner
 from operations.models import Operation
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
@@ -99,6 +100,14 @@ def test_async_retain_makes_a_parent_and_children(admin: Any, settings: Any) -> 
     children = list(parent.children.order_by("created_at"))
     assert [c.items_count for c in children] == [4, 4, 2]
     assert all(c.operation_type == "retain" and c.status == "pending" for c in children)
+    # Written already rolled up: a roll-up now changes nothing but the time.
+    assert parent.status == "pending" and parent.started_at is None
+    submitted = {key: value for key, value in parent.progress.items() if key != "at"}
+    assert submitted["total"] == 3 and submitted["detail"]["pending"] == 3
+    with transaction.atomic():
+        assert rollup.roll_up(parent.pk) == "pending"
+    parent.refresh_from_db()
+    assert {key: value for key, value in parent.progress.items() if key != "at"} == submitted
     run_all_pending()
     parent.refresh_from_db()
     assert parent.status == "completed" and parent.progress["processed"] == 3

@@ -59,9 +59,9 @@ def _runs() -> str:
 INSERTED = (
     "id", "bank_id", "operation_type", "status", "task_payload", "result_metadata", "error_history",
     "items_count", "retry_count", "max_retries", "document_id", "filename", "mental_model_id", "tag",
-    "parent_id", "dedupe_key", "serial_key", "task_id", "dispatched_at", "created_at", "updated_at",
+    "parent_id", "dedupe_key", "serial_key", "task_id", "dispatched_at", "created_at", "updated_at", "progress",
 )
-_JSON_COLUMNS = frozenset({"task_payload", "result_metadata", "error_history"})
+_JSON_COLUMNS = frozenset({"task_payload", "result_metadata", "error_history", "progress"})
 _UUID_COLUMNS = frozenset({"id", "parent_id"})
 _TIME_COLUMNS = frozenset({"dispatched_at", "created_at", "updated_at"})
 
