@@ -453,10 +453,18 @@ def insert(bank_id: str, links: list[Link], *, offer_back: bool) -> None:
             written = f"""INSERT INTO {table} {columns}
                 SELECT %s, s, t, k, w FROM unnest(%s::uuid[], %s::uuid[], %s::varchar[], %s::float8[]) AS l(s, t, k, w)
                 ON CONFLICT DO NOTHING"""
-            if offer_back:  # one round trip: the links, and the offers of those written to units not known full
+            if offer_back:
+                # One round trip: the links, and the offers of those written to
+                # units not known full, each looked up on the index (a LATERAL
+                # with a LIMIT: as a NOT EXISTS it was planned as a hash of the
+                # whole table, every bank's full units, per statement).
                 written = f"""WITH written AS ({written} RETURNING bank_id, source_id, target_id, kind, weight)
-                    INSERT INTO {queue} {columns} SELECT * FROM written w WHERE NOT EXISTS
-                        (SELECT 1 FROM {full} f WHERE f.unit_id = w.target_id AND f.kind = w.kind)"""
+                    INSERT INTO {queue} {columns}
+                    SELECT w.bank_id, w.source_id, w.target_id, w.kind, w.weight FROM written w
+                    LEFT JOIN LATERAL (
+                        SELECT 1 AS known FROM {full} f WHERE f.unit_id = w.target_id AND f.kind = w.kind LIMIT 1
+                    ) AS f ON TRUE
+                    WHERE f.known IS NULL"""
             cursor.execute(
                 written,
                 [bank_id, _uuids(l.source for l in links), _uuids(l.target for l in links),

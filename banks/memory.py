@@ -20,6 +20,8 @@ they are chosen and written: `banks.links`.
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -150,6 +152,19 @@ def retain_items(
     return outcome
 
 
+def new_unit_id() -> uuid.UUID:
+    """A time-ordered UUID (version 7 of RFC 9562; the standard library has
+    it from Python 3.14): the milliseconds since the epoch, then 74 random
+    bits. A retain's links go from its new units to recent ones, so with ids
+    in time order their index entries land on the few pages at the right edge
+    of each index instead of one random page per link."""
+    milliseconds = time.time_ns() // 1_000_000
+    random = int.from_bytes(os.urandom(10), "big")
+    return uuid.UUID(
+        int=(milliseconds << 80) | (0x7 << 76) | ((random >> 62 & 0xFFF) << 64) | (0b10 << 62) | (random & (1 << 62) - 1)
+    )
+
+
 @dataclass
 class _Item:
     """One item extracted, before anything is written: its facts with their
@@ -175,7 +190,7 @@ class _Item:
             metadata=item.metadata,
             timestamp=item.timestamp or timezone.now(),
             facts=[
-                (uuid.uuid4(), text, extractor.embed(text),
+                (new_unit_id(), text, extractor.embed(text),
                  _mentions(extractor.extract_entities(text), item.entities))
                 for text in texts
             ],

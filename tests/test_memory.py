@@ -13,7 +13,6 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 from itertools import combinations
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -299,7 +298,7 @@ def test_items_written_together_make_the_graph_written_one_by_one(alpha: Any, be
         # equally similar candidates break the same way.
         counter = itertools.count()
         prefix = 1 if bank == "alpha" else 2
-        monkeypatch.setattr(memory, "uuid", SimpleNamespace(uuid4=lambda: uuid.UUID(int=(prefix << 64) + next(counter))))
+        monkeypatch.setattr(memory, "new_unit_id", lambda: uuid.UUID(int=(prefix << 64) + next(counter)))
         for items in (stored, crowd):
             memory.retain_items(bank=Bank.objects.get(pk=bank), items=items, default_document_id=str)
     one_by_one, together = _graph("alpha"), _graph("beta")
