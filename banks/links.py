@@ -77,7 +77,7 @@ def plan(
         ):
             entities_of.setdefault(unit_id, set()).add(entity_id)
     stored = _Stored.read(bank_id, units, have=have, exclude=exclude, entities_of=entities_of)
-    space = _Space({**stored.vectors, **{s.pk: s.vector for s in siblings}}, basis=[u.vector for u in units])
+    space = _Space({**stored.vectors, **{s.pk: pack(s.vector) for s in siblings}}, basis=[pack(u.vector) for u in units])
     return _temporal(units, have, exclude, siblings, stored) + _semantic(
         units, have, exclude, siblings, entities_of, stored, space
     )
@@ -92,7 +92,8 @@ def plan_items(bank_id: str, items: list[list[MemoryUnit]], *, entities_of: dict
     if not every:
         return []
     stored = _Stored.read(bank_id, every, have={}, exclude=set(), entities_of=entities_of)
-    space = _Space({**stored.vectors, **{u.pk: u.vector for u in every}}, basis=[u.vector for u in every])
+    packed = {u.pk: pack(u.vector) for u in every}
+    space = _Space({**stored.vectors, **packed}, basis=list(packed.values()))
     links: list[Link] = []
     written = 0
     for units in items:
@@ -127,7 +128,7 @@ class _Stored:
         # entity -> (unit, the order its entity row was written in), newest first
         self.sharers: dict[int, list[tuple[Any, int]]] = {}
         self.recent: list[Any] = []
-        self.vectors: dict[Any, Vector] = {}
+        self.vectors: dict[Any, Packed] = {}
         self._sharer_rows: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
 
     @classmethod
@@ -158,7 +159,7 @@ class _Stored:
             candidates -= {u.pk for u in units}
             # A candidate gone since it was read has no vector: an empty one
             # still takes its place among the most recent, and never links.
-            stored.vectors = {pk: {} for pk in candidates} | _vectors.get_many(candidates)
+            stored.vectors = dict.fromkeys(candidates, _EMPTY) | _vectors.get_many(candidates)
         return stored
 
     def sharer_rows(self, space: _Space) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -167,9 +168,10 @@ class _Stored:
             self._sharer_rows = {}
             for entity_id, rows in self.sharers.items():
                 # The units being planned are not candidates of themselves.
-                known = [(order, space.row[pk]) for pk, order in rows if pk in space.row]
-                self._sharer_rows[entity_id] = (np.array([order for order, _ in known], dtype=np.int64),
-                                                np.array([row for _, row in known], dtype=np.intp))
+                found = [(order, space.row.get(pk, -1)) for pk, order in rows]
+                known = np.array(found, dtype=np.int64).reshape(-1, 2)
+                known = known[known[:, 1] >= 0]
+                self._sharer_rows[entity_id] = (known[:, 0], known[:, 1].astype(np.intp))
         return self._sharer_rows
 
 
@@ -280,7 +282,7 @@ def _semantic(
             np.concatenate([mine[0], recency]), np.concatenate([mine[1], rows]))
     none = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.intp))
     recent = space.rows([s.pk for s in reversed(siblings)] + stored.recent)
-    scores = space.scores([unit.vector for unit in units])
+    scores = space.scores([pack(unit.vector) for unit in units])
     links = []
     for column, unit in enumerate(units):
         skip = space.rows(have.get((unit.pk, LinkKind.SEMANTIC), set()) | {unit.pk} | exclude)
@@ -296,7 +298,8 @@ def _semantic(
         # Most similar first; ties by id (a UUID orders as its text does).
         best = np.lexsort((space.rank[candidates], -mine))[: _room(unit, LinkKind.SEMANTIC, have)]
         links += [
-            Link(unit.pk, space.ids[candidates[i]], LinkKind.SEMANTIC, round(float(mine[i]), 6)) for i in best
+            Link(unit.pk, space.ids[row], LinkKind.SEMANTIC, round(weight, 6))
+            for row, weight in zip(candidates[best].tolist(), mine[best].tolist())
         ]
     return links
 
@@ -312,12 +315,34 @@ def _first_distinct(rows: np.ndarray, skip: np.ndarray) -> np.ndarray:
     return rows[np.sort(first)]
 
 
+class Packed(NamedTuple):
+    """A sparse vector as arrays: the ids of its dimensions (`_DIMENSIONS`)
+    and their values, so that many are laid into a matrix at once."""
+
+    dimensions: np.ndarray
+    values: np.ndarray
+
+
+# Dimension name -> id, for the vectors this process has packed (a few
+# thousand at most: the extractor's dimensions).
+_DIMENSIONS: dict[str, int] = {}
+_EMPTY = Packed(np.empty(0, dtype=np.intp), np.empty(0))
+
+
+def pack(vector: Vector) -> Packed:
+    return Packed(
+        np.fromiter((_DIMENSIONS.setdefault(name, len(_DIMENSIONS)) for name in vector), dtype=np.intp,
+                    count=len(vector)),
+        np.fromiter(vector.values(), dtype=np.float64, count=len(vector)),
+    )
+
+
 class _Space:
     """Sparse vectors as the rows of one dense matrix, so that a unit's
     similarity to every candidate is one matrix product (numpy) instead of a
     Python loop per pair. Vectors are unit length: the dot product is the cosine."""
 
-    def __init__(self, vectors: dict[Any, Vector], *, basis: list[Vector]) -> None:
+    def __init__(self, vectors: dict[Any, Packed], *, basis: list[Packed]) -> None:
         self.ids = list(vectors)
         self.row = {pk: i for i, pk in enumerate(self.ids)}
         # For ties: a UUID orders as its integer does.
@@ -325,26 +350,33 @@ class _Space:
         self.rank[sorted(range(len(self.ids)), key=lambda i: self.ids[i].int)] = np.arange(len(self.ids))
         # Only the dimensions of the vectors to be scored (`basis`): the
         # others add nothing to their dot products, and the matrix stays small.
-        self.columns: dict[str, int] = {}
-        for vector in basis:
-            for key in vector:
-                self.columns.setdefault(key, len(self.columns))
+        used = np.unique(np.concatenate([_EMPTY.dimensions, *(v.dimensions for v in basis)]))
+        self.column = np.full(len(_DIMENSIONS), -1, dtype=np.intp)  # dimension id -> column, or -1
+        self.column[used] = np.arange(len(used))
+        self.width = len(used)
         self.matrix = self._dense(list(vectors.values()))
 
-    def _dense(self, vectors: list[Vector]) -> np.ndarray:
-        matrix = np.zeros((len(vectors), len(self.columns)))
-        for i, vector in enumerate(vectors):
-            known = [(self.columns[key], value) for key, value in vector.items() if key in self.columns]
-            if known:
-                columns, values = zip(*known)
-                matrix[i, list(columns)] = values
+    def _dense(self, vectors: list[Packed]) -> np.ndarray:
+        """The vectors as rows over the basis's columns: every entry laid at once."""
+        matrix = np.zeros((len(vectors), self.width))
+        if not vectors:
+            return matrix
+        dimensions = np.concatenate([v.dimensions for v in vectors])
+        values = np.concatenate([v.values for v in vectors])
+        rows = np.repeat(np.arange(len(vectors)), [len(v.dimensions) for v in vectors])
+        # Dimensions first seen after the basis was taken are not in it.
+        inside = dimensions < len(self.column)
+        columns = np.full(len(dimensions), -1, dtype=np.intp)
+        columns[inside] = self.column[dimensions[inside]]
+        used = columns >= 0
+        matrix[rows[used], columns[used]] = values[used]
         return matrix
 
     def rows(self, ids: Iterable[Any]) -> np.ndarray:
         """The rows of these units, in order (units not in the space left out)."""
         return np.fromiter((self.row[pk] for pk in ids if pk in self.row), dtype=np.intp)
 
-    def scores(self, vectors: list[Vector]) -> np.ndarray:
+    def scores(self, vectors: list[Packed]) -> np.ndarray:
         """Row i, column j: the similarity of candidate i to vector j."""
         return self.matrix @ self._dense(vectors).T
 
@@ -372,20 +404,22 @@ def _recent_sharers(entity_ids: set[int], limit: int) -> list[tuple[int, Any, in
                     [entity_id, limit],
                 )
                 rows += cursor.fetchall()
+    if connection.vendor == "postgresql":
+        return rows  # psycopg gives UUIDs already
     return [(entity_id, to_uuid(unit_id), order) for entity_id, unit_id, order in rows]
 
 
 class _VectorCache:
-    """Unit id -> vector, the most recently used `size` of them. A unit's
+    """Unit id -> vector (packed), the most recently used `size` of them. A unit's
     vector never changes; a deleted unit's entry is only ever a candidate
     that the write finds gone."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: OrderedDict[Any, Vector] = OrderedDict()
+        self._entries: OrderedDict[Any, Packed] = OrderedDict()
 
-    def get_many(self, unit_ids: set[Any]) -> dict[Any, Vector]:
-        found: dict[Any, Vector] = {}
+    def get_many(self, unit_ids: set[Any]) -> dict[Any, Packed]:
+        found: dict[Any, Packed] = {}
         missing = []
         for unit_id in unit_ids:
             vector = self._entries.get(unit_id)
@@ -404,7 +438,7 @@ class _VectorCache:
                 rows = cursor.fetchall()
             for raw_id, text in rows:
                 unit_id = MemoryUnit._meta.pk.to_python(raw_id)  # type: ignore[union-attr]
-                vector = orjson.loads(text)
+                vector = pack(orjson.loads(text))
                 found[unit_id] = vector
                 self._entries[unit_id] = vector
             while len(self._entries) > self.size:
