@@ -24,6 +24,17 @@ from django.conf import settings
 _PR_SET_PDEATHSIG = 1
 
 
+def _prepare(child: Child) -> Callable[[], None]:
+    """What runs in the child between fork and exec."""
+
+    def prepare() -> None:
+        _die_with_parent()
+        if child.nice:
+            os.nice(child.nice)
+
+    return prepare
+
+
 def _die_with_parent() -> None:
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -52,6 +63,7 @@ class Child:
     name: str
     argv: list[str]
     restart: bool = False
+    nice: int = 0  # added to the supervisor's CPU niceness (lower priority)
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -70,7 +82,7 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         child.process = subprocess.Popen(
-            child.argv, env=child_env(), start_new_session=True, preexec_fn=_die_with_parent
+            child.argv, env=child_env(), start_new_session=True, preexec_fn=_prepare(child)
         )
         child.started_at = time.monotonic()
         self.log(f"started {child.name} (pid {child.process.pid})")

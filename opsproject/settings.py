@@ -288,6 +288,12 @@ OPS_NODE_NAME = env_str("OPS_NODE_NAME", socket.gethostname())
 OPS_OPERATION_TYPE_MODULES = env_list("OPS_OPERATION_TYPE_MODULES", [])
 OPS_WORKER_MAX_SLOTS = env_int("OPS_WORKER_MAX_SLOTS", 10, minimum=1)
 OPS_WORKER_MAX_RETRIES = env_int("OPS_WORKER_MAX_RETRIES", 3, minimum=0)
+# The CPU priority (nice) of the operation workers `runworkers` starts: on a
+# host they share with the API server, a crowd of retains takes every core
+# left over, not the ones requests need (the system worker, which sweeps and
+# reaps, keeps the normal priority). 0 runs them like everything else; on a
+# host of their own it changes nothing.
+OPS_WORKER_NICE = env_int("OPS_WORKER_NICE", 10, minimum=0, maximum=19)
 # Deadlocks, serialization failures, lost connections: retried at once without
 # spending OPS_WORKER_MAX_RETRIES, this many times per attempt (operations.transient).
 OPS_TRANSIENT_RETRIES = env_int("OPS_TRANSIENT_RETRIES", 10, minimum=0)

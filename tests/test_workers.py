@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,41 @@ def test_a_banks_only_message_goes_ahead_of_another_banks_full_window(
     assert len(in_broker) >= 15
     # First in, first out would have run every one of them first.
     assert ahead <= 4, f"{ahead} of alpha's {len(in_broker)} messages in the broker ran before beta's"
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Every process under `pid`, with its command line."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found: dict[int, str] = {}
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        try:
+            found[child] = (Path("/proc") / str(child) / "cmdline").read_text().replace("\0", " ")
+        except OSError:
+            continue
+        todo.extend(children.get(child, []))
+    return found
+
+
+def test_operation_workers_yield_the_cpu_the_system_worker_does_not(start_workers: Any) -> None:
+    workers = start_workers(ready=2, OPS_WORKER_MAX_SLOTS="2", OPS_WORKER_NICE="7")
+    base = os.getpriority(os.PRIO_PROCESS, workers.process.pid)
+    niceness = {
+        pid: os.getpriority(os.PRIO_PROCESS, pid) - base
+        for pid, command in _descendants(workers.process.pid).items() if "celery" in command
+    }
+    commands = _descendants(workers.process.pid)
+    system = {pid for pid in niceness if "system@" in commands.get(pid, "")}
+    operation = set(niceness) - system
+    assert system and operation, commands
+    assert {niceness[pid] for pid in operation} == {7}  # the pool's processes too
+    assert {niceness[pid] for pid in system} == {0}
+    assert "operation workers run at nice 7" in workers.output()

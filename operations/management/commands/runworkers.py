@@ -37,7 +37,10 @@ def worker_argv(spec: WorkerSpec, *, pool: str, loglevel: str) -> list[str]:
 
 def plan_children(plan: SlotPlan, *, loglevel: str) -> list[Child]:
     children = [
-        Child(f"worker {w.name}", worker_argv(w, pool="prefork", loglevel=loglevel), restart=True)
+        Child(
+            f"worker {w.name}", worker_argv(w, pool="prefork", loglevel=loglevel), restart=True,
+            nice=settings.OPS_WORKER_NICE,
+        )
         for w in plan.workers
     ]
     # The sweeper runs in its own process so it is never starved by operations.
@@ -65,6 +68,8 @@ class Command(BaseCommand):
             return
         for worker in plan.workers:
             self.stdout.write(f"{worker.name}: {worker.concurrency} slot(s) on {', '.join(worker.queues)}")
+        if settings.OPS_WORKER_NICE:
+            self.stdout.write(f"operation workers run at nice {settings.OPS_WORKER_NICE} (OPS_WORKER_NICE)")
         code = Supervisor(plan_children(plan, loglevel=options["loglevel"]), out=self.stdout).run()
         if code:
             raise CommandError(f"a worker exited with status {code}")
