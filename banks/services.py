@@ -1,12 +1,15 @@
-"""Writes of banks."""
+"""Finding banks, and their writes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import cache
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from banks.models import Bank
+from operations.lifecycle import queries
 
 BANK_FIELDS = ("name", "mission", "background", "enable_observations", "enable_auto_consolidation", "config")
 
@@ -28,9 +31,44 @@ def bank_put(*, bank_id: str, fields: dict[str, Any]) -> tuple[Bank, bool]:
     return bank, created
 
 
+def bank_find(bank_id: str) -> Bank | None:
+    """The bank, or None: the lookup of every bank-scoped request, run as a
+    prepared statement (queries.execute) with the fields converted as the ORM
+    would (building the query anew each time was a tenth of a request's CPU)."""
+    statement, converters = _find()
+    row = queries.fetchone(statement, [bank_id])
+    if row is None:
+        return None
+    return Bank.from_db(connection.alias, None, [convert(value) for convert, value in zip(converters, row)])
+
+
+@cache
+def _find() -> tuple[str, list[Callable[[Any], Any]]]:
+    """The lookup's statement and a converter per column (one database per process)."""
+    fields = Bank._meta.concrete_fields
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in fields)
+    statement = f"SELECT {columns} FROM {quote(Bank._meta.db_table)} WHERE {quote(Bank._meta.pk.column)} = %s"
+    return statement, [_converter(field) for field in fields]
+
+
+def _converter(field: Any) -> Callable[[Any], Any]:
+    column = field.get_col(Bank._meta.db_table)
+    steps = [*connection.ops.get_db_converters(column), *field.get_db_converters(connection)]
+
+    def convert(value: Any) -> Any:
+        for step in steps:
+            value = step(value, column, connection)
+        return value
+
+    return convert
+
+
 def bank_ensure(*, bank_id: str) -> Bank:
     """The bank, created with defaults on first use (as Hindsight does on retain)."""
-    bank, _ = Bank.objects.get_or_create(bank_id=bank_id)
+    bank = bank_find(bank_id)
+    if bank is None:
+        bank, _ = Bank.objects.get_or_create(bank_id=bank_id)
     return bank
 
 

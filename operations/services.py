@@ -157,16 +157,31 @@ _FIELDS = [field.attname for field in Operation._meta.concrete_fields]
 
 
 def _insert(fields: dict[str, Any]) -> Operation:
-    """Write one new pending row (`queries.insert`, prepared) and return it as
-    create() would: every column set, the others as the database has them."""
+    """Write one new pending row; see `_insert_many`."""
+    return _insert_many([fields])[0]
+
+
+def _insert_many(many: list[dict[str, Any]]) -> list[Operation]:
+    """Write new pending rows (`queries.insert`, prepared: one statement per
+    `insert_batch_size()` rows) and return them as create() would: every
+    column set, the others as the database has them."""
     now = timezone.now()
-    row: dict[str, Any] = dict.fromkeys(queries.INSERTED)
-    row.update(status=PENDING.value, result_metadata={}, error_history=[], retry_count=0, created_at=now, updated_at=now)
-    row.update(fields)
-    row["id"] = uuid.UUID(str(row["id"])) if row["id"] is not None else uuid.uuid4()
-    with queries.execute(queries.insert(), queries.insert_params(row, connection)):
-        pass
-    return Operation.from_db(connection.alias, _FIELDS, [row.get(name) for name in _FIELDS])
+    rows = []
+    for fields in many:
+        row: dict[str, Any] = dict.fromkeys(queries.INSERTED)
+        row.update(
+            status=PENDING.value, result_metadata={}, error_history=[], retry_count=0, created_at=now, updated_at=now
+        )
+        row.update(fields)
+        row["id"] = uuid.UUID(str(row["id"])) if row["id"] is not None else uuid.uuid4()
+        rows.append(row)
+    size = queries.insert_batch_size()
+    for start in range(0, len(rows), size):
+        batch = rows[start : start + size]
+        params = [param for row in batch for param in queries.insert_params(row, connection)]
+        with queries.execute(queries.insert(len(batch)), params):
+            pass
+    return [Operation.from_db(connection.alias, _FIELDS, [row.get(name) for name in _FIELDS]) for row in rows]
 
 
 def _send_on_commit(operation: Operation, priority: int) -> None:
@@ -289,7 +304,7 @@ def operations_submit_many(*, bank_id: str, operations: list[Child], tag: str | 
 def _submit_bulk(
     *, bank_id: str, parent_id: uuid.UUID | str | None, children: list[Child], tag: str | None
 ) -> list[Operation]:
-    """One bulk INSERT (500 rows a statement), the window asked once per type,
+    """One bulk INSERT (`_insert_many`), the window asked once per type,
     and the messages of those published sent in one pass after commit."""
     rows = []
     by_type: dict[str, list[dict[str, Any]]] = {}
@@ -314,7 +329,7 @@ def _submit_bulk(
     # In the caller's transaction when there is one (no savepoint: a failure
     # here fails the caller's whole submission anyway).
     with transaction.atomic(savepoint=False):
-        created = Operation.objects.bulk_create([Operation(**fields) for fields in rows], batch_size=500)
+        created = _insert_many(rows)
     messages = [(op.pk, op.operation_type, op.task_id, priorities[op.task_id]) for op in created if op.task_id]
     if messages:
         transaction.on_commit(lambda: dispatch.send_many(messages), robust=True)

@@ -564,6 +564,30 @@ def test_a_key_records_its_use_at_most_once_a_minute(admin: Any, alpha: Any) -> 
     assert ApiKey.objects.get(name="admin").last_used_at > first
 
 
+def test_requests_find_banks_and_keys_as_the_orm_loads_them(alpha: Any) -> None:
+    # Both lookups run as prepared statements of their own, converting each
+    # column themselves (JSON, booleans, times: SQLite stores them as text).
+    from banks.api_keys import api_key_authenticate, api_key_create
+    from banks.models import ApiKey, Bank
+    from banks.services import bank_find, bank_put
+
+    bank_put(bank_id="alpha", fields={"mission": "m", "enable_observations": False, "config": {"a": [1, {"b": None}]},
+                                      "disposition_traits": {"empathy": 5}})
+
+    def fields(row: Any) -> dict[str, Any]:
+        return {k: v for k, v in vars(row).items() if k != "_state"}
+
+    found = bank_find("alpha")
+    assert found is not None and fields(found) == fields(Bank.objects.get(pk="alpha"))
+    assert found.config == {"a": [1, {"b": None}]} and found.enable_observations is False
+    assert bank_find("nobody") is None
+    key, raw = api_key_create(name="scoped", bank_ids=["beta", "alpha"])
+    authenticated = api_key_authenticate(raw)
+    assert authenticated is not None
+    assert (authenticated.pk, authenticated.is_admin, authenticated.bank_ids) == (key.pk, False, ["alpha", "beta"])
+    assert authenticated.created_at == ApiKey.objects.get(pk=key.pk).created_at  # the rest loads on access
+
+
 @pytest.mark.parametrize("word", ["cancel", "stats"])
 def test_an_operation_id_that_is_an_endpoint_name_is_a_400_not_a_405(admin: Any, alpha: Any, word: str) -> None:
     for method in ("get", "delete"):

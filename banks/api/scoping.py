@@ -9,6 +9,7 @@ from rest_framework.exceptions import NotFound
 
 from banks.api.auth import access_of
 from banks.models import BANK_ID_PATTERN, Bank
+from banks.services import bank_find
 
 BANK_ID_RE = re.compile(BANK_ID_PATTERN)
 
@@ -31,7 +32,7 @@ class BankScopedMixin:
         bank_id = self.kwargs["bank_id"]
         if not access_of(self.request).can_access(bank_id) or not BANK_ID_RE.match(bank_id):
             raise bank_not_found(bank_id)
-        bank = Bank.objects.filter(pk=bank_id).first()
+        bank = bank_find(bank_id)
         if bank is None:
             raise bank_not_found(bank_id)
         self._bank = bank

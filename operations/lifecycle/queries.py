@@ -67,10 +67,16 @@ _TIME_COLUMNS = frozenset({"dispatched_at", "created_at", "updated_at"})
 
 
 @cache
-def insert() -> str:
+def insert(rows: int = 1) -> str:
+    """The INSERT of `rows` rows (a bulk submission's children are one)."""
     cast = "::jsonb" if connection.vendor == "postgresql" else ""
     values = ", ".join(f"%s{cast}" if column in _JSON_COLUMNS else "%s" for column in INSERTED)
-    return f"INSERT INTO {TABLE} ({', '.join(INSERTED)}) VALUES ({values})"
+    return f"INSERT INTO {TABLE} ({', '.join(INSERTED)}) VALUES {', '.join([f'({values})'] * rows)}"
+
+
+def insert_batch_size() -> int:
+    """Rows per INSERT: 500, or fewer where the database takes fewer parameters."""
+    return min(500, connection.ops.bulk_batch_size(INSERTED, [None] * 500))
 
 
 def insert_params(row: dict[str, Any], connection: Any) -> list[Any]:
