@@ -2,8 +2,9 @@
 is the roll-up of its children's.
 
 `roll_up` is called inside the transaction that changed a child. It locks the
-parent row first, so concurrent children serialize here and the last one sees
-every sibling's final status. The parent then moves by the `roll_up` transition,
+parent row first, then counts its children (`queries.ROLL_UP_LOCK`), so
+concurrent children serialize here and the last one sees every sibling's
+final status. The parent then moves by the `roll_up` transition,
 a conditional UPDATE from pending or processing only: a finished parent never
 moves back (a late child change cannot resurrect a cancelled batch); only a
 manual retry (`retry_parent`) re-opens it.
@@ -11,14 +12,16 @@ manual retry (`retry_parent`) re-opens it.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count
+from django.db import connection
 from django.utils import timezone
 
 from operations import finish_hooks
+from operations.lifecycle import queries
 from operations.models import TERMINAL_STATUSES, Operation, OperationStatus
 
 PENDING = OperationStatus.PENDING
@@ -61,28 +64,17 @@ def progress(counts: dict[str, int], now: datetime) -> dict[str, Any]:
     }
 
 
-def children_counts(parent_id: str | uuid.UUID) -> dict[str, int]:
-    return dict(
-        Operation.objects.filter(parent_id=parent_id)
-        .values_list("status")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
-
-
 def roll_up(parent_id: str | uuid.UUID) -> str | None:
     """Recompute a parent from its children, in the caller's transaction.
     Returns the parent's new status, or None when it did not move (gone,
     finished, or childless)."""
-    parent = (
-        Operation.objects.select_for_update()
-        .filter(pk=parent_id)
-        .values("status", "started_at", "bank_id", "operation_type", "tag", "parent_id")
-        .first()
-    )
-    if parent is None or parent["status"] in TERMINAL_STATUSES:
+    pk = Operation._meta.pk.get_db_prep_value(parent_id, connection)
+    row = queries.fetchone(queries.roll_up_lock(), [pk])
+    if row is None or row[0] in TERMINAL_STATUSES:
         return None
-    counts = children_counts(parent_id)
+    parent = dict(zip(("status", "started_at", "bank_id", "operation_type", "tag", "parent_id"), row))
+    found = queries.fetchone(queries.roll_up_counts(), [pk])
+    counts: dict[str, int] = (json.loads(found[0]) if isinstance(found[0], str) else found[0]) or {}
     status = rolled_up_status(counts)
     if status is None:
         return None
@@ -106,6 +98,6 @@ def roll_up(parent_id: str | uuid.UUID) -> str | None:
         finish_hooks.run(found, finish_hooks.Finished(
             operation_id=str(parent_id), bank_id=parent["bank_id"], operation_type=parent["operation_type"],
             status=status, result={"children": fields["progress"]["detail"]}, error=fields["error_message"],
-            tag=parent["tag"], parent_id=str(parent["parent_id"]) if parent["parent_id"] else None,
+            tag=parent["tag"], parent_id=str(uuid.UUID(str(parent["parent_id"]))) if parent["parent_id"] else None,
         ))
     return status if moved else None

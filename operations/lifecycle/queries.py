@@ -233,6 +233,32 @@ def claim_and_pick(claim: str) -> str:
     return CLAIM_AND_PICK.format(claim=claim, pick=pick("postgresql"))
 
 
+# --- ROLL_UP_LOCK, ROLL_UP_COUNTS ---------------------------------------------------------
+#
+# A parent, locked, then its children's status counts (`rollup.roll_up`, in
+# the transaction that changed a child): concurrent children serialize on the
+# parent's row, so the last one to finish counts every sibling final. Two
+# statements, since a statement reads with the snapshot it began with: counts
+# taken beside the lock would miss the sibling whose commit it waited for.
+# SQLite's transaction already holds the write lock. The counts are a JSON
+# object of status -> count (NULL or {} without children).
+
+_ROLL_UP_LOCK = "SELECT status, started_at, bank_id, operation_type, tag, parent_id FROM {table} WHERE id = %s {lock}"
+
+_ROLL_UP_COUNTS = "SELECT {counts} FROM (SELECT status, COUNT(*) AS n FROM {table} WHERE parent_id = %s GROUP BY status) c"
+
+
+@cache
+def roll_up_lock() -> str:
+    return _ROLL_UP_LOCK.format(table=TABLE, lock="FOR UPDATE" if connection.vendor == "postgresql" else "")
+
+
+@cache
+def roll_up_counts() -> str:
+    counts = "json_object_agg(c.status, c.n)" if connection.vendor == "postgresql" else "json_group_object(c.status, c.n)"
+    return _ROLL_UP_COUNTS.format(table=TABLE, counts=counts)
+
+
 def adapt(value: datetime, connection: Any) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
 
