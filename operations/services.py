@@ -273,8 +273,8 @@ def operation_submit_parent(
     operation_id: str | uuid.UUID | None = None,
 ) -> tuple[Operation, list[Operation]]:
     """A parent (an async retain's `retain_batch`) and its children, in the
-    caller's transaction: the parent's INSERT, then the children's bulk
-    INSERT with the window checked once per type, published on commit. The
+    caller's transaction: one bulk INSERT of them all (the window checked
+    once per type), the children published on commit. The
     parent is written already rolled up (every child pending), so no roll-up
     runs. Types that deduplicate are refused as children (a batch cannot be
     half-deduplicated); IntegrityError for an id already taken (callers own
@@ -288,9 +288,13 @@ def operation_submit_parent(
     )
     if children:
         fields["progress"] = roll_up_progress({PENDING.value: len(children)}, timezone.now())
+    fields["id"] = uuid.UUID(str(operation_id)) if operation_id is not None else uuid.uuid4()
+    rows, priorities = _bulk_rows(bank_id=bank_id, parent_id=fields["id"], children=children, tag=tag)
+    # The parent's row goes first in the children's INSERT (the foreign keys
+    # are checked at commit).
     with transaction.atomic(savepoint=False):
-        parent = _insert(fields)
-        created = _submit_bulk(bank_id=bank_id, parent_id=parent.pk, children=children, tag=tag)
+        parent, *created = _insert_many([fields, *rows])
+    _publish_on_commit_many(created, priorities)
     return parent, created
 
 
@@ -306,6 +310,20 @@ def _submit_bulk(
 ) -> list[Operation]:
     """One bulk INSERT (`_insert_many`), the window asked once per type,
     and the messages of those published sent in one pass after commit."""
+    rows, priorities = _bulk_rows(bank_id=bank_id, parent_id=parent_id, children=children, tag=tag)
+    # In the caller's transaction when there is one (no savepoint: a failure
+    # here fails the caller's whole submission anyway).
+    with transaction.atomic(savepoint=False):
+        created = _insert_many(rows)
+    _publish_on_commit_many(created, priorities)
+    return created
+
+
+def _bulk_rows(
+    *, bank_id: str, parent_id: uuid.UUID | str | None, children: list[Child], tag: str | None
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The rows of a bulk submission, those the window has room for marked
+    published; and the broker priority of each of those, by task id."""
     rows = []
     by_type: dict[str, list[dict[str, Any]]] = {}
     for child in children:
@@ -326,14 +344,14 @@ def _submit_bulk(
             _mark_published(fields)
             priorities[fields["task_id"]] = priority
             priority = dispatch.BEHIND
-    # In the caller's transaction when there is one (no savepoint: a failure
-    # here fails the caller's whole submission anyway).
-    with transaction.atomic(savepoint=False):
-        created = _insert_many(rows)
+    return rows, priorities
+
+
+def _publish_on_commit_many(created: list[Operation], priorities: dict[str, int]) -> None:
+    """Send the messages of the published ones in one pass once the caller commits."""
     messages = [(op.pk, op.operation_type, op.task_id, priorities[op.task_id]) for op in created if op.task_id]
     if messages:
         transaction.on_commit(lambda: dispatch.send_many(messages), robust=True)
-    return created
 
 
 def _publish_on_commit(operation_id: uuid.UUID | str, operation_type: str) -> None:
