@@ -286,3 +286,39 @@ def test_the_pick_skips_what_cannot_run_yet(alpha: Any) -> None:
     assert not dispatch.publish_next("test_echo")
     assert not dispatch.publish_next("test_serial")  # both waiting ones share the busy key
     assert Operation.objects.filter(pk__in=[blocked.pk, ready.pk], dispatched_at__isnull=False).count() == 0
+
+
+def test_the_dispatcher_writes_messages_as_celery_would(private_broker: Any) -> None:
+    """`dispatch` publishes through kombu itself (a lighter path than
+    `send_task`, and several messages per round trip): what it writes is
+    Celery's own message, but for the ids. Several at once, and one alone."""
+    import base64
+    import json
+    import uuid
+
+    import redis
+
+    from opsproject.celery import app
+
+    optype = registry.get("test_echo")
+    operation_id = str(uuid.uuid4())
+    app.send_task(optype.task_name, args=[operation_id], queue=optype.queue, task_id="by-celery", priority=6)
+    assert dispatch.send_many([(operation_id, "test_echo", f"batched-{i}", 6) for i in range(2)]) == 2
+    assert dispatch.send(operation_id, "test_echo", "alone", priority=6)
+    broker = redis.Redis.from_url(private_broker.url)
+    key = f"{optype.queue}\x06\x166"  # kombu's list for priority 6
+
+    def stripped(raw: bytes) -> dict[str, Any]:
+        message = json.loads(raw)
+        message["body"] = json.loads(base64.b64decode(message["body"]))
+        task_id = message["headers"]["id"]
+        for field in ("id", "root_id"):
+            assert message["headers"].pop(field) == task_id
+        assert message["properties"].pop("correlation_id") == task_id
+        message["properties"].pop("delivery_tag")
+        return {"task_id": task_id, **message}
+
+    celerys, *ours = [stripped(raw) for raw in reversed(broker.lrange(key, 0, -1))]
+    assert [message.pop("task_id") for message in ours] == ["batched-0", "batched-1", "alone"]
+    celerys.pop("task_id")
+    assert ours == [celerys] * 3
