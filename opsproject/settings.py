@@ -225,6 +225,9 @@ if EMBEDDED_BROKER:
         "polling_interval": env_float("OPS_BROKER_POLL_SECONDS", 0.02, minimum=0.005),
     }
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    if CELERY_BROKER_URL.startswith("redis://"):
+        # kombu's Redis transport with one publishing client per channel (see the module).
+        CELERY_BROKER_TRANSPORT = "operations.redis_broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # A message a worker fetched but never acknowledged comes back after this
         # long. It must outlast the longest hard time limit: a redelivery of a

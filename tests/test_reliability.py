@@ -322,3 +322,15 @@ def test_the_dispatcher_writes_messages_as_celery_would(private_broker: Any) -> 
     assert [message.pop("task_id") for message in ours] == ["batched-0", "batched-1", "alone"]
     celerys.pop("task_id")
     assert ours == [celerys] * 3
+
+
+def test_a_redis_channel_publishes_through_one_client(private_broker: Any) -> None:
+    # kombu's own Redis channel builds a client object per message.
+    from operations.redis_broker import Transport
+    from opsproject.celery import app
+
+    with app.connection_for_write() as connection:
+        assert isinstance(connection.transport, Transport)
+        channel = connection.default_channel
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second and first.ping()
