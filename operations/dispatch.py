@@ -40,6 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache, partial
@@ -76,19 +77,20 @@ def send(operation_id: uuid.UUID | str, operation_type: str, task_id: str, *, pr
     return send_many([(operation_id, operation_type, task_id, priority)]) == 1
 
 
-def send_many(messages: list[Message]) -> int:
+def send_many(messages: list[Message], *, producer: Any = None) -> int:
     """Send the messages of rows already marked, in one pass over one broker
-    connection; on Redis, several go in one round trip (kombu's publish
-    batch). A message that may not have reached the broker has its mark
-    undone (the sweeper publishes it again; one that did arrive is then sent
-    twice, and the claim drops the second). Returns how many went."""
+    connection (`producer`'s, or one from Celery's pool); on Redis, several
+    go in one round trip (kombu's publish batch). A message that may not have
+    reached the broker has its mark undone (the sweeper publishes it again;
+    one that did arrive is then sent twice, and the claim drops the second).
+    Returns how many went."""
     from opsproject.celery import app
 
     if not messages:
         return 0
     failed: set[int] = set()
     try:
-        with app.producer_or_acquire() as producer:
+        with nullcontext(producer) if producer is not None else app.producer_or_acquire() as producer:
             if len(messages) == 1:
                 _publish(app, producer, messages[0], retry=True)
             else:
@@ -326,6 +328,9 @@ class _Publisher:
         self._queue.put(work)
 
     def _run(self) -> None:
+        from opsproject.celery import app
+
+        producer = None  # held between wake-ups: acquiring one reads Celery's settings
         while True:
             waiting = [self._queue.get()]
             while True:
@@ -334,8 +339,17 @@ class _Publisher:
                 except queue.Empty:
                     break
             messages = [work for work in waiting if isinstance(work, tuple)]
-            jobs = [partial(send_many, messages)] if messages else []
-            jobs += [work for work in waiting if not isinstance(work, tuple)]
+            jobs = [work for work in waiting if not isinstance(work, tuple)]
+            if messages:
+                try:
+                    producer = producer or app.producer_pool.acquire(block=True)
+                    if send_many(messages, producer=producer) < len(messages):
+                        producer, broken = None, producer
+                        broken.release()  # the pool revives its connection
+                except Exception:  # a message not sent stays marked: published again when stale
+                    log.exception("publishing the next operations failed")
+                    producer = None
+                    connection.close()
             for job in jobs:
                 try:
                     job()

@@ -101,6 +101,7 @@ def test_list_operations_newest_first_with_every_field(admin: Any, alpha: Any) -
     body = admin.get("banks/alpha/operations").json()
     assert body["bank_id"] == "alpha" and body["total"] == 2 and body["limit"] == 20 and body["offset"] == 0
     assert ids_of(body) == [str(second.pk), str(first.pk)]
+    assert body["items"] == body["operations"]  # as Hindsight's documentation examples read them
     item = body["operations"][1]
     assert item == {
         "id": str(first.pk),

@@ -196,6 +196,9 @@ class OperationListSerializer(serializers.Serializer):
     limit = serializers.IntegerField()
     offset = serializers.IntegerField()
     operations = OperationSerializer(many=True)
+    items = OperationSerializer(
+        many=True, help_text="the same entries as `operations` (what Hindsight's documentation examples read)"
+    )
 
 
 class OperationActionSerializer(serializers.Serializer):

@@ -179,6 +179,7 @@ def _is_parent_type(operation_type: str) -> bool:
 
 
 def _page_body(bank_id: str | None, page: selectors.Page, limit: int, offset: int) -> dict[str, Any]:
+    items = representation.operation_items(page.rows)
     return {
         "bank_id": bank_id,
         "total": page.total,
@@ -186,7 +187,9 @@ def _page_body(bank_id: str | None, page: selectors.Page, limit: int, offset: in
         "total_is_estimate": page.total_is_estimate,
         "limit": limit,
         "offset": offset,
-        "operations": representation.operation_items(page.rows),
+        "operations": items,
+        # The same entries, under the name Hindsight's documentation examples read.
+        "items": items,
     }
 
 
