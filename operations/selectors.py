@@ -42,6 +42,9 @@ def operations_filtered(queryset: QuerySet[Operation], filters: dict[str, Any]) 
         queryset = queryset.filter(created_at__lte=filters["created_before"])
     if filters.get("parent_id"):
         queryset = queryset.filter(parent_id=filters["parent_id"])
+    if filters.get("id_prefix"):
+        first, last = filters["id_prefix"]
+        queryset = queryset.filter(pk__gte=first, pk__lte=last)
     if filters.get("exclude_parents"):
         queryset = queryset.exclude(operation_type__in=[t.name for t in registry.all_types() if t.rollup])
     if filters.get("bank_id"):

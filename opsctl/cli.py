@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import glob
 import json
+import string
 import time
+import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,36 @@ def split_values(values: tuple[str, ...]) -> list[str]:
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
 
+# The short ids the admin and the dashboard show are the first 8 characters.
+SHORTEST_PREFIX = 8
+
+
+def operation_id_of(api: Api, bank: str, given: str) -> str:
+    """The operation `given` names: a full id, or a prefix of one (at least 8
+    characters, as the consoles show them) that starts exactly one of the
+    bank's operation ids."""
+    try:
+        return str(uuid.UUID(given))
+    except ValueError:
+        pass
+    digits = given.replace("-", "")
+    if len(digits) < SHORTEST_PREFIX or digits.strip(string.hexdigits):
+        raise click.BadParameter(
+            f"{given!r} is neither an operation id nor its first {SHORTEST_PREFIX} or more characters",
+            param_hint="OPERATION_ID",
+        )
+    found = api.operations(bank, id_prefix=given, limit=3)
+    # Checked here too: a server without the filter would list the bank's newest.
+    ids = [str(o["id"]) for o in found.get("operations") or [] if str(o["id"]).replace("-", "").startswith(digits.lower())]
+    if not ids:
+        raise ApiError(f"no operation of bank {bank!r} has an id starting with {given!r}", status=404)
+    if len(ids) > 1:
+        raise ApiError(
+            f"{given!r} starts {found.get('total')} operation ids of bank {bank!r} "
+            f"({', '.join(ids[:2])}, …): give more of the id"
+        )
+    return ids[0]
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--url", envvar="OPS_URL", default="http://127.0.0.1:8000", show_default=True,
@@ -79,7 +112,10 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the AP
               help="Seconds to wait for each API answer.")
 @click.pass_context
 def cli(ctx: click.Context, url: str, api_key: str | None, timeout: float) -> None:
-    """Operate the operations platform from the command line."""
+    """Operate the operations platform from the command line.
+
+    The options below may also follow the subcommand. An operation is named
+    by its id or by its first 8 or more characters, as the consoles show it."""
     ctx.obj = {"url": url, "api_key": api_key, "timeout": timeout}
 
 
@@ -128,7 +164,8 @@ def list_operations(
 @click.pass_context
 def get_operation(ctx: click.Context, bank: str, operation_id: str, payload: bool, as_json: bool) -> None:
     """Show one operation, its result, errors and children."""
-    data = api_of(ctx).operation(bank, operation_id, include_payload=payload)
+    api = api_of(ctx)
+    data = api.operation(bank, operation_id_of(api, bank, operation_id), include_payload=payload)
     if as_json:
         emit_json(data)
         return
@@ -171,6 +208,26 @@ def watch_operations(ctx: click.Context, bank: str, show_all: bool, interval: fl
                 return
             time.sleep(interval)
             listed, stats = poll()
+    if not console.is_terminal:
+        # Into a file or a pipe: a line per refresh, and one per operation that changed.
+        seen: dict[str, tuple[Any, ...]] = {}
+        while True:
+            stamp = datetime.now().strftime("%H:%M:%S")
+            by_status = stats.get("by_status") or {}
+            click.echo(f"{stamp} bank {bank}: " + ", ".join(f"{by_status.get(s, 0)} {s}" for s in STATUSES))
+            for op in reversed(listed.get("operations") or []):
+                progress = op.get("progress") if isinstance(op.get("progress"), dict) else {}
+                state = (op.get("status"), progress.get("processed"), progress.get("total"))
+                if seen.get(str(op.get("id"))) != state:
+                    seen[str(op.get("id"))] = state
+                    done = f" {state[1]}/{state[2]}" if state[2] else ""
+                    click.echo(f"{stamp}   {op.get('id')} {op.get('operation_type')} {state[0]}{done}")
+            if not active(stats):
+                break
+            time.sleep(interval)
+            listed, stats = poll()
+        click.echo(f"nothing pending or running in bank {bank}")
+        return
     with Live(view(listed, stats), console=console, auto_refresh=False) as live:
         while active(stats):
             time.sleep(interval)
@@ -204,6 +261,7 @@ def cancel_operation(
             console.print(f"cancelled {data.get('cancelled_count', 0)} pending operation(s) in bank {bank}")
         return
     assert operation_id is not None
+    operation_id = operation_id_of(api, bank, operation_id)
     status, data = api.cancel(bank, operation_id)
     if as_json:
         emit_json(data)
@@ -220,7 +278,9 @@ def cancel_operation(
 @click.pass_context
 def retry_operation(ctx: click.Context, bank: str, operation_id: str, as_json: bool) -> None:
     """Queue a failed or cancelled operation again."""
-    data = api_of(ctx).retry(bank, operation_id)
+    api = api_of(ctx)
+    operation_id = operation_id_of(api, bank, operation_id)
+    data = api.retry(bank, operation_id)
     if as_json:
         emit_json(data)
     else:
@@ -234,7 +294,9 @@ def retry_operation(ctx: click.Context, bank: str, operation_id: str, as_json: b
 @click.pass_context
 def delete_operation(ctx: click.Context, bank: str, operation_id: str, as_json: bool) -> None:
     """Delete a finished operation."""
-    data = api_of(ctx).delete(bank, operation_id)
+    api = api_of(ctx)
+    operation_id = operation_id_of(api, bank, operation_id)
+    data = api.delete(bank, operation_id)
     if as_json:
         emit_json(data)
     else:
@@ -431,6 +493,32 @@ def list_deliveries(
     console.print(render.deliveries_table(data.get("items") or []))
     if data.get("next_cursor"):
         console.print(f"[dim]older: --cursor '{data['next_cursor']}'[/dim]")
+
+
+def _global_option(name: str, key: str, **kwargs: Any) -> click.Option:
+    """The root's option, accepted after a subcommand too (hidden there)."""
+
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            ctx.find_root().obj[key] = value
+
+    return click.Option([name], default=None, expose_value=False, hidden=True, callback=store, **kwargs)
+
+
+def _accept_global_options_anywhere(group: click.Group) -> None:
+    """`opsctl operations list BANK --api-key K` works as `opsctl --api-key K operations list BANK`."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _accept_global_options_anywhere(command)
+        else:
+            command.params += [
+                _global_option("--url", "url"),
+                _global_option("--api-key", "api_key"),
+                _global_option("--timeout", "timeout", type=click.FloatRange(min=0.1)),
+            ]
+
+
+_accept_global_options_anywhere(cli)
 
 
 def main() -> None:

@@ -90,7 +90,8 @@ def progress_cell(operation: dict[str, Any], width: int = 20, *, stage_too: bool
 
 
 def operations_table(operations: list[dict[str, Any]], *, title: str | None = None) -> Table:
-    """Full ids (to copy into the next command), then what fits; long text folds."""
+    """Full ids (to copy into the next command), then what fits: a long tag or
+    error ends in an ellipsis, so each operation stays one line (`get` shows it whole)."""
     now = datetime.now(timezone.utc)
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("id", no_wrap=True, style="cyan", min_width=36)
@@ -103,9 +104,9 @@ def operations_table(operations: list[dict[str, Any]], *, title: str | None = No
     with_labels = any(labels)
     with_errors = any(op.get("error_message") for op in operations)
     if with_labels:
-        table.add_column("tag / document / file", overflow="fold", min_width=12)
+        table.add_column("tag / document / file", overflow="ellipsis", no_wrap=True, min_width=12, max_width=40)
     if with_errors:
-        table.add_column("error", overflow="fold", min_width=20, max_width=60)
+        table.add_column("error", overflow="ellipsis", no_wrap=True, min_width=20, max_width=60)
     for op, label in zip(operations, labels, strict=True):
         status = status_text(op.get("status"))
         if op.get("retry_count"):

@@ -146,6 +146,22 @@ def test_status_and_type_filters_repeat_and_split_on_commas(admin: Any, alpha: A
     }
 
 
+def test_an_id_prefix_finds_operations_by_their_short_id(admin: Any, alpha: Any, beta: Any) -> None:
+    low = make(operation_id="0123abcd-0000-4000-8000-000000000000")
+    high = make(operation_id="0123abcd-ffff-4fff-bfff-ffffffffffff")
+    other = make(operation_id="0123abce-0000-4000-8000-000000000000")
+    make(bank="beta", operation_id="0123abcd-1111-4000-8000-000000000000")
+    url = "banks/alpha/operations"
+    assert set(ids(admin.get(url, {"id_prefix": "0123ABCD"}))) == {str(low.pk), str(high.pk)}  # the range's both ends
+    assert ids(admin.get(url, {"id_prefix": "0123abcd-f"})) == [str(high.pk)]  # dashes as ids are written
+    assert ids(admin.get(url, {"id_prefix": str(other.pk)})) == [str(other.pk)]
+    assert ids(admin.get(url, {"id_prefix": "0123abcc"})) == []
+    for bad in ("0123abc", "0123abcg", "0" * 33):
+        response = admin.get(url, {"id_prefix": bad})
+        assert response.status_code == 400, bad
+        assert "hexadecimal digits of an operation id" in str(response.json()), response.json()
+
+
 def test_tag_time_parent_filters(admin: Any, alpha: Any) -> None:
     tagged = make(tag="nightly")
     old = make()

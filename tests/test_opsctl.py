@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,11 +27,13 @@ class Opsctl:
     def __init__(self, url: str, key: str) -> None:
         self.url, self.key = url, key
 
-    def __call__(self, *args: str, key: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, key: str | None = None, timeout: float = 120, columns: int = 220
+    ) -> subprocess.CompletedProcess[str]:
         env = {
             k: v for k, v in os.environ.items() if not k.startswith("OPS_") and k != "DATABASE_URL"
         }
-        env.update(OPS_URL=self.url, OPS_API_KEY=self.key if key is None else key, COLUMNS="220", NO_COLOR="1")
+        env.update(OPS_URL=self.url, OPS_API_KEY=self.key if key is None else key, COLUMNS=str(columns), NO_COLOR="1")
         if key == "":
             env.pop("OPS_API_KEY")
         return subprocess.run([OPSCTL, *args], env=env, capture_output=True, text=True, timeout=timeout)
@@ -118,6 +121,8 @@ def test_usage_errors_exit_2_and_api_errors_exit_1(opsctl: Opsctl) -> None:
         ("tasks", "--status", "X"),
         ("retain", "alpha", "--files", "/nonexistent/*.md"),
         ("nonsense",),
+        ("operations", "get", "alpha", "not-a-uuid"),  # neither an id nor a prefix of one
+        ("operations", "get", "alpha", str(operation.pk)[:7]),  # too short a prefix
     ]
     for args in usage:
         done = opsctl(*args)
@@ -129,7 +134,6 @@ def test_usage_errors_exit_2_and_api_errors_exit_1(opsctl: Opsctl) -> None:
     api_errors: list[tuple[tuple[str, ...], dict[str, Any], str]] = [
         (("banks", "list"), {"key": "ops_not-a-key"}, "invalid or revoked API key (HTTP 401)"),
         (("operations", "list", "nosuchbank"), {}, "HTTP 404"),
-        (("operations", "get", "alpha", "not-a-uuid"), {}, "is not a valid operation id"),
         (("operations", "get", "beta", str(operation.pk)), {}, "HTTP 404"),
     ]
     for args, options, message in api_errors:
@@ -141,6 +145,40 @@ def test_usage_errors_exit_2_and_api_errors_exit_1(opsctl: Opsctl) -> None:
     assert forbidden.returncode == 1 and "admin API key (HTTP 403)" in forbidden.stderr
     unreachable = Opsctl("http://127.0.0.1:9", opsctl.key)("banks", "list")
     assert unreachable.returncode == 1 and "cannot reach http://127.0.0.1:9" in unreachable.stderr
+
+
+def test_short_ids_options_after_the_subcommand_and_one_line_rows(opsctl: Opsctl) -> None:
+    failed = make(status="failed")
+    first = make(operation_id="abcdef01-0000-4000-8000-000000000001")
+    second = make(operation_id="abcdef01-ffff-4000-8000-000000000002")
+    # The 8 characters the admin and the dashboard show name an operation.
+    short = str(failed.pk)[:8]
+    assert opsctl.json("operations", "get", "alpha", short)["id"] == str(failed.pk)
+    retried = opsctl("operations", "retry", "alpha", short)
+    assert retried.returncode == 0 and f"queued {failed.pk} again" in retried.stdout
+    ambiguous = opsctl("operations", "cancel", "alpha", "abcdef01")
+    assert ambiguous.returncode == 1 and "starts 2 operation ids of bank 'alpha'" in ambiguous.stderr
+    assert "give more of the id" in ambiguous.stderr
+    assert {Operation.objects.get(pk=o.pk).status for o in (first, second)} == {"pending"}
+    cancelled = opsctl("operations", "cancel", "alpha", "abcdef01-0")
+    assert cancelled.returncode == 0 and f"cancelled {first.pk}" in cancelled.stdout
+    assert Operation.objects.get(pk=second.pk).status == "pending"
+    missing = opsctl("operations", "get", "alpha", "0123456789ab")
+    assert missing.returncode == 1 and "no operation of bank 'alpha' has an id starting with" in missing.stderr
+    assert opsctl("operations", "get", "beta", short).returncode == 1  # another bank's
+
+    # The root's options work after the subcommand too, and win over the environment.
+    after = opsctl("operations", "list", "alpha", "--json", "--api-key", opsctl.key, key="")
+    assert after.returncode == 0 and json.loads(after.stdout)["total"] == 3
+    overridden = opsctl("banks", "list", "--api-key", "ops_not-a-key")
+    assert overridden.returncode == 1 and "HTTP 401" in overridden.stderr
+
+    # A long error ends in an ellipsis: each operation stays on one line.
+    Operation.objects.filter(pk=failed.pk).update(status="failed", error_message="the extractor gave up; " * 20)
+    table = opsctl("operations", "list", "alpha", columns=130)
+    assert table.returncode == 0 and "…" in table.stdout
+    rows = [line for line in table.stdout.splitlines() if "extractor" in line]
+    assert len(rows) == 1 and str(failed.pk) in rows[0] and len(rows[0]) <= 130
 
 
 def test_tasks_view(opsctl: Opsctl, live_server: Any) -> None:
@@ -205,6 +243,9 @@ def test_work_runs_while_watched_retained_and_listed_by_workers(
     live = opsctl("operations", "watch", "alpha", "--all", "--interval", "0.3")
     assert live.returncode == 0 and "nothing pending or running in bank alpha" in live.stdout
     assert str(sleepers[0].pk) in live.stdout
+    # Not on a terminal, it prints plain lines: one per refresh, one per operation that changed.
+    assert re.search(r"^\d\d:\d\d:\d\d bank alpha: 0 pending, 1 processing, \d+ completed", live.stdout, re.M)
+    assert re.search(rf"^\d\d:\d\d:\d\d   {sleepers[0].pk} test_sleep completed", live.stdout, re.M)
 
     # cancel of a running operation: requested, then it stops at a checkpoint.
     long_one = services.operation_submit(

@@ -5,6 +5,8 @@ Field names are Hindsight's, so its generated client parses them.
 
 from __future__ import annotations
 
+import uuid
+
 from typing import Any
 
 from django.http import QueryDict
@@ -67,6 +69,11 @@ class OperationFilterSerializer(serializers.Serializer):
     exclude_parents = serializers.BooleanField(
         required=False, default=False, help_text="leave out parent (batch) operations"
     )
+    id_prefix = serializers.CharField(
+        required=False, max_length=36,
+        help_text="only operations whose id starts with these 8 to 32 hexadecimal digits (dashes ignored): "
+                  "the short ids the consoles show",
+    )
     limit = serializers.IntegerField(required=False, default=20, min_value=1, max_value=100)
     offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=10_000_000)
 
@@ -74,6 +81,13 @@ class OperationFilterSerializer(serializers.Serializer):
         super().__init__(*args, **kwargs)
         # Read the registry per instance: types may be declared after import.
         self.fields["type"].child.choices = registry.choices()
+
+    def validate_id_prefix(self, value: str) -> tuple[uuid.UUID, uuid.UUID]:
+        """The range of ids the prefix covers: an index range on the primary key."""
+        digits = value.replace("-", "").lower()
+        if not 8 <= len(digits) <= 32 or digits.strip("0123456789abcdef"):
+            raise serializers.ValidationError(f"{value!r} is not 8 to 32 hexadecimal digits of an operation id")
+        return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         after, before = attrs.get("created_after"), attrs.get("created_before")
