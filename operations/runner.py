@@ -17,13 +17,19 @@ from django.db import DatabaseError, IntegrityError, InterfaceError, Operational
 
 from operations import dispatch, leases, registry, services, transient
 from operations.handlers import LeaseLost, OperationCancelled, OperationContext, OperationYielded, PermanentError
+from operations.models import OperationStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# What `execute` returns when the run left its operation failed.
+FAILED_OUTCOMES = frozenset({"failed", "timed out"})
+
+
 def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str) -> str:
-    """Run the operation if it is claimable; returns what happened (for logs)."""
+    """Run the operation if it is claimable; returns what happened (for logs;
+    one of FAILED_OUTCOMES when the operation ended failed)."""
     # Riding out a connection that died since the last task (none is health
     # checked before each task): reconnect and claim again.
     # This message left the broker: the next waiting operation takes its place
@@ -59,14 +65,14 @@ def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str
             return "cancelled"
         except SoftTimeLimitExceeded:
             _recover_connection()
-            _record(
+            outcome = _record(
                 services.operation_fail,
                 lease=lease,
                 error=f"timed out after {optype.soft_time_limit:g}s",
                 permanent=True,
                 stage=ctx.stage,
             )
-            return "timed out"
+            return "timed out" if outcome == OperationStatus.FAILED else f"timed out, now {outcome}"
         except Exception as exc:
             _recover_connection()
             why = transient.reason(exc)
@@ -77,7 +83,7 @@ def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str
                 services.operation_fail, lease=lease, error=_describe(exc), permanent=permanent,
                 stage=ctx.stage, transient=why,
             )
-            return "failed" if permanent else f"error, now {outcome}"
+            return "failed" if outcome == OperationStatus.FAILED else f"error, now {outcome}"
         _record(services.operation_complete, lease=lease, result=result)
         return "completed"
     finally:

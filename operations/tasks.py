@@ -18,11 +18,20 @@ from operations import dispatch, nodes, registry, runner, services  # noqa: F401
 log = logging.getLogger(__name__)
 
 
+class OperationFailed(Exception):
+    """Raised by an operation's task once the run has recorded its operation
+    failed, so that Celery's task state (and Flower) say so; the operation's
+    row holds the error. Declared expected (`throws`): logged without a traceback."""
+
+
 def _make_task(optype: registry.OperationType) -> Task:
     def run(self: Task, operation_id: str) -> str:
-        return runner.execute(
+        outcome = runner.execute(
             operation_id, operation_type=optype.name, worker=self.request.hostname or "", task_id=self.request.id
         )
+        if outcome in runner.FAILED_OUTCOMES:
+            raise OperationFailed(f"operation {operation_id} {outcome}: its error_message says why")
+        return outcome
 
     run.__name__ = run.__qualname__ = f"run_{optype.name}"
     task: Task = shared_task(
@@ -31,6 +40,7 @@ def _make_task(optype: registry.OperationType) -> Task:
         soft_time_limit=optype.soft_time_limit,
         time_limit=optype.hard_time_limit,
         ignore_result=True,
+        throws=(OperationFailed,),
     )(run)
     return task
 

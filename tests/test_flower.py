@@ -1,6 +1,6 @@
 """Flower, the Celery-native view, against the platform's real workers:
 `celery -A opsproject flower` sees the operations' Celery tasks run (with
-OPS_TASK_EVENTS on, as the README says)."""
+OPS_TASK_EVENTS on, as the README says), a failed operation as a failed task."""
 
 from __future__ import annotations
 
@@ -72,3 +72,18 @@ def test_flower_sees_the_platforms_tasks(flower: str, start_workers: Any, alpha:
     assert task["name"] == "ops.test_echo"
     assert task["worker"] == "shared@testnode"
     assert task["uuid"] == Operation.objects.get(pk=operation.pk).task_id
+
+    # An operation that fails is a failed task, saying which operation and where its error is.
+    failing = services.operation_submit(
+        bank_id="alpha", operation_type="test_flaky", payload={"permanent": True}
+    ).operation
+    wait_for(lambda: Operation.objects.get(pk=failing.pk).status == "failed", message="the operation to fail")
+
+    def failed_task() -> dict[str, Any] | None:
+        tasks = httpx.get(f"{flower}/api/tasks", params={"taskname": "ops.test_flaky"}, timeout=5).json()
+        return next((dict(t) for t in tasks.values() if str(failing.pk) in str(t.get("args"))
+                     and t.get("state") in ("FAILURE", "SUCCESS")), None)
+
+    failed = wait_for(failed_task, timeout=30, message="flower to report the failed task")
+    assert failed["state"] == "FAILURE", failed
+    assert f"operation {failing.pk} failed" in str(failed.get("exception")), failed
