@@ -284,6 +284,7 @@ def _semantic(
     recent = space.rows([s.pk for s in reversed(siblings)] + stored.recent)
     scores = space.scores([pack(unit.vector) for unit in units])
     links = []
+    ids, semantic = space.ids, str(LinkKind.SEMANTIC)
     for column, unit in enumerate(units):
         skip = space.rows(have.get((unit.pk, LinkKind.SEMANTIC), set()) | {unit.pk} | exclude)
         mine = [sharers.get(e, none) for e in entities_of.get(unit.pk, ())] + [none]
@@ -297,8 +298,9 @@ def _semantic(
         candidates, mine = candidates[similar], mine[similar]
         # Most similar first; ties by id (a UUID orders as its text does).
         best = np.lexsort((space.rank[candidates], -mine))[: _room(unit, LinkKind.SEMANTIC, have)]
+        source = unit.pk
         links += [
-            Link(unit.pk, space.ids[row], LinkKind.SEMANTIC, round(weight, 6))
+            Link(source, ids[row], semantic, round(weight, 6))
             for row, weight in zip(candidates[best].tolist(), mine[best].tolist())
         ]
     return links
@@ -410,7 +412,9 @@ def _recent_sharers(entity_ids: set[int], limit: int) -> list[tuple[int, Any, in
 
 
 class _VectorCache:
-    """Unit id -> vector (packed), the most recently used `size` of them. A unit's
+    """Unit id -> vector (packed), the `size` most recently read from the
+    database (first in, first out: candidates are recent units anyway, and
+    reordering on every hit cost two hashes of a UUID per candidate). A unit's
     vector never changes; a deleted unit's entry is only ever a candidate
     that the write finds gone."""
 
@@ -426,7 +430,6 @@ class _VectorCache:
             if vector is None:
                 missing.append(unit_id)
             else:
-                self._entries.move_to_end(unit_id)
                 found[unit_id] = vector
         if missing:
             table = MemoryUnit._meta.db_table
