@@ -35,7 +35,7 @@ from operations.admin_display import (
     status_badge,
 )
 from operations.admin_paging import CappedCountPaginator
-from operations.models import TERMINAL_STATUSES, Operation, WorkerNode
+from operations.models import TERMINAL_STATUSES, Operation, OperationStatus, WorkerNode
 
 CHILDREN_SHOWN = 50
 # The buttons on an operation's page run the list's actions on that one row.
@@ -192,6 +192,30 @@ class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     class Media:
         css = {"all": ["operations/console.css"]}
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        """The failed list shows each one's error (the other lists keep their width)."""
+        shown = list(super().get_list_display(request))
+        if request.GET.get("status__exact") == OperationStatus.FAILED:
+            shown.insert(shown.index("badge") + 1, "error_brief")
+        return shown
+
+    def get_fieldsets(self, request: HttpRequest, obj: Operation | None = None) -> Any:
+        """A failed operation's page opens with its error."""
+        fieldsets = list(super().get_fieldsets(request, obj))
+        if obj is not None and obj.status == OperationStatus.FAILED:
+            fieldsets.insert(0, ("Error", {"fields": ("error",)}))
+            fieldsets = [
+                (name, {**options, "fields": tuple(f for f in options["fields"] if f != "error")})
+                if name == "Data" else (name, options)
+                for name, options in fieldsets
+            ]
+        return fieldsets
+
+    @admin.display(description="error")
+    def error_brief(self, obj: Operation) -> SafeString:
+        message = obj.error_message or ""
+        return format_html('<span class="ops-error-brief" title="{}">{}</span>', message, message[:120])
 
     # --- cancel / retry / delete buttons on an operation's page ------------------------
 

@@ -176,6 +176,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 LANGUAGE_CODE = "en-us"
+# Times to the second in the admin (opsproject/formats).
+FORMAT_MODULE_PATH = ["opsproject.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -128,6 +128,23 @@ def test_detail_shows_the_error_history(root: Client, alpha: Any) -> None:
     assert "&quot;attempt&quot;: 0" in html  # error_history, pretty-printed
 
 
+def test_a_failed_operation_shows_its_error_first_and_times_to_the_second(root: Client, alpha: Any) -> None:
+    failed = make(status="failed")
+    done = make(status="completed")
+    html = root.get(change_url(failed)).content.decode()
+    error = html.index("boom: the extractor gave up (stage: extract)")
+    assert error < html.index(">Progress<") and error < html.index(">Timing<")  # its own fieldset, first
+    assert html.count("field-error") == 1  # and not again under Data
+    completed = Operation.objects.get(pk=done.pk).completed_at
+    done_html = root.get(change_url(done)).content.decode()
+    assert completed is not None and completed.strftime("%Y-%m-%d %H:%M:%S") in done_html
+    assert done_html.index(">Progress<") < done_html.index(">Data<")  # the usual order otherwise
+    # The failed list shows each one's error; the others keep their columns.
+    failed_list = root.get(CHANGELIST, {"status__exact": "failed"}).content.decode()
+    assert 'class="ops-error-brief" title="boom: the extractor gave up' in failed_list
+    assert "ops-error-brief" not in root.get(CHANGELIST).content.decode()
+
+
 # --- actions through the lifecycle service ------------------------------------------------
 
 

@@ -127,7 +127,11 @@ def test_admin_filter_cancel_and_no_add(browser_page: Any, live_server: Any, alp
     page.click(f"#result_list a[href^='/admin/operations/operation/{target.pk}/change/']")
     page.wait_for_url(f"**/{target.pk}/change/**")
     assert page.locator(".field-badge .ops-badge").inner_text() == "cancelled"
-    assert page.locator("button.ops-transition").all_inner_texts() == ["Retry"]
+    assert page.locator("button.ops-transition").all_text_contents() == ["Retry"]
+    # Drawn as the admin's own object tools (its History link).
+    look = "e => { const s = getComputedStyle(e); return [s.borderRadius, s.backgroundColor, s.color, s.textTransform, s.fontSize]; }"
+    assert page.locator("button.ops-transition").evaluate(look) == page.locator("a.historylink").evaluate(look)
+    screenshot(page, "admin-operation-retry-button.png")
     # The admin log ("History") names the action.
     page.click("a.historylink[href*='/history/']")
     page.wait_for_url(f"**/{target.pk}/history/**")
