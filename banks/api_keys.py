@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 from datetime import timedelta
 
@@ -67,9 +66,9 @@ def api_key_authenticate(raw_key: str) -> ApiKey | None:
     pk, name, prefix, is_admin, bank_ids, stale = row
     if stale:
         ApiKey.objects.filter(pk=pk).update(last_used_at=now)
-    if isinstance(bank_ids, str):  # JSON as text (SQLite; Django's jsonb loader)
-        bank_ids = json.loads(bank_ids)
-    return ApiKey.from_db(connection.alias, _LOOKED_UP, [pk, name, prefix, bool(is_admin), bank_ids])
+    return ApiKey.from_db(
+        connection.alias, _LOOKED_UP, [pk, name, prefix, bool(is_admin), queries.json_value(bank_ids)]
+    )
 
 
 def api_key_revoke(*, key_id: int) -> bool:

@@ -24,7 +24,7 @@ from django.utils.safestring import SafeString
 from django_celery_results.admin import TaskResultAdmin
 from django_celery_results.models import GroupResult, TaskResult
 
-from operations import admin_actions, registry, services
+from operations import admin_actions, registry, selectors, services
 from operations.admin_display import (
     age,
     compact_duration,
@@ -132,15 +132,6 @@ class ParentFilter(admin.SimpleListFilter):
             return queryset.filter(parent_id=uuid.UUID(value))
         except ValueError:
             return queryset.none()
-
-
-def _uuid_prefix_range(term: str) -> tuple[uuid.UUID, uuid.UUID] | None:
-    """A hex prefix of a UUID (the short id shown in lists, or more) as the
-    range of ids it covers: a primary-key range scan, not a table scan."""
-    digits = term.replace("-", "").lower()
-    if not 4 <= len(digits) <= 32 or any(c not in "0123456789abcdef" for c in digits):
-        return None
-    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
 
 
 @admin.register(Operation)
@@ -305,7 +296,7 @@ class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         try:
             match |= Q(pk=uuid.UUID(term))
         except ValueError:
-            bounds = _uuid_prefix_range(term)
+            bounds = selectors.id_prefix_range(term, shortest=4)
             if bounds is not None:
                 match |= Q(pk__gte=bounds[0], pk__lte=bounds[1])
         return queryset.filter(match), False

@@ -12,7 +12,6 @@ manual retry (`retry_parent`) re-opens it.
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime
 from typing import Any
@@ -74,7 +73,7 @@ def roll_up(parent_id: str | uuid.UUID) -> str | None:
         return None
     parent = dict(zip(("status", "started_at", "bank_id", "operation_type", "tag", "parent_id"), row))
     found = queries.fetchone(queries.roll_up_counts(), [pk])
-    counts: dict[str, int] = (json.loads(found[0]) if isinstance(found[0], str) else found[0]) or {}
+    counts: dict[str, int] = queries.json_value(found[0]) or {}
     status = rolled_up_status(counts)
     if status is None:
         return None

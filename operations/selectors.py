@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -24,6 +25,16 @@ LIST_FIELDS = (
     "max_retries", "heartbeat_at", "cancel_requested_at",
 )
 DETAIL_FIELDS = (*LIST_FIELDS, "error_history", "task_payload")
+
+
+def id_prefix_range(term: str, *, shortest: int) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """A hex prefix of an id (the short id the consoles show, or more; dashes
+    ignored) as the range of ids it covers: a primary-key range scan, not a
+    table scan. None when it is not `shortest` to 32 hexadecimal digits."""
+    digits = term.replace("-", "").lower()
+    if not shortest <= len(digits) <= 32 or digits.strip("0123456789abcdef"):
+        return None
+    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
 
 
 def operations_filtered(queryset: QuerySet[Operation], filters: dict[str, Any]) -> QuerySet[Operation]:

@@ -463,7 +463,7 @@ def operation_claim(
                 picked_in_claim = True
             fetched = queries.fetchone(statement, params)
             if picked_in_claim:
-                claimed, picked = (_json(value) for value in fetched)
+                claimed, picked = (queries.json_value(value) for value in fetched)
                 row = claimed
             elif fetched is not None:
                 row = dict(zip(queries.CLAIMED, fetched, strict=True))
@@ -499,22 +499,16 @@ def operation_claim(
         worker=worker,
         task_id=task_id,
         attempt=row["retry_count"],
-        payload=_json(row["task_payload"]) or {},
+        payload=queries.json_value(row["task_payload"]) or {},
         document_id=row["document_id"],
         filename=row["filename"],
         mental_model_id=row["mental_model_id"],
         tag=row["tag"],
         parent_id=str(uuid.UUID(str(row["parent_id"]))) if row["parent_id"] else None,
         serial_key=row["serial_key"],
-        progress=_json(row["progress"]),
+        progress=queries.json_value(row["progress"]),
         resumable=registry.get(row["operation_type"]).resumable,
     )
-
-
-def _json(value: Any) -> Any:
-    """A JSON column read by a raw statement: its text (Django's loaders) or
-    already decoded (json built in the statement)."""
-    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
 
 
 def _leased(lease: Lease, stale_before: datetime | None = None) -> OperationQuerySet:

@@ -6,14 +6,13 @@ Field names are Hindsight's, so its generated client parses them.
 from __future__ import annotations
 
 import uuid
-
 from typing import Any
 
 from django.http import QueryDict
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from operations import registry
+from operations import registry, selectors
 from operations.models import Operation, OperationStatus
 
 
@@ -84,10 +83,10 @@ class OperationFilterSerializer(serializers.Serializer):
 
     def validate_id_prefix(self, value: str) -> tuple[uuid.UUID, uuid.UUID]:
         """The range of ids the prefix covers: an index range on the primary key."""
-        digits = value.replace("-", "").lower()
-        if not 8 <= len(digits) <= 32 or digits.strip("0123456789abcdef"):
+        bounds = selectors.id_prefix_range(value, shortest=8)
+        if bounds is None:
             raise serializers.ValidationError(f"{value!r} is not 8 to 32 hexadecimal digits of an operation id")
-        return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+        return bounds
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         after, before = attrs.get("created_after"), attrs.get("created_before")

@@ -259,6 +259,12 @@ def roll_up_counts() -> str:
     return _ROLL_UP_COUNTS.format(table=TABLE, counts=counts)
 
 
+def json_value(value: Any) -> Any:
+    """A JSON column read by one of these statements: its text (Django's
+    loaders, SQLite) or already decoded (json built in the statement)."""
+    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
+
+
 def adapt(value: datetime, connection: Any) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
 
