@@ -15,7 +15,7 @@ sends exactly those bytes, with the same `event_id`, signed twice:
     X-Ops-Signature: t=<unix ts>,v1=<hex HMAC-SHA256(secret, "<ts>.<body>")>
 
 The second signs the attempt's time too, so a receiver can refuse a replay
-(`verify_ops_signature`, which the README shows).
+(`verify_ops_signature`, which docs/webhooks.md shows).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ on the embedded defaults (SQLite in WAL mode, kombu's filesystem transport):
   number of messages is sent and timed until every task has run.
 
 `--task-events` compares the platform with Celery task events off, on, and on
-with Flower listening (what the README's Flower section quotes).
+with Flower listening (what docs/consoles.md's Flower section quotes).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A figure is one row: the platform's value, the reference's from the same
 run, their ratio, and the issue's target with whether it holds. The table is
-Markdown so it can go into the README as printed.
+Markdown so it can go into docs/performance.md as printed.
 """
 
 from __future__ import annotations

@@ -267,8 +267,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # does before each request.
 CELERY_DB_REUSE_MAX = 1_000_000_000
 # Celery's task events feed Flower (`celery -A opsproject flower`); off by
-# default because every task then publishes several event messages (see the
-# README for the measured cost). Flower also switches them on at run time.
+# default because every task then publishes several event messages (see
+# docs/performance.md for the measured cost). Flower also switches them on at run time.
 OPS_TASK_EVENTS = env_bool("OPS_TASK_EVENTS", False)
 CELERY_WORKER_SEND_TASK_EVENTS = OPS_TASK_EVENTS
 CELERY_TASK_SEND_SENT_EVENT = OPS_TASK_EVENTS

@@ -1,6 +1,6 @@
 """The admin console and the live dashboard in a real headless browser:
 Debian's Chromium driven by Playwright, against a live test server and real
-Celery workers. Takes the README's screenshots (into docs/ with
+Celery workers. Takes the consoles page's screenshots (into docs/ with
 OPS_WRITE_SCREENSHOTS=1)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tests.consoles import CHROMIUM_ARGS, make, require_chromium, staff_user
 
 pytestmark = pytest.mark.workers
 
-# The README's screenshots: written into docs/ when asked
+# The screenshots of docs/consoles.md: written into docs/ when asked
 # (OPS_WRITE_SCREENSHOTS=1), else beside the run, so a test run leaves the tree clean.
 DOCS = (
     PROJECT_DIR / "docs" if os.environ.get("OPS_WRITE_SCREENSHOTS")
@@ -167,7 +167,7 @@ def test_dashboard_progress_moves_without_reload(
     later = int(bar.get_attribute("data-percent") or 0)
     assert later > first
     assert page.evaluate("window.__notReloaded") is True
-    # For the README's picture: a bar well under way.
+    # For the documented picture: a bar well under way.
     page.wait_for_function(
         "selector => Number(document.querySelector(selector)?.dataset.percent) >= 30",
         arg=f"#ops-running tr[data-operation-id='{operation.pk}'] .ops-progress",

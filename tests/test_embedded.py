@@ -50,6 +50,26 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
 
 
+def run_readme_tour(directory: Path, port: int) -> None:
+    """The README's five-minute tour, its block run as written in the
+    platform's directory (only the port is this test's)."""
+    block = re.search(r"## A five-minute tour.*?```bash\n(.*?)```", (PROJECT_DIR / "README.md").read_text(), re.S)
+    assert block, "the README lost its tour"
+    script = block.group(1).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    venv = directory / ".venv"
+    if not venv.exists():
+        venv.symlink_to(Path(sys.executable).parent.parent)
+    tour = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=directory, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OPS_URL": f"http://127.0.0.1:{port}", "COLUMNS": "200"},
+    )
+    assert tour.returncode == 0, tour.stdout[-2000:] + tour.stderr[-2000:]
+    # The watch ended with the retain done; the list and the short id found it.
+    assert '"bank_id":"tour"' in tour.stdout.replace(" ", "")
+    assert tour.stdout.count("completed") >= 3, tour.stdout[-3000:]
+    assert "retain" in tour.stdout and "tour" in tour.stdout
+
+
 def test_runplatform_embedded_default(tmp_path: Path) -> None:
     port = free_port()
     env = embedded_env(OPS_BIND=f"127.0.0.1:{port}", OPS_WORKER_MAX_SLOTS="3", OPS_LOG_LEVEL="INFO")  # as a user runs it
@@ -108,6 +128,7 @@ def test_runplatform_embedded_default(tmp_path: Path) -> None:
 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=10) as page:
             assert page.status == 200
+        run_readme_tour(tmp_path, port)
         # Beat sends the sweep every OPS_SWEEP_INTERVAL_SECONDS (5 s): give it
         # two of them, so that its routine lines would be in the log by now.
         time.sleep(max(0.0, 11 - (time.monotonic() - launched)))

@@ -1,6 +1,6 @@
 """Flower, the Celery-native view, against the platform's real workers:
 `celery -A opsproject flower` sees the operations' Celery tasks run (with
-OPS_TASK_EVENTS on, as the README says), a failed operation as a failed task."""
+OPS_TASK_EVENTS on, as docs/consoles.md says), a failed operation as a failed task."""
 
 from __future__ import annotations
 
