@@ -70,14 +70,30 @@ def _operations_url(bank_id: str, query: str = "") -> str:
 @admin.register(Bank)
 class BankAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
-        "bank_id", "name", "operations", "pending", "processing", "failed",
-        "enable_observations", "enable_auto_consolidation", "created_at",
+        "bank_id",
+        "name",
+        "operations",
+        "pending",
+        "processing",
+        "failed",
+        "enable_observations",
+        "enable_auto_consolidation",
+        "created_at",
     )
     search_fields = ("bank_id", "name")
     list_filter = ("enable_auto_consolidation", "enable_observations")
     show_facets = admin.ShowFacets.NEVER
-    fields = ("bank_id", "name", "mission", "enable_observations", "enable_auto_consolidation", "config",
-              "operation_counts", "created_at", "updated_at")
+    fields = (
+        "bank_id",
+        "name",
+        "mission",
+        "enable_observations",
+        "enable_auto_consolidation",
+        "config",
+        "operation_counts",
+        "created_at",
+        "updated_at",
+    )
     readonly_fields = ("operation_counts", "created_at", "updated_at")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Bank | None = None) -> Any:
@@ -86,14 +102,21 @@ class BankAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Bank]:
         day_ago = timezone.now() - timedelta(hours=24)
-        return super().get_queryset(request).annotate(
-            n_operations=_capped_count(COUNT_CAP),
-            n_pending=_capped_count(PENDING_CAP, OperationStatus.PENDING.value),
-            n_processing=_count(Operation.objects.filter(status=OperationStatus.PROCESSING)),
-            # Through the index of finished rows by completion time: the last day only.
-            n_failed=_count(Operation.objects.filter(
-                status__in=list(TERMINAL_STATUSES), completed_at__gte=day_ago,
-            ).filter(status=OperationStatus.FAILED)),
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                n_operations=_capped_count(COUNT_CAP),
+                n_pending=_capped_count(PENDING_CAP, OperationStatus.PENDING.value),
+                n_processing=_count(Operation.objects.filter(status=OperationStatus.PROCESSING)),
+                # Through the index of finished rows by completion time: the last day only.
+                n_failed=_count(
+                    Operation.objects.filter(
+                        status__in=list(TERMINAL_STATUSES),
+                        completed_at__gte=day_ago,
+                    ).filter(status=OperationStatus.FAILED)
+                ),
+            )
         )
 
     def _count_link(self, obj: Bank, n: int | str, query: str = "") -> SafeString:
@@ -120,9 +143,7 @@ class BankAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def operation_counts(self, obj: Bank) -> SafeString | str:
         if obj.pk is None:
             return "—"
-        counts = dict(
-            Operation.objects.filter(bank_id=obj.pk).values_list("status").annotate(n=Count("pk")).order_by()
-        )
+        counts = dict(Operation.objects.filter(bank_id=obj.pk).values_list("status").annotate(n=Count("pk")).order_by())
         parts = [
             format_html('<a href="{}">{} {}</a>', _operations_url(obj.pk, f"status__exact={s}"), counts.get(s, 0), s)
             for s in OperationStatus.values
@@ -145,7 +166,8 @@ class ApiKeyCreationForm(forms.ModelForm):  # type: ignore[type-arg]
     """The add form: a name and the key's reach; the key itself is generated."""
 
     bank_ids_text = forms.CharField(
-        label="Banks", required=False,
+        label="Banks",
+        required=False,
         help_text="Bank ids this key may reach, separated by commas or spaces (ignored for an admin key).",
     )
 
@@ -235,8 +257,11 @@ class ApiKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             if api_key_revoke(key_id=key.pk):
                 revoked += 1
                 LogEntry.objects.log_actions(
-                    user_id=request.user.pk, queryset=[key], action_flag=CHANGE,
-                    change_message="Revoked from the admin console", single_object=True,
+                    user_id=request.user.pk,
+                    queryset=[key],
+                    action_flag=CHANGE,
+                    change_message="Revoked from the admin console",
+                    single_object=True,
                 )
         skipped = queryset.count() - revoked
         text = f"Revoked {revoked} key{'' if revoked == 1 else 's'}."
@@ -275,7 +300,9 @@ class MentalModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             else:
                 queued += 1
                 LogEntry.objects.log_actions(
-                    user_id=request.user.pk, queryset=[model], action_flag=CHANGE,
+                    user_id=request.user.pk,
+                    queryset=[model],
+                    action_flag=CHANGE,
                     change_message=f"Refresh queued from the admin console (operation {submitted.operation.pk})",
                     single_object=True,
                 )
@@ -293,15 +320,28 @@ class WebhookDeliveryInline(admin.TabularInline):  # type: ignore[type-arg]
     max_num = 0
     can_delete = False
     ordering = ("-created_at", "-id")
-    fields = ("created_at", "event_type", "event_id", "attempt", "outcome", "status_code", "duration_ms",
-              "error", "response_excerpt", "next_retry_at", "operation_link")
+    fields = (
+        "created_at",
+        "event_type",
+        "event_id",
+        "attempt",
+        "outcome",
+        "status_code",
+        "duration_ms",
+        "error",
+        "response_excerpt",
+        "next_retry_at",
+        "operation_link",
+    )
     readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[WebhookDelivery]:
         # An inline cannot be paginated: show the newest rows only (the API pages the rest).
         newest = WebhookDelivery.objects.order_by("-created_at", "-id")
-        return super().get_queryset(request).filter(
-            pk__in=Subquery(newest.filter(webhook_id=OuterRef("webhook_id")).values("pk")[:50])
+        return (
+            super()
+            .get_queryset(request)
+            .filter(pk__in=Subquery(newest.filter(webhook_id=OuterRef("webhook_id")).values("pk")[:50]))
         )
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

@@ -74,6 +74,4 @@ def api_key_authenticate(raw_key: str) -> ApiKey | None:
 def api_key_revoke(*, key_id: int) -> bool:
     """Revoke a live key at once (its next request is 401). False when it was
     already revoked or does not exist; a revoked key stays listed for audit."""
-    return bool(
-        ApiKey.objects.filter(pk=key_id, revoked_at__isnull=True).update(revoked_at=timezone.now())
-    )
+    return bool(ApiKey.objects.filter(pk=key_id, revoked_at__isnull=True).update(revoked_at=timezone.now()))

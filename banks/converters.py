@@ -58,8 +58,27 @@ def text_from_html(data: bytes) -> str:
     return "\n".join(line for line in lines if line)
 
 
-_BLOCKS = ["p", "div", "section", "article", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6",
-           "pre", "blockquote", "title", "td", "th", "dt", "dd"]
+_BLOCKS = [
+    "p",
+    "div",
+    "section",
+    "article",
+    "li",
+    "tr",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "pre",
+    "blockquote",
+    "title",
+    "td",
+    "th",
+    "dt",
+    "dd",
+]
 
 
 def text_from_pdf(data: bytes) -> str:
@@ -96,8 +115,15 @@ CONVERTERS: dict[str, Callable[[bytes], str]] = {
     PDF: text_from_pdf,
     DOCX: text_from_docx,
 }
-_EXTENSIONS = {".md": MARKDOWN, ".markdown": MARKDOWN, ".txt": TEXT, ".htm": HTML, ".html": HTML,
-               ".pdf": PDF, ".docx": DOCX}
+_EXTENSIONS = {
+    ".md": MARKDOWN,
+    ".markdown": MARKDOWN,
+    ".txt": TEXT,
+    ".htm": HTML,
+    ".html": HTML,
+    ".pdf": PDF,
+    ".docx": DOCX,
+}
 _GENERIC = {"", "application/octet-stream", "binary/octet-stream"}
 
 

@@ -22,6 +22,7 @@ class with the same three methods (see `Extractor`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -54,13 +55,111 @@ _HANDLE = re.compile(r"(?<![\w@])@(\w{2,})")
 _HASHTAG = re.compile(r"(?<![\w#])#(\w{2,})")
 _WORD = re.compile(r"[a-z0-9][a-z0-9'_-]*")
 STOP_WORDS = frozenset(
-    """a an and are as at be been but by for from had has have he her hers him his i if in into is it
-    its me my no not of on or our she so than that the their them then there these they this to
-    too us was we were what when where which who will with you your""".split()
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "but",
+        "by",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "he",
+        "her",
+        "hers",
+        "him",
+        "his",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "our",
+        "she",
+        "so",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "too",
+        "us",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "will",
+        "with",
+        "you",
+        "your",
+    ]
 )
 _SENTENCE_STARTERS = frozenset(
-    """the a an this that these those it its he she they we i you my our their his her there here
-    when while after before then so but and or if yesterday today tomorrow also however""".split()
+    [
+        "the",
+        "a",
+        "an",
+        "this",
+        "that",
+        "these",
+        "those",
+        "it",
+        "its",
+        "he",
+        "she",
+        "they",
+        "we",
+        "i",
+        "you",
+        "my",
+        "our",
+        "their",
+        "his",
+        "her",
+        "there",
+        "here",
+        "when",
+        "while",
+        "after",
+        "before",
+        "then",
+        "so",
+        "but",
+        "and",
+        "or",
+        "if",
+        "yesterday",
+        "today",
+        "tomorrow",
+        "also",
+        "however",
+    ]
 )
 DIMENSIONS = 1024
 
@@ -92,7 +191,7 @@ class RuleBasedExtractor:
 
     def embed(self, text: str) -> Vector:
         tokens = [t for t in _WORD.findall(text.lower()) if t not in STOP_WORDS]
-        features = tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]
+        features = tokens + [f"{a} {b}" for a, b in itertools.pairwise(tokens)]
         vector: dict[int, float] = {}
         for feature in features:
             digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()

@@ -77,7 +77,9 @@ def plan(
         ):
             entities_of.setdefault(unit_id, set()).add(entity_id)
     stored = _Stored.read(bank_id, units, have=have, exclude=exclude, entities_of=entities_of)
-    space = _Space({**stored.vectors, **{s.pk: pack(s.vector) for s in siblings}}, basis=[pack(u.vector) for u in units])
+    space = _Space(
+        {**stored.vectors, **{s.pk: pack(s.vector) for s in siblings}}, basis=[pack(u.vector) for u in units]
+    )
     return _temporal(units, have, exclude, siblings, stored) + _semantic(
         units, have, exclude, siblings, entities_of, stored, space
     )
@@ -151,9 +153,9 @@ class _Stored:
             for entity_id, pk, order in _recent_sharers(wanted, ENTITY_CANDIDATES + 1 + len(exclude)):
                 stored.sharers.setdefault(entity_id, []).append((pk, order))
             stored.recent = list(
-                MemoryUnit.objects.filter(bank_id=bank_id).order_by("-created_at").values_list("pk", flat=True)[
-                    : RECENT_CANDIDATES + len(units) + len(exclude)
-                ]
+                MemoryUnit.objects.filter(bank_id=bank_id)
+                .order_by("-created_at")
+                .values_list("pk", flat=True)[: RECENT_CANDIDATES + len(units) + len(exclude)]
             )
             candidates = {*stored.recent} | {pk for rows in stored.sharers.values() for pk, _ in rows}
             candidates -= {u.pk for u in units}
@@ -189,10 +191,16 @@ def _around(bank_id: str, depths: dict[datetime, int]) -> tuple[dict[datetime, l
     if connection.vendor != "postgresql":
         others = MemoryUnit.objects.filter(bank_id=bank_id)
         for when, depth in depths.items():
-            before[when] = list(others.filter(timestamp__lte=when).order_by("-timestamp", "-created_at").values_list(
-                "pk", "timestamp")[:depth])
-            after[when] = list(others.filter(timestamp__gt=when).order_by("timestamp", "created_at").values_list(
-                "pk", "timestamp")[:depth])
+            before[when] = list(
+                others.filter(timestamp__lte=when)
+                .order_by("-timestamp", "-created_at")
+                .values_list("pk", "timestamp")[:depth]
+            )
+            after[when] = list(
+                others.filter(timestamp__gt=when)
+                .order_by("timestamp", "created_at")
+                .values_list("pk", "timestamp")[:depth]
+            )
         return before, after
     table = MemoryUnit._meta.db_table
     whens = list(depths)
@@ -231,8 +239,9 @@ def _temporal(
             by_time.setdefault(unit.timestamp, []).append(unit)
     links = []
     for when, group in by_time.items():
-        mine_before = sorted(((s.pk, s.timestamp) for s in reversed(siblings) if s.timestamp <= when),
-                             key=lambda r: r[1], reverse=True)
+        mine_before = sorted(
+            ((s.pk, s.timestamp) for s in reversed(siblings) if s.timestamp <= when), key=lambda r: r[1], reverse=True
+        )
         mine_after = sorted(((s.pk, s.timestamp) for s in siblings if s.timestamp > when), key=lambda r: r[1])
         # heapq.merge keeps the first list's row first among equal keys.
         before = list(heapq.merge(mine_before, stored.before[when], key=lambda r: r[1], reverse=True))
@@ -278,8 +287,9 @@ def _semantic(
     }
     for entity_id, (recency, rows) in stored.sharer_rows(space).items():
         mine = sharers.get(entity_id)
-        sharers[entity_id] = (recency, rows) if mine is None else (
-            np.concatenate([mine[0], recency]), np.concatenate([mine[1], rows]))
+        sharers[entity_id] = (
+            (recency, rows) if mine is None else (np.concatenate([mine[0], recency]), np.concatenate([mine[1], rows]))
+        )
     none = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.intp))
     recent = space.rows([s.pk for s in reversed(siblings)] + stored.recent)
     scores = space.scores([pack(unit.vector) for unit in units])
@@ -301,7 +311,7 @@ def _semantic(
         source = unit.pk
         links += [
             Link(source, ids[row], semantic, round(weight, 6))
-            for row, weight in zip(candidates[best].tolist(), mine[best].tolist())
+            for row, weight in zip(candidates[best].tolist(), mine[best].tolist(), strict=True)
         ]
     return links
 
@@ -333,8 +343,9 @@ _EMPTY = Packed(np.empty(0, dtype=np.intp), np.empty(0))
 
 def pack(vector: Vector) -> Packed:
     return Packed(
-        np.fromiter((_DIMENSIONS.setdefault(name, len(_DIMENSIONS)) for name in vector), dtype=np.intp,
-                    count=len(vector)),
+        np.fromiter(
+            (_DIMENSIONS.setdefault(name, len(_DIMENSIONS)) for name in vector), dtype=np.intp, count=len(vector)
+        ),
         np.fromiter(vector.values(), dtype=np.float64, count=len(vector)),
     )
 
@@ -504,8 +515,13 @@ def insert(bank_id: str, links: list[Link], *, offer_back: bool) -> None:
                     WHERE f.known IS NULL"""
             cursor.execute(
                 written,
-                [bank_id, _uuids(l.source for l in links), _uuids(l.target for l in links),
-                 "{" + ",".join(l.kind for l in links) + "}", "{" + ",".join(map(repr, (l.weight for l in links))) + "}"],
+                [
+                    bank_id,
+                    _uuids(link.source for link in links),
+                    _uuids(link.target for link in links),
+                    "{" + ",".join(link.kind for link in links) + "}",
+                    "{" + ",".join(map(repr, (link.weight for link in links))) + "}",
+                ],
             )
             return
         for link in links:

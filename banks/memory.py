@@ -101,8 +101,12 @@ class RetainOutcome:
 
     def counts(self) -> dict[str, int]:
         """The counts so far, as a progress detail (a resumed run starts from them)."""
-        return {"items": self.items, "units": self.units, "replaced_units": self.replaced_units,
-                "entities": self.entities}
+        return {
+            "items": self.items,
+            "units": self.units,
+            "replaced_units": self.replaced_units,
+            "entities": self.entities,
+        }
 
     @classmethod
     def from_counts(cls, counts: dict[str, int]) -> RetainOutcome:
@@ -141,7 +145,7 @@ def retain_items(
         if on_item is not None:
             on_item(index, len(items), outcome)
         group = _next_group(bank, items, index, default_document_id, document_tags or [])
-        for item, (added, replaced, entities) in zip(group, _retain_group(bank, group)):
+        for item, (added, replaced, entities) in zip(group, _retain_group(bank, group), strict=True):
             outcome.items += 1
             outcome.units += added
             outcome.replaced_units += replaced
@@ -161,7 +165,11 @@ def new_unit_id() -> uuid.UUID:
     milliseconds = time.time_ns() // 1_000_000
     random = int.from_bytes(os.urandom(10), "big")
     return uuid.UUID(
-        int=(milliseconds << 80) | (0x7 << 76) | ((random >> 62 & 0xFFF) << 64) | (0b10 << 62) | (random & (1 << 62) - 1)
+        int=(milliseconds << 80)
+        | (0x7 << 76)
+        | ((random >> 62 & 0xFFF) << 64)
+        | (0b10 << 62)
+        | (random & (1 << 62) - 1)
     )
 
 
@@ -190,8 +198,7 @@ class _Item:
             metadata=item.metadata,
             timestamp=item.timestamp or timezone.now(),
             facts=[
-                (new_unit_id(), text, extractor.embed(text),
-                 _mentions(extractor.extract_entities(text), item.entities))
+                (new_unit_id(), text, extractor.embed(text), _mentions(extractor.extract_entities(text), item.entities))
                 for text in texts
             ],
         )
@@ -200,8 +207,14 @@ class _Item:
         """Fresh unsaved rows (ids fixed at extraction: links are planned to them)."""
         return [
             MemoryUnit(
-                id=unit_id, bank=bank, position=i, text=text, timestamp=self.timestamp, tags=self.tags,
-                context=self.context, vector=vector,
+                id=unit_id,
+                bank=bank,
+                position=i,
+                text=text,
+                timestamp=self.timestamp,
+                tags=self.tags,
+                context=self.context,
+                vector=vector,
             )
             for i, (unit_id, text, vector, _) in enumerate(self.facts)
         ]
@@ -219,12 +232,12 @@ def _next_group(
     ahead = range(index, min(index + WRITE_ITEMS.get(connection.vendor, 1), len(items)))
     ids = [items[i].document_id or document_id(i) for i in ahead]
     stored = set(
-        MemoryUnit.objects.filter(bank=bank, document__document_id__in=ids).values_list(
-            "document__document_id", flat=True
-        ).distinct()
+        MemoryUnit.objects.filter(bank=bank, document__document_id__in=ids)
+        .values_list("document__document_id", flat=True)
+        .distinct()
     )
     taken: list[int] = []
-    for i, doc in zip(ahead, ids):
+    for i, doc in zip(ahead, ids, strict=True):
         if doc in stored:
             break
         stored.add(doc)  # a repeat within the group replaces it
@@ -285,8 +298,7 @@ def retain_item(*, bank: Bank, item: _Item) -> tuple[int, int, int]:
             entity_ids = _upsert_entities(bank, item.names())
             units = item.units(bank)
             entities_of = {
-                unit_id: {entity_ids[canonical(m.name)] for m in mentions}
-                for unit_id, _, _, mentions in item.facts
+                unit_id: {entity_ids[canonical(m.name)] for m in mentions} for unit_id, _, _, mentions in item.facts
             }
             planned = links.plan(bank.pk, units, entities_of=entities_of, exclude=old, siblings=units)
             try:
@@ -316,7 +328,7 @@ def _write_items(
         else:
             replaced = 0
         fresh = []
-        for item, rows in zip(items, units):
+        for item, rows in zip(items, units, strict=True):
             for unit in rows:
                 unit.document = documents[item.document_id]
                 fresh.append(unit)
@@ -333,7 +345,7 @@ def _write_items(
         )
         _write_links(bank, planned, fresh={u.pk for u in fresh})
         _add_cooccurrences(bank, [ids for _, ids in per_unit])
-    return [(len(rows), replaced, len(item.names())) for item, rows in zip(items, units)]
+    return [(len(rows), replaced, len(item.names())) for item, rows in zip(items, units, strict=True)]
 
 
 def _names(items: list[_Item]) -> dict[str, EntityMention]:
@@ -347,8 +359,14 @@ def _locked_documents(bank: Bank, items: list[_Item]) -> dict[str, Document]:
     lock the same documents in opposite orders."""
     rows = Document.objects.bulk_create(
         [
-            Document(bank=bank, document_id=item.document_id, content_hash=item.content_hash, tags=item.tags,
-                     context=item.context, metadata=item.metadata)
+            Document(
+                bank=bank,
+                document_id=item.document_id,
+                content_hash=item.content_hash,
+                tags=item.tags,
+                context=item.context,
+                metadata=item.metadata,
+            )
             for item in sorted(items, key=lambda item: item.document_id)
         ],
         update_conflicts=True,
@@ -416,9 +434,9 @@ def _delete_units(bank: Bank, units: QuerySet[MemoryUnit]) -> int:
     for unit_id, entity_id in UnitEntity.objects.filter(unit_id__in=unit_ids).values_list("unit_id", "entity_id"):
         per_unit.setdefault(unit_id, []).append(entity_id)
     _add_cooccurrences(bank, list(per_unit.values()), sign=-1)
-    neighbours = set(
-        MemoryLink.objects.filter(target_id__in=unit_ids).values_list("source_id", flat=True)
-    ) | set(MemoryLink.objects.filter(source_id__in=unit_ids).values_list("target_id", flat=True))
+    neighbours = set(MemoryLink.objects.filter(target_id__in=unit_ids).values_list("source_id", flat=True)) | set(
+        MemoryLink.objects.filter(source_id__in=unit_ids).values_list("target_id", flat=True)
+    )
     neighbours -= set(unit_ids)
     if neighbours:
         MemoryUnit.objects.filter(pk__in=neighbours).update(needs_link_topup=True)
@@ -461,8 +479,7 @@ def fold(bank: Bank) -> None:
 
 def _pending(bank: Bank) -> bool:
     return (
-        EntityCooccurrenceDelta.objects.filter(bank=bank).exists()
-        or PendingBackLink.objects.filter(bank=bank).exists()
+        EntityCooccurrenceDelta.objects.filter(bank=bank).exists() or PendingBackLink.objects.filter(bank=bank).exists()
     )
 
 
@@ -522,8 +539,12 @@ def _upsert_cooccurrences(bank: Bank, counts: dict[tuple[int, int], int]) -> Non
 def cooccurrence_counts(bank: Bank) -> dict[tuple[int, int], int]:
     """Each pair's count as of now, unfolded deltas included (pairs at 0 left out)."""
     counts: Counter[tuple[int, int]] = Counter(
-        {(a, b): n for a, b, n in EntityCooccurrence.objects.filter(bank=bank).values_list(
-            "entity_a_id", "entity_b_id", "count")}
+        {
+            (a, b): n
+            for a, b, n in EntityCooccurrence.objects.filter(bank=bank).values_list(
+                "entity_a_id", "entity_b_id", "count"
+            )
+        }
     )
     for a, b, n in EntityCooccurrenceDelta.objects.filter(bank=bank).values_list("entity_a_id", "entity_b_id", "count"):
         counts[(a, b)] += n
@@ -598,7 +619,10 @@ def prune_orphan_entities(bank: Bank) -> int:
         with transaction.atomic():
             write_locks.bank_writing(bank.pk, exclusive=True)
             orphans = list(
-                Entity.objects.filter(bank=bank).annotate(n=Count("unitentity")).filter(n=0).values_list("pk", flat=True)
+                Entity.objects.filter(bank=bank)
+                .annotate(n=Count("unitentity"))
+                .filter(n=0)
+                .values_list("pk", flat=True)
             )
             Entity.objects.filter(pk__in=orphans).delete()
             return len(orphans)

@@ -85,7 +85,12 @@ def mental_model_create(
     now = timezone.now()
     with transaction.atomic():
         model = MentalModel.objects.create(
-            id=model_id, bank=bank, name=name, source_query=source_query, tags=tags, max_tokens=max_tokens,
+            id=model_id,
+            bank=bank,
+            name=name,
+            source_query=source_query,
+            tags=tags,
+            max_tokens=max_tokens,
             **_schedule_columns(schedule, schedule.first_run(now)),
         )
         submitted = mental_model_refresh(model_id=model.pk, bank_id=bank.pk, tag=tag)
@@ -122,6 +127,9 @@ def mental_model_refresh(
     A scheduled one records the run it stands for in its payload."""
     payload = {"scheduled_for": scheduled_for.isoformat()} if scheduled_for is not None else None
     return services.operation_submit(
-        bank_id=bank_id, operation_type="refresh_mental_model", mental_model_id=str(model_id),
-        payload=payload, tag=tag,
+        bank_id=bank_id,
+        operation_type="refresh_mental_model",
+        mental_model_id=str(model_id),
+        payload=payload,
+        tag=tag,
     )

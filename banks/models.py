@@ -11,8 +11,7 @@ from django.utils import timezone
 BANK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 bank_id_validator = RegexValidator(
     BANK_ID_PATTERN,
-    "A bank id is 1-128 characters: letters, digits, '_', '.', ':' or '-', "
-    "starting with a letter or digit.",
+    "A bank id is 1-128 characters: letters, digits, '_', '.', ':' or '-', starting with a letter or digit.",
 )
 
 
@@ -24,9 +23,7 @@ def default_disposition() -> dict[str, int]:
 class Bank(models.Model):
     """A tenant: every operation, document and memory belongs to one bank."""
 
-    bank_id = models.CharField(
-        primary_key=True, max_length=128, validators=[bank_id_validator]
-    )
+    bank_id = models.CharField(primary_key=True, max_length=128, validators=[bank_id_validator])
     name = models.CharField(max_length=200, blank=True, default="")
     mission = models.TextField(blank=True, default="")
     background = models.TextField(blank=True, default="")
@@ -92,9 +89,7 @@ class Document(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["bank", "document_id"], name="banks_document_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["bank", "document_id"], name="banks_document_unique")]
         indexes = [models.Index(fields=["bank", "-updated_at"], name="banks_document_recent")]
 
     def __str__(self) -> str:
@@ -170,9 +165,7 @@ class EntityCooccurrence(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["entity_a", "entity_b"], name="banks_cooccurrence_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["entity_a", "entity_b"], name="banks_cooccurrence_unique")]
 
 
 class EntityCooccurrenceDelta(models.Model):
@@ -205,9 +198,7 @@ class MemoryLink(models.Model):
     written by adders, who check their targets exist in the same transaction
     as no delete can run beside them; deletes remove a unit's links with it."""
 
-    bank = models.ForeignKey(
-        Bank, on_delete=models.CASCADE, related_name="links", db_index=False, db_constraint=False
-    )
+    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="links", db_index=False, db_constraint=False)
     source = models.ForeignKey(
         MemoryUnit, on_delete=models.CASCADE, related_name="links_out", db_index=False, db_constraint=False
     )
@@ -216,9 +207,7 @@ class MemoryLink(models.Model):
     weight = models.FloatField(default=0.0)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["source", "target", "kind"], name="banks_link_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["source", "target", "kind"], name="banks_link_unique")]
         indexes = [
             models.Index(fields=["bank"], name="banks_link_bank"),
         ]
@@ -272,9 +261,7 @@ class Observation(models.Model):
     entity = models.ForeignKey(Entity, on_delete=models.CASCADE, related_name="observations")
     text = models.TextField()
     unit_count = models.PositiveIntegerField(default=0)
-    sources = models.ManyToManyField(
-        MemoryUnit, through="ObservationSource", related_name="observations", blank=True
-    )
+    sources = models.ManyToManyField(MemoryUnit, through="ObservationSource", related_name="observations", blank=True)
     needs_rebuild = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -293,9 +280,7 @@ class ObservationSource(models.Model):
     unit = models.ForeignKey(MemoryUnit, on_delete=models.CASCADE)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["observation", "unit"], name="banks_observation_source_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["observation", "unit"], name="banks_observation_source_unique")]
 
 
 class MentalModel(models.Model):
@@ -328,7 +313,8 @@ class MentalModel(models.Model):
         ]
         indexes = [
             models.Index(
-                fields=["next_refresh_at"], condition=models.Q(next_refresh_at__isnull=False),
+                fields=["next_refresh_at"],
+                condition=models.Q(next_refresh_at__isnull=False),
                 name="banks_mental_model_due",
             ),
         ]
@@ -341,9 +327,7 @@ class StoredFile(models.Model):
     """An uploaded file, kept in the database (every node can read it) until
     its operation completes; a failed one keeps it so a retry can run."""
 
-    operation = models.OneToOneField(
-        "operations.Operation", on_delete=models.CASCADE, related_name="stored_file"
-    )
+    operation = models.OneToOneField("operations.Operation", on_delete=models.CASCADE, related_name="stored_file")
     filename = models.CharField(max_length=512)
     content_type = models.CharField(max_length=200, blank=True, default="")
     size = models.PositiveIntegerField()

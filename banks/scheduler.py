@@ -39,8 +39,14 @@ def due_runs(*, now: datetime, limit: int = 200) -> list[DueRun]:
     rows = (
         MentalModel.objects.filter(next_refresh_at__lte=now)
         .order_by("next_refresh_at")
-        .values_list("pk", "bank_id", "next_refresh_at", "refresh_cron", "refresh_interval_seconds",
-                     "min_refresh_interval_seconds")[:limit]
+        .values_list(
+            "pk",
+            "bank_id",
+            "next_refresh_at",
+            "refresh_cron",
+            "refresh_interval_seconds",
+            "min_refresh_interval_seconds",
+        )[:limit]
     )
     return [
         DueRun(pk, bank_id, due, RefreshSchedule(cron=cron, interval_seconds=interval, min_interval_seconds=floor))
@@ -53,9 +59,7 @@ def run_claim(run: DueRun, *, now: datetime) -> bool:
     it, only if it still holds `run.due`. False when another beat claimed it
     first, or the schedule was changed or cleared meanwhile."""
     following = run.schedule.run_after(run.due, now) if run.schedule.active else None
-    claimed = MentalModel.objects.filter(pk=run.model_id, next_refresh_at=run.due).update(
-        next_refresh_at=following
-    )
+    claimed = MentalModel.objects.filter(pk=run.model_id, next_refresh_at=run.due).update(next_refresh_at=following)
     return claimed == 1
 
 
@@ -75,7 +79,10 @@ def refreshes_queue_due(*, now: datetime | None = None, limit: int = 200) -> int
             submitted = mental_model_refresh(model_id=run.model_id, bank_id=run.bank_id, scheduled_for=run.due)
         queued += 1
         log.info(
-            "scheduled refresh of mental model %s due %s: operation %s%s", run.model_id, run.due.isoformat(),
-            submitted.operation.pk, " (deduplicated)" if submitted.deduplicated else "",
+            "scheduled refresh of mental model %s due %s: operation %s%s",
+            run.model_id,
+            run.due.isoformat(),
+            submitted.operation.pk,
+            " (deduplicated)" if submitted.deduplicated else "",
         )
     return queued

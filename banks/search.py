@@ -37,11 +37,13 @@ def search_bank(*, bank_id: str, query: str, limit: int = 50, tags: list[str] | 
         hits = _word_overlap(bank_id, query, limit)
     if tags:
         wanted = set(tags)
-        tagged = set(
-            str(pk) for pk, unit_tags in MemoryUnit.objects.filter(
-                pk__in=[h.id for h in hits if h.kind == "unit"]
-            ).values_list("pk", "tags") if wanted & set(unit_tags)
-        )
+        tagged = {
+            str(pk)
+            for pk, unit_tags in MemoryUnit.objects.filter(pk__in=[h.id for h in hits if h.kind == "unit"]).values_list(
+                "pk", "tags"
+            )
+            if wanted & set(unit_tags)
+        }
         hits = [h for h in hits if h.kind == "observation" or h.id in tagged]
     return hits[:limit]
 

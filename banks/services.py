@@ -39,7 +39,9 @@ def bank_find(bank_id: str) -> Bank | None:
     row = queries.fetchone(statement, [bank_id])
     if row is None:
         return None
-    return Bank.from_db(connection.alias, None, [convert(value) for convert, value in zip(converters, row)])
+    return Bank.from_db(
+        connection.alias, None, [convert(value) for convert, value in zip(converters, row, strict=True)]
+    )
 
 
 @cache

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timezone as dt_timezone
+from datetime import UTC
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -73,10 +73,12 @@ def _fernet() -> MultiFernet:
     """Keys derived from DJANGO_SECRET_KEY (then its fallbacks, so a rotation
     keeps old secrets readable while SECRET_KEY_FALLBACKS lists the old key)."""
     keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
-    return MultiFernet([
-        Fernet(base64.urlsafe_b64encode(hashlib.sha256(f"ops-webhook-secret:{key}".encode()).digest()))
-        for key in keys
-    ])
+    return MultiFernet(
+        [
+            Fernet(base64.urlsafe_b64encode(hashlib.sha256(f"ops-webhook-secret:{key}".encode()).digest()))
+            for key in keys
+        ]
+    )
 
 
 def seal(secret: str) -> str:
@@ -261,8 +263,12 @@ def _queue_events(subscribed: list[tuple[uuid.UUID, list[str]]], finished: finis
             continue
         event_id = str(uuid.uuid4())
         body = serialize_event(
-            event=event, event_id=event_id, bank_id=finished.bank_id, operation_id=finished.operation_id,
-            status=finished.status, data=data,
+            event=event,
+            event_id=event_id,
+            bank_id=finished.bank_id,
+            operation_id=finished.operation_id,
+            status=finished.status,
+            data=data,
         )
         deliveries += [_delivery(pk, event, event_id, body) for pk in targets]
     if deliveries:
@@ -301,7 +307,11 @@ def webhook_create(
 ) -> Webhook:
     """Register a webhook. The caller has checked the URL (check_url_for_registration)."""
     return Webhook.objects.create(
-        bank=bank, url=url, secret_sealed=seal(secret), event_types=event_types, enabled=enabled,
+        bank=bank,
+        url=url,
+        secret_sealed=seal(secret),
+        event_types=event_types,
+        enabled=enabled,
         http_config=http_config,
     )
 
@@ -325,8 +335,12 @@ def webhook_send_test(*, webhook: Webhook) -> Operation:
     types, even when disabled: it is how one checks a receiver)."""
     event_id = str(uuid.uuid4())
     body = serialize_event(
-        event=TEST_EVENT, event_id=event_id, bank_id=webhook.bank_id, operation_id=None,
-        status=OperationStatus.COMPLETED, data={"message": "a test event", "webhook_id": str(webhook.pk)},
+        event=TEST_EVENT,
+        event_id=event_id,
+        bank_id=webhook.bank_id,
+        operation_id=None,
+        status=OperationStatus.COMPLETED,
+        data={"message": "a test event", "webhook_id": str(webhook.pk)},
     )
     child = _delivery(webhook.pk, TEST_EVENT, event_id, body, test=True)
     with transaction.atomic():
@@ -359,7 +373,11 @@ class _PinnedBackend(httpcore.SyncBackend):
     (httpcore passes it as the server name, whatever address we connect to)."""
 
     def connect_tcp(
-        self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
         socket_options: Any = None,
     ) -> httpcore.NetworkStream:
         addresses = checked_addresses(host, port)
@@ -380,13 +398,15 @@ class _GuardedTransport(httpx.HTTPTransport):
 
 def _headers(webhook: Webhook, *, event: str, delivery_id: str, body: bytes, secret: str) -> dict[str, str]:
     headers = dict((webhook.http_config or {}).get("headers") or {})
-    headers.update({
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-        "X-Ops-Event": event,
-        "X-Ops-Delivery": delivery_id,
-        "X-Hindsight-Event": event,
-    })
+    headers.update(
+        {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "X-Ops-Event": event,
+            "X-Ops-Delivery": delivery_id,
+            "X-Hindsight-Event": event,
+        }
+    )
     if secret:
         headers.update(signature_headers(secret, body, int(time.time())))
     return headers
@@ -417,15 +437,17 @@ def post_event(*, webhook: Webhook, event: str, delivery_id: str, body: bytes) -
     headers = _headers(webhook, event=event, delivery_id=delivery_id, body=body, secret=secret)
     timeout = float((webhook.http_config or {}).get("timeout_seconds") or DEFAULT_TIMEOUT_SECONDS)
     try:
-        with httpx.Client(
-            transport=_GuardedTransport(), timeout=timeout, follow_redirects=False, trust_env=False
-        ) as client:
-            with client.stream("POST", webhook.url, content=body, headers=headers) as response:
-                excerpt = b""
-                for chunk in response.iter_bytes():
-                    excerpt += chunk
-                    if len(excerpt) >= RESPONSE_EXCERPT_BYTES:
-                        break
+        with (
+            httpx.Client(
+                transport=_GuardedTransport(), timeout=timeout, follow_redirects=False, trust_env=False
+            ) as client,
+            client.stream("POST", webhook.url, content=body, headers=headers) as response,
+        ):
+            excerpt = b""
+            for chunk in response.iter_bytes():
+                excerpt += chunk
+                if len(excerpt) >= RESPONSE_EXCERPT_BYTES:
+                    break
     except UnsafeWebhookURL as exc:  # raised by the pinned backend as it connects
         return Attempt(delivered=False, retry=False, error=f"refused: {exc}", duration_ms=elapsed())
     except socket.gaierror as exc:
@@ -437,12 +459,18 @@ def post_event(*, webhook: Webhook, event: str, delivery_id: str, body: bytes) -
     except httpx.HTTPError as exc:
         return Attempt(delivered=False, retry=True, error=f"{type(exc).__name__}: {exc}", duration_ms=elapsed())
     delivered, retry = _outcome_of(response.status_code)
-    error = "" if delivered else f"HTTP {response.status_code}" + (
-        " (redirects are not followed)" if response.is_redirect else ""
+    error = (
+        ""
+        if delivered
+        else f"HTTP {response.status_code}" + (" (redirects are not followed)" if response.is_redirect else "")
     )
     return Attempt(
-        delivered=delivered, retry=retry, status_code=response.status_code,
-        excerpt=excerpt[:RESPONSE_EXCERPT_BYTES].decode(errors="replace"), error=error, duration_ms=elapsed(),
+        delivered=delivered,
+        retry=retry,
+        status_code=response.status_code,
+        excerpt=excerpt[:RESPONSE_EXCERPT_BYTES].decode(errors="replace"),
+        error=error,
+        duration_ms=elapsed(),
     )
 
 
@@ -455,7 +483,7 @@ class BadCursor(ValueError):
 
 def _cursor_of(delivery: WebhookDelivery) -> str:
     # UTC with "Z": no "+" to be mangled into a space in a query string.
-    return f"{delivery.created_at.astimezone(dt_timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}|{delivery.pk}"
+    return f"{delivery.created_at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}|{delivery.pk}"
 
 
 def deliveries_page(*, webhook: Webhook, limit: int, cursor: str | None) -> tuple[list[WebhookDelivery], str | None]:
@@ -469,7 +497,7 @@ def deliveries_page(*, webhook: Webhook, limit: int, cursor: str | None) -> tupl
         if when is None or (id_text and not id_text.isdigit()):
             raise BadCursor(f"{cursor!r} is not a cursor this endpoint returned")
         if timezone.is_naive(when):
-            when = timezone.make_aware(when, dt_timezone.utc)
+            when = timezone.make_aware(when, UTC)
         older = Q(created_at__lt=when)
         rows = rows.filter(older | Q(created_at=when, id__lt=int(id_text)) if id_text else older)
     page = list(rows[: limit + 1])

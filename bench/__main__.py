@@ -48,12 +48,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-scaled", action="store_true", help="only the embedded comparison")
     parser.add_argument("--no-peer", action="store_true", help="do not install or run Hindsight's own worker")
     parser.add_argument(
-        "--only", action="append", choices=SCALED_FIGURES, metavar="FIGURE",
+        "--only",
+        action="append",
+        choices=SCALED_FIGURES,
+        metavar="FIGURE",
         help=f"measure only these scaled figures (repeatable; any of {', '.join(SCALED_FIGURES)}); "
         "implies --skip-embedded",
     )
     parser.add_argument(
-        "--task-events", action="store_true",
+        "--task-events",
+        action="store_true",
         help="instead of everything else: the embedded platform with Celery task events off, on, and with Flower",
     )
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL))
@@ -62,7 +66,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--reference-broker-url", default=os.environ.get("BENCH_REFERENCE_BROKER_URL", DEFAULT_REFERENCE_BROKER_URL)
     )
     parser.add_argument(
-        "--output", type=Path,
+        "--output",
+        type=Path,
         help="results file (default bench/results/latest.json; with --task-events, task-events.json)",
     )
     args = parser.parse_args(argv)
@@ -70,8 +75,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         url = getattr(args, name)
         parsed = urlparse(url)
         if parsed.scheme != "redis" or parsed.path.strip("/") in ("", "0"):
-            parser.error(f"--{name.replace('_', '-')} must be a numbered Redis database other than 0 "
-                         f"(the benchmark empties it): {url}")
+            parser.error(
+                f"--{name.replace('_', '-')} must be a numbered Redis database other than 0 "
+                f"(the benchmark empties it): {url}"
+            )
     if args.broker_url == args.reference_broker_url:
         parser.error("the platform and bare Celery need Redis databases of their own")
     if not urlparse(args.database_url).scheme.startswith("postgres"):
@@ -127,8 +134,11 @@ def versions() -> dict[str, str]:
         cursor.execute("SHOW server_version")
         (postgres,) = cursor.fetchone()
     return {
-        "django": django.get_version(), "celery": celery.__version__, "postgresql": str(postgres),
-        "redis": str(marks().info("server")["redis_version"]), "redis_py": redis.__version__,
+        "django": django.get_version(),
+        "celery": celery.__version__,
+        "postgresql": str(postgres),
+        "redis": str(marks().info("server")["redis_version"]),
+        "redis_py": redis.__version__,
     }
 
 
@@ -154,7 +164,7 @@ class Run:
             result = measure()
         except (KeyboardInterrupt, SystemExit):
             raise
-        except Exception as exc:  # noqa: BLE001 - one broken figure must not hide the others
+        except Exception as exc:
             self.failed = True
             traceback.print_exc()
             self.figures.append(Figure(key="error", label=title, platform=" ".join(f"failed: {exc}".split())[:200]))
@@ -196,8 +206,10 @@ def scaled_section(args: argparse.Namespace, run: Run, env: dict[str, str]) -> N
                 with scaled.node(procs, noop_env, "noop-node") as (_, node_pid):
                     bare_worker = scaled.start_bare_worker(procs, env, args.slots)
                     if "noop" in wanted:
-                        run.measure("no-op throughput and submit rate, platform and bare Celery interleaved",
-                                    lambda: scaled.noop_throughput(options, args.slots, node_pid, bare_worker.pid, run.say))
+                        run.measure(
+                            "no-op throughput and submit rate, platform and bare Celery interleaved",
+                            lambda: scaled.noop_throughput(options, args.slots, node_pid, bare_worker.pid, run.say),
+                        )
                     if "idle" in wanted:
                         run.measure("one no-op on idle workers", lambda: scaled.idle_latency(options, run.say))
                     procs.stop(bare_worker)
@@ -221,13 +233,17 @@ def scaled_section(args: argparse.Namespace, run: Run, env: dict[str, str]) -> N
                 if "pages" in wanted:
                     run.measure("pages over a large table", lambda: scaled.pages(options, url, key, run.say))
                 if "pickup" in wanted:
-                    run.measure("pickup of a single-item async retain", lambda: scaled.pickup(options, url, key, run.say))
+                    run.measure(
+                        "pickup of a single-item async retain", lambda: scaled.pickup(options, url, key, run.say)
+                    )
                 if "hindsight" in wanted:
-                    run.measure("Hindsight's workload",
-                                lambda: scaled.hindsight_workload(options, url, key, reference, run.say))
+                    run.measure(
+                        "Hindsight's workload", lambda: scaled.hindsight_workload(options, url, key, reference, run.say)
+                    )
                 if "fairness" in wanted:
-                    run.measure("fairness across banks",
-                                lambda: scaled.fairness(options, url, key, plan["shared"], run.say))
+                    run.measure(
+                        "fairness across banks", lambda: scaled.fairness(options, url, key, plan["shared"], run.say)
+                    )
     finally:
         api_key_revoke(key_id=key_row.pk)
 
@@ -272,18 +288,25 @@ def main(argv: list[str]) -> int:
             run.say(f"embedded comparison: {embedded_count:,} no-ops, {args.slots} slots, filesystem broker")
             try:
                 embedded_result = embedded.comparison(embedded_count, args.slots, embedded_rounds, run.say)
-            except Exception:  # noqa: BLE001 - the scaled figures are still printed and written
+            except Exception:
                 run.failed = True
                 traceback.print_exc()
     seconds = time.perf_counter() - clock
     document = results_document(
-        figures=run.figures, machine_info=info, options={k: str(v) for k, v in vars(args).items()},
-        started_at=started_at, seconds=seconds, embedded=embedded_result, notes=run.notes,
+        figures=run.figures,
+        machine_info=info,
+        options={k: str(v) for k, v in vars(args).items()},
+        started_at=started_at,
+        seconds=seconds,
+        embedded=embedded_result,
+        notes=run.notes,
     )
     write_results(args.output, document)
     print()
-    print(f"Machine: {machine_line(info)}; PostgreSQL {info['postgresql']}, Redis {info['redis']}, "
-          f"Celery {info['celery']}, Django {info['django']}.")
+    print(
+        f"Machine: {machine_line(info)}; PostgreSQL {info['postgresql']}, Redis {info['redis']}, "
+        f"Celery {info['celery']}, Django {info['django']}."
+    )
     if run.figures:
         print(f"\n## Scaled (PostgreSQL + Redis){' — quick run' if quick else ''}\n")
         print(markdown_table(run.figures))
@@ -291,8 +314,10 @@ def main(argv: list[str]) -> int:
     for note in run.notes:
         print(f"\n{note}")
     if embedded_result is not None:
-        print(f"\n## Embedded (SQLite + filesystem broker), {embedded_result['operations']:,} no-ops, "
-              f"{embedded_result['slots']} slots\n")
+        print(
+            f"\n## Embedded (SQLite + filesystem broker), {embedded_result['operations']:,} no-ops, "
+            f"{embedded_result['slots']} slots\n"
+        )
         print(embedded_result["table"])
     print(f"\nWhole run: {seconds / 60:.1f} min. Results: {args.output}")
     return 1 if run.failed else 0

@@ -39,12 +39,16 @@ Say = Callable[[str], None]
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
     """The embedded defaults: nothing of the scaled deployment's environment."""
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SECRET_KEY") and not k.startswith("OPS_")
     }
     env.update(
-        OPS_DATA_DIR=str(data_dir), PYTHONPATH=str(PROJECT_DIR), OPS_LOG_LEVEL="WARNING",
-        OPS_OPERATION_TYPE_MODULES="bench.optypes", **extra,
+        OPS_DATA_DIR=str(data_dir),
+        PYTHONPATH=str(PROJECT_DIR),
+        OPS_LOG_LEVEL="WARNING",
+        OPS_OPERATION_TYPE_MODULES="bench.optypes",
+        **extra,
     )
     return env
 
@@ -89,7 +93,8 @@ def platform_side(count: int, slots: int, rounds: int, say: Say) -> dict[str, An
     with Processes(data_dir) as procs:
         procs.start("workers", [sys.executable, str(PROJECT_DIR / "manage.py"), "runworkers"], dict(os.environ))
         procs.start(
-            "beat", [sys.executable, "-m", "celery", "-A", "opsproject", "beat", "-s", str(data_dir / "beat")],
+            "beat",
+            [sys.executable, "-m", "celery", "-A", "opsproject", "beat", "-s", str(data_dir / "beat")],
             dict(os.environ),
         )
         flower = _start_flower(procs, data_dir) if os.environ.get("OPS_BENCH_FLOWER") else None
@@ -127,8 +132,18 @@ def _start_flower(procs: Processes, data_dir: Path) -> str:
     port = free_port()
     procs.start(
         "flower",
-        [sys.executable, "-m", "celery", "-A", "opsproject", "flower", "--address=127.0.0.1",
-         f"--port={port}", f"--db={data_dir / 'flower.db'}", "--max_tasks=100000"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "opsproject",
+            "flower",
+            "--address=127.0.0.1",
+            f"--port={port}",
+            f"--db={data_dir / 'flower.db'}",
+            "--max_tasks=100000",
+        ],
         {**os.environ, "FLOWER_UNAUTHENTICATED_API": "true"},
     )
     url = f"http://127.0.0.1:{port}"
@@ -158,8 +173,22 @@ def celery_side(count: int, slots: int, rounds: int, say: Say) -> dict[str, Any]
     with Processes(data_dir) as procs:
         procs.start(
             "celery",
-            [sys.executable, "-m", "celery", "-A", "bench.bare_fs", "worker", "-c", str(slots),
-             "--prefetch-multiplier", "1", "--without-mingle", "--without-gossip", "-l", "WARNING"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.bare_fs",
+                "worker",
+                "-c",
+                str(slots),
+                "--prefetch-multiplier",
+                "1",
+                "--without-mingle",
+                "--without-gossip",
+                "-l",
+                "WARNING",
+            ],
             dict(os.environ),
         )
         marks = marks_file()
@@ -197,9 +226,7 @@ def side_main(side: str, count: int, slots: int, rounds: int) -> None:
     print("RESULT " + json.dumps(run(count, slots, rounds, say)), flush=True)
 
 
-def run_side(
-    side: str, count: int, slots: int, rounds: int, extra_env: dict[str, str] | None = None
-) -> dict[str, Any]:
+def run_side(side: str, count: int, slots: int, rounds: int, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one side in a child process on the embedded defaults (plus
     `extra_env`, e.g. OPS_TASK_EVENTS); its JSON result."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"ops-bench-{side}-"))
@@ -213,7 +240,11 @@ def run_side(
     code = f"from bench.embedded import side_main; side_main({side!r}, {count}, {slots}, {rounds})"
     # Its progress goes to our stderr; its result line to a pipe.
     child = subprocess.Popen(
-        [sys.executable, "-c", code], env=env, cwd=data_dir, stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=data_dir,
+        stdout=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
     try:
@@ -247,8 +278,10 @@ ROWS = [
 def table(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str]) -> str:
     rows = [f"| | {names[0]} | {names[1]} | ratio |", "|---|---:|---:|---:|"]
     for key, label, fmt in ROWS:
-        rows.append(f"| {label} | {fmt.format(first[key])} | {fmt.format(second[key])} | "
-                    f"{ratio_text(first[key], second[key])} |")
+        rows.append(
+            f"| {label} | {fmt.format(first[key])} | {fmt.format(second[key])} | "
+            f"{ratio_text(first[key], second[key])} |"
+        )
     return "\n".join(rows)
 
 
@@ -257,7 +290,10 @@ def comparison(count: int, slots: int, rounds: int, say: Say) -> dict[str, Any]:
     platform = run_side("platform", count, slots, rounds)
     celery = run_side("celery", count, slots, rounds)
     return {
-        "operations": count, "slots": slots, "platform": platform, "bare_celery": celery,
+        "operations": count,
+        "slots": slots,
+        "platform": platform,
+        "bare_celery": celery,
         "table": table(platform, celery, ("platform", "bare Celery")),
     }
 
@@ -268,8 +304,13 @@ def task_events(count: int, slots: int, rounds: int, say: Say) -> dict[str, Any]
     on = run_side("platform", count, slots, rounds, {"OPS_TASK_EVENTS": "true"})
     watched = run_side("platform", count, slots, rounds, {"OPS_TASK_EVENTS": "true", "OPS_BENCH_FLOWER": "1"})
     return {
-        "operations": count, "slots": slots, "events_off": off, "events_on": on, "flower": watched,
-        "table": table(on, off, ("events on", "events off")) + "\n\n"
+        "operations": count,
+        "slots": slots,
+        "events_off": off,
+        "events_on": on,
+        "flower": watched,
+        "table": table(on, off, ("events on", "events off"))
+        + "\n\n"
         + table(watched, off, ("+ Flower", "events off"))
         + f"\n\nFlower saw {watched.get('flower_tasks_seen', 0):,} tasks.",
     }

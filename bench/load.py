@@ -17,7 +17,11 @@ def free_port() -> int:
 
 
 def post_concurrently(
-    base_url: str, path: str, bodies: Iterable[dict[str, object]], *, in_flight: int,
+    base_url: str,
+    path: str,
+    bodies: Iterable[dict[str, object]],
+    *,
+    in_flight: int,
     headers: dict[str, str] | None = None,
 ) -> tuple[float, list[str]]:
     """POST every body to `path` from `in_flight` threads (one keep-alive

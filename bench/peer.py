@@ -172,7 +172,11 @@ def _copy_postgresql(root: Path) -> Path:
 # connection down with it while the server restarts. Not "exited with exit
 # code" alone: a normal shutdown logs it for a background worker.
 _FAILURE_SIGNS = (
-    "client backend (PID", "terminated by signal", "PANIC:", "too many clients", "out of memory",
+    "client backend (PID",
+    "terminated by signal",
+    "PANIC:",
+    "too many clients",
+    "out of memory",
     "terminating connection due to idle",
 )
 
@@ -225,9 +229,14 @@ class Postgres:
 
 def _initdb(pginstall: Path, data: Path, user: pwd.struct_passwd | None, env: dict[str, str]) -> None:
     init = subprocess.run(
-        _as_user([str(pginstall / "bin" / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"],
-                 user),
-        env=env, cwd=data.parent, capture_output=True, text=True, check=False,
+        _as_user(
+            [str(pginstall / "bin" / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"], user
+        ),
+        env=env,
+        cwd=data.parent,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if init.returncode:
         raise PeerUnavailable(f"initdb failed: {(init.stderr or init.stdout).strip()[-200:]}")
@@ -293,9 +302,15 @@ def _stop_postgres(pginstall: Path, data: Path, user: pwd.struct_passwd | None, 
     for mode, seconds in (("fast", 15), ("immediate", 10)):
         try:
             done = subprocess.run(
-                _as_user([str(pginstall / "bin" / "pg_ctl"), "stop", "-D", str(data), "-m", mode, "-w",
-                          "-t", str(seconds)], user),
-                env=env, cwd=data.parent, capture_output=True, timeout=seconds + 10, check=False,
+                _as_user(
+                    [str(pginstall / "bin" / "pg_ctl"), "stop", "-D", str(data), "-m", mode, "-w", "-t", str(seconds)],
+                    user,
+                ),
+                env=env,
+                cwd=data.parent,
+                capture_output=True,
+                timeout=seconds + 10,
+                check=False,
             )
         except subprocess.TimeoutExpired:
             continue
@@ -323,14 +338,34 @@ def postgres(procs: Processes, port: int, say: Say) -> Iterator[Postgres]:
         pg = Postgres(f"postgresql://postgres@127.0.0.1:{port}/hindsight", log, log_start)
         server = procs.start(
             "peer-postgres",
-            _as_user([str(pginstall / "bin" / "postgres"), "-D", str(data), "-p", str(port), "-k", str(data),
-                      "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                      "-c", f"max_connections={MAX_CONNECTIONS}"], user),
-            env, cwd=root,
+            _as_user(
+                [
+                    str(pginstall / "bin" / "postgres"),
+                    "-D",
+                    str(data),
+                    "-p",
+                    str(port),
+                    "-k",
+                    str(data),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    f"max_connections={MAX_CONNECTIONS}",
+                ],
+                user,
+            ),
+            env,
+            cwd=root,
         )
         try:
-            wait_until(lambda: _answers(f"postgresql://postgres@127.0.0.1:{port}/postgres", server, procs),
-                       timeout=60, what="the peer's PostgreSQL", interval=0.3)
+            wait_until(
+                lambda: _answers(f"postgresql://postgres@127.0.0.1:{port}/postgres", server, procs),
+                timeout=60,
+                what="the peer's PostgreSQL",
+                interval=0.3,
+            )
             found = _check(pg)
             say(f"  {found}, as {user.pw_name if user else 'this user'}, in {root}")
             yield pg
@@ -351,8 +386,14 @@ class _Embeddings(BaseHTTPRequestHandler):
         texts = body.get("input", [])
         texts = [texts] if isinstance(texts, str) else texts
         data = [{"object": "embedding", "index": i, "embedding": _vector(str(t))} for i, t in enumerate(texts)]
-        payload = json.dumps({"object": "list", "data": data, "model": body.get("model", "mock"),
-                              "usage": {"prompt_tokens": 0, "total_tokens": 0}}).encode()
+        payload = json.dumps(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model", "mock"),
+                "usage": {"prompt_tokens": 0, "total_tokens": 0},
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -411,7 +452,9 @@ def _count(client: httpx.Client, bank: str, status: str) -> int:
     return int(page.json().get("total", 0))
 
 
-def _workload(base_url: str, retains: int, items: int, in_flight: int, content: Callable[[int], str]) -> dict[str, float]:
+def _workload(
+    base_url: str, retains: int, items: int, in_flight: int, content: Callable[[int], str]
+) -> dict[str, float]:
     """The same workload as ours, against the peer's API: async retains of
     `items` items, `in_flight` at a time, into a fresh bank; timed to the last
     response and to the last operation completed (its own timestamps)."""
@@ -426,8 +469,12 @@ def _workload(base_url: str, retains: int, items: int, in_flight: int, content: 
     if errors:
         raise PeerUnavailable(f"its retain submissions failed: {errors[0]}")
     with httpx.Client(base_url=base_url, timeout=120) as client:
-        wait_until(lambda: _count(client, bank, "pending") + _count(client, bank, "processing") == 0,
-                   timeout=900, what="the peer's retains", interval=0.2)
+        wait_until(
+            lambda: _count(client, bank, "pending") + _count(client, bank, "processing") == 0,
+            timeout=900,
+            what="the peer's retains",
+            interval=0.2,
+        )
         seconds = time.perf_counter() - clock
         failed = _count(client, bank, "failed")
         if failed:
@@ -454,8 +501,10 @@ def _runs(options: Any, base_url: str, pg: Postgres, say: Say, content: Callable
         failure = pg.failure()
         if failure:
             raise PeerUnavailable(f"its PostgreSQL failed during run {run + 1}: {failure}")
-        say(f"  peer run {run + 1}/{options.runs}: submit {runs[-1]['submit_per_second']:,.0f} req/s, "
-            f"{runs[-1]['items_per_second']:,.0f} items/s")
+        say(
+            f"  peer run {run + 1}/{options.runs}: submit {runs[-1]['submit_per_second']:,.0f} req/s, "
+            f"{runs[-1]['items_per_second']:,.0f} items/s"
+        )
     return runs
 
 
@@ -487,14 +536,18 @@ def measure(options: Any, procs: Processes, say: Say, content: Callable[[int], s
                 runs = _runs(options, base_url, pg, say, content)
             finally:
                 procs.stop(api)
-    except Exception as exc:  # noqa: BLE001 - whatever stops the peer, the table says it and the run goes on
+    except Exception as exc:
         reason = " ".join(str(exc).split())  # one line: it goes in a table cell
         say(f"  peer not available: {reason}")
         return {"available": False, "reason": reason}
     from bench.report import median
 
     return {
-        "available": True, "version": VERSION,
-        **{key: median([r[key] for r in runs]) for key in ("submit_per_second", "retains_per_second", "items_per_second")},
+        "available": True,
+        "version": VERSION,
+        **{
+            key: median([r[key] for r in runs])
+            for key in ("submit_per_second", "retains_per_second", "items_per_second")
+        },
         "runs": runs,
     }

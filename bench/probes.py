@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Self
 
 from django.conf import settings
 from django.db import connections
@@ -31,12 +31,12 @@ class LoadProbe:
             threading.Thread(target=self._time_sweeps, daemon=True),
         ]
 
-    def __enter__(self) -> LoadProbe:
+    def __enter__(self) -> Self:
         for thread in self._threads:
             thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         for thread in self._threads:
             thread.join()

@@ -46,13 +46,13 @@ class Processes:
         self.log_dir = log_dir
         self._running: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # Open for the child's lifetime; closed by `stop`.
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
-        process = subprocess.Popen(
-            argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._running.append((process, log))
         return process
 
@@ -88,9 +88,7 @@ class Processes:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         # A second Ctrl-C during cleanup must not leave groups behind.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:

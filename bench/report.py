@@ -62,9 +62,7 @@ def markdown_table(figures: Sequence[Figure]) -> str:
         "|---|---:|---:|---:|---|---|",
     ]
     for f in figures:
-        rows.append(
-            f"| {f.label} | {f.platform} | {f.reference} | {f.ratio} | {f.target} | {verdict(f.holds)} |"
-        )
+        rows.append(f"| {f.label} | {f.platform} | {f.reference} | {f.ratio} | {f.target} | {verdict(f.holds)} |")
     return "\n".join(rows)
 
 
@@ -104,8 +102,14 @@ def write_results(path: Path, document: dict[str, Any]) -> None:
 
 
 def results_document(
-    *, figures: Sequence[Figure], machine_info: dict[str, Any], options: dict[str, Any],
-    started_at: str, seconds: float, embedded: dict[str, Any] | None, notes: Sequence[str],
+    *,
+    figures: Sequence[Figure],
+    machine_info: dict[str, Any],
+    options: dict[str, Any],
+    started_at: str,
+    seconds: float,
+    embedded: dict[str, Any] | None,
+    notes: Sequence[str],
 ) -> dict[str, Any]:
     return {
         "started_at": started_at,

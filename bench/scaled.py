@@ -71,8 +71,16 @@ class Options:
 
 
 QUICK = Options(
-    noop_operations=500, runs=1, latency_rounds=5, history_rows=50_000, history_banks=50,
-    page_requests=40, scrapes=3, retains=40, backlog=2_000, fairness_rounds=4,
+    noop_operations=500,
+    runs=1,
+    latency_rounds=5,
+    history_rows=50_000,
+    history_banks=50,
+    page_requests=40,
+    scrapes=3,
+    retains=40,
+    backlog=2_000,
+    fairness_rounds=4,
 )
 
 
@@ -92,12 +100,17 @@ def slot_plan(env: dict[str, str]) -> dict[str, Any]:
     """The plan `runworkers` will start with this environment."""
     printed = subprocess.run(
         [sys.executable, str(PROJECT_DIR / "manage.py"), "runworkers", "--print-plan"],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return dict(json.loads(printed.stdout))
 
 
-def start_node(procs: Processes, env: dict[str, str], name: str) -> tuple[list[subprocess.Popen[bytes]], dict[str, Any]]:
+def start_node(
+    procs: Processes, env: dict[str, str], name: str
+) -> tuple[list[subprocess.Popen[bytes]], dict[str, Any]]:
     """`runworkers` and beat, as a scaled node runs them; returns once every
     worker of the plan has reported itself ready (its WorkerNode row)."""
     plan = slot_plan(env)
@@ -107,8 +120,18 @@ def start_node(procs: Processes, env: dict[str, str], name: str) -> tuple[list[s
     workers = procs.start(f"{name}-workers", [*manage, "runworkers", "--loglevel", "WARNING"], env)
     beat = procs.start(
         f"{name}-beat",
-        [sys.executable, "-m", "celery", "-A", "opsproject", "beat", "--loglevel", "WARNING",
-         "--schedule", str(procs.log_dir / f"{name}-beat-schedule")],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "opsproject",
+            "beat",
+            "--loglevel",
+            "WARNING",
+            "--schedule",
+            str(procs.log_dir / f"{name}-beat-schedule"),
+        ],
         env,
     )
 
@@ -126,9 +149,26 @@ def start_bare_worker(procs: Processes, env: dict[str, str], concurrency: int) -
     """Bare Celery with the platform's worker options: prefork, late ack, prefetch 1."""
     worker = procs.start(
         "bare-worker",
-        [sys.executable, "-m", "celery", "-A", "bench.bare", "worker", "--pool", "prefork",
-         "--concurrency", str(concurrency), "--prefetch-multiplier", "1", "--hostname", "bare@bench",
-         "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.bare",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(concurrency),
+            "--prefetch-multiplier",
+            "1",
+            "--hostname",
+            "bare@bench",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "WARNING",
+        ],
         env,
     )
     marks = bare.marks()
@@ -149,9 +189,9 @@ def start_web(procs: Processes, env: dict[str, str], workers: int) -> str:
     port = free_port()
     web = procs.start(
         "web",
-        [sys.executable, "-m", "gunicorn", "opsproject.wsgi", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(workers)],
-        env, cwd=PROJECT_DIR,
+        [sys.executable, "-m", "gunicorn", "opsproject.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
+        env,
+        cwd=PROJECT_DIR,
     )
     url = f"http://127.0.0.1:{port}"
 
@@ -178,8 +218,16 @@ def _clear_noops() -> None:
 
 
 # The tables a run churns through, queue-like: what autovacuum keeps lean.
-CHURNED = ("operations_operation", "banks_memoryunit", "banks_memorylink", "banks_unitentity",
-           "banks_pendingbacklink", "banks_entitycooccurrencedelta", "banks_document", "banks_entity")
+CHURNED = (
+    "operations_operation",
+    "banks_memoryunit",
+    "banks_memorylink",
+    "banks_unitentity",
+    "banks_pendingbacklink",
+    "banks_entitycooccurrencedelta",
+    "banks_document",
+    "banks_entity",
+)
 
 
 def maintain() -> None:
@@ -250,8 +298,10 @@ def platform_noop_run(count: int, workers_pid: int) -> dict[str, Any]:
     time.sleep(1)  # PostgreSQL publishes a backend's statistics within a second
     per_operation = {k: (v - database[k]) / count for k, v in _database_counters().items()}
     return {
-        "submit_per_second": count / submit_seconds, "per_second": count / _since(started, finished),
-        "cpu_ms": cpu_ms, "database": per_operation,
+        "submit_per_second": count / submit_seconds,
+        "per_second": count / _since(started, finished),
+        "cpu_ms": cpu_ms,
+        "database": per_operation,
     }
 
 
@@ -264,10 +314,13 @@ def bare_noop_run(count: int, workers_pid: int) -> dict[str, Any]:
     for _ in range(count):
         bare.noop.apply_async()
     submit_seconds = time.perf_counter() - clock
-    wait_until(lambda: int(marks.get(bare.DONE) or 0) >= count, timeout=1800, what="bare Celery's backlog", interval=0.01)
+    wait_until(
+        lambda: int(marks.get(bare.DONE) or 0) >= count, timeout=1800, what="bare Celery's backlog", interval=0.01
+    )
     seconds = time.perf_counter() - clock
     return {
-        "submit_per_second": count / submit_seconds, "per_second": count / seconds,
+        "submit_per_second": count / submit_seconds,
+        "per_second": count / seconds,
         "cpu_ms": _cpu_per_operation(cpu, cpu_by(groups), count),
     }
 
@@ -289,7 +342,8 @@ def cpu_note(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> tuple[
     note = (
         f"CPU per no-op operation (ms, median of {len(ours)} run(s)): platform: {line('platform')}; "
         f"bare Celery: {line('bare_celery')}. The platform's PostgreSQL per no-op: "
-        + ", ".join(f"{value:.1f} {label}" for label, value in database.items()) + "."
+        + ", ".join(f"{value:.1f} {label}" for label, value in database.items())
+        + "."
     )
     return note, figures
 
@@ -314,18 +368,33 @@ def noop_throughput(options: Options, slots: int, node_pid: int, bare_pid: int, 
     say(f"  {note}")
     figures = []
     for key, label, reference, target in (
-        ("per_second", f"{options.noop_operations:,} no-op operations, {slots} slots, submit → all completed",
-         f"bare Celery on Redis, prefork c={slots}, acks_late, prefetch 1", "≥ 0.5x (aim 0.8x)"),
+        (
+            "per_second",
+            f"{options.noop_operations:,} no-op operations, {slots} slots, submit → all completed",
+            f"bare Celery on Redis, prefork c={slots}, acks_late, prefetch 1",
+            "≥ 0.5x (aim 0.8x)",
+        ),
         ("submit_per_second", "submit through the service, one process", "`apply_async`, one process", "≥ 0.5x"),
     ):
         a = median([r[key] for r in ours])
         b = median([r[key] for r in theirs])
-        figures.append(Figure(
-            key=f"noop_{key}", label=label, platform=f"{a:,.0f}/s", reference=f"{reference}: {b:,.0f}/s",
-            ratio=ratio_text(a, b), target=target, holds=a / b >= 0.5,
-            values={"platform": a, "reference": b, "runs_platform": [r[key] for r in ours],
-                    "runs_reference": [r[key] for r in theirs]},
-        ))
+        figures.append(
+            Figure(
+                key=f"noop_{key}",
+                label=label,
+                platform=f"{a:,.0f}/s",
+                reference=f"{reference}: {b:,.0f}/s",
+                ratio=ratio_text(a, b),
+                target=target,
+                holds=a / b >= 0.5,
+                values={
+                    "platform": a,
+                    "reference": b,
+                    "runs_platform": [r[key] for r in ours],
+                    "runs_reference": [r[key] for r in theirs],
+                },
+            )
+        )
     figures[0].values["cpu_ms_per_operation"] = cpu
     figures[0].values["note"] = note
     return figures
@@ -347,7 +416,7 @@ def idle_latency(options: Options, say: Say) -> Figure:
         to_done.append(_since(created, completed))
     marks = bare.marks()
     bare_done: list[float] = []
-    for n in range(options.latency_rounds + 1):
+    for _ in range(options.latency_rounds + 1):
         time.sleep(0.2)
         marks.delete(bare.STAMPS)
         sent = time.time()
@@ -359,11 +428,19 @@ def idle_latency(options: Options, say: Say) -> Figure:
     start_ms, done_ms, bare_ms = (_ms(median(s[1:])) for s in (to_start, to_done, bare_done))
     say(f"  created → started {start_ms:.1f} ms, → completed {done_ms:.1f} ms; bare Celery {bare_ms:.1f} ms")
     return Figure(
-        key="idle_latency", label="one no-op on idle workers, created → started / → completed, p50",
-        platform=f"{start_ms:.1f} / {done_ms:.1f} ms", reference=f"bare Celery publish → done: {bare_ms:.1f} ms",
-        ratio=ratio_text(done_ms, bare_ms), target="→ completed ≤ 10 ms", holds=done_ms <= 10,
-        values={"to_started_ms": start_ms, "to_completed_ms": done_ms, "reference_ms": bare_ms,
-                "rounds": options.latency_rounds},
+        key="idle_latency",
+        label="one no-op on idle workers, created → started / → completed, p50",
+        platform=f"{start_ms:.1f} / {done_ms:.1f} ms",
+        reference=f"bare Celery publish → done: {bare_ms:.1f} ms",
+        ratio=ratio_text(done_ms, bare_ms),
+        target="→ completed ≤ 10 ms",
+        holds=done_ms <= 10,
+        values={
+            "to_started_ms": start_ms,
+            "to_completed_ms": done_ms,
+            "reference_ms": bare_ms,
+            "rounds": options.latency_rounds,
+        },
     )
 
 
@@ -412,9 +489,7 @@ def ensure_history(rows: int, banks: int, say: Say) -> None:
     INSERT … SELECT the first time and reused while the count is right."""
     prefix = history_prefix(rows)
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM operations_operation WHERE bank_id LIKE %s", [prefix + "%"]
-        )
+        cursor.execute("SELECT count(*) FROM operations_operation WHERE bank_id LIKE %s", [prefix + "%"])
         (present,) = cursor.fetchone()
         if present == rows:
             say(f"  {rows:,} operations in {banks:,} banks already loaded")
@@ -475,21 +550,47 @@ def pages(options: Options, base_url: str, key: str, say: Say) -> list[Figure]:
         one_bank = f"/v1/default/banks/{prefix}0000"
         bank_get = percentile([_ms(t) for t in _timed_gets(client, forever(one_bank), options.page_requests)], 50)
     b50, b95, c50, c95, m50 = (
-        percentile(bank, 50), percentile(bank, 95), percentile(cross, 50), percentile(cross, 95), percentile(scrape, 50)
+        percentile(bank, 50),
+        percentile(bank, 95),
+        percentile(cross, 50),
+        percentile(cross, 95),
+        percentile(scrape, 50),
     )
     say(f"  bank page p50 {b50:.1f} p95 {b95:.1f} ms; cross-bank p50 {c50:.1f} p95 {c95:.1f} ms; /metrics {m50:.1f} ms")
     return [
-        Figure(key="bank_page", label=f"bank's first page (20), {scale}", platform=f"p50 {b50:.1f}, p95 {b95:.1f} ms",
-               target="p50 ≤ 5, p95 ≤ 10 ms", holds=b50 <= 5 and b95 <= 10,
-               values={"p50_ms": b50, "p95_ms": b95, "requests": len(bank), "rows": rows,
-                       "health_live_p50_ms": live, "get_bank_p50_ms": bank_get,
-                       "note": f"Floors through gunicorn, p50: `/health/live` {live:.1f} ms (no database, no key); "
-                               f"an authenticated `GET banks/{{id}}` {bank_get:.1f} ms."}),
-        Figure(key="cross_bank_page", label=f"cross-bank `GET operations` first page, {table}",
-               platform=f"p50 {c50:.1f}, p95 {c95:.1f} ms", target="p95 ≤ 25 ms", holds=c95 <= 25,
-               values={"p50_ms": c50, "p95_ms": c95, "requests": len(cross), "table_rows": table_rows}),
-        Figure(key="metrics_scrape", label=f"`/metrics` scrape, {table}", platform=f"p50 {m50:.1f} ms",
-               target="≤ 50 ms", holds=m50 <= 50, values={"p50_ms": m50, "scrapes": len(scrape), "table_rows": table_rows}),
+        Figure(
+            key="bank_page",
+            label=f"bank's first page (20), {scale}",
+            platform=f"p50 {b50:.1f}, p95 {b95:.1f} ms",
+            target="p50 ≤ 5, p95 ≤ 10 ms",
+            holds=b50 <= 5 and b95 <= 10,
+            values={
+                "p50_ms": b50,
+                "p95_ms": b95,
+                "requests": len(bank),
+                "rows": rows,
+                "health_live_p50_ms": live,
+                "get_bank_p50_ms": bank_get,
+                "note": f"Floors through gunicorn, p50: `/health/live` {live:.1f} ms (no database, no key); "
+                f"an authenticated `GET banks/{{id}}` {bank_get:.1f} ms.",
+            },
+        ),
+        Figure(
+            key="cross_bank_page",
+            label=f"cross-bank `GET operations` first page, {table}",
+            platform=f"p50 {c50:.1f}, p95 {c95:.1f} ms",
+            target="p95 ≤ 25 ms",
+            holds=c95 <= 25,
+            values={"p50_ms": c50, "p95_ms": c95, "requests": len(cross), "table_rows": table_rows},
+        ),
+        Figure(
+            key="metrics_scrape",
+            label=f"`/metrics` scrape, {table}",
+            platform=f"p50 {m50:.1f} ms",
+            target="≤ 50 ms",
+            holds=m50 <= 50,
+            values={"p50_ms": m50, "scrapes": len(scrape), "table_rows": table_rows},
+        ),
     ]
 
 
@@ -545,8 +646,12 @@ def pickup(options: Options, base_url: str, key: str, say: Say) -> Figure:
     p50 = _ms(median(samples[1:]))
     say(f"  pickup p50 {p50:.1f} ms")
     return Figure(
-        key="retain_pickup", label="pickup of a single-item async retain (idle workers)", platform=f"p50 {p50:.1f} ms",
-        target="p50 ≤ 10 ms", holds=p50 <= 10, values={"p50_ms": p50, "samples_ms": [_ms(s) for s in samples[1:]]},
+        key="retain_pickup",
+        label="pickup of a single-item async retain (idle workers)",
+        platform=f"p50 {p50:.1f} ms",
+        target="p50 ≤ 10 ms",
+        holds=p50 <= 10,
+        values={"p50_ms": p50, "samples_ms": [_ms(s) for s in samples[1:]]},
     )
 
 
@@ -596,16 +701,25 @@ def fairness(options: Options, base_url: str, key: str, shared_slots: int, say: 
         wait_until(lambda: not a_running.exists(), timeout=300, what="bank A's running retains to finish")
     p50, p95 = _ms(percentile(pickups, 50)), _ms(percentile(pickups, 95))
     mean_busy = sum(busy) / len(busy) if busy else 0.0
-    say(f"  bank B pickup p50 {p50:.0f} p95 {p95:.0f} ms; bank A held {mean_busy:.1f} of {shared_slots} "
-        f"shared slots on average, {left:,} still queued")
+    say(
+        f"  bank B pickup p50 {p50:.0f} p95 {p95:.0f} ms; bank A held {mean_busy:.1f} of {shared_slots} "
+        f"shared slots on average, {left:,} still queued"
+    )
     holds = p95 <= 1000 and mean_busy >= 0.8 * shared_slots
     return Figure(
         key="fairness",
         label=f"bank B's single retain while bank A has {options.backlog:,} queued: pickup; A's slots",
         platform=f"p50 {p50:.0f}, p95 {p95:.0f} ms; A busy {mean_busy:.1f}/{shared_slots}",
-        target="p95 ≤ 1 s; A keeps the idle slots", holds=holds,
-        values={"p50_ms": p50, "p95_ms": p95, "samples_ms": [_ms(s) for s in pickups],
-                "a_mean_busy_slots": mean_busy, "shared_slots": shared_slots, "a_still_queued": left},
+        target="p95 ≤ 1 s; A keeps the idle slots",
+        holds=holds,
+        values={
+            "p50_ms": p50,
+            "p95_ms": p95,
+            "samples_ms": [_ms(s) for s in pickups],
+            "a_mean_busy_slots": mean_busy,
+            "shared_slots": shared_slots,
+            "a_still_queued": left,
+        },
     )
 
 
@@ -624,8 +738,11 @@ def hindsight_run(options: Options, base_url: str, key: str, seed: int) -> dict[
     ]
     started = timezone.now()
     submit_seconds, errors = post_concurrently(
-        base_url, f"/v1/default/banks/{bank_id}/memories", [{"items": items, "async": True} for items in bodies],
-        in_flight=options.in_flight, headers={"Authorization": f"Bearer {key}"},
+        base_url,
+        f"/v1/default/banks/{bank_id}/memories",
+        [{"items": items, "async": True} for items in bodies],
+        in_flight=options.in_flight,
+        headers={"Authorization": f"Bearer {key}"},
     )
     if errors:
         raise RuntimeError(f"{len(errors)} retain submissions failed, e.g. {errors[0]}")
@@ -652,17 +769,27 @@ def hindsight_workload(options: Options, base_url: str, key: str, peer: dict[str
             # no further run once this figure has had its share (the median is
             # then of fewer runs, which the JSON records).
             if runs and time.perf_counter() - clock > options.workload_budget_seconds:
-                say(f"  stopping after {len(runs)} run(s): the figure's {options.workload_budget_seconds:.0f}s are spent")
+                say(
+                    f"  stopping after {len(runs)} run(s): the figure's {options.workload_budget_seconds:.0f}s are spent"
+                )
                 break
             runs.append(hindsight_run(options, base_url, key, seed=run))
-            say(f"  run {run + 1}/{options.runs}: submit {runs[-1]['submit_per_second']:,.0f} req/s, "
-                f"{runs[-1]['items_per_second']:,.0f} items/s")
+            say(
+                f"  run {run + 1}/{options.runs}: submit {runs[-1]['submit_per_second']:,.0f} req/s, "
+                f"{runs[-1]['items_per_second']:,.0f} items/s"
+            )
     load = probe.summary()
-    say(f"  during the runs: {load['waiting_fraction']:.1%} of busy database sessions waited on a lock "
+    say(
+        f"  during the runs: {load['waiting_fraction']:.1%} of busy database sessions waited on a lock "
         f"({load['wait_events'] or 'none'}); {load['sweeps']} sweeps, p50 {load['sweep_p50_ms'] or 0:.0f} ms, "
-        f"longest {load['sweep_max_ms'] or 0:.0f} ms (every {load['sweep_interval_ms']:.0f} ms)")
-    submit, retains, items = (median([r[k] for r in runs]) for k in ("submit_per_second", "retains_per_second", "items_per_second"))
-    workload = f"{options.retains} async retains × {options.retain_items} items, {options.in_flight} in flight, gunicorn"
+        f"longest {load['sweep_max_ms'] or 0:.0f} ms (every {load['sweep_interval_ms']:.0f} ms)"
+    )
+    submit, retains, items = (
+        median([r[k] for r in runs]) for k in ("submit_per_second", "retains_per_second", "items_per_second")
+    )
+    workload = (
+        f"{options.retains} async retains × {options.retain_items} items, {options.in_flight} in flight, gunicorn"
+    )
     if peer.get("available"):
         submit_ref = f"Hindsight {peer['version']}, own worker, mock LLM: {peer['submit_per_second']:,.0f} req/s"
         items_ref = f"Hindsight: {peer['retains_per_second']:,.1f}/s ({peer['items_per_second']:,.0f} items/s)"
@@ -675,23 +802,47 @@ def hindsight_workload(options: Options, base_url: str, key: str, peer: dict[str
         submit_ratio = items_ratio = ""
         submit_holds = items_holds = None
     return [
-        Figure(key="hindsight_submit", label=f"{workload}: submit", platform=f"{submit:,.0f} req/s",
-               reference=submit_ref, ratio=submit_ratio, target="≥ Hindsight's", holds=submit_holds,
-               values={"platform": submit, "runs": [r["submit_per_second"] for r in runs]}),
-        Figure(key="hindsight_retained", label="same: retains completed",
-               platform=f"{retains:,.1f}/s ({items:,.0f} items/s)", reference=items_ref, ratio=items_ratio,
-               target="≥ 2x Hindsight's items/s", holds=items_holds,
-               values={"retains_per_second": retains, "items_per_second": items,
-                       "runs": [r["items_per_second"] for r in runs]}),
-        Figure(key="hindsight_lock_waits", label="same: busy database sessions waiting on a lock",
-               platform=f"{load['waiting_fraction']:.1%} of {load['busy_samples']:,} samples",
-               target="near 0 (≤ 2%)", holds=load["waiting_fraction"] <= 0.02, values=load),
-        Figure(key="hindsight_sweep", label="same: a sweep while the runs load the database",
-               platform=f"p50 {load['sweep_p50_ms'] or 0:.0f} ms, longest {load['sweep_max_ms'] or 0:.0f} ms",
-               reference=f"interval {load['sweep_interval_ms']:.0f} ms",
-               target="well under the interval (≤ half)",
-               holds=load["sweep_max_ms"] is not None and load["sweep_max_ms"] <= load["sweep_interval_ms"] / 2,
-               values=load),
+        Figure(
+            key="hindsight_submit",
+            label=f"{workload}: submit",
+            platform=f"{submit:,.0f} req/s",
+            reference=submit_ref,
+            ratio=submit_ratio,
+            target="≥ Hindsight's",
+            holds=submit_holds,
+            values={"platform": submit, "runs": [r["submit_per_second"] for r in runs]},
+        ),
+        Figure(
+            key="hindsight_retained",
+            label="same: retains completed",
+            platform=f"{retains:,.1f}/s ({items:,.0f} items/s)",
+            reference=items_ref,
+            ratio=items_ratio,
+            target="≥ 2x Hindsight's items/s",
+            holds=items_holds,
+            values={
+                "retains_per_second": retains,
+                "items_per_second": items,
+                "runs": [r["items_per_second"] for r in runs],
+            },
+        ),
+        Figure(
+            key="hindsight_lock_waits",
+            label="same: busy database sessions waiting on a lock",
+            platform=f"{load['waiting_fraction']:.1%} of {load['busy_samples']:,} samples",
+            target="near 0 (≤ 2%)",
+            holds=load["waiting_fraction"] <= 0.02,
+            values=load,
+        ),
+        Figure(
+            key="hindsight_sweep",
+            label="same: a sweep while the runs load the database",
+            platform=f"p50 {load['sweep_p50_ms'] or 0:.0f} ms, longest {load['sweep_max_ms'] or 0:.0f} ms",
+            reference=f"interval {load['sweep_interval_ms']:.0f} ms",
+            target="well under the interval (≤ half)",
+            holds=load["sweep_max_ms"] is not None and load["sweep_max_ms"] <= load["sweep_interval_ms"] / 2,
+            values=load,
+        ),
     ]
 
 

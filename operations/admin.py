@@ -137,12 +137,23 @@ class ParentFilter(admin.SimpleListFilter):
 @admin.register(Operation)
 class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
-        "short", "badge", "operation_type", "bank_link", "progress_display", "age_display",
-        "retries", "tag", "worker",
+        "short",
+        "badge",
+        "operation_type",
+        "bank_link",
+        "progress_display",
+        "age_display",
+        "retries",
+        "tag",
+        "worker",
     )
     list_display_links = ("short",)
     list_filter = (
-        "status", OperationTypeFilter, "bank", ("created_at", admin.DateFieldListFilter), ParentFilter,
+        "status",
+        OperationTypeFilter,
+        "bank",
+        ("created_at", admin.DateFieldListFilter),
+        ParentFilter,
     )
     # Makes the admin show its search box; get_search_results below does the matching.
     search_fields = ("=id", "=document_id", "filename", "=tag")
@@ -156,27 +167,90 @@ class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     actions = ["cancel_operations", "retry_operations", "delete_terminal_operations"]
     inlines = [ChildInline]
     fieldsets = (
-        (None, {"fields": (
-            "id", "badge", "operation_type", "bank_link", "parent_link", "children_summary",
-            "tag", "document_id", "filename", "mental_model_id", "items_count",
-        )}),
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "badge",
+                    "operation_type",
+                    "bank_link",
+                    "parent_link",
+                    "children_summary",
+                    "tag",
+                    "document_id",
+                    "filename",
+                    "mental_model_id",
+                    "items_count",
+                )
+            },
+        ),
         ("Progress", {"fields": ("progress_display", "progress_json")}),
-        ("Timing", {"fields": (
-            "created_at", "started_at", "completed_at", "updated_at", "run_time",
-            "retries", "next_retry_at",
-        )}),
+        (
+            "Timing",
+            {
+                "fields": (
+                    "created_at",
+                    "started_at",
+                    "completed_at",
+                    "updated_at",
+                    "run_time",
+                    "retries",
+                    "next_retry_at",
+                )
+            },
+        ),
         ("Data", {"fields": ("payload", "result", "error", "history")}),
-        ("Execution", {"classes": ("collapse",), "fields": (
-            "worker", "task_id", "heartbeat_at", "cancel_requested_at", "dispatched_at",
-            "lease_id", "dedupe_key", "serial_key",
-        )}),
+        (
+            "Execution",
+            {
+                "classes": ("collapse",),
+                "fields": (
+                    "worker",
+                    "task_id",
+                    "heartbeat_at",
+                    "cancel_requested_at",
+                    "dispatched_at",
+                    "lease_id",
+                    "dedupe_key",
+                    "serial_key",
+                ),
+            },
+        ),
     )
     readonly_fields = [
-        "id", "badge", "operation_type", "bank_link", "parent_link", "children_summary", "tag",
-        "document_id", "filename", "mental_model_id", "items_count", "progress_display",
-        "progress_json", "created_at", "started_at", "completed_at", "updated_at", "run_time",
-        "retries", "next_retry_at", "payload", "result", "error", "history", "worker", "task_id",
-        "heartbeat_at", "cancel_requested_at", "dispatched_at", "lease_id", "dedupe_key", "serial_key",
+        "id",
+        "badge",
+        "operation_type",
+        "bank_link",
+        "parent_link",
+        "children_summary",
+        "tag",
+        "document_id",
+        "filename",
+        "mental_model_id",
+        "items_count",
+        "progress_display",
+        "progress_json",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "updated_at",
+        "run_time",
+        "retries",
+        "next_retry_at",
+        "payload",
+        "result",
+        "error",
+        "history",
+        "worker",
+        "task_id",
+        "heartbeat_at",
+        "cancel_requested_at",
+        "dispatched_at",
+        "lease_id",
+        "dedupe_key",
+        "serial_key",
     ]
 
     change_form_template = "admin/operations/operation/change_form.html"
@@ -198,7 +272,8 @@ class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             fieldsets.insert(0, ("Error", {"fields": ("error",)}))
             fieldsets = [
                 (name, {**options, "fields": tuple(f for f in options["fields"] if f != "error")})
-                if name == "Data" else (name, options)
+                if name == "Data"
+                else (name, options)
                 for name, options in fieldsets
             ]
         return fieldsets
@@ -214,7 +289,8 @@ class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         view = self.admin_site.admin_view
         return [
             path(
-                "<uuid:pk>/transition/<str:action>/", view(self.transition_view),
+                "<uuid:pk>/transition/<str:action>/",
+                view(self.transition_view),
                 name="operations_operation_transition",
             ),
             *super().get_urls(),
@@ -376,7 +452,11 @@ class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.action(description="Cancel selected operations", permissions=["cancel"])
     def cancel_operations(self, request: HttpRequest, queryset: QuerySet[Operation]) -> None:
         admin_actions.run_action(
-            self, request, queryset, step=admin_actions.cancel_step, starts_from=admin_actions.CANCELLABLE,
+            self,
+            request,
+            queryset,
+            step=admin_actions.cancel_step,
+            starts_from=admin_actions.CANCELLABLE,
             log_message=admin_actions.log_message_for("cancelled"),
             nothing="No operation was cancelled.",
         )
@@ -384,7 +464,11 @@ class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.action(description="Retry selected operations (failed or cancelled)", permissions=["retry"])
     def retry_operations(self, request: HttpRequest, queryset: QuerySet[Operation]) -> None:
         admin_actions.run_action(
-            self, request, queryset, step=admin_actions.retry_step, starts_from=admin_actions.RETRYABLE,
+            self,
+            request,
+            queryset,
+            step=admin_actions.retry_step,
+            starts_from=admin_actions.RETRYABLE,
             log_message=admin_actions.log_message_for("queued again"),
             nothing="No operation was queued again.",
         )
@@ -392,8 +476,13 @@ class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.action(description="Delete selected finished operations", permissions=["delete"])
     def delete_terminal_operations(self, request: HttpRequest, queryset: QuerySet[Operation]) -> None:
         admin_actions.run_action(
-            self, request, queryset, step=admin_actions.delete_step, starts_from=admin_actions.DELETABLE,
-            log_message=admin_actions.log_message_for("deleted"), deletes=True,
+            self,
+            request,
+            queryset,
+            step=admin_actions.delete_step,
+            starts_from=admin_actions.DELETABLE,
+            log_message=admin_actions.log_message_for("deleted"),
+            deletes=True,
             nothing="No operation was deleted.",
         )
 

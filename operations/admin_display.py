@@ -33,7 +33,9 @@ def status_badge(status: str, *, cancel_requested: bool = False) -> SafeString:
     label = "cancelling" if cancel_requested and status == "processing" else status
     return format_html(
         '<span class="{}" data-status="{}">{}</span>',
-        STATUS_CLASSES.get(status, "ops-badge"), status, label,
+        STATUS_CLASSES.get(status, "ops-badge"),
+        status,
+        label,
     )
 
 
@@ -64,7 +66,13 @@ def progress_bar(progress: dict[str, Any] | None, status: str) -> SafeString:
         '<div class="ops-progress" title="{} {}" data-percent="{}">'
         '<div class="ops-progress-bar ops-bar-{}" style="width: {}%"></div>'
         '<span class="ops-progress-text">{} {}</span></div>',
-        stage, counts, percent, status, percent, counts, stage,
+        stage,
+        counts,
+        percent,
+        status,
+        percent,
+        counts,
+        stage,
     )
 
 

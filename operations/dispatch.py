@@ -123,7 +123,11 @@ def _publish(app: Any, producer: Any, message: Message, *, retry: bool) -> None:
     conf = _publishing(app)
     if conf.sent_events:
         app.send_task(
-            optype.task_name, args=[str(operation_id)], queue=optype.queue, task_id=task_id, priority=priority,
+            optype.task_name,
+            args=[str(operation_id)],
+            queue=optype.queue,
+            task_id=task_id,
+            priority=priority,
             producer=producer,
         )
         return
@@ -133,13 +137,27 @@ def _publish(app: Any, producer: Any, message: Message, *, retry: bool) -> None:
         _declared.add(optype.queue)
     args = [str(operation_id)]
     task = app.amqp.as_task_v2(
-        task_id, optype.task_name, args=args, kwargs={}, argsrepr=repr(args), kwargsrepr="{}", ignore_result=None,
+        task_id,
+        optype.task_name,
+        args=args,
+        kwargs={},
+        argsrepr=repr(args),
+        kwargsrepr="{}",
+        ignore_result=None,
         reply_to=conf.reply_to,
     )
     producer.publish(
-        task.body, exchange="", routing_key=optype.queue, headers=task.headers, priority=priority,
-        serializer="json", delivery_mode=conf.delivery_mode, declare=declare, retry=retry,
-        retry_policy=conf.retry_policy, **task.properties,
+        task.body,
+        exchange="",
+        routing_key=optype.queue,
+        headers=task.headers,
+        priority=priority,
+        serializer="json",
+        delivery_mode=conf.delivery_mode,
+        declare=declare,
+        retry=retry,
+        retry_policy=conf.retry_policy,
+        **task.properties,
     )
 
 
@@ -155,8 +173,10 @@ class _Settings:
 def _publishing(app: Any) -> _Settings:
     """The Celery settings a publish reads (fixed for the process's life)."""
     return _Settings(
-        sent_events=bool(app.conf.task_send_sent_event), delivery_mode=app.conf.task_default_delivery_mode,
-        retry_policy=dict(app.conf.task_publish_retry_policy), reply_to=app.thread_oid,
+        sent_events=bool(app.conf.task_send_sent_event),
+        delivery_mode=app.conf.task_default_delivery_mode,
+        retry_policy=dict(app.conf.task_publish_retry_policy),
+        reply_to=app.thread_oid,
     )
 
 
@@ -272,8 +292,11 @@ def _pick(operation_type: str, after: str, task_id: str) -> tuple[str, str, bool
     """The next waiting operation (`queries.pick`), marked as published:
     (id, bank, whether its bank has another message of the type in the broker)."""
     params = queries.pick_params(
-        operation_type=operation_type, after=after, task_id=task_id,
-        now=queries.adapt(timezone.now(), connection), stale_before=queries.adapt(_stale_before(), connection),
+        operation_type=operation_type,
+        after=after,
+        task_id=task_id,
+        now=queries.adapt(timezone.now(), connection),
+        stale_before=queries.adapt(_stale_before(), connection),
     )
     row = queries.fetchone(queries.pick(connection.vendor), params)
     if row is None:

@@ -28,7 +28,7 @@ from kombu.utils.json import dumps, loads
 
 class Channel(filesystem.Channel):
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
-        name = f"{int(round(monotonic() * 1000)):015d}_{uuid.uuid4()}.{queue}.msg"
+        name = f"{round(monotonic() * 1000):015d}_{uuid.uuid4()}.{queue}.msg"
         # A leading dot keeps consumers from matching the file until it is whole.
         partial = os.path.join(self.data_folder_out, f".{name}.part")
         try:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from django.utils import timezone
 
@@ -82,9 +82,26 @@ FAIR_SHARE_INTERVAL_SECONDS = 0.25
 PROGRESS_INTERVAL_SECONDS = 0.25
 
 
+# What a checkpoint finds of its lease.
+LeaseState = Literal["ok", "cancel_requested", "lost"]
+
+
+class LeaseKeeper(Protocol):
+    """What a context asks of the lifecycle about its lease (the runner
+    passes `operations.services`): the contract stays a leaf that imports
+    none of the lifecycle."""
+
+    def operation_progress(self, *, lease: Lease, progress: dict[str, Any]) -> bool: ...
+
+    def operation_lease_state(self, *, lease: Lease) -> LeaseState: ...
+
+    def operation_over_share(self, *, lease: Lease) -> bool: ...
+
+
 @dataclass
 class OperationContext:
     lease: Lease
+    lifecycle: LeaseKeeper
     stage: str = "started"
     _last_check: float = field(default=0.0, repr=False)
     _last_share_check: float = field(default_factory=time.monotonic, repr=False)
@@ -141,8 +158,6 @@ class OperationContext:
         Within a stage, written at most every PROGRESS_INTERVAL_SECONDS: the
         row may show an earlier count, never a later one (a resumed run
         starts from what is written)."""
-        from operations import services
-
         self.stage = stage
         self.last_report = {
             "stage": stage,
@@ -155,7 +170,7 @@ class OperationContext:
         if stage == self._written_stage and now - self._last_write < PROGRESS_INTERVAL_SECONDS:
             self.checkpoint()
             return
-        if not services.operation_progress(lease=self.lease, progress=self.last_report):
+        if not self.lifecycle.operation_progress(lease=self.lease, progress=self.last_report):
             raise LeaseLost(self.operation_id)
         self._written_stage, self._last_write = stage, now
         self.checkpoint(force=True)
@@ -163,18 +178,16 @@ class OperationContext:
     def checkpoint(self, *, force: bool = False) -> None:
         """Raise OperationCancelled if a cancel was requested, LeaseLost if the
         operation is no longer ours; otherwise return at once."""
-        from operations import services
-
         now = time.monotonic()
         if not force and now - self._last_check < CHECKPOINT_INTERVAL_SECONDS:
             return
         self._last_check = now
-        state = services.operation_lease_state(lease=self.lease)
+        state = self.lifecycle.operation_lease_state(lease=self.lease)
         if state == "lost":
             raise LeaseLost(self.operation_id)
         if state == "cancel_requested":
             raise OperationCancelled(self.operation_id)
         if self.lease.resumable and now - self._last_share_check >= FAIR_SHARE_INTERVAL_SECONDS:
             self._last_share_check = now
-            if services.operation_over_share(lease=self.lease):
+            if self.lifecycle.operation_over_share(lease=self.lease):
                 raise OperationYielded(self.operation_id)

@@ -101,9 +101,7 @@ def roll_up_finished() -> None:
                 total = series.pop("sum")
                 for index, n in series.items():
                     # The sum rides on the +Inf bucket's row.
-                    increments[(optype, f"{prefix}:{index}")] = (
-                        int(n), total if index == str(len(BUCKETS)) else 0.0
-                    )
+                    increments[(optype, f"{prefix}:{index}")] = (int(n), total if index == str(len(BUCKETS)) else 0.0)
         if increments:
             _add(increments)
         mark.counted_until = horizon
@@ -149,10 +147,7 @@ class OperationsCollector(Collector):
         for status in (OperationStatus.PENDING, OperationStatus.PROCESSING):
             # One status at a time, so each count reads its partial index.
             counts = dict(
-                Operation.objects.filter(status=status)
-                .values_list("operation_type")
-                .annotate(n=Count("id"))
-                .order_by()
+                Operation.objects.filter(status=status).values_list("operation_type").annotate(n=Count("id")).order_by()
             )
             for name in types:
                 current.add_metric([name, status], counts.get(name, 0))

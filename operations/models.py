@@ -31,9 +31,7 @@ class OperationStatus(models.TextChoices):
     """Cancelled before it ran, or stopped at a checkpoint after a cancel request."""
 
 
-TERMINAL_STATUSES = frozenset(
-    {OperationStatus.COMPLETED, OperationStatus.FAILED, OperationStatus.CANCELLED}
-)
+TERMINAL_STATUSES = frozenset({OperationStatus.COMPLETED, OperationStatus.FAILED, OperationStatus.CANCELLED})
 
 ACTIVE_STATUSES = frozenset({OperationStatus.PENDING, OperationStatus.PROCESSING})
 ALL_STATUSES = frozenset(OperationStatus.values)
@@ -70,55 +68,64 @@ _NO_CANCEL_REQUEST = Q(cancel_requested_at__isnull=True)
 # listed here, returning how many rows it changed (0: another process got
 # there first, or the row is not in a status the transition starts from).
 TRANSITIONS: dict[str, Transition] = {
-    "submit": Transition(
-        frozenset(), (OperationStatus.PENDING,), "a new row (an INSERT, not an UPDATE)", parents=None
-    ),
+    "submit": Transition(frozenset(), (OperationStatus.PENDING,), "a new row (an INSERT, not an UPDATE)", parents=None),
     "dispatch": Transition(
-        frozenset({OperationStatus.PENDING}), (OperationStatus.PENDING,),
+        frozenset({OperationStatus.PENDING}),
+        (OperationStatus.PENDING,),
         "mark a pending row as published to the broker",
     ),
     "claim": Transition(
-        frozenset({OperationStatus.PENDING}), (OperationStatus.PROCESSING,),
+        frozenset({OperationStatus.PENDING}),
+        (OperationStatus.PROCESSING,),
         "a worker takes a due pending row and holds a lease on it",
     ),
     "progress": Transition(
-        frozenset({OperationStatus.PROCESSING}), (OperationStatus.PROCESSING,),
+        frozenset({OperationStatus.PROCESSING}),
+        (OperationStatus.PROCESSING,),
         "the worker reports progress or renews its lease",
     ),
     "request_cancel": Transition(
-        frozenset({OperationStatus.PROCESSING}), (OperationStatus.PROCESSING,),
+        frozenset({OperationStatus.PROCESSING}),
+        (OperationStatus.PROCESSING,),
         "ask a running handler to stop at its next checkpoint",
         guard=_NO_CANCEL_REQUEST,
     ),
     "complete": Transition(
-        frozenset({OperationStatus.PROCESSING}), (OperationStatus.COMPLETED,),
+        frozenset({OperationStatus.PROCESSING}),
+        (OperationStatus.COMPLETED,),
         "the handler returned",
     ),
     "fail": Transition(
-        frozenset({OperationStatus.PROCESSING}), (OperationStatus.FAILED,),
+        frozenset({OperationStatus.PROCESSING}),
+        (OperationStatus.FAILED,),
         "a permanent error or the retry budget spent; a pending cancel request wins instead",
         guard=_NO_CANCEL_REQUEST,
     ),
     "reschedule": Transition(
-        frozenset({OperationStatus.PROCESSING}), (OperationStatus.PENDING,),
+        frozenset({OperationStatus.PROCESSING}),
+        (OperationStatus.PENDING,),
         "a transient error: pending again until next_retry_at; a pending cancel request wins instead",
         guard=_NO_CANCEL_REQUEST,
     ),
     "yield": Transition(
-        frozenset({OperationStatus.PROCESSING}), (OperationStatus.PENDING,),
+        frozenset({OperationStatus.PROCESSING}),
+        (OperationStatus.PENDING,),
         "gave its slot back to another bank's waiting work (fair share); resumes from its progress",
         guard=_NO_CANCEL_REQUEST,
     ),
     "confirm_cancel": Transition(
-        frozenset({OperationStatus.PROCESSING}), (OperationStatus.CANCELLED,),
+        frozenset({OperationStatus.PROCESSING}),
+        (OperationStatus.CANCELLED,),
         "the handler stopped after a cancel request (or was stopped)",
     ),
     "cancel": Transition(
-        frozenset({OperationStatus.PENDING}), (OperationStatus.CANCELLED,),
+        frozenset({OperationStatus.PENDING}),
+        (OperationStatus.CANCELLED,),
         "cancel before it ran",
     ),
     "retry": Transition(
-        frozenset({OperationStatus.FAILED, OperationStatus.CANCELLED}), (OperationStatus.PENDING,),
+        frozenset({OperationStatus.FAILED, OperationStatus.CANCELLED}),
+        (OperationStatus.PENDING,),
         "queue a failed or cancelled operation again (manual retry)",
     ),
     "delete": Transition(
@@ -127,13 +134,19 @@ TRANSITIONS: dict[str, Transition] = {
     # A parent never runs: its status follows its children.
     "roll_up": Transition(
         ACTIVE_STATUSES,
-        (OperationStatus.PROCESSING, OperationStatus.PENDING, OperationStatus.COMPLETED,
-         OperationStatus.FAILED, OperationStatus.CANCELLED),
+        (
+            OperationStatus.PROCESSING,
+            OperationStatus.PENDING,
+            OperationStatus.COMPLETED,
+            OperationStatus.FAILED,
+            OperationStatus.CANCELLED,
+        ),
         "recompute a parent from its children; a finished parent never moves back",
         parents=True,
     ),
     "retry_parent": Transition(
-        frozenset({OperationStatus.FAILED, OperationStatus.CANCELLED}), (OperationStatus.PENDING,),
+        frozenset({OperationStatus.FAILED, OperationStatus.CANCELLED}),
+        (OperationStatus.PENDING,),
         "re-open a finished parent whose failed and cancelled children are queued again",
         parents=True,
     ),
@@ -154,8 +167,13 @@ class OperationQuerySet(models.QuerySet["Operation"]):
         return rows.update(**values)
 
     def transition_sql(
-        self, name: str, returning: tuple[str, ...], *, status: str | None = None,
-        extra: dict[str, str] | None = None, **fields: Any,
+        self,
+        name: str,
+        returning: tuple[str, ...],
+        *,
+        status: str | None = None,
+        extra: dict[str, str] | None = None,
+        **fields: Any,
     ) -> tuple[str, list[Any]]:
         """The statement of `transition_returning`, to run it inside another
         (`operations.lifecycle.queries.CLAIM_AND_PICK`)."""
@@ -172,8 +190,13 @@ class OperationQuerySet(models.QuerySet["Operation"]):
         return statement, list(params)
 
     def transition_returning(
-        self, name: str, returning: tuple[str, ...], *, status: str | None = None,
-        extra: dict[str, str] | None = None, **fields: Any,
+        self,
+        name: str,
+        returning: tuple[str, ...],
+        *,
+        status: str | None = None,
+        extra: dict[str, str] | None = None,
+        **fields: Any,
     ) -> list[dict[str, Any]]:
         """`transition`, returning the named fields of the rows it changed, in
         the same statement (UPDATE … RETURNING: PostgreSQL, SQLite >= 3.35),
@@ -193,7 +216,7 @@ class OperationQuerySet(models.QuerySet["Operation"]):
                 for converter in convert:
                     value = converter(value, column, db)
                 values_out[name] = value
-            values_out.update(zip(extra or {}, row[len(columns):], strict=True))
+            values_out.update(zip(extra or {}, row[len(columns) :], strict=True))
             result.append(values_out)
         return result
 
@@ -211,8 +234,10 @@ class OperationQuerySet(models.QuerySet["Operation"]):
             rows = rows.filter(transition.guard)
         if transition.parents is not None:
             parent_types = registry.parent_type_names()
-            rows = rows.filter(operation_type__in=parent_types) if transition.parents else (
-                rows.exclude(operation_type__in=parent_types)
+            rows = (
+                rows.filter(operation_type__in=parent_types)
+                if transition.parents
+                else (rows.exclude(operation_type__in=parent_types))
             )
         fields.setdefault("updated_at", timezone.now())
         return rows, {"status": target, **fields}
@@ -223,13 +248,9 @@ ERROR_MESSAGE_MAX = 5000
 
 class Operation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    bank = models.ForeignKey(
-        "banks.Bank", on_delete=models.CASCADE, related_name="operations", db_index=False
-    )
+    bank = models.ForeignKey("banks.Bank", on_delete=models.CASCADE, related_name="operations", db_index=False)
     operation_type = models.CharField(max_length=64, choices=registry.choices)
-    status = models.CharField(
-        max_length=16, choices=OperationStatus.choices, default=OperationStatus.PENDING
-    )
+    status = models.CharField(max_length=16, choices=OperationStatus.choices, default=OperationStatus.PENDING)
     # JSON of primitives the handler needs; never secrets (they stay in their rows).
     task_payload = models.JSONField(default=dict, blank=True)
     result_metadata = models.JSONField(default=dict, blank=True)
@@ -320,9 +341,7 @@ class Operation(models.Model):
             ),
         ]
         constraints = [
-            models.UniqueConstraint(
-                fields=["dedupe_key"], condition=Q(status="pending"), name="ops_dedupe_pending"
-            ),
+            models.UniqueConstraint(fields=["dedupe_key"], condition=Q(status="pending"), name="ops_dedupe_pending"),
             models.UniqueConstraint(
                 fields=["serial_key"], condition=Q(status="processing"), name="ops_serial_processing"
             ),
@@ -372,9 +391,7 @@ class MetricsRollup(models.Model):
     total = models.FloatField(default=0.0)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["operation_type", "series"], name="ops_metrics_rollup_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["operation_type", "series"], name="ops_metrics_rollup_unique")]
 
 
 class MetricsWatermark(models.Model):

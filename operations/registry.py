@@ -98,8 +98,9 @@ class OperationType:
     def details_function(self) -> Details | None:
         return _import(self.details) if self.details else None
 
-    def key_for(self, scope: Scope | None, *, bank_id: str, document_id: str | None,
-                mental_model_id: str | None) -> str | None:
+    def key_for(
+        self, scope: Scope | None, *, bank_id: str, document_id: str | None, mental_model_id: str | None
+    ) -> str | None:
         """The dedupe or serialization key of an operation, or None when the rule
         does not apply (no rule, or the operation lacks the scoped field)."""
         if scope is None:

@@ -71,7 +71,7 @@ def roll_up(parent_id: str | uuid.UUID) -> str | None:
     row = queries.fetchone(queries.roll_up_lock(), [pk])
     if row is None or row[0] in TERMINAL_STATUSES:
         return None
-    parent = dict(zip(("status", "started_at", "bank_id", "operation_type", "tag", "parent_id"), row))
+    parent = dict(zip(("status", "started_at", "bank_id", "operation_type", "tag", "parent_id"), row, strict=True))
     found = queries.fetchone(queries.roll_up_counts(), [pk])
     counts: dict[str, int] = queries.json_value(found[0]) or {}
     status = rolled_up_status(counts)
@@ -94,9 +94,17 @@ def roll_up(parent_id: str | uuid.UUID) -> str | None:
         # A parent finishes here, not through the lifecycle service's finish:
         # its finish hooks (webhooks) run in this same transaction.
         found = finish_hooks.followers(bank_id=parent["bank_id"], operation_type=parent["operation_type"])
-        finish_hooks.run(found, finish_hooks.Finished(
-            operation_id=str(parent_id), bank_id=parent["bank_id"], operation_type=parent["operation_type"],
-            status=status, result={"children": fields["progress"]["detail"]}, error=fields["error_message"],
-            tag=parent["tag"], parent_id=str(uuid.UUID(str(parent["parent_id"]))) if parent["parent_id"] else None,
-        ))
+        finish_hooks.run(
+            found,
+            finish_hooks.Finished(
+                operation_id=str(parent_id),
+                bank_id=parent["bank_id"],
+                operation_type=parent["operation_type"],
+                status=status,
+                result={"children": fields["progress"]["detail"]},
+                error=fields["error_message"],
+                tag=parent["tag"],
+                parent_id=str(uuid.UUID(str(parent["parent_id"]))) if parent["parent_id"] else None,
+            ),
+        )
     return status if moved else None

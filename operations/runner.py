@@ -35,13 +35,16 @@ def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str
     # This message left the broker: the next waiting operation takes its place
     # (picked by the claim's own statement where it can).
     lease = _record(
-        services.operation_claim, operation_id=operation_id, worker=worker, task_id=task_id,
+        services.operation_claim,
+        operation_id=operation_id,
+        worker=worker,
+        task_id=task_id,
         replace=(operation_type, lambda: _replace_taken(operation_type)),
     )
     if lease is None:
         return "dropped"
     optype = registry.get(lease.operation_type)
-    ctx = OperationContext(lease=lease)
+    ctx = OperationContext(lease=lease, lifecycle=services)
     leases.install_cancel_signal()
     leases.hold(lease)
     try:
@@ -80,8 +83,12 @@ def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str
             if not permanent:
                 log.warning("operation %s failed:\n%s", operation_id, traceback.format_exc())
             outcome = _record(
-                services.operation_fail, lease=lease, error=_describe(exc), permanent=permanent,
-                stage=ctx.stage, transient=why,
+                services.operation_fail,
+                lease=lease,
+                error=_describe(exc),
+                permanent=permanent,
+                stage=ctx.stage,
+                transient=why,
             )
             return "failed" if outcome == OperationStatus.FAILED else f"error, now {outcome}"
         _record(services.operation_complete, lease=lease, result=result)

@@ -16,13 +16,31 @@ from django.utils import timezone
 from operations import registry
 from operations.models import Operation, OperationStatus
 
-
 # What the API shows of an operation in a list, and in full.
 LIST_FIELDS = (
-    "id", "bank_id", "operation_type", "status", "items_count", "document_id", "filename",
-    "mental_model_id", "tag", "parent_id", "created_at", "updated_at", "started_at", "completed_at",
-    "error_message", "retry_count", "next_retry_at", "progress", "result_metadata", "worker",
-    "max_retries", "heartbeat_at", "cancel_requested_at",
+    "id",
+    "bank_id",
+    "operation_type",
+    "status",
+    "items_count",
+    "document_id",
+    "filename",
+    "mental_model_id",
+    "tag",
+    "parent_id",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "completed_at",
+    "error_message",
+    "retry_count",
+    "next_retry_at",
+    "progress",
+    "result_metadata",
+    "worker",
+    "max_retries",
+    "heartbeat_at",
+    "cancel_requested_at",
 )
 DETAIL_FIELDS = (*LIST_FIELDS, "error_history", "task_payload")
 
@@ -109,7 +127,7 @@ def _estimated_rows(queryset: QuerySet[Operation]) -> int:
 
 def operation_stats(*, bank_id: str) -> dict[str, Any]:
     rows = Operation.objects.filter(bank_id=bank_id)
-    by_status = {s: 0 for s in OperationStatus.values}
+    by_status = dict.fromkeys(OperationStatus.values, 0)
     for status, n in rows.values_list("status").annotate(n=Count("id")).order_by():
         by_status[status] = n
     by_type = dict(rows.values_list("operation_type").annotate(n=Count("id")).order_by())

@@ -35,10 +35,8 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from operations import dispatch, fair_share, finish_hooks, registry
+from operations.handlers import Lease, LeaseState
 from operations.lifecycle import queries
-from operations.handlers import Lease
-from operations.rollup import progress as roll_up_progress
-from operations.rollup import roll_up, rolled_up_status  # noqa: F401 (rolled_up_status: re-exported)
 from operations.models import (
     ERROR_MESSAGE_MAX,
     TERMINAL_STATUSES,
@@ -47,6 +45,8 @@ from operations.models import (
     OperationQuerySet,
     OperationStatus,
 )
+from operations.rollup import progress as roll_up_progress
+from operations.rollup import roll_up, rolled_up_status  # noqa: F401 (rolled_up_status: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,7 @@ def _new_row(
         "parent_id": parent_id,
         "dedupe_key": optype.key_for(optype.dedupe, **keys),
         "serial_key": optype.key_for(optype.serialize, **keys),
-        "max_retries": (
-            optype.max_retries if optype.max_retries is not None else settings.OPS_WORKER_MAX_RETRIES
-        ),
+        "max_retries": (optype.max_retries if optype.max_retries is not None else settings.OPS_WORKER_MAX_RETRIES),
     }
     if operation_id is not None:
         fields["id"] = operation_id
@@ -187,9 +185,7 @@ def _insert_many(many: list[dict[str, Any]]) -> list[Operation]:
 def _send_on_commit(operation: Operation, priority: int) -> None:
     operation_id, operation_type, task_id = operation.pk, operation.operation_type, operation.task_id
     assert task_id is not None
-    transaction.on_commit(
-        lambda: dispatch.send(operation_id, operation_type, task_id, priority=priority), robust=True
-    )
+    transaction.on_commit(lambda: dispatch.send(operation_id, operation_type, task_id, priority=priority), robust=True)
 
 
 def operation_submit(
@@ -215,8 +211,15 @@ def operation_submit(
     """
     optype = registry.get(operation_type)
     fields = _new_row(
-        optype, bank_id=bank_id, payload=payload, items_count=items_count, document_id=document_id,
-        filename=filename, mental_model_id=mental_model_id, tag=tag, parent_id=parent_id,
+        optype,
+        bank_id=bank_id,
+        payload=payload,
+        items_count=items_count,
+        document_id=document_id,
+        filename=filename,
+        mental_model_id=mental_model_id,
+        tag=tag,
+        parent_id=parent_id,
         operation_id=operation_id,
     )
     published, priority = dispatch.take_window_slots(operation_type, bank_id) if not optype.rollup else (0, 0)
@@ -283,8 +286,16 @@ def operation_submit_parent(
     if not optype.rollup:
         raise ValueError(f"{optype.name} is not a parent type")
     fields = _new_row(
-        optype, bank_id=bank_id, payload=payload, items_count=items_count, document_id=None, filename=None,
-        mental_model_id=None, tag=tag, parent_id=None, operation_id=operation_id,
+        optype,
+        bank_id=bank_id,
+        payload=payload,
+        items_count=items_count,
+        document_id=None,
+        filename=None,
+        mental_model_id=None,
+        tag=tag,
+        parent_id=None,
+        operation_id=operation_id,
     )
     if children:
         fields["progress"] = roll_up_progress({PENDING.value: len(children)}, timezone.now())
@@ -331,9 +342,16 @@ def _bulk_rows(
         if optype.dedupe is not None or optype.rollup:
             raise ValueError(f"{optype.name} cannot be submitted in bulk")
         fields = _new_row(
-            optype, bank_id=bank_id, payload=child.payload, items_count=child.items_count,
-            document_id=child.document_id, filename=child.filename, mental_model_id=child.mental_model_id,
-            tag=tag, parent_id=parent_id, operation_id=None,
+            optype,
+            bank_id=bank_id,
+            payload=child.payload,
+            items_count=child.items_count,
+            document_id=child.document_id,
+            filename=child.filename,
+            mental_model_id=child.mental_model_id,
+            tag=tag,
+            parent_id=parent_id,
+            operation_id=None,
         )
         by_type.setdefault(optype.name, []).append(fields)
         rows.append(fields)
@@ -355,9 +373,7 @@ def _publish_on_commit_many(created: list[Operation], priorities: dict[str, int]
 
 
 def _publish_on_commit(operation_id: uuid.UUID | str, operation_type: str) -> None:
-    transaction.on_commit(
-        lambda: dispatch.offer(operation_id, operation_type), robust=True
-    )
+    transaction.on_commit(lambda: dispatch.offer(operation_id, operation_type), robust=True)
 
 
 # --- claim, progress, finish (the worker's side) -----------------------------------
@@ -390,8 +406,14 @@ def _with_parent(parent_id: str | uuid.UUID | None) -> AbstractContextManager[An
 
 
 def _finish(
-    lease: Lease, leased: OperationQuerySet, transition: str, status: str, fields: dict[str, Any], *,
-    result: dict[str, Any] | None = None, error: str | None = None,
+    lease: Lease,
+    leased: OperationQuerySet,
+    transition: str,
+    status: str,
+    fields: dict[str, Any],
+    *,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
 ) -> bool:
     """processing -> completed | failed, with whatever the finish hooks write
     (webhook deliveries) and the parent's roll-up in the same transaction.
@@ -417,11 +439,18 @@ def _finish(
     return bool(rows)
 
 
-def _finished(lease: Lease, status: str, *, result: dict[str, Any] | None = None,
-              error: str | None = None) -> finish_hooks.Finished:
+def _finished(
+    lease: Lease, status: str, *, result: dict[str, Any] | None = None, error: str | None = None
+) -> finish_hooks.Finished:
     return finish_hooks.Finished(
-        operation_id=lease.operation_id, bank_id=lease.bank_id, operation_type=lease.operation_type,
-        status=status, result=result or {}, error=error, document_id=lease.document_id, tag=lease.tag,
+        operation_id=lease.operation_id,
+        bank_id=lease.bank_id,
+        operation_type=lease.operation_type,
+        status=status,
+        result=result or {},
+        error=error,
+        document_id=lease.document_id,
+        tag=lease.tag,
         parent_id=lease.parent_id,
     )
 
@@ -448,7 +477,11 @@ def operation_claim(
             now = _now()
             statement = queries.claim()
             params = queries.claim_params(
-                operation_id=operation_id, worker=worker, task_id=task_id, lease_id=lease_id, now=now,
+                operation_id=operation_id,
+                worker=worker,
+                task_id=task_id,
+                lease_id=lease_id,
+                now=now,
                 connection=connection,
             )
             picked: dict[str, Any] | None = None
@@ -456,7 +489,9 @@ def operation_claim(
             if replace is not None and connection.vendor == "postgresql":
                 statement = queries.claim_and_pick(statement)
                 params += queries.pick_params(
-                    operation_type=replace[0], after=dispatch.cursor_for(replace[0]), task_id=next_task,
+                    operation_type=replace[0],
+                    after=dispatch.cursor_for(replace[0]),
+                    task_id=next_task,
                     now=queries.adapt(now, connection),
                     stale_before=queries.adapt(now - timedelta(seconds=settings.OPS_REDISPATCH_SECONDS), connection),
                 )
@@ -524,13 +559,9 @@ def operation_progress(*, lease: Lease, progress: dict[str, Any]) -> bool:
     return bool(_leased(lease).transition("progress", progress=progress, heartbeat_at=now, updated_at=now))
 
 
-def operation_lease_state(*, lease: Lease) -> str:
+def operation_lease_state(*, lease: Lease) -> LeaseState:
     """'ok', 'cancel_requested', or 'lost' (not ours any more)."""
-    row = (
-        Operation.objects.filter(pk=lease.operation_id)
-        .values("lease_id", "status", "cancel_requested_at")
-        .first()
-    )
+    row = Operation.objects.filter(pk=lease.operation_id).values("lease_id", "status", "cancel_requested_at").first()
     if row is None or row["status"] != PROCESSING or str(row["lease_id"]) != lease.lease_id:
         return "lost"
     return "cancel_requested" if row["cancel_requested_at"] else "ok"
@@ -555,8 +586,11 @@ def operation_complete(*, lease: Lease, result: dict[str, Any] | None) -> bool:
     UPDATE in autocommit; otherwise one transaction (see `_finish`)."""
     conditions = tuple(finish_hooks.conditions().items())
     params = queries.complete_params(
-        operation_id=lease.operation_id, lease_id=lease.lease_id, result=orjson.dumps(result or {}).decode(),
-        now=_now(), connection=connection,
+        operation_id=lease.operation_id,
+        lease_id=lease.lease_id,
+        result=orjson.dumps(result or {}).decode(),
+        now=_now(),
+        connection=connection,
     )
     if lease.parent_id is None:
         won = queries.fetchone(queries.complete(conditions, quiet=True), params) is not None
@@ -579,8 +613,11 @@ def operation_over_share(*, lease: Lease) -> bool:
     """Whether this running operation should give its slot back to another
     bank's waiting work (see `fair_share`)."""
     return fair_share.should_yield(
-        operation_id=lease.operation_id, operation_type=lease.operation_type, bank_id=lease.bank_id,
-        worker=lease.worker, now=_now(),
+        operation_id=lease.operation_id,
+        operation_type=lease.operation_type,
+        bank_id=lease.bank_id,
+        worker=lease.worker,
+        now=_now(),
     )
 
 
@@ -592,7 +629,11 @@ def operation_yield(*, lease: Lease, progress: dict[str, Any] | None) -> bool:
     now = _now()
     with _with_parent(lease.parent_id):
         won = _leased(lease).transition(
-            "yield", lease_id=None, dispatched_at=None, next_retry_at=None, updated_at=now,
+            "yield",
+            lease_id=None,
+            dispatched_at=None,
+            next_retry_at=None,
+            updated_at=now,
             **({"progress": progress} if progress is not None else {}),
         )
         if won:
@@ -603,9 +644,7 @@ def operation_yield(*, lease: Lease, progress: dict[str, Any] | None) -> bool:
     return bool(won)
 
 
-def operation_confirm_cancel(
-    *, lease: Lease, stage: str | None = None, stale_before: datetime | None = None
-) -> bool:
+def operation_confirm_cancel(*, lease: Lease, stage: str | None = None, stale_before: datetime | None = None) -> bool:
     """processing -> cancelled, after the handler stopped at a checkpoint."""
     now = _now()
     with _with_parent(lease.parent_id):
@@ -629,7 +668,11 @@ def _transient_in_a_row(history: list[dict[str, Any]], attempt: int) -> int:
 
 
 def _reschedule(
-    lease: Lease, leased: OperationQuerySet, common: dict[str, Any], *, retry_count: int,
+    lease: Lease,
+    leased: OperationQuerySet,
+    common: dict[str, Any],
+    *,
+    retry_count: int,
     next_retry_at: datetime | None,
 ) -> bool:
     """processing -> pending for another attempt. False when it did not apply
@@ -824,7 +867,9 @@ def operation_retry(*, operation_id: str | uuid.UUID) -> None:
                 _reopen(parent_id)
     except IntegrityError:
         raise TransitionRefused(
-            str(operation_id), "retry", "failed",
+            str(operation_id),
+            "retry",
+            "failed",
             "a pending operation of the same kind already covers this work",
         ) from None
     if not won:
@@ -852,18 +897,14 @@ def _requeue_fields() -> dict[str, Any]:
 def _reopen(parent_id: str | uuid.UUID) -> None:
     """A finished parent one of whose children was queued again: pending, then
     rolled up from its children (in the caller's transaction)."""
-    Operation.objects.filter(pk=parent_id).transition(
-        "retry_parent", completed_at=None, error_message=None
-    )
+    Operation.objects.filter(pk=parent_id).transition("retry_parent", completed_at=None, error_message=None)
     roll_up(parent_id)
 
 
 def _retry_parent(operation_id: str | uuid.UUID) -> None:
     children = Operation.objects.filter(parent_id=operation_id, status__in=[FAILED, CANCELLED])
     with transaction.atomic():
-        status = (
-            Operation.objects.select_for_update().filter(pk=operation_id).values_list("status", flat=True).first()
-        )
+        status = Operation.objects.select_for_update().filter(pk=operation_id).values_list("status", flat=True).first()
         if status not in (FAILED, CANCELLED):
             raise TransitionRefused(str(operation_id), "retry", str(status))
         requeued = []
@@ -883,12 +924,7 @@ def operation_delete(*, operation_id: str | uuid.UUID) -> None:
     """Delete a terminal operation (and its children). Raises OperationNotFound
     or TransitionRefused when it is still pending or processing."""
     with transaction.atomic():
-        row = (
-            Operation.objects.select_for_update()
-            .filter(pk=operation_id)
-            .values("status", "parent_id")
-            .first()
-        )
+        row = Operation.objects.select_for_update().filter(pk=operation_id).values("status", "parent_id").first()
         if row is None:
             raise OperationNotFound(str(operation_id))
         if row["status"] not in TRANSITIONS["delete"].sources:
@@ -942,8 +978,17 @@ def _lease_from_row(row: dict[str, Any]) -> Lease:
 
 
 _LEASE_FIELDS = (
-    "pk", "lease_id", "operation_type", "bank_id", "worker", "task_id", "retry_count",
-    "progress", "parent_id", "serial_key", "started_at",
+    "pk",
+    "lease_id",
+    "operation_type",
+    "bank_id",
+    "worker",
+    "task_id",
+    "retry_count",
+    "progress",
+    "parent_id",
+    "serial_key",
+    "started_at",
 )
 
 
@@ -1017,8 +1062,9 @@ def operations_roll_up_stranded(*, limit: int = 200) -> int:
     unfinished = [
         pk
         for status in (PENDING, PROCESSING)
-        for pk in Operation.objects.filter(status=status, operation_type__in=parent_types)
-        .values_list("pk", flat=True)[:limit]
+        for pk in Operation.objects.filter(status=status, operation_type__in=parent_types).values_list("pk", flat=True)[
+            :limit
+        ]
     ]
     # ...then their children, looked up by parent id (`ops_children`).
     stranded = list(

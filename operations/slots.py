@@ -56,9 +56,7 @@ class SlotPlan:
         }
 
 
-def build_plan(
-    *, max_slots: int, reserved: dict[str, int], types: list[registry.OperationType]
-) -> SlotPlan:
+def build_plan(*, max_slots: int, reserved: dict[str, int], types: list[registry.OperationType]) -> SlotPlan:
     """The plan for a node; raises SlotPlanError when it cannot run every type."""
     runnable = [t for t in types if not t.rollup]
     names = {t.name for t in runnable}
@@ -90,9 +88,7 @@ def plan_from_settings() -> SlotPlan:
     """The plan this node runs, from OPS_WORKER_MAX_SLOTS and the reservations."""
     types = registry.all_types()
     reserved = {
-        t.name: env_int(f"{t.env_prefix}_RESERVED_SLOTS", t.reserved_slots, minimum=0)
-        for t in types
-        if not t.rollup
+        t.name: env_int(f"{t.env_prefix}_RESERVED_SLOTS", t.reserved_slots, minimum=0) for t in types if not t.rollup
     }
     return build_plan(max_slots=settings.OPS_WORKER_MAX_SLOTS, reserved=reserved, types=types)
 

@@ -82,7 +82,10 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         child.process = subprocess.Popen(
-            child.argv, env=child_env(), start_new_session=True, preexec_fn=_prepare(child)
+            child.argv,
+            env=child_env(),
+            start_new_session=True,
+            preexec_fn=_prepare(child),  # noqa: PLW1509 (only os.nice, async-signal-safe)
         )
         child.started_at = time.monotonic()
         self.log(f"started {child.name} (pid {child.process.pid})")
@@ -93,9 +96,7 @@ class Supervisor:
     def run(self, on_started: Callable[[], None] | None = None) -> int:
         """Start every child and watch them until SIGTERM/SIGINT or, for a child
         that is not restarted, until it exits. Returns an exit status."""
-        previous = {
-            sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         status = 0
         try:
             for child in self.children:

@@ -64,8 +64,13 @@ def _keep_database_connections(**_: Any) -> None:
 
 
 @task_failure.connect
-def _settle_lost_run(sender: Task | None = None, task_id: str | None = None,
-                     exception: BaseException | None = None, args: Any = None, **_: Any) -> None:
+def _settle_lost_run(
+    sender: Task | None = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    **_: Any,
+) -> None:
     """In the worker's main process: the pool process running an operation died
     or was killed at its hard time limit. Settle the row at once; if this fails
     too, the lease reaper does it later."""

@@ -56,7 +56,7 @@ def reason(exc: BaseException) -> str | None:
         if "database is locked" in text:  # SQLite: the write lock stayed busy past the timeout
             return "database locked"
         if sqlstate is None and (
-            "connection" in text and ("closed" in text or "lost" in text or "terminat" in text)
+            ("connection" in text and ("closed" in text or "lost" in text or "terminat" in text))
             or "server closed the connection" in text
             or "consuming input failed" in text
         ):

@@ -93,7 +93,9 @@ def operation_id_of(api: Api, bank: str, given: str) -> str:
         )
     found = api.operations(bank, id_prefix=given, limit=3)
     # Checked here too: a server without the filter would list the bank's newest.
-    ids = [str(o["id"]) for o in found.get("operations") or [] if str(o["id"]).replace("-", "").startswith(digits.lower())]
+    ids = [
+        str(o["id"]) for o in found.get("operations") or [] if str(o["id"]).replace("-", "").startswith(digits.lower())
+    ]
     if not ids:
         raise ApiError(f"no operation of bank {bank!r} has an id starting with {given!r}", status=404)
     if len(ids) > 1:
@@ -105,11 +107,21 @@ def operation_id_of(api: Api, bank: str, given: str) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--url", envvar="OPS_URL", default="http://127.0.0.1:8000", show_default=True,
-              help="The platform's service root [env: OPS_URL].")
+@click.option(
+    "--url",
+    envvar="OPS_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="The platform's service root [env: OPS_URL].",
+)
 @click.option("--api-key", envvar="OPS_API_KEY", default=None, help="An API key [env: OPS_API_KEY].")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-              help="Seconds to wait for each API answer.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for each API answer.",
+)
 @click.pass_context
 def cli(ctx: click.Context, url: str, api_key: str | None, timeout: float) -> None:
     """Operate the operations platform from the command line.
@@ -137,17 +149,21 @@ def operations() -> None:
 @json_option
 @click.pass_context
 def list_operations(
-    ctx: click.Context, bank: str, statuses: tuple[str, ...], types: tuple[str, ...], tag: str | None,
-    limit: int, offset: int, as_json: bool,
+    ctx: click.Context,
+    bank: str,
+    statuses: tuple[str, ...],
+    types: tuple[str, ...],
+    tag: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
 ) -> None:
     """List a bank's operations, newest first."""
     wanted = split_values(statuses)
     for status in wanted:
         if status not in STATUSES:
             raise click.BadParameter(f"{status!r} is not one of {', '.join(STATUSES)}", param_hint="--status")
-    data = api_of(ctx).operations(
-        bank, status=wanted, type=split_values(types), tag=tag, limit=limit, offset=offset
-    )
+    data = api_of(ctx).operations(bank, status=wanted, type=split_values(types), tag=tag, limit=limit, offset=offset)
     if as_json:
         emit_json(data)
         return
@@ -175,8 +191,9 @@ def get_operation(ctx: click.Context, bank: str, operation_id: str, payload: boo
 @operations.command("watch")
 @click.argument("bank")
 @click.option("--all", "show_all", is_flag=True, help="Show finished operations too, not only pending and running.")
-@click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True,
-              help="Seconds between refreshes.")
+@click.option(
+    "--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True, help="Seconds between refreshes."
+)
 @click.option("--limit", "-n", type=click.IntRange(1, 100), default=30, show_default=True)
 @json_option
 @click.pass_context
@@ -244,7 +261,11 @@ def watch_operations(ctx: click.Context, bank: str, show_all: bool, interval: fl
 @json_option
 @click.pass_context
 def cancel_operation(
-    ctx: click.Context, bank: str, operation_id: str | None, all_pending: bool, operation_type: str | None,
+    ctx: click.Context,
+    bank: str,
+    operation_id: str | None,
+    all_pending: bool,
+    operation_type: str | None,
     as_json: bool,
 ) -> None:
     """Cancel one operation (a running one stops at its next checkpoint), or every pending one."""
@@ -320,18 +341,35 @@ def expand(patterns: tuple[str, ...]) -> list[Path]:
 
 @cli.command()
 @click.argument("bank")
-@click.option("--files", "-f", "patterns", multiple=True, required=True,
-              help="A file or glob (quote it: 'docs/**/*.md'); repeatable.")
+@click.option(
+    "--files",
+    "-f",
+    "patterns",
+    multiple=True,
+    required=True,
+    help="A file or glob (quote it: 'docs/**/*.md'); repeatable.",
+)
 @click.option("--async", "is_async", is_flag=True, help="Return once uploaded; do not wait for the conversions.")
 @click.option("--tag", default=None, help="A tag for the operations (filterable).")
 @click.option("--context", default=None, help="Context stored with the retained memories.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=0.5, show_default=True,
-              help="Seconds between status checks while waiting.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=0.5,
+    show_default=True,
+    help="Seconds between status checks while waiting.",
+)
 @json_option
 @click.pass_context
 def retain(
-    ctx: click.Context, bank: str, patterns: tuple[str, ...], is_async: bool, tag: str | None,
-    context: str | None, interval: float, as_json: bool,
+    ctx: click.Context,
+    bank: str,
+    patterns: tuple[str, ...],
+    is_async: bool,
+    tag: str | None,
+    context: str | None,
+    interval: float,
+    as_json: bool,
 ) -> None:
     """Upload files to a bank: each becomes a file_convert_retain operation.
 
@@ -342,8 +380,13 @@ def retain(
     operation_ids: list[str] = []
     progress_console = errors if as_json else console
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=progress_console, transient=as_json,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=progress_console,
+        transient=as_json,
     ) as progress:
         upload = progress.add_task(f"uploading {len(paths)} file(s)", total=total)
         for path in paths:
@@ -371,7 +414,11 @@ def wait_for_operations(
 ) -> list[dict[str, Any]]:
     finished: dict[str, dict[str, Any]] = {}
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), console=out, transient=quiet,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        console=out,
+        transient=quiet,
     ) as progress:
         task = progress.add_task("converting and retaining", total=len(ids))
         while len(finished) < len(ids):
@@ -395,18 +442,30 @@ def wait_for_operations(
 
 @cli.command()
 @click.option("--type", "-t", "types", multiple=True, help="Only this task type (repeatable, or a,b).")
-@click.option("--status", "-s", "statuses", multiple=True,
-              help="Q pending, R processing, D completed, F failed, C cancelled (or the names; repeatable).")
-@click.option("--within-hours", type=click.IntRange(min=1), default=None,
-              help="Created in the last N hours (API default 1).")
+@click.option(
+    "--status",
+    "-s",
+    "statuses",
+    multiple=True,
+    help="Q pending, R processing, D completed, F failed, C cancelled (or the names; repeatable).",
+)
+@click.option(
+    "--within-hours", type=click.IntRange(min=1), default=None, help="Created in the last N hours (API default 1)."
+)
 @click.option("--tag", default=None)
 @click.option("--limit", "-n", type=click.IntRange(1, 100), default=None)
 @click.option("--offset", type=click.IntRange(min=0), default=None)
 @json_option
 @click.pass_context
 def tasks(
-    ctx: click.Context, types: tuple[str, ...], statuses: tuple[str, ...], within_hours: int | None,
-    tag: str | None, limit: int | None, offset: int | None, as_json: bool,
+    ctx: click.Context,
+    types: tuple[str, ...],
+    statuses: tuple[str, ...],
+    within_hours: int | None,
+    tag: str | None,
+    limit: int | None,
+    offset: int | None,
+    as_json: bool,
 ) -> None:
     """The unified task view (GET /tasks) across the banks the key reaches."""
     codes = []

@@ -130,8 +130,10 @@ class Api:
     def upload(self, bank_id: str, path: Path, fields: dict[str, str]) -> dict[str, Any]:
         with path.open("rb") as handle:
             return self.object(
-                "POST", self.bank_path(bank_id, "files", "retain"),
-                files={"files": (path.name, handle)}, data=_clean(fields),
+                "POST",
+                self.bank_path(bank_id, "files", "retain"),
+                files={"files": (path.name, handle)},
+                data=_clean(fields),
             )
 
     def tasks(self, **params: Any) -> list[dict[str, Any]]:
@@ -153,4 +155,3 @@ class Api:
 def _clean(params: dict[str, Any]) -> dict[str, Any]:
     """Drop unset parameters (None, empty lists) so the API applies its defaults."""
     return {k: v for k, v in params.items() if v not in (None, [], (), "")}
-

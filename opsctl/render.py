@@ -8,7 +8,7 @@ execution details: `execution` (newer servers) or the older `details`.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from rich import box
@@ -60,7 +60,7 @@ def age(value: str | None, now: datetime | None = None) -> str:
     moment = parse_time(value)
     if moment is None:
         return "-"
-    return duration(((now or datetime.now(timezone.utc)) - moment).total_seconds())
+    return duration(((now or datetime.now(UTC)) - moment).total_seconds())
 
 
 def worker_of(operation: dict[str, Any]) -> str | None:
@@ -80,8 +80,12 @@ def progress_cell(operation: dict[str, Any], width: int = 20, *, stage_too: bool
     stage = str(progress.get("stage") or "")
     processed, total = progress.get("processed"), progress.get("total")
     if isinstance(processed, (int, float)) and isinstance(total, (int, float)) and total > 0:
-        bar = ProgressBar(total=float(total), completed=float(min(processed, total)), width=width,
-                          complete_style="green" if status == "completed" else "blue")
+        bar = ProgressBar(
+            total=float(total),
+            completed=float(min(processed, total)),
+            width=width,
+            complete_style="green" if status == "completed" else "blue",
+        )
         table = Table.grid(padding=(0, 1))
         label = f"{processed}/{total} {stage}" if stage_too else f"{processed}/{total}"
         table.add_row(bar, Text(label.strip(), style="dim"))
@@ -92,7 +96,7 @@ def progress_cell(operation: dict[str, Any], width: int = 20, *, stage_too: bool
 def operations_table(operations: list[dict[str, Any]], *, title: str | None = None) -> Table:
     """Full ids (to copy into the next command), then what fits: a long tag or
     error ends in an ellipsis, so each operation stays one line (`get` shows it whole)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("id", no_wrap=True, style="cyan", min_width=36)
     table.add_column("type", no_wrap=True)
@@ -112,7 +116,10 @@ def operations_table(operations: list[dict[str, Any]], *, title: str | None = No
         if op.get("retry_count"):
             status.append(f" r{op['retry_count']}", style="dim")
         cells: list[Any] = [
-            str(op.get("id")), str(op.get("operation_type")), status, progress_cell(op, width=10, stage_too=False),
+            str(op.get("id")),
+            str(op.get("operation_type")),
+            status,
+            progress_cell(op, width=10, stage_too=False),
             age(op.get("created_at"), now),
         ]
         if with_labels:
@@ -161,7 +168,7 @@ def operation_panel(op: dict[str, Any]) -> Group:
 
 
 def tasks_table(tasks: list[dict[str, Any]]) -> Table:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("id", no_wrap=True, style="cyan", min_width=36)
     table.add_column("task type", no_wrap=True)
@@ -173,8 +180,12 @@ def tasks_table(tasks: list[dict[str, Any]]) -> Table:
         code = str(task.get("task_status"))
         name = TASK_CODES.get(code, code)
         table.add_row(
-            str(task.get("id")), str(task.get("task_type")), status_text(name).append(f" ({code})", style="dim"),
-            task.get("tag") or "", age(task.get("created_at"), now), task.get("end_date") or "-",
+            str(task.get("id")),
+            str(task.get("task_type")),
+            status_text(name).append(f" ({code})", style="dim"),
+            task.get("tag") or "",
+            age(task.get("created_at"), now),
+            task.get("end_date") or "-",
         )
     return table
 
@@ -190,8 +201,10 @@ def workers_view(data: dict[str, Any]) -> Group:
         parts.append(Text(f"slot plan error: {data['plan_error']}", style="red"))
     nodes = data.get("nodes") or []
     table = Table(
-        title=f"{len(nodes)} live worker node{'s' if len(nodes) != 1 else ''}", title_justify="left",
-        box=box.SIMPLE_HEAD, pad_edge=False,
+        title=f"{len(nodes)} live worker node{'s' if len(nodes) != 1 else ''}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
     table.add_column("worker", no_wrap=True, style="cyan")
     table.add_column("slots", justify="right")
@@ -202,9 +215,12 @@ def workers_view(data: dict[str, Any]) -> Group:
     for node in nodes:
         slots, busy = int(node.get("concurrency") or 0), int(node.get("busy") or 0)
         table.add_row(
-            str(node.get("name")), str(slots), str(busy),
+            str(node.get("name")),
+            str(slots),
+            str(busy),
             ProgressBar(total=float(max(slots, 1)), completed=float(min(busy, slots)), width=12),
-            ", ".join(node.get("queues") or []), age(node.get("last_seen_at")),
+            ", ".join(node.get("queues") or []),
+            age(node.get("last_seen_at")),
         )
     parts.append(table)
     running = [dict(r, worker=n.get("name")) for n in nodes for r in (n.get("running") or [])]
@@ -218,8 +234,11 @@ def workers_view(data: dict[str, Any]) -> Group:
         run.add_column("for", justify="right")
         for item in running:
             run.add_row(
-                str(item.get("operation_id")), str(item.get("operation_type")), str(item.get("bank_id")),
-                str(item.get("worker")), progress_cell({**item, "status": "processing"}),
+                str(item.get("operation_id")),
+                str(item.get("operation_type")),
+                str(item.get("bank_id")),
+                str(item.get("worker")),
+                progress_cell({**item, "status": "processing"}),
                 age(item.get("started_at")),
             )
         parts.append(run)
@@ -234,8 +253,10 @@ def banks_table(banks: list[dict[str, Any]]) -> Table:
     table.add_column("created", no_wrap=True)
     for bank in banks:
         table.add_row(
-            str(bank.get("bank_id")), bank.get("name") or "",
-            "yes" if bank.get("enable_auto_consolidation") else "no", age(bank.get("created_at")) + " ago",
+            str(bank.get("bank_id")),
+            bank.get("name") or "",
+            "yes" if bank.get("enable_auto_consolidation") else "no",
+            age(bank.get("created_at")) + " ago",
         )
     return table
 
@@ -250,8 +271,11 @@ def webhooks_table(webhooks: list[dict[str, Any]]) -> Table:
     table.add_column("created", no_wrap=True)
     for hook in webhooks:
         table.add_row(
-            str(hook.get("id")), str(hook.get("url")), ", ".join(hook.get("event_types") or []),
-            "yes" if hook.get("enabled") else "no", "yes" if hook.get("has_secret") else "no",
+            str(hook.get("id")),
+            str(hook.get("url")),
+            ", ".join(hook.get("event_types") or []),
+            "yes" if hook.get("enabled") else "no",
+            "yes" if hook.get("has_secret") else "no",
             age(hook.get("created_at")) + " ago",
         )
     return table
@@ -276,8 +300,13 @@ def deliveries_table(deliveries: list[dict[str, Any]]) -> Table:
         if item.get("next_retry_at"):
             note = f"{note}; retry at {item['next_retry_at']}" if note else f"retry at {item['next_retry_at']}"
         table.add_row(
-            age(item.get("created_at")) + " ago", str(item.get("event_type")), str(item.get("event_id")),
-            str(item.get("attempts")), Text(outcome, style=DELIVERY_STYLES.get(outcome, "")),
-            str(item.get("last_response_status") or "-"), str(item.get("duration_ms") or 0), note,
+            age(item.get("created_at")) + " ago",
+            str(item.get("event_type")),
+            str(item.get("event_id")),
+            str(item.get("attempts")),
+            Text(outcome, style=DELIVERY_STYLES.get(outcome, "")),
+            str(item.get("last_response_status") or "-"),
+            str(item.get("duration_ms") or 0),
+            note,
         )
     return table

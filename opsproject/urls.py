@@ -6,8 +6,8 @@ from typing import Any
 
 from django.contrib import admin
 from django.http import HttpRequest
-from django.views.decorators.csrf import csrf_exempt
 from django.urls import include, path
+from django.views.decorators.csrf import csrf_exempt
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
@@ -59,62 +59,76 @@ def _named_or_operation(named: Any, method: str) -> Any:
         setattr(view, attribute, getattr(named, attribute))
     return view
 
+
 urlpatterns = [
     path(f"{API}banks", banks, name="banks"),
     path(f"{API}banks/<str:bank_id>", bank, name="bank"),
     path(f"{API}banks/<str:bank_id>/stats", bank_stats, name="bank-stats"),
     path(f"{API}banks/<str:bank_id>/operations", operations, name="bank-operations"),
     path(
-        f"{API}banks/<str:bank_id>/operations/stats", _named_or_operation(operation_stats, "GET"),
+        f"{API}banks/<str:bank_id>/operations/stats",
+        _named_or_operation(operation_stats, "GET"),
         name="bank-operation-stats",
     ),
     path(
-        f"{API}banks/<str:bank_id>/operations/cancel", _named_or_operation(operations_cancel, "POST"),
+        f"{API}banks/<str:bank_id>/operations/cancel",
+        _named_or_operation(operations_cancel, "POST"),
         name="bank-operations-cancel",
     ),
     path(f"{API}banks/<str:bank_id>/operations/<str:operation_id>", operation, name="bank-operation"),
     path(f"{API}banks/<str:bank_id>/operations/<str:operation_id>/retry", operation_retry, name="bank-operation-retry"),
-    path(f"{API}banks/<str:bank_id>/operations/<str:operation_id>/delete", operation_delete, name="bank-operation-delete"),
+    path(
+        f"{API}banks/<str:bank_id>/operations/<str:operation_id>/delete", operation_delete, name="bank-operation-delete"
+    ),
     path(f"{API}banks/<str:bank_id>/memories", MemoryViewSet.as_view({"post": "retain"}), name="memories"),
     path(f"{API}banks/<str:bank_id>/memories/list", MemoryViewSet.as_view({"get": "index"}), name="memories-list"),
     path(
         f"{API}banks/<str:bank_id>/memories/<str:memory_id>",
-        MemoryViewSet.as_view({"delete": "destroy"}), name="memory",
+        MemoryViewSet.as_view({"delete": "destroy"}),
+        name="memory",
     ),
     path(f"{API}banks/<str:bank_id>/files/retain", FileViewSet.as_view({"post": "retain"}), name="files-retain"),
     path(f"{API}banks/<str:bank_id>/documents", DocumentViewSet.as_view({"get": "index"}), name="documents"),
     path(
         f"{API}banks/<str:bank_id>/documents/<str:document_id>",
-        DocumentViewSet.as_view({"delete": "destroy"}), name="document",
+        DocumentViewSet.as_view({"delete": "destroy"}),
+        name="document",
     ),
     path(f"{API}banks/<str:bank_id>/consolidate", ConsolidationViewSet.as_view({"post": "create"}), name="consolidate"),
     path(
         f"{API}banks/<str:bank_id>/mental-models",
-        MentalModelViewSet.as_view({"get": "index", "post": "create"}), name="mental-models",
+        MentalModelViewSet.as_view({"get": "index", "post": "create"}),
+        name="mental-models",
     ),
     path(
         f"{API}banks/<str:bank_id>/mental-models/<str:mental_model_id>",
-        MentalModelViewSet.as_view({"get": "retrieve", "patch": "update"}), name="mental-model",
+        MentalModelViewSet.as_view({"get": "retrieve", "patch": "update"}),
+        name="mental-model",
     ),
     path(
         f"{API}banks/<str:bank_id>/mental-models/<str:mental_model_id>/refresh",
-        MentalModelViewSet.as_view({"post": "refresh"}), name="mental-model-refresh",
+        MentalModelViewSet.as_view({"post": "refresh"}),
+        name="mental-model-refresh",
     ),
     path(
         f"{API}banks/<str:bank_id>/webhooks",
-        WebhookViewSet.as_view({"get": "index", "post": "create"}), name="webhooks",
+        WebhookViewSet.as_view({"get": "index", "post": "create"}),
+        name="webhooks",
     ),
     path(
         f"{API}banks/<str:bank_id>/webhooks/<str:webhook_id>",
-        WebhookViewSet.as_view({"get": "retrieve", "patch": "update", "delete": "destroy"}), name="webhook",
+        WebhookViewSet.as_view({"get": "retrieve", "patch": "update", "delete": "destroy"}),
+        name="webhook",
     ),
     path(
         f"{API}banks/<str:bank_id>/webhooks/<str:webhook_id>/deliveries",
-        WebhookViewSet.as_view({"get": "deliveries"}), name="webhook-deliveries",
+        WebhookViewSet.as_view({"get": "deliveries"}),
+        name="webhook-deliveries",
     ),
     path(
         f"{API}banks/<str:bank_id>/webhooks/<str:webhook_id>/test",
-        WebhookViewSet.as_view({"post": "test"}), name="webhook-test",
+        WebhookViewSet.as_view({"post": "test"}),
+        name="webhook-test",
     ),
     path(f"{API}operations", AllOperationViewSet.as_view({"get": "index"}), name="operations"),
     path(f"{API}workers", WorkerViewSet.as_view({"get": "index"}), name="workers"),

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,8 +20,9 @@ import pytest
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, interval: float = 0.05,
-             message: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float = 30, interval: float = 0.05, message: str = "condition"
+) -> Any:
     """Poll until `predicate()` is truthy; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -120,14 +121,30 @@ class Workers:
         self.env = env
         self.process = subprocess.Popen(
             [sys.executable, str(PROJECT_DIR / "manage.py"), "runworkers", "--loglevel", "INFO"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.beat: subprocess.Popen[bytes] | None = None
         if beat:
             self.beat = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "opsproject", "beat", "--loglevel", "INFO",
-                 "--schedule", str(log_path.with_suffix(".beat"))],
-                env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "opsproject",
+                    "beat",
+                    "--loglevel",
+                    "INFO",
+                    "--schedule",
+                    str(log_path.with_suffix(".beat")),
+                ],
+                env=env,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def output(self) -> str:
@@ -162,9 +179,7 @@ def start_workers(transactional_db: None, tmp_path: Path) -> Iterator[Callable[.
     started: list[Workers] = []
 
     def start(*, ready: int, beat: bool = False, **env: str) -> Workers:
-        workers = Workers(
-            tmp_path / f"workers-{len(started)}.log", worker_environment(**env), beat=beat
-        )
+        workers = Workers(tmp_path / f"workers-{len(started)}.log", worker_environment(**env), beat=beat)
         started.append(workers)
         workers.wait_ready(ready)
         return workers
@@ -203,9 +218,21 @@ class PrivateRedis:
         import redis
 
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port)
 
@@ -343,5 +370,3 @@ def race(*sides: Callable[[], Any]) -> list[Any]:
     if errors:
         raise errors[0]
     return results
-
-

@@ -16,14 +16,23 @@ CHROMIUM = "/usr/bin/chromium"
 # No network beyond loopback, nothing persistent: the flags keep Chromium from
 # phoning home (updates, sync, QUIC probes) while the tests drive it.
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
 def make(
-    bank: str = "alpha", operation_type: str = "test_echo", status: str = "pending",
-    progress: dict[str, Any] | None = None, **fields: Any,
+    bank: str = "alpha",
+    operation_type: str = "test_echo",
+    status: str = "pending",
+    progress: dict[str, Any] | None = None,
+    **fields: Any,
 ) -> Operation:
     """An operation brought to `status` through the lifecycle service."""
     operation = services.operation_submit(bank_id=bank, operation_type=operation_type, **fields).operation
@@ -64,4 +73,3 @@ def require_chromium() -> str:
             "(`make test` installs it with apt-get; or run `apt-get install -y chromium`)"
         )
     return CHROMIUM
-

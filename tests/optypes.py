@@ -51,8 +51,15 @@ def record(ctx: OperationContext, event: str, **extra: Any) -> None:
     if not path:
         return
     line = json.dumps(
-        {"op": ctx.operation_id, "event": event, "attempt": ctx.attempt, "pid": os.getpid(),
-         "worker": ctx.lease.worker, "at": time.time(), **extra}
+        {
+            "op": ctx.operation_id,
+            "event": event,
+            "attempt": ctx.attempt,
+            "pid": os.getpid(),
+            "worker": ctx.lease.worker,
+            "at": time.time(),
+            **extra,
+        }
     )
     with open(path, "a") as f:
         f.write(line + "\n")
@@ -134,8 +141,7 @@ def dberror(ctx: OperationContext) -> dict[str, Any]:
                 cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
             else:
                 cursor.execute(
-                    "DO $$ BEGIN RAISE EXCEPTION 'injected by the test' USING ERRCODE = '%s'; END $$"
-                    % ctx.payload["sqlstate"]
+                    f"DO $$ BEGIN RAISE EXCEPTION 'injected by the test' USING ERRCODE = '{ctx.payload['sqlstate']}'; END $$"
                 )
     return {"runs": runs_so_far(ctx) + 1}
 
@@ -148,7 +154,7 @@ def stubborn(ctx: OperationContext) -> dict[str, Any]:
     while time.monotonic() < deadline:
         try:
             time.sleep(0.05)
-        except BaseException:  # noqa: BLE001 - the point of this handler
+        except BaseException:
             record(ctx, "ignored")
     return {}
 
@@ -159,18 +165,12 @@ register(OperationType(name="test_busy", handler="tests.optypes.busy", soft_time
 register(OperationType(name="test_flaky", handler="tests.optypes.flaky", soft_time_limit=30))
 register(OperationType(name="test_dberror", handler="tests.optypes.dberror", soft_time_limit=30))
 register(OperationType(name="test_reserved", handler="tests.optypes.echo", soft_time_limit=30))
-register(
-    OperationType(
-        name="test_dedupe", handler="tests.optypes.sleep", dedupe=Scope.BANK, serialize=Scope.BANK
-    )
-)
+register(OperationType(name="test_dedupe", handler="tests.optypes.sleep", dedupe=Scope.BANK, serialize=Scope.BANK))
 register(OperationType(name="test_serial", handler="tests.optypes.sleep", serialize=Scope.BANK))
 register(OperationType(name="test_serial_doc", handler="tests.optypes.echo", serialize=Scope.DOCUMENT))
 register(OperationType(name="test_dedupe_doc", handler="tests.optypes.echo", dedupe=Scope.DOCUMENT))
 register(OperationType(name="test_dbloop", handler="tests.optypes.dbloop"))
 register(OperationType(name="test_slow", handler="tests.optypes.busy", soft_time_limit=1, time_limit=4))
 register(OperationType(name="test_stubborn", handler="tests.optypes.stubborn", soft_time_limit=60))
-register(
-    OperationType(name="test_stubborn_timeout", handler="tests.optypes.stubborn", soft_time_limit=1, time_limit=2)
-)
+register(OperationType(name="test_stubborn_timeout", handler="tests.optypes.stubborn", soft_time_limit=1, time_limit=2))
 register(OperationType(name="test_batch", rollup=True))

@@ -174,9 +174,7 @@ def test_retry_action_requeues_failed_and_refuses_the_rest(root: Client, alpha: 
     cancelled = make(status="cancelled")
     pending = make()
     messages = act(root, "retry_operations", failed, cancelled, pending)
-    assert messages == [
-        "Queued 2 operations again. 1 refused: cannot retry an operation that is pending (1)."
-    ]
+    assert messages == ["Queued 2 operations again. 1 refused: cannot retry an operation that is pending (1)."]
     assert status(failed) == "pending" and status(cancelled) == "pending"
     assert LogEntry.objects.filter(action_flag=CHANGE).count() == 2
 
@@ -282,9 +280,7 @@ def test_banks_show_their_operation_counts(root: Client, alpha: Any, beta: Any) 
     assert '<a href="/admin/operations/operation/?bank__bank_id__exact=alpha">3</a>' in html
     assert '<a href="/admin/operations/operation/?bank__bank_id__exact=alpha&amp;status__exact=pending">2</a>' in html
     assert '<a href="/admin/operations/operation/?bank__bank_id__exact=alpha&amp;status__exact=failed">1</a>' in html
-    assert (
-        '<a href="/admin/operations/operation/?bank__bank_id__exact=beta&amp;status__exact=processing">1</a>' in html
-    )
+    assert '<a href="/admin/operations/operation/?bank__bank_id__exact=beta&amp;status__exact=processing">1</a>' in html
     detail = root.get("/admin/banks/bank/alpha/change/").content.decode()
     assert "2 pending</a>" in detail and "1 failed</a>" in detail
 
@@ -356,15 +352,12 @@ def test_a_staff_user_without_the_view_permission_gets_no_dashboard(alpha: Any) 
     assert viewer.get("/admin/dashboard/").status_code == 200
 
 
-def test_select_all_is_processed_in_bounded_batches(
-    root: Client, alpha: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_select_all_is_processed_in_bounded_batches(root: Client, alpha: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from operations import admin_actions
 
     monkeypatch.setattr(admin_actions, "ACTION_LIMIT", 2)
     pending = [make() for _ in range(3)]
-    body = {"action": "cancel_operations", "select_across": "1", "index": 0,
-            "_selected_action": [str(pending[0].pk)]}
+    body = {"action": "cancel_operations", "select_across": "1", "index": 0, "_selected_action": [str(pending[0].pk)]}
     response = root.post(CHANGELIST, body, follow=True)
     assert [str(m) for m in response.context["messages"]] == [
         "Cancelled 2 operations. Only the first 2 selected were processed; run the action again for the rest."

@@ -142,7 +142,8 @@ def test_status_and_type_filters_repeat_and_split_on_commas(admin: Any, alpha: A
     assert set(ids(admin.get(f"{url}?status=pending,completed"))) == {str(pending.pk), str(done.pk)}
     assert ids(admin.get(f"{url}?type=test_sleep")) == [str(done.pk)]
     assert set(ids(admin.get(f"{url}?type=test_echo,test_sleep&status=completed,failed"))) == {
-        str(failed.pk), str(done.pk)
+        str(failed.pk),
+        str(done.pk),
     }
 
 
@@ -272,7 +273,10 @@ def test_cancel_pending_running_and_finished(admin: Any, alpha: Any) -> None:
     first = admin.delete(f"banks/alpha/operations/{pending.pk}")
     assert first.status_code == 200
     assert first.json() == {
-        "success": True, "message": "operation cancelled", "operation_id": str(pending.pk), "status": "cancelled",
+        "success": True,
+        "message": "operation cancelled",
+        "operation_id": str(pending.pk),
+        "status": "cancelled",
     }
     second = admin.delete(f"banks/alpha/operations/{running.pk}")
     assert second.status_code == 202 and second.json()["status"] == "processing"
@@ -365,9 +369,7 @@ def test_a_revoked_key_is_refused(db: None, alpha: Any) -> None:
 
 
 def test_malformed_json_is_400(admin: Any, alpha: Any) -> None:
-    response = admin.client.put(
-        "/v1/default/banks/alpha", data="{not json", content_type="application/json"
-    )
+    response = admin.client.put("/v1/default/banks/alpha", data="{not json", content_type="application/json")
     assert response.status_code == 400 and "JSON" in response.json()["detail"]
 
 
@@ -396,9 +398,7 @@ def test_health_endpoints(client: Any) -> None:
     assert client.get("/health").json()["status"] == "healthy"
 
 
-def test_readiness_fails_when_the_broker_is_unreachable(
-    client: Any, private_broker: Any, caplog: Any
-) -> None:
+def test_readiness_fails_when_the_broker_is_unreachable(client: Any, private_broker: Any, caplog: Any) -> None:
     private_broker.stop()
     with caplog.at_level("WARNING", logger="operations.api.health"):
         response = client.get("/health/ready")
@@ -454,7 +454,7 @@ def test_metrics_only_grow_and_count_each_finish_once(client: Any, alpha: Any) -
 
     def count() -> float:
         text = client.get("/metrics").content.decode()
-        line = next(l for l in text.splitlines() if l.startswith('ops_run_seconds_count{type="test_echo"}'))
+        line = next(ln for ln in text.splitlines() if ln.startswith('ops_run_seconds_count{type="test_echo"}'))
         return float(line.split()[-1])
 
     assert count() == 3.0
@@ -462,8 +462,10 @@ def test_metrics_only_grow_and_count_each_finish_once(client: Any, alpha: Any) -
     Operation.objects.filter(pk__in=[o.pk for o in old]).delete()  # as retention would
     assert count() == 3.0
     # Ten seconds pass: the recent finish is now surely committed.
-    for rows, field in ((Operation.objects.filter(pk=recent.pk), "completed_at"),
-                        (MetricsWatermark.objects.all(), "counted_until")):
+    for rows, field in (
+        (Operation.objects.filter(pk=recent.pk), "completed_at"),
+        (MetricsWatermark.objects.all(), "counted_until"),
+    ):
         rows.update(**{field: F(field) - timedelta(seconds=10)})
     assert count() == 4.0
     assert count() == 4.0
@@ -486,8 +488,10 @@ def test_schema_and_docs_are_served(client: Any) -> None:
     assert schema.status_code == 200
     paths = schema.json()["paths"]
     for path in (
-        "/v1/default/banks", "/v1/default/banks/{bank_id}/operations",
-        "/v1/default/banks/{bank_id}/operations/{operation_id}/retry", "/v1/default/workers",
+        "/v1/default/banks",
+        "/v1/default/banks/{bank_id}/operations",
+        "/v1/default/banks/{bank_id}/operations/{operation_id}/retry",
+        "/v1/default/workers",
     ):
         assert path in paths
     responses = paths["/v1/default/banks/{bank_id}/operations/{operation_id}"]["delete"]["responses"]
@@ -541,8 +545,13 @@ def test_the_fast_list_representation_matches_the_documented_serializer(alpha: A
 
     parent = make(operation_type="test_batch")
     rows = [
-        make(tag="t", document_id="d", items_count=2), make(status="processing"), make(status="failed"),
-        make(status="cancelled"), make(status="completed"), make(parent_id=parent.pk), parent,
+        make(tag="t", document_id="d", items_count=2),
+        make(status="processing"),
+        make(status="failed"),
+        make(status="cancelled"),
+        make(status="completed"),
+        make(parent_id=parent.pk),
+        parent,
     ]
     services.operation_cancel(operation_id=rows[1].pk)  # a pending cancel request
     operations = list(Operation.objects.filter(pk__in=[r.pk for r in rows]).order_by("created_at"))
@@ -551,12 +560,9 @@ def test_the_fast_list_representation_matches_the_documented_serializer(alpha: A
     for operation in operations:
         row = Operation.objects.filter(pk=operation.pk).values(*DETAIL_FIELDS).get()
         children = list(operation.children.order_by("created_at", "id")) or None
-        documented = OperationDetailSerializer(
-            operation, context={"children": children, "include_payload": True}
-        ).data
+        documented = OperationDetailSerializer(operation, context={"children": children, "include_payload": True}).data
         child_rows = (
-            None if children is None
-            else list(operation.children.order_by("created_at", "id").values(*DETAIL_FIELDS))
+            None if children is None else list(operation.children.order_by("created_at", "id").values(*DETAIL_FIELDS))
         )
         assert operation_detail(row, children=child_rows, include_payload=True) == dict(documented)
 
@@ -588,8 +594,15 @@ def test_requests_find_banks_and_keys_as_the_orm_loads_them(alpha: Any) -> None:
     from banks.models import ApiKey, Bank
     from banks.services import bank_find, bank_put
 
-    bank_put(bank_id="alpha", fields={"mission": "m", "enable_observations": False, "config": {"a": [1, {"b": None}]},
-                                      "disposition_traits": {"empathy": 5}})
+    bank_put(
+        bank_id="alpha",
+        fields={
+            "mission": "m",
+            "enable_observations": False,
+            "config": {"a": [1, {"b": None}]},
+            "disposition_traits": {"empathy": 5},
+        },
+    )
 
     def fields(row: Any) -> dict[str, Any]:
         return {k: v for k, v in vars(row).items() if k != "_state"}

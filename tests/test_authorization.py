@@ -72,7 +72,8 @@ EFFECTS: dict[tuple[str, str], tuple[int, Any]] = {
     ("get", "/operations"): (200, lambda t, w, b: [o["id"] for o in b["operations"]] == [w[t]["op"]]),
     ("get", "/operations/stats"): (200, lambda t, w, b: b["by_status"]["pending"] == 1),
     ("post", "/operations/cancel"): (
-        200, lambda t, w, b: b["cancelled_count"] == 1 and _op(w, t).status == "cancelled"
+        200,
+        lambda t, w, b: b["cancelled_count"] == 1 and _op(w, t).status == "cancelled",
     ),
     ("get", "/operations/{op}"): (200, lambda t, w, b: b["id"] == w[t]["op"]),
     ("delete", "/operations/{op}"): (200, lambda t, w, b: _op(w, t).status == "cancelled"),
@@ -81,21 +82,24 @@ EFFECTS: dict[tuple[str, str], tuple[int, Any]] = {
     ("post", "/memories"): (200, lambda t, w, b: MemoryUnit.objects.filter(bank_id=t).count() == 2),
     ("get", "/memories/list"): (200, lambda t, w, b: [u["id"] for u in b["items"]] == [w[t]["unit"]]),
     ("delete", "/memories/{unit}"): (
-        200, lambda t, w, b: not MemoryUnit.objects.filter(pk=w[t]["unit"]).exists()
-        and _ops(t, "graph_maintenance") == 1
+        200,
+        lambda t, w, b: not MemoryUnit.objects.filter(pk=w[t]["unit"]).exists() and _ops(t, "graph_maintenance") == 1,
     ),
     ("get", "/documents"): (200, lambda t, w, b: [d["document_id"] for d in b["items"]] == ["doc"]),
     ("delete", "/documents/doc"): (
-        200, lambda t, w, b: not MemoryUnit.objects.filter(bank_id=t).exists() and _ops(t, "graph_maintenance") == 1
+        200,
+        lambda t, w, b: not MemoryUnit.objects.filter(bank_id=t).exists() and _ops(t, "graph_maintenance") == 1,
     ),
     ("post", "/consolidate"): (200, lambda t, w, b: _ops(t, "consolidation") == 1),
     ("get", "/mental-models"): (200, lambda t, w, b: [m["id"] for m in b["items"]] == [w[t]["model"]]),
     ("post", "/mental-models"): (
-        200, lambda t, w, b: MentalModel.objects.filter(bank_id=t).count() == 2 and _ops(t, "refresh_mental_model") == 1
+        200,
+        lambda t, w, b: MentalModel.objects.filter(bank_id=t).count() == 2 and _ops(t, "refresh_mental_model") == 1,
     ),
     ("get", "/mental-models/{model}"): (200, lambda t, w, b: b["id"] == w[t]["model"]),
     ("patch", "/mental-models/{model}"): (
-        200, lambda t, w, b: MentalModel.objects.filter(pk=w[t]["model"], name="renamed", refresh_cron="@daily").exists()
+        200,
+        lambda t, w, b: MentalModel.objects.filter(pk=w[t]["model"], name="renamed", refresh_cron="@daily").exists(),
     ),
     ("post", "/mental-models/{model}/refresh"): (200, lambda t, w, b: _ops(t, "refresh_mental_model") == 1),
 }
@@ -132,8 +136,7 @@ def world(alpha: Any, beta: Any) -> dict[str, dict[str, str]]:
     """Per bank: an operation, a memory unit (of document "doc") and a mental model."""
     ids = {"missing": {"op": ZERO, "unit": ZERO, "model": ZERO}}
     for bank in (alpha, beta):
-        retain_items(bank=bank, items=[RetainItem(content="Seed fact.", document_id="doc")],
-                     default_document_id=str)
+        retain_items(bank=bank, items=[RetainItem(content="Seed fact.", document_id="doc")], default_document_id=str)
         ids[bank.pk] = {
             "op": str(services.operation_submit(bank_id=bank.pk, operation_type="test_echo").operation.pk),
             "unit": str(MemoryUnit.objects.get(bank=bank).pk),
@@ -146,8 +149,13 @@ def world(alpha: Any, beta: Any) -> dict[str, dict[str, str]]:
 @pytest.mark.parametrize(("method", "path", "body"), BANK_ENDPOINTS)
 @pytest.mark.parametrize("who", ["admin", "alice", "bob", "charlie", "anonymous", "bad_key"])
 def test_matrix(
-    request: pytest.FixtureRequest, world: Any, who: str, method: str, path: str,
-    body: Any, target: str,
+    request: pytest.FixtureRequest,
+    world: Any,
+    who: str,
+    method: str,
+    path: str,
+    body: Any,
+    target: str,
 ) -> None:
     from tests.conftest import Caller
 

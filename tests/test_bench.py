@@ -18,8 +18,16 @@ from bench.report import Figure, markdown_table, percentile, results_document, w
 
 def test_table_and_results_file(tmp_path: Path) -> None:
     figures = [
-        Figure(key="a", label="no-ops", platform="500/s", reference="bare: 800/s", ratio="0.62x",
-               target="≥ 0.5x", holds=True, values={"platform": 500.0}),
+        Figure(
+            key="a",
+            label="no-ops",
+            platform="500/s",
+            reference="bare: 800/s",
+            ratio="0.62x",
+            target="≥ 0.5x",
+            holds=True,
+            values={"platform": 500.0},
+        ),
         Figure(key="b", label="pages", platform="p50 12.0 ms", target="p50 ≤ 5 ms", holds=False),
         Figure(key="c", label="untargeted", platform="1 ms"),
     ]
@@ -31,8 +39,13 @@ def test_table_and_results_file(tmp_path: Path) -> None:
 
     path = tmp_path / "results" / "latest.json"
     document = results_document(
-        figures=figures, machine_info={"cores": 2}, options={"quick": "True"}, started_at="then",
-        seconds=61.25, embedded=None, notes=["a note"],
+        figures=figures,
+        machine_info={"cores": 2},
+        options={"quick": "True"},
+        started_at="then",
+        seconds=61.25,
+        embedded=None,
+        notes=["a note"],
     )
     write_results(path, document)
     written = json.loads(path.read_text())

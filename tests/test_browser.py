@@ -24,8 +24,7 @@ pytestmark = pytest.mark.workers
 # The screenshots of docs/consoles.md: written into docs/ when asked
 # (OPS_WRITE_SCREENSHOTS=1), else beside the run, so a test run leaves the tree clean.
 DOCS = (
-    PROJECT_DIR / "docs" if os.environ.get("OPS_WRITE_SCREENSHOTS")
-    else Path(tempfile.gettempdir()) / "ops-screenshots"
+    PROJECT_DIR / "docs" if os.environ.get("OPS_WRITE_SCREENSHOTS") else Path(tempfile.gettempdir()) / "ops-screenshots"
 )
 TIMEOUT_MS = 30_000
 
@@ -192,8 +191,11 @@ def test_dashboard_progress_moves_without_reload(
         )
     assert page.evaluate("window.__notReloaded") is True
     # The run ends; the dashboard moves it out of "running" by itself.
-    wait_for(lambda: Operation.objects.get(pk=operation.pk).status == "completed", timeout=60,
-             message="the dbloop operation to complete")
+    wait_for(
+        lambda: Operation.objects.get(pk=operation.pk).status == "completed",
+        timeout=60,
+        message="the dbloop operation to complete",
+    )
     page.wait_for_selector(f"#ops-running tr[data-operation-id='{operation.pk}']", state="detached")
     assert os.path.getsize(DOCS / "dashboard.png") > 10_000
 

@@ -16,14 +16,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 from django.db import connection, connections
 
 from banks import memory
 from banks.extraction import get_extractor
-from banks.memory import TEMPORAL_CAP, SEMANTIC_CAP
+from banks.memory import SEMANTIC_CAP, TEMPORAL_CAP
 from banks.models import (
     Bank,
     Document,
@@ -177,11 +177,11 @@ class LockSampler:
                 time.sleep(0.01)
         connections["default"].close()
 
-    def __enter__(self) -> LockSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
 
@@ -225,8 +225,11 @@ def test_transient_database_errors_are_retried_without_spending_retries(
 def test_transient_retries_are_bounded_per_attempt(start_workers: Any, alpha: Any, tmp_path: Path) -> None:
     needs_scaled("PostgreSQL's SQLSTATEs")
     start_workers(
-        ready=2, beat=True, OPS_TRANSIENT_RETRIES="2",
-        OPS_RETRY_BACKOFF_SECONDS="0.1", **FAST,
+        ready=2,
+        beat=True,
+        OPS_TRANSIENT_RETRIES="2",
+        OPS_RETRY_BACKOFF_SECONDS="0.1",
+        **FAST,
     )
     log = str(tmp_path / "runs.jsonl")
     open(log, "w").close()
@@ -247,7 +250,7 @@ def test_transient_retries_are_bounded_per_attempt(start_workers: Any, alpha: An
 def test_eight_retains_into_one_bank_run_side_by_side(start_workers: Any, admin: Any, alpha: Any) -> None:
     start_workers(ready=2, **FAST)
     requests = [[item(r, f"r{r}-{k}") for k in range(40)] for r in range(8)]
-    with (LockSampler() if not EMBEDDED else _nothing()) as sampler:
+    with LockSampler() if not EMBEDDED else _nothing() as sampler:
         parents = in_threads([lambda items=items: submit_async(admin, "alpha", items) for items in requests], 8)
         children = [Operation.objects.get(parent_id=p).pk for p in parents]
         rows = finished(children, timeout=300)
@@ -262,8 +265,10 @@ def test_eight_retains_into_one_bank_run_side_by_side(start_workers: Any, admin:
         # Nobody waited on another's lock for more than a moment.
         assert sampler.busy > 50, "the sampler saw too little of the run"
         assert max(sampler.longest.values(), default=0.0) < 0.5, sampler.longest
-        print(f"\nbusy session samples: {sampler.busy}, waiting on a lock: {sampler.waiting} "
-              f"({sampler.waiting / sampler.busy:.1%}); longest waits: {sampler.longest}")
+        print(
+            f"\nbusy session samples: {sampler.busy}, waiting on a lock: {sampler.waiting} "
+            f"({sampler.waiting / sampler.busy:.1%}); longest waits: {sampler.longest}"
+        )
 
 
 @contextmanager
@@ -375,7 +380,9 @@ def test_a_crowd_survives_every_worker_process_killed(start_workers: Any, admin:
     children, expected = crowd(admin, retains=10, items=20)
     wait_for(
         lambda: MemoryUnit.objects.filter(bank_id="alpha").count() > sum(expected.values()) // 4,
-        timeout=120, interval=0.2, message="a quarter of the crowd to be written",
+        timeout=120,
+        interval=0.2,
+        message="a quarter of the crowd to be written",
     )
     assert Operation.objects.filter(pk__in=children, status="processing").count() >= 5
     killed = descendants(workers.process.pid)
@@ -391,15 +398,15 @@ def test_a_crowd_survives_every_worker_process_killed(start_workers: Any, admin:
     assert "restarting" in workers.output()
 
 
-def test_a_crowd_survives_every_database_connection_terminated(
-    start_workers: Any, admin: Any, alpha: Any
-) -> None:
+def test_a_crowd_survives_every_database_connection_terminated(start_workers: Any, admin: Any, alpha: Any) -> None:
     needs_scaled("PostgreSQL's pg_terminate_backend")
     start_workers(ready=2, beat=True, **FAULTY)
     children, expected = crowd(admin, retains=10, items=20)
     wait_for(
         lambda: MemoryUnit.objects.filter(bank_id="alpha").count() > sum(expected.values()) // 4,
-        timeout=120, interval=0.2, message="a quarter of the crowd to be written",
+        timeout=120,
+        interval=0.2,
+        message="a quarter of the crowd to be written",
     )
     with connection.cursor() as cursor:
         cursor.execute(
@@ -430,16 +437,23 @@ def test_a_big_import_starves_neither_another_bank_nor_the_sweeper(
     requests = [[item(r, f"bulk{r}-{k}") for k in range(100)] for r in range(30)]
     parents = in_threads([lambda items=items: submit_async(admin, "alpha", items) for items in requests], 8)
     running = wait_for(
-        lambda: (n := Operation.objects.filter(bank_id="alpha", operation_type="retain", status="processing")
-                 .count()) >= slots and n,
-        timeout=60, interval=0.1, message="alpha's import to take every slot",
+        lambda: (
+            (n := Operation.objects.filter(bank_id="alpha", operation_type="retain", status="processing").count())
+            >= slots
+            and n
+        ),
+        timeout=60,
+        interval=0.1,
+        message="alpha's import to take every slot",
     )
     assert running == slots  # nobody else waits: alpha holds them all
     time.sleep(1.0)
     single = submit_async(admin, "beta", [item(0, "beta-only")])
     child = Operation.objects.get(parent_id=single)
     started = wait_for(
-        lambda: Operation.objects.get(pk=child.pk).started_at, timeout=30, interval=0.05,
+        lambda: Operation.objects.get(pk=child.pk).started_at,
+        timeout=30,
+        interval=0.05,
         message="beta's retain to start",
     )
     waited = (started - child.created_at).total_seconds()
@@ -447,13 +461,16 @@ def test_a_big_import_starves_neither_another_bank_nor_the_sweeper(
     assert finished([child.pk], timeout=60)[0].status == "completed"
     # Alpha gave slots back and resumes: some of its runs yielded mid-way.
     yielded = [
-        op for op in Operation.objects.filter(bank_id="alpha", operation_type="retain")
+        op
+        for op in Operation.objects.filter(bank_id="alpha", operation_type="retain")
         if op.status == "pending" and (op.progress or {}).get("processed")
     ]
     time.sleep(4)  # more sweeps under the import
     sweeps = [float(s) for s in re.findall(r"Task ops\.sweep\[[^]]+\] succeeded in ([0-9.e-]+)s", workers.output())]
-    print(f"\nbeta waited {waited:.2f}s; alpha runs parked mid-way: {len(yielded)}; "
-          f"{len(sweeps)} sweeps, longest {max(sweeps):.3f}s")
+    print(
+        f"\nbeta waited {waited:.2f}s; alpha runs parked mid-way: {len(yielded)}; "
+        f"{len(sweeps)} sweeps, longest {max(sweeps):.3f}s"
+    )
     assert len(sweeps) >= 5
     assert max(sweeps) < 0.5, sorted(sweeps)[-5:]
     assert "Discarding revoked task" not in workers.output()

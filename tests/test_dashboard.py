@@ -62,15 +62,18 @@ def test_slots_per_node_from_the_worker_reports(alpha: Any) -> None:
         ("shared@node2", ["ops.test_echo"], 4),
         ("shared@dead", ["ops.test_echo"], 4),
     ):
-        WorkerNode.objects.create(name=name, hostname=name.split("@")[1], pid=1, queues=queues,
-                                  concurrency=concurrency, last_seen_at=now)
+        WorkerNode.objects.create(
+            name=name, hostname=name.split("@")[1], pid=1, queues=queues, concurrency=concurrency, last_seen_at=now
+        )
     WorkerNode.objects.filter(name="shared@dead").update(last_seen_at=now - timedelta(hours=1))
     make(status="processing")  # runs on shared@node1 (see tests.consoles.make)
     nodes = {n.hostname: n for n in selectors.nodes()}
     assert set(nodes) == {"node1", "node2"}  # the dead node is not live
     node1 = nodes["node1"]
     assert [(p.label, p.slots, p.used) for p in node1.pools] == [
-        ("reserved: consolidation", 2, 0), ("shared pool", 3, 1), ("system (sweeper)", 1, 0),
+        ("reserved: consolidation", 2, 0),
+        ("shared pool", 3, 1),
+        ("system (sweeper)", 1, 0),
     ]
     assert (node1.reserved_slots, node1.shared_slots, node1.used_slots) == (2, 3, 1)
 
@@ -106,15 +109,21 @@ def many_operations(db: None) -> None:
     for i in range(ROWS):
         state = rng.choice(statuses)
         created = now - timedelta(minutes=rng.randint(0, 60 * 24 * 30))
-        rows.append(Operation(
-            id=uuid.uuid4(), bank_id=f"bank{i % 20}", operation_type=rng.choice(types), status=state,
-            created_at=created, started_at=created if state != "pending" else None,
-            completed_at=created + timedelta(seconds=5) if state in ("completed", "failed", "cancelled") else None,
-            worker="shared@node1" if state == "processing" else None,
-            heartbeat_at=now if state == "processing" else None,
-            # Most pending work is a backlog far in the past; only some is recent.
-            tag=rng.choice([None, "nightly"]),
-        ))
+        rows.append(
+            Operation(
+                id=uuid.uuid4(),
+                bank_id=f"bank{i % 20}",
+                operation_type=rng.choice(types),
+                status=state,
+                created_at=created,
+                started_at=created if state != "pending" else None,
+                completed_at=created + timedelta(seconds=5) if state in ("completed", "failed", "cancelled") else None,
+                worker="shared@node1" if state == "processing" else None,
+                heartbeat_at=now if state == "processing" else None,
+                # Most pending work is a backlog far in the past; only some is recent.
+                tag=rng.choice([None, "nightly"]),
+            )
+        )
     Operation.objects.bulk_create(rows, batch_size=5000)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE operations_operation")

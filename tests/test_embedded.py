@@ -32,7 +32,8 @@ def free_port() -> int:
 
 def embedded_env(**extra: str) -> dict[str, str]:
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SECRET_KEY", "OPS_DATA_DIR")
         and not k.startswith("OPS_WORKER_")
     }
@@ -60,7 +61,11 @@ def run_readme_tour(directory: Path, port: int) -> None:
     if not venv.exists():
         venv.symlink_to(Path(sys.executable).parent.parent)
     tour = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script], cwd=directory, capture_output=True, text=True, timeout=120,
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "OPS_URL": f"http://127.0.0.1:{port}", "COLUMNS": "200"},
     )
     assert tour.returncode == 0, tour.stdout[-2000:] + tour.stderr[-2000:]
@@ -72,7 +77,9 @@ def run_readme_tour(directory: Path, port: int) -> None:
 
 def test_runplatform_embedded_default(tmp_path: Path) -> None:
     port = free_port()
-    env = embedded_env(OPS_BIND=f"127.0.0.1:{port}", OPS_WORKER_MAX_SLOTS="3", OPS_LOG_LEVEL="INFO")  # as a user runs it
+    env = embedded_env(
+        OPS_BIND=f"127.0.0.1:{port}", OPS_WORKER_MAX_SLOTS="3", OPS_LOG_LEVEL="INFO"
+    )  # as a user runs it
     log_path = tmp_path / "platform.log"
     migrated = subprocess.run(
         [sys.executable, MANAGE, "migrate", "--noinput", "-v0"], cwd=tmp_path, env=env, capture_output=True, text=True
@@ -86,15 +93,18 @@ def test_runplatform_embedded_default(tmp_path: Path) -> None:
     launched = time.monotonic()
     with open(log_path, "wb") as log:
         platform = subprocess.Popen(
-            [sys.executable, MANAGE, "runplatform"], cwd=tmp_path, env=env,
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, MANAGE, "runplatform"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     output = lambda: log_path.read_text(errors="replace")  # noqa: E731
     try:
         # The default plan: consolidation keeps its 2 reserved slots, 1 is shared.
         wait_for(lambda: output().count(" ready.") >= 3, timeout=90, message="workers ready")
         wait_for(lambda: "Press Ctrl-C to stop." in output(), timeout=30, message="the banner")
-        banner = output()[output().index("Platform running, embedded"):]
+        banner = output()[output().index("Platform running, embedded") :]
         assert " ready." not in banner  # printed after the workers' start-up lines, where it stays in view
         for shown in ("/v1/docs", "/admin/dashboard/", f"API key:   {key}", "Login:     admin / "):
             assert shown in banner, banner[:1000]
@@ -102,12 +112,21 @@ def test_runplatform_embedded_default(tmp_path: Path) -> None:
         assert database.exists() and (tmp_path / "var" / "broker" / "queue").is_dir()
 
         submitted = subprocess.run(
-            [sys.executable, MANAGE, "shell", "-c",
-             "from banks.models import Bank; Bank.objects.create(bank_id='local');"
-             "from operations import services;"
-             "print(services.operation_submit(bank_id='local', operation_type='test_echo',"
-             " payload={'value': 42}).operation.pk)"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                MANAGE,
+                "shell",
+                "-c",
+                "from banks.models import Bank; Bank.objects.create(bank_id='local');"
+                "from operations import services;"
+                "print(services.operation_submit(bank_id='local', operation_type='test_echo',"
+                " payload={'value': 42}).operation.pk)",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert submitted.returncode == 0, submitted.stderr
         operation_id = submitted.stdout.strip().splitlines()[-1].replace("-", "")
@@ -119,9 +138,7 @@ def test_runplatform_embedded_default(tmp_path: Path) -> None:
                     (operation_id,),
                 ).fetchone()
 
-        status, result = wait_for(
-            lambda: (r := row()) and r[0] == "completed" and r, timeout=30, message="completion"
-        )
+        _, result = wait_for(lambda: (r := row()) and r[0] == "completed" and r, timeout=30, message="completion")
         assert json.loads(result) == {"echo": 42, "worker": f"shared@{socket.gethostname()}"}
         with sqlite3.connect(database) as db:
             assert db.execute("pragma journal_mode").fetchone()[0] == "wal"

@@ -62,8 +62,7 @@ def run(folder: Path, transport: str) -> tuple[list[str], list[str], set[str]]:
     context = multiprocessing.get_context("fork")
     done = context.Event()
     consumers = [
-        context.Process(target=consume, args=(folder, transport, done, folder / f"out{c}.json"))
-        for c in range(3)
+        context.Process(target=consume, args=(folder, transport, done, folder / f"out{c}.json")) for c in range(3)
     ]
     producers = [context.Process(target=produce, args=(folder, transport, p, 150)) for p in range(3)]
     for process in consumers + producers:
@@ -89,6 +88,7 @@ def test_concurrent_processes_lose_and_duplicate_nothing(tmp_path: Path) -> None
     assert sorted(received) == sorted(expected)
     assert list((tmp_path / "queue").iterdir()) == []
     assert list((tmp_path / "processed").iterdir()) == []
+
 
 def test_kombus_own_filesystem_transport_tears_messages(tmp_path: Path) -> None:
     """The control: the same run against kombu's transport shows the failure

@@ -48,9 +48,7 @@ def event_count(log: Path, operation_id: Any, event: str) -> int:
 
 
 def submit(operation_type: str, **payload: Any) -> str:
-    return str(
-        services.operation_submit(bank_id="alpha", operation_type=operation_type, payload=payload).operation.pk
-    )
+    return str(services.operation_submit(bank_id="alpha", operation_type=operation_type, payload=payload).operation.pk)
 
 
 def row(pk: str) -> Operation:
@@ -60,22 +58,24 @@ def row(pk: str) -> Operation:
 def wait_status(pk: str, *statuses: str, timeout: float = 60) -> Operation:
     return wait_for(
         lambda: (r := row(pk)).status in statuses and r,
-        timeout=timeout, message=f"operation {pk} to become {'/'.join(statuses)}",
+        timeout=timeout,
+        message=f"operation {pk} to become {'/'.join(statuses)}",
     )
 
 
 def wait_all_finished(ids: list[str], timeout: float = 120) -> None:
     wait_for(
         lambda: not Operation.objects.filter(pk__in=ids, status__in=UNFINISHED).exists(),
-        timeout=timeout, message="every operation to finish",
+        timeout=timeout,
+        message="every operation to finish",
     )
 
 
 def started_pid(log: Path, pk: str, nth: int = 1) -> int:
     starts = wait_for(
-        lambda: (s := [e for e in events(log) if e["op"] == pk and e["event"] == "start"])
-        and len(s) >= nth and s,
-        timeout=30, message=f"run {nth} of {pk} to start",
+        lambda: (s := [e for e in events(log) if e["op"] == pk and e["event"] == "start"]) and len(s) >= nth and s,
+        timeout=30,
+        message=f"run {nth} of {pk} to start",
     )
     return int(starts[nth - 1]["pid"])
 
@@ -87,9 +87,7 @@ def parent_pid(pid: int) -> int:
 # --- killed workers ------------------------------------------------------------------
 
 
-def test_killed_pool_process_operation_completes_exactly_once(
-    start_workers: Any, alpha: Any, tmp_path: Path
-) -> None:
+def test_killed_pool_process_operation_completes_exactly_once(start_workers: Any, alpha: Any, tmp_path: Path) -> None:
     start_workers(ready=2, beat=True, **FAST)
     log = tmp_path / "runs.jsonl"
     for _ in range(3):
@@ -105,9 +103,7 @@ def test_killed_pool_process_operation_completes_exactly_once(
     assert not Operation.objects.filter(status="processing").exists()
 
 
-def test_killed_worker_node_is_recovered_by_the_lease(
-    start_workers: Any, alpha: Any, tmp_path: Path
-) -> None:
+def test_killed_worker_node_is_recovered_by_the_lease(start_workers: Any, alpha: Any, tmp_path: Path) -> None:
     """The whole worker (main process and pool) dies, so nobody settles the row:
     the heartbeat stops, the lease expires, the reaper re-queues it."""
     workers = start_workers(ready=2, beat=True, **FAST)
@@ -126,9 +122,7 @@ def test_killed_worker_node_is_recovered_by_the_lease(
     assert not Operation.objects.filter(status="processing").exists()
 
 
-def test_redelivered_message_of_a_running_operation_is_dropped(
-    start_workers: Any, alpha: Any, tmp_path: Path
-) -> None:
+def test_redelivered_message_of_a_running_operation_is_dropped(start_workers: Any, alpha: Any, tmp_path: Path) -> None:
     workers = start_workers(ready=2, beat=True, **FAST)
     log = tmp_path / "runs.jsonl"
     pk = submit("test_sleep", seconds=2, log=str(log))
@@ -137,10 +131,12 @@ def test_redelivered_message_of_a_running_operation_is_dropped(
     duplicate = app.send_task("ops.test_sleep", args=[pk], queue="ops.test_sleep").id
     # Positive proof it was consumed and dropped (not merely not yet consumed):
     # the worker logs the task's outcome.
-    wait_for(lambda: f"ops.test_sleep[{duplicate}] succeeded" in workers.output(),
-             message="the duplicate message to be consumed")
+    wait_for(
+        lambda: f"ops.test_sleep[{duplicate}] succeeded" in workers.output(),
+        message="the duplicate message to be consumed",
+    )
     assert f"ops.test_sleep[{duplicate}] succeeded" in workers.output()
-    line = next(l for l in workers.output().splitlines() if f"[{duplicate}] succeeded" in l)
+    line = next(ln for ln in workers.output().splitlines() if f"[{duplicate}] succeeded" in ln)
     assert line.endswith("'dropped'"), line
     wait_status(pk, "completed")
     assert event_count(log, pk, "start") == 1 and event_count(log, pk, "end") == 1
@@ -158,9 +154,7 @@ def test_flushed_broker_loses_nothing(start_workers: Any, alpha: Any, private_br
     assert Counter(row(pk).status for pk in ids) == {"completed": 10}
 
 
-def test_restarted_broker_loses_nothing(
-    start_workers: Any, alpha: Any, private_broker: Any, tmp_path: Path
-) -> None:
+def test_restarted_broker_loses_nothing(start_workers: Any, alpha: Any, private_broker: Any, tmp_path: Path) -> None:
     start_workers(ready=2, beat=True, CELERY_BROKER_URL=private_broker.url, **FAST)
     log = tmp_path / "runs.jsonl"
     # Two sleepers hold both slots; ten more wait in the broker behind them.
@@ -199,9 +193,7 @@ def terminate_other_backends() -> int:
         return int(cursor.fetchone()[0])
 
 
-def test_database_connections_dropped_during_a_run(
-    start_workers: Any, alpha: Any, tmp_path: Path
-) -> None:
+def test_database_connections_dropped_during_a_run(start_workers: Any, alpha: Any, tmp_path: Path) -> None:
     start_workers(ready=2, beat=True, **FAST)
     log = tmp_path / "runs.jsonl"
     pk = submit("test_dbloop", steps=30, pause=0.1, log=str(log))
@@ -276,9 +268,7 @@ def test_cooperative_cancel_of_a_running_operation(start_workers: Any, alpha: An
     assert event_count(log, pk, "end") == 0
 
 
-def test_hard_cancel_of_an_operation_that_never_checks(
-    start_workers: Any, alpha: Any, tmp_path: Path
-) -> None:
+def test_hard_cancel_of_an_operation_that_never_checks(start_workers: Any, alpha: Any, tmp_path: Path) -> None:
     # One slot: a single pool process, so "the same process took new work" is
     # checkable (a replacement would have another pid).
     start_workers(ready=2, beat=True, **{**FAST, "OPS_WORKER_MAX_SLOTS": "1"})
@@ -295,9 +285,7 @@ def test_hard_cancel_of_an_operation_that_never_checks(
     assert started_pid(log, after) == pid and Path(f"/proc/{pid}").exists()
 
 
-def test_hard_cancel_kills_a_handler_that_ignores_interruption(
-    start_workers: Any, alpha: Any, tmp_path: Path
-) -> None:
+def test_hard_cancel_kills_a_handler_that_ignores_interruption(start_workers: Any, alpha: Any, tmp_path: Path) -> None:
     start_workers(ready=2, beat=True, **FAST)
     log = tmp_path / "runs.jsonl"
     pk = submit("test_stubborn", seconds=60, log=str(log))
@@ -313,9 +301,7 @@ def test_hard_cancel_kills_a_handler_that_ignores_interruption(
     assert started_pid(log, after) != pid
 
 
-def test_a_cancelled_operation_never_runs_after_a_restart(
-    start_workers: Any, alpha: Any, tmp_path: Path
-) -> None:
+def test_a_cancelled_operation_never_runs_after_a_restart(start_workers: Any, alpha: Any, tmp_path: Path) -> None:
     log = tmp_path / "runs.jsonl"
     cancelled = submit("test_echo", value=1, log=str(log))  # its message waits in the broker
     services.operation_cancel(operation_id=cancelled)
@@ -334,7 +320,9 @@ def test_parent_rolls_up_real_runs(start_workers: Any, alpha: Any) -> None:
             bank_id="alpha", operation_type=kind, payload=payload, parent_id=parent.pk
         ).operation.pk
         for kind, payload in [
-            ("test_echo", {}), ("test_flaky", {"failures": 1}), ("test_sleep", {"seconds": 30}),
+            ("test_echo", {}),
+            ("test_flaky", {"failures": 1}),
+            ("test_sleep", {"seconds": 30}),
         ]
     ]
     wait_status(str(kids[2]), "processing")
@@ -349,9 +337,7 @@ def test_parent_rolls_up_real_runs(start_workers: Any, alpha: Any) -> None:
 # --- conservation -------------------------------------------------------------------------
 
 
-def test_conservation_under_random_faults(
-    start_workers: Any, alpha: Any, private_broker: Any, tmp_path: Path
-) -> None:
+def test_conservation_under_random_faults(start_workers: Any, alpha: Any, private_broker: Any, tmp_path: Path) -> None:
     """Submit operations while killing pool processes, flushing and restarting
     the broker and dropping database connections at random. In the end every
     operation is completed, failed or cancelled; none is pending or processing."""
@@ -359,13 +345,16 @@ def test_conservation_under_random_faults(
     start_workers(ready=2, beat=True, CELERY_BROKER_URL=private_broker.url, **FAST)
     log = tmp_path / "runs.jsonl"
     kinds = [
-        ("test_echo", {}), ("test_sleep", {"seconds": 0.5}), ("test_flaky", {"failures": 1}),
-        ("test_flaky", {"permanent": True}), ("test_dbloop", {"steps": 5, "pause": 0.05}),
+        ("test_echo", {}),
+        ("test_sleep", {"seconds": 0.5}),
+        ("test_flaky", {"failures": 1}),
+        ("test_flaky", {"permanent": True}),
+        ("test_dbloop", {"steps": 5, "pause": 0.05}),
     ]
     ids: list[str] = []
     cancelled: set[str] = set()
     faults: Counter[str] = Counter()
-    for round_ in range(12):
+    for _ in range(12):
         for _ in range(4):
             kind, payload = rng.choice(kinds)
             ids.append(submit(kind, log=str(log), **payload))

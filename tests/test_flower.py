@@ -27,9 +27,22 @@ def flower(transactional_db: None, tmp_path: Path) -> Iterator[str]:
     log = open(tmp_path / "flower.log", "wb")
     env = worker_environment(FLOWER_UNAUTHENTICATED_API="true")
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "opsproject", "flower", "--address=127.0.0.1", f"--port={port}",
-         f"--db={tmp_path / 'flower.db'}"],
-        cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "opsproject",
+            "flower",
+            "--address=127.0.0.1",
+            f"--port={port}",
+            f"--db={tmp_path / 'flower.db'}",
+        ],
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
 
@@ -81,8 +94,14 @@ def test_flower_sees_the_platforms_tasks(flower: str, start_workers: Any, alpha:
 
     def failed_task() -> dict[str, Any] | None:
         tasks = httpx.get(f"{flower}/api/tasks", params={"taskname": "ops.test_flaky"}, timeout=5).json()
-        return next((dict(t) for t in tasks.values() if str(failing.pk) in str(t.get("args"))
-                     and t.get("state") in ("FAILURE", "SUCCESS")), None)
+        return next(
+            (
+                dict(t)
+                for t in tasks.values()
+                if str(failing.pk) in str(t.get("args")) and t.get("state") in ("FAILURE", "SUCCESS")
+            ),
+            None,
+        )
 
     failed = wait_for(failed_task, timeout=30, message="flower to report the failed task")
     assert failed["state"] == "FAILURE", failed

@@ -14,8 +14,6 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-
-from opsproject.wsgi import application
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -23,6 +21,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+
+from opsproject.wsgi import application
 
 schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", application)
 # Examples per endpoint: bounded so `make test` stays quick; raise it to hunt.
@@ -68,8 +68,9 @@ def real_ids() -> dict[str, str]:
 
     bank, _ = Bank.objects.get_or_create(bank_id="alpha")
     if not MemoryUnit.objects.filter(bank=bank, document__document_id="doc-1").exists():
-        retain_items(bank=bank, items=[RetainItem(content="A seed fact.", document_id="doc-1")],
-                     default_document_id=str)
+        retain_items(
+            bank=bank, items=[RetainItem(content="A seed fact.", document_id="doc-1")], default_document_id=str
+        )
     failed = Operation.objects.filter(bank=bank, status="failed").first()
     if failed is None:
         failed = services.operation_submit(bank_id="alpha", operation_type="test_echo").operation

@@ -71,7 +71,9 @@ def status_of(client: Hindsight, operation_id: str, **kwargs: Any) -> OperationS
 def finished(client: Hindsight, operation_id: str, timeout: float = 120) -> OperationStatusResponse:
     return wait_for(
         lambda: (s := status_of(client, operation_id)).status in TERMINAL and s,
-        timeout=timeout, interval=0.2, message=f"operation {operation_id} to finish",
+        timeout=timeout,
+        interval=0.2,
+        message=f"operation {operation_id} to finish",
     )
 
 
@@ -86,14 +88,20 @@ def test_the_hindsight_client_drives_every_operation_flow(
     hindsight: Hindsight, start_workers: Any, tmp_path: Path
 ) -> None:
     client = hindsight
-    profile = client.create_bank(BANK, name="Hindsight client", mission="prove compatibility",
-                                 disposition={"skepticism": 4, "literalism": 2, "empathy": 3})
+    profile = client.create_bank(
+        BANK,
+        name="Hindsight client",
+        mission="prove compatibility",
+        disposition={"skepticism": 4, "literalism": 2, "empathy": 3},
+    )
     assert isinstance(profile, BankProfileResponse)
     assert profile.bank_id == BANK and profile.disposition.skepticism == 4
 
     # --- with no worker running, everything stays pending: cancel and retry ----------
-    items = [{"content": f"Ada Lovelace wrote note {i} about the Analytical Engine.", "document_id": f"note-{i}"}
-             for i in range(3)]
+    items = [
+        {"content": f"Ada Lovelace wrote note {i} about the Analytical Engine.", "document_id": f"note-{i}"}
+        for i in range(3)
+    ]
     queued = client.retain_batch(BANK, items, retain_async=True, document_tags=["notes"])
     assert isinstance(queued, RetainResponse)
     assert queued.var_async and queued.items_count == 3 and queued.operation_id
@@ -109,10 +117,12 @@ def test_the_hindsight_client_drives_every_operation_flow(
 
     # An operation_id makes the async submission idempotent.
     replay_id = str(uuid.uuid4())
-    first = client.retain_batch(BANK, [{"content": "Charles Babbage designed the engine."}],
-                                retain_async=True, operation_id=replay_id)
-    again = client.retain_batch(BANK, [{"content": "Charles Babbage designed the engine."}],
-                                retain_async=True, operation_id=replay_id)
+    first = client.retain_batch(
+        BANK, [{"content": "Charles Babbage designed the engine."}], retain_async=True, operation_id=replay_id
+    )
+    again = client.retain_batch(
+        BANK, [{"content": "Charles Babbage designed the engine."}], retain_async=True, operation_id=replay_id
+    )
     assert first.operation_id == again.operation_id == replay_id
 
     # --- workers on: everything runs -------------------------------------------------------
@@ -123,14 +133,17 @@ def test_the_hindsight_client_drives_every_operation_flow(
     batch = status_of(client, queued.operation_id, include_payload=True)
     assert batch.task_payload is not None and batch.task_payload["document_tags"] == ["notes"]
     assert batch.progress is not None and batch.progress.detail == {
-        "pending": 0, "processing": 0, "completed": 1, "failed": 0, "cancelled": 0,
+        "pending": 0,
+        "processing": 0,
+        "completed": 1,
+        "failed": 0,
+        "cancelled": 0,
     }
     assert [c.status for c in batch.child_operations or []] == ["completed"]
     assert batch.child_operations[0].sub_batch_index == 0 and batch.child_operations[0].items_count == 3
     assert status_of(client, queued.operation_id).task_payload is None  # only when asked
 
-    synced = client.retain_batch(BANK, [{"content": "Grace Hopper wrote the first compiler.",
-                                         "document_id": "hopper"}])
+    synced = client.retain_batch(BANK, [{"content": "Grace Hopper wrote the first compiler.", "document_id": "hopper"}])
     assert isinstance(synced, RetainResponse) and not synced.var_async and synced.items_count == 1
 
     # A file that converts and one that cannot (a PDF that is not one).
@@ -178,8 +191,14 @@ def test_the_hindsight_client_drives_every_operation_flow(
     everything = sync(client.operations.list_operations(BANK, limit=100))
     assert isinstance(everything, OperationsListResponse)
     types = {o.task_type for o in everything.operations}
-    assert types == {"retain_batch", "retain", "file_convert_retain", "consolidation",
-                     "refresh_mental_model", "graph_maintenance"}
+    assert types == {
+        "retain_batch",
+        "retain",
+        "file_convert_retain",
+        "consolidation",
+        "refresh_mental_model",
+        "graph_maintenance",
+    }
     seen: list[str] = []
     for offset in range(0, everything.total, 3):
         page = sync(client.operations.list_operations(BANK, limit=3, offset=offset))
@@ -205,9 +224,7 @@ def test_the_hindsight_client_drives_every_operation_flow(
     assert isinstance(stats, BankStatsResponse) and stats.total_documents >= 4 and stats.failed_operations == 0
 
 
-def test_a_pending_operation_cancelled_through_the_client_never_runs(
-    hindsight: Hindsight, start_workers: Any
-) -> None:
+def test_a_pending_operation_cancelled_through_the_client_never_runs(hindsight: Hindsight, start_workers: Any) -> None:
     client = hindsight
     client.create_bank(BANK)
     kept = client.retain_batch(BANK, [{"content": "Kept."}], retain_async=True)
@@ -244,7 +261,9 @@ def test_the_client_sets_changes_and_clears_a_refresh_schedule_and_scopes_consol
 
     # The client patches the trigger with only the keys it names.
     changed = client.update_mental_model(
-        BANK, created.mental_model_id, name="Digest",
+        BANK,
+        created.mental_model_id,
+        name="Digest",
         trigger={"refresh_cron": "*/30 * * * *", "min_refresh_interval_seconds": 3600},
     )
     assert isinstance(changed, MentalModelResponse) and changed.name == "Digest"
@@ -256,12 +275,15 @@ def test_the_client_sets_changes_and_clears_a_refresh_schedule_and_scopes_consol
     assert cleared.trigger.refresh_cron is None and cleared.trigger.min_refresh_interval_seconds == 3600
     assert MentalModel.objects.get(pk=created.mental_model_id).next_refresh_at is None
 
-    scoped = sync(client.banks.trigger_consolidation(
-        BANK, consolidation_request=ConsolidationRequest(observation_scopes=[["user:ada", "topic:math"]])
-    ))
+    scoped = sync(
+        client.banks.trigger_consolidation(
+            BANK, consolidation_request=ConsolidationRequest(observation_scopes=[["user:ada", "topic:math"]])
+        )
+    )
     assert isinstance(scoped, ConsolidationResponse) and scoped.deduplicated is False
     assert Operation.objects.get(pk=scoped.operation_id).task_payload == {
-        "observation_scopes": [["topic:math", "user:ada"]]}
+        "observation_scopes": [["topic:math", "user:ada"]]
+    }
 
 
 def test_the_client_registers_lists_changes_and_reads_the_deliveries_of_webhooks(
@@ -282,10 +304,17 @@ def test_the_client_registers_lists_changes_and_reads_the_deliveries_of_webhooks
     settings.OPS_WEBHOOK_ALLOW_PRIVATE = True  # the URL is loopback (never contacted here)
     client = hindsight
     client.create_bank(BANK, name="Webhooks")
-    created = sync(client.webhooks.create_webhook(BANK, CreateWebhookRequest(
-        url="http://127.0.0.1:9/hook", secret="whsec-client", event_types=["retain.completed"],
-        http_config=WebhookHttpConfig(timeout_seconds=5, headers={"X-Team": "blue"}),
-    )))
+    created = sync(
+        client.webhooks.create_webhook(
+            BANK,
+            CreateWebhookRequest(
+                url="http://127.0.0.1:9/hook",
+                secret="whsec-client",
+                event_types=["retain.completed"],
+                http_config=WebhookHttpConfig(timeout_seconds=5, headers={"X-Team": "blue"}),
+            ),
+        )
+    )
     assert isinstance(created, WebhookResponse)
     assert created.bank_id == BANK and created.secret is None and created.enabled
     assert created.event_types == ["retain.completed"] and created.http_config.timeout_seconds == 5
@@ -307,14 +336,24 @@ def test_the_client_registers_lists_changes_and_reads_the_deliveries_of_webhooks
         [("retrying", None, "timed out after 5s"), ("retrying", 503, "HTTP 503"), ("delivered", 200, "")], 1
     ):
         WebhookDelivery.objects.create(
-            webhook=webhook, operation_id=operation_id, event_id=event_id, event_type="retain.completed",
-            url=webhook.url, attempt=attempt, outcome=outcome, status_code=code, error=error,
-            response_excerpt="ok" if code == 200 else "", duration_ms=12,
+            webhook=webhook,
+            operation_id=operation_id,
+            event_id=event_id,
+            event_type="retain.completed",
+            url=webhook.url,
+            attempt=attempt,
+            outcome=outcome,
+            status_code=code,
+            error=error,
+            response_excerpt="ok" if code == 200 else "",
+            duration_ms=12,
         )
     page = sync(client.webhooks.list_webhook_deliveries(BANK, created.id, limit=2))
     assert isinstance(page, WebhookDeliveryListResponse) and page.next_cursor
     assert [(d.attempts, d.status, d.last_response_status) for d in page.items] == [
-        (3, "delivered", 200), (2, "retrying", 503)]
+        (3, "delivered", 200),
+        (2, "retrying", 503),
+    ]
     rest = sync(client.webhooks.list_webhook_deliveries(BANK, created.id, limit=2, cursor=page.next_cursor))
     [oldest] = rest.items
     assert rest.next_cursor is None and oldest.attempts == 1 and oldest.last_error == "timed out after 5s"

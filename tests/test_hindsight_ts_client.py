@@ -36,7 +36,10 @@ def ts_client() -> Path:
         (INSTALL_DIR / "package.json").write_text('{"private": true, "type": "module"}\n')
         done = subprocess.run(
             ["npm", "install", "--no-audit", "--no-fund", "--silent", PACKAGE],
-            cwd=INSTALL_DIR, capture_output=True, text=True, timeout=300,
+            cwd=INSTALL_DIR,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert done.returncode == 0, f"npm install {PACKAGE} failed:\n{done.stderr[-2000:]}"
     shutil.copy(PROJECT_DIR / "tests" / "ts_client" / "flows.mjs", INSTALL_DIR / "flows.mjs")
@@ -49,8 +52,9 @@ def node(ts_client: Path, *args: str) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def test_the_typescript_client_runs_the_operations_page(ts_client: Path, live_server: Any,
-                                                          start_workers: Any, alpha: Any) -> None:
+def test_the_typescript_client_runs_the_operations_page(
+    ts_client: Path, live_server: Any, start_workers: Any, alpha: Any
+) -> None:
     finished = make(status="failed")
     others = [make() for _ in range(2)]  # pending: the page cancels them with the client's own
     key = api_key_create(name="ts-client", admin=True)[1]

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from banks.api_keys import api_key_create
 from banks import webhooks
+from banks.api_keys import api_key_create
 from banks.models import Bank, MentalModel
 from operations import services
 
@@ -47,8 +47,12 @@ def _path_values(bank: str) -> dict[str, str]:
     services.operation_fail(lease=lease, error="boom", permanent=True)
     model = MentalModel.objects.create(bank_id=bank, name="m", source_query="q")
     webhook = webhooks.webhook_create(
-        bank=Bank.objects.get(pk=bank), url="http://127.0.0.1:9/hook", secret="s", event_types=["operation.failed"],
-        enabled=True, http_config={},
+        bank=Bank.objects.get(pk=bank),
+        url="http://127.0.0.1:9/hook",
+        secret="s",
+        event_types=["operation.failed"],
+        enabled=True,
+        http_config={},
     )
     return {
         "bank_id": bank,
@@ -90,8 +94,9 @@ def test_no_body_gets_a_server_error_on_any_endpoint(api: tuple[Client, dict[str
                 continue  # the multipart upload: tested below
             bodies = {**HOSTILE_BODIES, **_long_string_bodies(operation, components)}
             for name, body in bodies.items():
-                response = getattr(client, method)(url, data=body.encode("utf-8", "surrogatepass"),
-                                                   content_type="application/json")
+                response = getattr(client, method)(
+                    url, data=body.encode("utf-8", "surrogatepass"), content_type="application/json"
+                )
                 assert response.status_code < 500, f"{method.upper()} {url} with {name}: {response.status_code}"
                 assert response["Content-Type"].startswith("application/json"), f"{method} {url} {name}"
                 assert "detail" in response.json() or response.status_code < 300, f"{method} {url} {name}"
@@ -105,8 +110,9 @@ def test_deep_nesting_is_a_400_that_says_so(api: tuple[Client, dict[str, str]], 
     response = client.put("/v1/default/banks/alpha", data=HOSTILE_BODIES[name], content_type="application/json")
     assert response.status_code == 400
     assert "nested too deeply" in response.json()["detail"]
-    memories = client.post("/v1/default/banks/alpha/memories", data=HOSTILE_BODIES[name],
-                           content_type="application/json")
+    memories = client.post(
+        "/v1/default/banks/alpha/memories", data=HOSTILE_BODIES[name], content_type="application/json"
+    )
     assert memories.status_code == 400 and "nested too deeply" in memories.json()["detail"]
 
 
@@ -122,8 +128,9 @@ def test_the_multipart_request_field_is_held_to_the_same_rules(api: tuple[Client
         assert response.status_code == 400, f"{name}: {response.status_code} {response.content[:200]!r}"
         assert response.json()["detail"]
     upload = SimpleUploadedFile("a.txt", b"Some text.", content_type="text/plain")
-    wrong_count = client.post("/v1/default/banks/alpha/files/retain",
-                              {"files": [upload], "request": json.dumps({"files_metadata": [{}, {}]})})
+    wrong_count = client.post(
+        "/v1/default/banks/alpha/files/retain", {"files": [upload], "request": json.dumps({"files_metadata": [{}, {}]})}
+    )
     assert wrong_count.status_code == 400 and "request.files_metadata" in wrong_count.json()["errors"]
 
 
@@ -132,12 +139,13 @@ def test_numbers_past_64_bits_stored_in_json_are_rendered(api: tuple[Client, dic
     reads back past what orjson renders: the response falls back, never a 500.
     (SQLite keeps it as a float, so the value is compared as one.)"""
     client, _ = api
-    stored = client.put("/v1/default/banks/alpha", data='{"config": {"big": 1.8446744073709552e+19}}',
-                        content_type="application/json")
+    stored = client.put(
+        "/v1/default/banks/alpha", data='{"config": {"big": 1.8446744073709552e+19}}', content_type="application/json"
+    )
     assert stored.status_code == 200
     again = client.get("/v1/default/banks/alpha")
     assert again.status_code == 200
-    assert float(again.json()["config"]["big"]) == 1.8446744073709552e+19
+    assert float(again.json()["config"]["big"]) == 1.8446744073709552e19
 
 
 def test_a_nul_character_in_an_explicit_entity_is_a_400() -> None:

@@ -103,9 +103,9 @@ def test_claim_refuses_an_operation_that_is_not_due(alpha: Any) -> None:
 
 
 def test_claim_of_a_missing_operation_is_dropped(alpha: Any) -> None:
-    assert services.operation_claim(
-        operation_id="00000000-0000-0000-0000-000000000000", worker="w", task_id="t"
-    ) is None
+    assert (
+        services.operation_claim(operation_id="00000000-0000-0000-0000-000000000000", worker="w", task_id="t") is None
+    )
 
 
 def test_one_processing_per_serialization_key(alpha: Any) -> None:

@@ -32,9 +32,7 @@ def _pinned(lockfile: str) -> dict[str, list[str]]:
     return pins
 
 
-@pytest.mark.parametrize(
-    ("lockfile", "groups"), [("base.txt", ()), ("test.txt", ("test",))]
-)
+@pytest.mark.parametrize(("lockfile", "groups"), [("base.txt", ()), ("test.txt", ("test",))])
 def test_every_dependency_is_pinned_with_hashes(lockfile: str, groups: tuple[str, ...]) -> None:
     wanted = [*PYPROJECT["project"]["dependencies"]]
     for group in groups:

@@ -85,8 +85,12 @@ def test_rule_based_extractor() -> None:
     ]
     names = {m.name: m.entity_type for m in extractor.extract_entities(text)}
     assert names == {
-        "Ada Lovelace": "", "Charles Babbage": "", "London": "", "Analytical Engine": "",
-        "ada": "person", "math": "topic",
+        "Ada Lovelace": "",
+        "Charles Babbage": "",
+        "London": "",
+        "Analytical Engine": "",
+        "ada": "person",
+        "math": "topic",
     }
     a = extractor.embed("the analytical engine computes bernoulli numbers")
     b = extractor.embed("Bernoulli numbers computed by the analytical engine")
@@ -99,13 +103,21 @@ def test_rule_based_extractor() -> None:
 
 
 def test_retain_stores_documents_units_entities_and_links(alpha: Any) -> None:
-    done = retain([
-        {"content": "Ada Lovelace worked with Charles Babbage. Babbage designed the Analytical Engine.",
-         "document_id": "ada", "tags": ["history"],
-         "entities": [EntityMention("Mathematics", "topic")]},
-        {"content": "Charles Babbage lived in London.", "document_id": "babbage",
-         "timestamp": timezone.now() - timedelta(days=1)},
-    ])
+    done = retain(
+        [
+            {
+                "content": "Ada Lovelace worked with Charles Babbage. Babbage designed the Analytical Engine.",
+                "document_id": "ada",
+                "tags": ["history"],
+                "entities": [EntityMention("Mathematics", "topic")],
+            },
+            {
+                "content": "Charles Babbage lived in London.",
+                "document_id": "babbage",
+                "timestamp": timezone.now() - timedelta(days=1),
+            },
+        ]
+    )
     assert done.status == "completed", done.error_message
     assert done.result_metadata["units"] == 3 and done.result_metadata["items"] == 2
     assert done.progress["stage"] == "retained"
@@ -137,8 +149,12 @@ def test_retain_without_document_ids_is_idempotent(alpha: Any) -> None:
 
 
 def test_re_retaining_a_document_replaces_its_units(alpha: Any) -> None:
-    retain([{"content": "Alan Turing studied at Cambridge. Turing met Alonzo Church.", "document_id": "d1"},
-            {"content": "Alonzo Church taught at Princeton.", "document_id": "d2"}])
+    retain(
+        [
+            {"content": "Alan Turing studied at Cambridge. Turing met Alonzo Church.", "document_id": "d1"},
+            {"content": "Alonzo Church taught at Princeton.", "document_id": "d2"},
+        ]
+    )
     old_ids = set(MemoryUnit.objects.filter(document__document_id="d1").values_list("pk", flat=True))
     again = retain([{"content": "Alan Turing worked at Bletchley Park.", "document_id": "d1"}])
     assert again.result_metadata["replaced_units"] == 2
@@ -166,8 +182,11 @@ def test_retain_queues_consolidation_when_the_bank_asks(alpha: Any, beta: Any) -
 def test_link_caps(alpha: Any) -> None:
     base = timezone.now()
     items = [
-        {"content": f"The Engine project status report number {i} mentions the Engine again.",
-         "document_id": f"r{i}", "timestamp": base + timedelta(minutes=i)}
+        {
+            "content": f"The Engine project status report number {i} mentions the Engine again.",
+            "document_id": f"r{i}",
+            "timestamp": base + timedelta(minutes=i),
+        }
         for i in range(60)
     ]
     retain(items)
@@ -175,12 +194,13 @@ def test_link_caps(alpha: Any) -> None:
     assert max(n for (_, kind), n in per_source.items() if kind == "temporal") == memory.TEMPORAL_CAP
     assert max(n for (_, kind), n in per_source.items() if kind == "semantic") == memory.SEMANTIC_CAP
     assert all(
-        n <= (memory.TEMPORAL_CAP if kind == "temporal" else memory.SEMANTIC_CAP)
-        for (_, kind), n in per_source.items()
+        n <= (memory.TEMPORAL_CAP if kind == "temporal" else memory.SEMANTIC_CAP) for (_, kind), n in per_source.items()
     )
     # Temporal links go to the nearest units in time.
     middle = MemoryUnit.objects.get(document__document_id="r30")
-    targets = MemoryLink.objects.filter(source=middle, kind="temporal").values_list("target__document__document_id", flat=True)
+    targets = MemoryLink.objects.filter(source=middle, kind="temporal").values_list(
+        "target__document__document_id", flat=True
+    )
     assert {int(t[1:]) for t in targets} == set(range(20, 41)) - {30}
     assert_links_back()
 
@@ -196,7 +216,8 @@ def assert_links_back(bank: str = "alpha") -> None:
     counts = link_counts(bank)
     present = set(MemoryLink.objects.filter(bank_id=bank).values_list("source_id", "target_id", "kind"))
     missing = [
-        (source, target, kind) for source, target, kind in present
+        (source, target, kind)
+        for source, target, kind in present
         if (target, source, kind) not in present and counts[(target, kind)] < links.CAPS[kind]
     ]
     assert not missing, f"{len(missing)} links without their link back, e.g. {missing[0]}"
@@ -210,11 +231,16 @@ def test_a_unit_recorded_full_gets_room_again_when_a_neighbour_goes(alpha: Any) 
     counted again); deleting a neighbour gives them room again, graph
     maintenance fills it, and links back reach them as before."""
     base = timezone.now()
-    retain([
-        {"content": f"The Engine status report {i} names the Engine and Ada.", "document_id": f"r{i}",
-         "timestamp": base + timedelta(minutes=i)}
-        for i in range(40)
-    ])
+    retain(
+        [
+            {
+                "content": f"The Engine status report {i} names the Engine and Ada.",
+                "document_id": f"r{i}",
+                "timestamp": base + timedelta(minutes=i),
+            }
+            for i in range(40)
+        ]
+    )
     assert_links_back()
     gone = set(MemoryUnit.objects.filter(document__document_id="r20").values_list("pk", flat=True))
     losing = set(MemoryLink.objects.filter(target_id__in=gone).values_list("source_id", flat=True)) - gone
@@ -228,11 +254,16 @@ def test_a_unit_recorded_full_gets_room_again_when_a_neighbour_goes(alpha: Any) 
     counts = link_counts()
     # Topped up to their caps again, then recorded anew as they fill.
     assert {key: counts[key] for key in full_before} == {key: links.CAPS[key[1]] for key in full_before}
-    retain([
-        {"content": f"The Engine status report {i} names the Engine and Ada.", "document_id": f"s{i}",
-         "timestamp": base + timedelta(minutes=i, seconds=30)}
-        for i in range(15, 25)
-    ])
+    retain(
+        [
+            {
+                "content": f"The Engine status report {i} names the Engine and Ada.",
+                "document_id": f"s{i}",
+                "timestamp": base + timedelta(minutes=i, seconds=30),
+            }
+            for i in range(15, 25)
+        ]
+    )
     counts = link_counts()
     assert all(
         counts[(unit, kind)] == links.CAPS[kind]
@@ -251,7 +282,9 @@ def _graph(bank: str) -> dict[str, Any]:
     }
     entity = dict(Entity.objects.filter(bank_id=bank).values_list("pk", "name"))
     return {
-        "units": sorted(MemoryUnit.objects.filter(bank_id=bank).values_list("document__document_id", "position", "text")),
+        "units": sorted(
+            MemoryUnit.objects.filter(bank_id=bank).values_list("document__document_id", "position", "text")
+        ),
         "links": sorted(
             (name[source], name[target], kind, round(weight, 6))
             for source, target, kind, weight in MemoryLink.objects.filter(bank_id=bank).values_list(
@@ -259,8 +292,8 @@ def _graph(bank: str) -> dict[str, Any]:
             )
         ),
         "mentions": sorted(
-            (name[unit], entity[e]) for unit, e in UnitEntity.objects.filter(unit__bank_id=bank).values_list(
-                "unit_id", "entity_id")
+            (name[unit], entity[e])
+            for unit, e in UnitEntity.objects.filter(unit__bank_id=bank).values_list("unit_id", "entity_id")
         ),
         "cooccurrences": sorted(
             (*sorted((entity[a], entity[b])), n)  # ids, and so the pairs' order, depend on when each was created
@@ -282,7 +315,7 @@ def test_items_written_together_make_the_graph_written_one_by_one(alpha: Any, be
         who, other = rng.sample(people, 2)
         return RetainItem(
             content=f"{who} met {other} in {rng.choice(places)} about note {n}. "
-                    f"{other} reviewed the {rng.choice(['draft', 'proof', 'budget'])} with {who}.",
+            f"{other} reviewed the {rng.choice(['draft', 'proof', 'budget'])} with {who}.",
             document_id=document,
             # Shared and out-of-order times: ties and candidates on both sides.
             timestamp=base + timedelta(minutes=rng.choice([0, 5, 5, 9, 30, -20])),
@@ -310,11 +343,13 @@ def test_items_written_together_make_the_graph_written_one_by_one(alpha: Any, be
 
 
 def test_document_delete_and_graph_maintenance(alpha: Any, admin: Any) -> None:
-    retain([
-        {"content": "Marie Curie discovered Polonium with Pierre Curie.", "document_id": "curie"},
-        {"content": "Polonium is named after Poland. Marie Curie was born in Warsaw.", "document_id": "polonium"},
-        {"content": "Pierre Curie studied piezoelectricity.", "document_id": "pierre"},
-    ])
+    retain(
+        [
+            {"content": "Marie Curie discovered Polonium with Pierre Curie.", "document_id": "curie"},
+            {"content": "Polonium is named after Poland. Marie Curie was born in Warsaw.", "document_id": "polonium"},
+            {"content": "Pierre Curie studied piezoelectricity.", "document_id": "pierre"},
+        ]
+    )
     gone = set(MemoryUnit.objects.filter(document__document_id="curie").values_list("pk", flat=True))
     neighbours = set(MemoryLink.objects.filter(target_id__in=gone).values_list("source_id", flat=True)) - gone
     assert neighbours
@@ -349,11 +384,13 @@ def run_existing(operation: Operation) -> Operation:
 
 
 def test_graph_maintenance_prunes_orphans_and_stale_cooccurrences(alpha: Any) -> None:
-    retain([
-        {"content": "Niels Bohr met Werner Heisenberg in Copenhagen.", "document_id": "together"},
-        {"content": "Niels Bohr liked westerns.", "document_id": "bohr"},
-        {"content": "Werner Heisenberg played piano.", "document_id": "heisenberg"},
-    ])
+    retain(
+        [
+            {"content": "Niels Bohr met Werner Heisenberg in Copenhagen.", "document_id": "together"},
+            {"content": "Niels Bohr liked westerns.", "document_id": "bohr"},
+            {"content": "Werner Heisenberg played piano.", "document_id": "heisenberg"},
+        ]
+    )
     bank = Bank.objects.get(pk="alpha")
     memory.document_delete(bank=bank, document_id="together")
     # Copenhagen is now an orphan; Bohr-Heisenberg a pair no unit supports.
@@ -385,11 +422,13 @@ def test_memory_delete_endpoint(alpha: Any, admin: Any) -> None:
 
 
 def test_consolidation_builds_observations_per_entity(alpha: Any) -> None:
-    retain([
-        {"content": "Katherine Johnson calculated orbits for NASA.", "tags": ["space"]},
-        {"content": "Katherine Johnson was born in West Virginia.", "tags": ["bio"]},
-        {"content": "NASA launched Apollo.", "tags": ["space"]},
-    ])
+    retain(
+        [
+            {"content": "Katherine Johnson calculated orbits for NASA.", "tags": ["space"]},
+            {"content": "Katherine Johnson was born in West Virginia.", "tags": ["bio"]},
+            {"content": "NASA launched Apollo.", "tags": ["space"]},
+        ]
+    )
     scoped = run("consolidation", payload={"tags": ["space"]})
     assert scoped.status == "completed" and scoped.result_metadata["units"] == 2
     assert MemoryUnit.objects.filter(consolidated=False).count() == 1
@@ -417,11 +456,13 @@ def test_consolidation_without_observations_only_marks_units(alpha: Any) -> None
 
 
 def test_refresh_mental_model_searches_and_rewrites_within_max_tokens(alpha: Any) -> None:
-    retain([
-        {"content": "The reactor cooling pump failed on Monday."},
-        {"content": "Engineers replaced the cooling pump seals."},
-        {"content": "Lunch was pizza."},
-    ])
+    retain(
+        [
+            {"content": "The reactor cooling pump failed on Monday."},
+            {"content": "Engineers replaced the cooling pump seals."},
+            {"content": "Lunch was pizza."},
+        ]
+    )
     model = MentalModel.objects.create(bank_id="alpha", name="Pump health", source_query="cooling pump", max_tokens=200)
     done = run("refresh_mental_model", mental_model_id=str(model.pk))
     assert done.status == "completed", done.error_message
@@ -469,7 +510,6 @@ def test_documents_endpoint_and_bank_stats(alpha: Any, admin: Any) -> None:
     assert admin.get("banks/alpha/documents", {"limit": 0}).status_code == 400
 
 
-
 # --- observations: their sources, and consolidation after deletes ------------------------------
 
 
@@ -506,15 +546,19 @@ def test_a_document_delete_queues_consolidation_that_rebuilds_or_removes_stale_o
     alpha: Any, admin: Any
 ) -> None:
     auto_consolidating()
-    retain([
-        {"content": "Ada Lovelace wrote to Charles Babbage.", "document_id": "letters"},
-        {"content": "Charles Babbage built the Difference Engine.", "document_id": "engine"},
-        {"content": "Mary Somerville introduced Ada Lovelace to Charles Babbage.", "document_id": "intro"},
-        {"content": "Alan Turing read about the Difference Engine.", "document_id": "turing"},
-    ])
+    retain(
+        [
+            {"content": "Ada Lovelace wrote to Charles Babbage.", "document_id": "letters"},
+            {"content": "Charles Babbage built the Difference Engine.", "document_id": "engine"},
+            {"content": "Mary Somerville introduced Ada Lovelace to Charles Babbage.", "document_id": "intro"},
+            {"content": "Alan Turing read about the Difference Engine.", "document_id": "turing"},
+        ]
+    )
     run_pending_consolidation()
-    assert cited("ada lovelace") == {"Ada Lovelace wrote to Charles Babbage.",
-                                     "Mary Somerville introduced Ada Lovelace to Charles Babbage."}
+    assert cited("ada lovelace") == {
+        "Ada Lovelace wrote to Charles Babbage.",
+        "Mary Somerville introduced Ada Lovelace to Charles Babbage.",
+    }
     gone = set(MemoryUnit.objects.filter(document__document_id__in=["letters", "intro"]).values_list("pk", flat=True))
 
     first = admin.delete("banks/alpha/documents/letters").json()
@@ -533,7 +577,10 @@ def test_a_document_delete_queues_consolidation_that_rebuilds_or_removes_stale_o
     assert done.result_metadata["stale_observations"] == 3
     assert done.result_metadata["observations_removed"] == 2  # Ada and Mary: no unit left
     assert set(Observation.objects.values_list("entity__name", flat=True)) == {
-        "charles babbage", "difference engine", "alan turing"}
+        "charles babbage",
+        "difference engine",
+        "alan turing",
+    }
     babbage = Observation.objects.get(entity__name="charles babbage")
     assert babbage.text == "Charles Babbage: Charles Babbage built the Difference Engine."
     assert babbage.unit_count == 1 and cited("charles babbage") == {"Charles Babbage built the Difference Engine."}
@@ -541,9 +588,7 @@ def test_a_document_delete_queues_consolidation_that_rebuilds_or_removes_stale_o
     assert not Observation.objects.filter(sources__in=gone).exists()
 
 
-def test_a_memory_delete_queues_consolidation_only_for_observations_it_made_stale(
-    alpha: Any, admin: Any
-) -> None:
+def test_a_memory_delete_queues_consolidation_only_for_observations_it_made_stale(alpha: Any, admin: Any) -> None:
     auto_consolidating()
     retain([{"content": "Lise Meitner explained fission. Otto Hahn found barium.", "document_id": "fission"}])
     run_pending_consolidation()
@@ -594,13 +639,15 @@ def test_re_retaining_a_document_rebuilds_the_observations_of_its_old_units(alph
 
 
 def scoped_units() -> None:
-    retain([
-        {"content": "Project Apollo met Project Gemini.", "tags": ["nasa", "crewed"], "document_id": "both"},
-        {"content": "Project Apollo landed.", "tags": ["nasa"], "document_id": "nasa"},
-        {"content": "Project Gemini docked.", "tags": ["crewed"], "document_id": "crewed"},
-        {"content": "Project Vostok flew.", "tags": ["soviet", "crewed"], "document_id": "vostok"},
-        {"content": "Project Mercury flew.", "document_id": "untagged"},
-    ])
+    retain(
+        [
+            {"content": "Project Apollo met Project Gemini.", "tags": ["nasa", "crewed"], "document_id": "both"},
+            {"content": "Project Apollo landed.", "tags": ["nasa"], "document_id": "nasa"},
+            {"content": "Project Gemini docked.", "tags": ["crewed"], "document_id": "crewed"},
+            {"content": "Project Vostok flew.", "tags": ["soviet", "crewed"], "document_id": "vostok"},
+            {"content": "Project Mercury flew.", "document_id": "untagged"},
+        ]
+    )
 
 
 def unconsolidated() -> set[str]:
@@ -613,7 +660,10 @@ def test_observation_scopes_consolidate_only_units_carrying_every_tag_of_one_sco
     assert done.status == "completed" and done.result_metadata["units"] == 2
     assert unconsolidated() == {"nasa", "crewed", "untagged"}
     assert set(Observation.objects.values_list("entity__name", flat=True)) == {
-        "project apollo", "project gemini", "project vostok"}
+        "project apollo",
+        "project gemini",
+        "project vostok",
+    }
     # The older `tags` form: any one of them.
     run("consolidation", payload={"tags": ["nasa"]})
     assert unconsolidated() == {"crewed", "untagged"}

@@ -28,7 +28,10 @@ ROUNDS = 30
 def test_beats_claim_each_due_run_once(alpha: Any) -> None:
     for round_ in range(ROUNDS):
         model = MentalModel.objects.create(
-            bank_id="alpha", name=f"m{round_}", source_query="q", refresh_interval_seconds=60,
+            bank_id="alpha",
+            name=f"m{round_}",
+            source_query="q",
+            refresh_interval_seconds=60,
             next_refresh_at=timezone.now() - timedelta(seconds=1),
         )
         now = timezone.now()
@@ -48,7 +51,8 @@ def test_a_delete_against_a_rebuild_citing_its_units(alpha: Any) -> None:
     for round_ in range(ROUNDS):
         document = f"doc-{round_}"
         memory.retain_items(
-            bank=bank, items=[RetainItem(content=f"Dorothy Hodgkin solved structure {round_}.")],
+            bank=bank,
+            items=[RetainItem(content=f"Dorothy Hodgkin solved structure {round_}.")],
             default_document_id=lambda i: document,
         )
         entity_id = Entity.objects.get(name="dorothy hodgkin").pk
@@ -56,7 +60,8 @@ def test_a_delete_against_a_rebuild_citing_its_units(alpha: Any) -> None:
         doomed = set(MemoryUnit.objects.filter(document__document_id=document).values_list("pk", flat=True))
         # The rebuild below cites the doomed unit unless the delete commits first.
         memory.retain_items(
-            bank=bank, items=[RetainItem(content=f"Dorothy Hodgkin won prize {round_}.")],
+            bank=bank,
+            items=[RetainItem(content=f"Dorothy Hodgkin won prize {round_}.")],
             default_document_id=lambda i: f"prize-{round_}",
         )
 

@@ -32,8 +32,10 @@ FAST = {"OPS_SWEEP_INTERVAL_SECONDS": "0.5", "OPS_LEASE_SECONDS": "10", "OPS_HEA
 def test_async_batch_of_a_thousand_items(start_workers: Any, admin: Any, alpha: Any) -> None:
     start_workers(ready=2, beat=True, OPS_WORKER_MAX_SLOTS="3", **FAST)
     items = [
-        {"content": f"Sensor {i % 37} reported reading {i}. Technician Dana Scully checked unit {i}.",
-         "document_id": f"reading-{i}"}
+        {
+            "content": f"Sensor {i % 37} reported reading {i}. Technician Dana Scully checked unit {i}.",
+            "document_id": f"reading-{i}",
+        }
         for i in range(1000)
     ]
     response = admin.post("banks/alpha/memories", {"items": items, "async": True})
@@ -41,7 +43,9 @@ def test_async_batch_of_a_thousand_items(start_workers: Any, admin: Any, alpha: 
     parent_id = response.json()["operation_id"]
     parent = wait_for(
         lambda: (p := Operation.objects.get(pk=parent_id)).status in ("completed", "failed", "cancelled") and p,
-        timeout=600, interval=1, message="the batch to finish",
+        timeout=600,
+        interval=1,
+        message="the batch to finish",
     )
     assert parent.status == "completed", parent.error_message
     children = Operation.objects.filter(parent_id=parent_id)
@@ -62,8 +66,12 @@ def test_retains_of_one_document_run_one_after_another(start_workers: Any, admin
         body = {"items": [{"content": f"Version {version}. {content}", "document_id": "shared"}], "async": True}
         parent = admin.post("banks/alpha/memories", body).json()["operation_id"]
         ids.append(Operation.objects.get(parent_id=parent).pk)
-    wait_for(lambda: set(Operation.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"completed"},
-             timeout=180, interval=0.5, message="both retains")
+    wait_for(
+        lambda: set(Operation.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"completed"},
+        timeout=180,
+        interval=0.5,
+        message="both retains",
+    )
     first, second = sorted(Operation.objects.filter(pk__in=ids), key=lambda o: o.started_at)
     assert second.started_at >= first.completed_at
     assert first.serial_key == second.serial_key == "retain:alpha:shared"
@@ -74,9 +82,7 @@ def test_retains_of_one_document_run_one_after_another(start_workers: Any, admin
     assert units.filter(text=f"{last}.").exists()
 
 
-def test_never_two_consolidations_running_in_one_bank(
-    start_workers: Any, alpha: Any, tmp_path: Any
-) -> None:
+def test_never_two_consolidations_running_in_one_bank(start_workers: Any, alpha: Any, tmp_path: Any) -> None:
     bank = Bank.objects.get(pk="alpha")
     retain_items(
         bank=bank,
@@ -113,9 +119,23 @@ def another_beat(env: dict[str, str], directory: Path) -> Iterator[Path]:
     log_path = directory / "second-beat.log"
     with open(log_path, "wb") as log:
         beat = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "opsproject", "beat", "--loglevel", "INFO",
-             "--schedule", str(directory / "second.beat")],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_DIR,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "opsproject",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(directory / "second.beat"),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=PROJECT_DIR,
         )
         try:
             yield log_path
@@ -134,17 +154,29 @@ def test_a_schedule_fires_once_per_period_across_two_beats(
     # DEBUG: beat's "Sending due task" lines, the proof that both beats tick,
     # are routine lines hidden at INFO.
     workers = start_workers(ready=2, beat=True, OPS_WORKER_MAX_SLOTS="2", OPS_LOG_LEVEL="DEBUG", **FAST)
-    retain_items(bank=Bank.objects.get(pk="alpha"), items=[RetainItem(content="The pump was serviced.")],
-                 default_document_id=lambda i: "pump")
+    retain_items(
+        bank=Bank.objects.get(pk="alpha"),
+        items=[RetainItem(content="The pump was serviced.")],
+        default_document_id=lambda i: "pump",
+    )
     with another_beat(workers.env, tmp_path) as second_log:
-        created = admin.post("banks/alpha/mental-models", {
-            "name": "Pumps", "source_query": "pump", "trigger": {"refresh_interval_seconds": 2},
-        })
+        created = admin.post(
+            "banks/alpha/mental-models",
+            {
+                "name": "Pumps",
+                "source_query": "pump",
+                "trigger": {"refresh_interval_seconds": 2},
+            },
+        )
         assert created.status_code == 200, created.content
         model_id = created.json()["id"]
         scheduled = Operation.objects.filter(mental_model_id=model_id, task_payload__has_key="scheduled_for")
-        wait_for(lambda: scheduled.filter(status="completed").count() >= 4, timeout=120, interval=0.5,
-                 message="four scheduled refreshes")
+        wait_for(
+            lambda: scheduled.filter(status="completed").count() >= 4,
+            timeout=120,
+            interval=0.5,
+            message="four scheduled refreshes",
+        )
         stopped = admin.patch(f"banks/alpha/mental-models/{model_id}", {"trigger": {"refresh_interval_seconds": None}})
         assert stopped.json()["next_refresh_at"] is None
         second_output = second_log.read_text(errors="replace")
@@ -163,13 +195,14 @@ def test_a_schedule_fires_once_per_period_across_two_beats(
     assert set(scheduled.values_list("status", flat=True)) == {"completed"}
 
 
-def test_a_document_delete_leaves_no_observation_citing_its_units(
-    start_workers: Any, admin: Any, alpha: Any
-) -> None:
+def test_a_document_delete_leaves_no_observation_citing_its_units(start_workers: Any, admin: Any, alpha: Any) -> None:
     Bank.objects.filter(pk="alpha").update(enable_auto_consolidation=True)
     start_workers(ready=2, beat=True, OPS_WORKER_MAX_SLOTS="3", **FAST)
     items = [
-        {"content": "Ada Lovelace translated the memoir. Charles Babbage praised Ada Lovelace.", "document_id": "memoir"},
+        {
+            "content": "Ada Lovelace translated the memoir. Charles Babbage praised Ada Lovelace.",
+            "document_id": "memoir",
+        },
         {"content": "Charles Babbage designed the Analytical Engine.", "document_id": "design"},
         {"content": "Luigi Menabrea described the Analytical Engine.", "document_id": "menabrea"},
     ]
@@ -190,7 +223,9 @@ def test_a_document_delete_leaves_no_observation_citing_its_units(
     assert consolidation is not None
     done = wait_for(
         lambda: (o := Operation.objects.get(pk=consolidation)).status in ("completed", "failed") and o,
-        timeout=120, interval=0.2, message="the follow-up consolidation",
+        timeout=120,
+        interval=0.2,
+        message="the follow-up consolidation",
     )
     assert done.status == "completed", done.error_message
     assert done.result_metadata["stale_observations"] == 2  # Ada Lovelace and Charles Babbage
@@ -198,14 +233,14 @@ def test_a_document_delete_leaves_no_observation_citing_its_units(
     assert not Observation.objects.filter(entity__name="ada lovelace").exists()  # no unit of hers survives
     for observation in Observation.objects.all():
         assert not any(text in observation.text for text in doomed_texts), observation.text
-        assert set(observation.sources.values_list("pk", flat=True)) <= set(MemoryUnit.objects.values_list("pk", flat=True))
+        assert set(observation.sources.values_list("pk", flat=True)) <= set(
+            MemoryUnit.objects.values_list("pk", flat=True)
+        )
     babbage = Observation.objects.get(entity__name="charles babbage")
     assert babbage.text == "Charles Babbage: Charles Babbage designed the Analytical Engine."
 
 
-def test_scoped_consolidation_leaves_other_units_unconsolidated(
-    start_workers: Any, admin: Any, alpha: Any
-) -> None:
+def test_scoped_consolidation_leaves_other_units_unconsolidated(start_workers: Any, admin: Any, alpha: Any) -> None:
     start_workers(ready=2, beat=True, OPS_WORKER_MAX_SLOTS="3", **FAST)
     items = [
         {"content": "Rover Spirit drilled rock.", "tags": ["mars", "rover"], "document_id": "spirit"},
@@ -218,8 +253,12 @@ def test_scoped_consolidation_leaves_other_units_unconsolidated(
     response = admin.post("banks/alpha/consolidate", {"observation_scopes": [["rover", "mars"], ["lander"]]})
     assert response.status_code == 200
     done = wait_for(
-        lambda: (o := Operation.objects.get(pk=response.json()["operation_id"])).status in ("completed", "failed") and o,
-        timeout=120, interval=0.2, message="the scoped consolidation",
+        lambda: (
+            (o := Operation.objects.get(pk=response.json()["operation_id"])).status in ("completed", "failed") and o
+        ),
+        timeout=120,
+        interval=0.2,
+        message="the scoped consolidation",
     )
     assert done.status == "completed", done.error_message
     consolidated = set(MemoryUnit.objects.filter(consolidated=True).values_list("document__document_id", flat=True))

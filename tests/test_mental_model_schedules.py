@@ -30,13 +30,25 @@ def parsed(value: str | None) -> datetime | None:
 
 def test_create_with_a_cron_schedule_reports_the_next_run(alpha: Any, admin: Any) -> None:
     before = timezone.now()
-    response = create(admin, trigger={"refresh_cron": " 0  3 * * * ", "mode": "full",
-                                      "refresh_after_consolidation": False, "keep_trace": False})
+    response = create(
+        admin,
+        trigger={
+            "refresh_cron": " 0  3 * * * ",
+            "mode": "full",
+            "refresh_after_consolidation": False,
+            "keep_trace": False,
+        },
+    )
     after = timezone.now()
     assert response.status_code == 200, response.content
     body = response.json()
-    assert body["trigger"] == {"mode": "full", "refresh_after_consolidation": False, "refresh_cron": "0 3 * * *",
-                               "refresh_interval_seconds": None, "min_refresh_interval_seconds": None}
+    assert body["trigger"] == {
+        "mode": "full",
+        "refresh_after_consolidation": False,
+        "refresh_cron": "0 3 * * *",
+        "refresh_interval_seconds": None,
+        "min_refresh_interval_seconds": None,
+    }
     assert parsed(body["next_refresh_at"]) in {next_cron_run("0 3 * * *", before), next_cron_run("0 3 * * *", after)}
     assert admin.get(f"banks/alpha/mental-models/{body['id']}").json()["next_refresh_at"] == body["next_refresh_at"]
 
@@ -100,8 +112,13 @@ def test_patch_changes_and_clears_the_schedule(alpha: Any, admin: Any) -> None:
 
     # An interval replaces the cron expression (a schedule is one or the other).
     interval = admin.patch(url, {"trigger": {"refresh_interval_seconds": 3600}}).json()
-    assert interval["trigger"] == {"mode": "full", "refresh_after_consolidation": False, "refresh_cron": None,
-                                   "refresh_interval_seconds": 3600, "min_refresh_interval_seconds": 900}
+    assert interval["trigger"] == {
+        "mode": "full",
+        "refresh_after_consolidation": False,
+        "refresh_cron": None,
+        "refresh_interval_seconds": 3600,
+        "min_refresh_interval_seconds": 900,
+    }
     assert interval["next_refresh_at"] != next_run
 
     cleared = admin.patch(url, {"trigger": {"refresh_interval_seconds": None}}).json()

@@ -58,10 +58,16 @@ def test_stored_keys_are_rewritten_unambiguously_and_back(back_to_latest: None) 
     Operation = apps.get_model("operations", "Operation")
     retain = registry.get("retain")
     keys = dict(Operation.objects.values_list("id", "serial_key"))
-    assert keys[ids["plain"]] == retain.key_for(registry.Scope.DOCUMENT, bank_id="x", document_id="y:z",
-                                               mental_model_id=None) == "retain:x:y:z"
-    assert keys[ids["colon"]] == retain.key_for(registry.Scope.DOCUMENT, bank_id="x:y", document_id="z",
-                                                mental_model_id=None) == "retain:x%3Ay:z"
+    assert (
+        keys[ids["plain"]]
+        == retain.key_for(registry.Scope.DOCUMENT, bank_id="x", document_id="y:z", mental_model_id=None)
+        == "retain:x:y:z"
+    )
+    assert (
+        keys[ids["colon"]]
+        == retain.key_for(registry.Scope.DOCUMENT, bank_id="x:y", document_id="z", mental_model_id=None)
+        == "retain:x%3Ay:z"
+    )
     assert keys[ids["none"]] is None
 
     apps = _migrate(BEFORE)

@@ -30,9 +30,7 @@ class Opsctl:
     def __call__(
         self, *args: str, key: str | None = None, timeout: float = 120, columns: int = 220
     ) -> subprocess.CompletedProcess[str]:
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith("OPS_") and k != "DATABASE_URL"
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPS_") and k != "DATABASE_URL"}
         env.update(OPS_URL=self.url, OPS_API_KEY=self.key if key is None else key, COLUMNS=str(columns), NO_COLOR="1")
         if key == "":
             env.pop("OPS_API_KEY")
@@ -265,15 +263,26 @@ def test_webhooks_list_and_deliveries(opsctl: Opsctl, alpha: Any, settings: Any)
 
     settings.OPS_WEBHOOK_ALLOW_PRIVATE = True
     webhook = webhooks.webhook_create(
-        bank=alpha, url="http://127.0.0.1:9/hook", secret="whsec-cli", event_types=["operation.failed"],
-        enabled=True, http_config={},
+        bank=alpha,
+        url="http://127.0.0.1:9/hook",
+        secret="whsec-cli",
+        event_types=["operation.failed"],
+        enabled=True,
+        http_config={},
     )
     operation_id, event_id = uuid.uuid4(), uuid.uuid4()
     for attempt, outcome, code in [(1, "retrying", 502), (2, "delivered", 200)]:
         WebhookDelivery.objects.create(
-            webhook=webhook, operation_id=operation_id, event_id=event_id, event_type="operation.failed",
-            url=webhook.url, attempt=attempt, outcome=outcome, status_code=code,
-            error="HTTP 502" if code == 502 else "", duration_ms=40,
+            webhook=webhook,
+            operation_id=operation_id,
+            event_id=event_id,
+            event_type="operation.failed",
+            url=webhook.url,
+            attempt=attempt,
+            outcome=outcome,
+            status_code=code,
+            error="HTTP 502" if code == 502 else "",
+            duration_ms=40,
         )
     listed = opsctl.json("webhooks", "list", "alpha")
     assert [w["id"] for w in listed["items"]] == [str(webhook.pk)]

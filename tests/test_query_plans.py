@@ -100,16 +100,15 @@ def _explained_reads(run: Any) -> list[str]:
     with CaptureQueriesContext(connection) as queries:
         run()
     reads = [
-        q["sql"] for q in queries.captured_queries
+        q["sql"]
+        for q in queries.captured_queries
         if q["sql"].lstrip().startswith("SELECT") and '"operations_operation"' in q["sql"]
     ]
     assert reads, "no read of the operations table was captured"
     return [plan(sql.replace("%", "%%"), []) for sql in reads]
 
 
-def test_a_metrics_scrape_and_the_cross_bank_first_pages_use_indexes(
-    many_operations: None, client: Any
-) -> None:
+def test_a_metrics_scrape_and_the_cross_bank_first_pages_use_indexes(many_operations: None, client: Any) -> None:
     """What must stay fast at a million rows: no sequential scan of the table."""
     from banks.api_keys import api_key_create
 
@@ -120,7 +119,8 @@ def test_a_metrics_scrape_and_the_cross_bank_first_pages_use_indexes(
     # A status filter: the page, that is. (Its count is exact up to 10,000
     # matches, so it reads the matching rows, and stops there.)
     plans += [
-        p for p in _explained_reads(lambda: client.get("/v1/default/operations", {"status": "failed"}, **key))
+        p
+        for p in _explained_reads(lambda: client.get("/v1/default/operations", {"status": "failed"}, **key))
         if "count(" not in p.lower() and "Aggregate" not in p
     ]
     plans += _explained_reads(lambda: client.get("/tasks", {"within_hours": "720"}, **key))

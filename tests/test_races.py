@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from operations import services
 from operations.models import Operation
 from operations.services import CancelOutcome
@@ -87,10 +88,7 @@ def test_cancel_against_complete(alpha: Any) -> None:
 def test_concurrent_duplicate_submits_make_one_row(alpha: Any) -> None:
     for _ in range(ROUNDS // 3):
         submissions = race(
-            *[
-                lambda: services.operation_submit(bank_id="alpha", operation_type="test_dedupe")
-                for _ in range(6)
-            ]
+            *[lambda: services.operation_submit(bank_id="alpha", operation_type="test_dedupe") for _ in range(6)]
         )
         ids = {s.operation.pk for s in submissions}
         assert len(ids) == 1
@@ -131,9 +129,7 @@ def test_children_finishing_at_once_leave_their_parent_right(alpha: Any) -> None
 
 
 def submit_child(parent_id: Any) -> str:
-    return str(
-        services.operation_submit(bank_id="alpha", operation_type="test_echo", parent_id=parent_id).operation.pk
-    )
+    return str(services.operation_submit(bank_id="alpha", operation_type="test_echo", parent_id=parent_id).operation.pk)
 
 
 def test_the_session_runs_on_the_deployment_it_names(alpha: Any) -> None:

@@ -77,12 +77,16 @@ def test_concurrent_sweepers_publish_each_operation_once(alpha: Any) -> None:
 def test_a_lost_process_is_settled_by_its_task_id_only(alpha: Any) -> None:
     operation = submit()
     services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="task-1")
-    assert services.operation_abandoned(
-        operation_id=str(operation.pk), task_id="task-0", timed_out=False, reason="lost"
-    ) is None
-    assert services.operation_abandoned(
-        operation_id=str(operation.pk), task_id="task-1", timed_out=False, reason="worker process lost"
-    ) == "pending"
+    assert (
+        services.operation_abandoned(operation_id=str(operation.pk), task_id="task-0", timed_out=False, reason="lost")
+        is None
+    )
+    assert (
+        services.operation_abandoned(
+            operation_id=str(operation.pk), task_id="task-1", timed_out=False, reason="worker process lost"
+        )
+        == "pending"
+    )
     row = Operation.objects.get(pk=operation.pk)
     assert row.retry_count == 1 and row.error_message == "worker process lost (stage: started)"
 
@@ -90,9 +94,10 @@ def test_a_lost_process_is_settled_by_its_task_id_only(alpha: Any) -> None:
 def test_a_hard_timeout_fails_for_good(alpha: Any) -> None:
     operation = submit()
     services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t")
-    assert services.operation_abandoned(
-        operation_id=str(operation.pk), task_id="t", timed_out=True, reason="timed out"
-    ) == "failed"
+    assert (
+        services.operation_abandoned(operation_id=str(operation.pk), task_id="t", timed_out=True, reason="timed out")
+        == "failed"
+    )
     assert Operation.objects.get(pk=operation.pk).retry_count == 0
 
 
@@ -171,10 +176,11 @@ def test_a_submission_goes_ahead_of_the_window_only_when_its_bank_has_no_message
     settings.OPS_DISPATCH_WINDOW = 6
     sent: list[tuple[str, int]] = []
     monkeypatch.setattr(
-        dispatch, "send",
-        lambda operation_id, operation_type, task_id, *, priority: sent.append(
-            (Operation.objects.get(pk=operation_id).bank_id, priority)
-        ) or True,
+        dispatch,
+        "send",
+        lambda operation_id, operation_type, task_id, *, priority: (
+            sent.append((Operation.objects.get(pk=operation_id).bank_id, priority)) or True
+        ),
     )
     with django_capture_on_commit_callbacks(execute=True):
         for _ in range(3):
@@ -185,8 +191,12 @@ def test_a_submission_goes_ahead_of_the_window_only_when_its_bank_has_no_message
         services.operation_submit(bank_id="beta", operation_type="test_echo")
         services.operation_submit(bank_id="beta", operation_type="test_echo")
     assert sent == [
-        ("alpha", dispatch.FIRST_OF_ITS_BANK), ("alpha", dispatch.BEHIND), ("alpha", dispatch.BEHIND),
-        ("alpha", dispatch.BEHIND), ("beta", dispatch.FIRST_OF_ITS_BANK), ("beta", dispatch.BEHIND),
+        ("alpha", dispatch.FIRST_OF_ITS_BANK),
+        ("alpha", dispatch.BEHIND),
+        ("alpha", dispatch.BEHIND),
+        ("alpha", dispatch.BEHIND),
+        ("beta", dispatch.FIRST_OF_ITS_BANK),
+        ("beta", dispatch.BEHIND),
     ]
 
 
@@ -239,14 +249,16 @@ def test_the_cancel_signal_interrupts_a_handler_even_while_it_holds_the_lease_lo
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", script],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0 and "interrupted" in result.stdout, result.stdout + result.stderr
 
 
-def test_the_next_operation_published_is_chosen_round_robin_over_banks(
-    alpha: Any, beta: Any, settings: Any
-) -> None:
+def test_the_next_operation_published_is_chosen_round_robin_over_banks(alpha: Any, beta: Any, settings: Any) -> None:
     """Bank alpha queued 30 before bank beta queued 1: beta's is published at
     the second pick, not the thirty-first, and alpha still gets every pick
     after it."""
@@ -263,8 +275,12 @@ def test_the_next_operation_published_is_chosen_round_robin_over_banks(
     picks = []
     for _ in range(6):
         assert dispatch.publish_next("test_echo")
-        picks.append(Operation.objects.filter(dispatched_at__isnull=False).order_by("-dispatched_at")
-                     .values_list("bank_id", flat=True).first())
+        picks.append(
+            Operation.objects.filter(dispatched_at__isnull=False)
+            .order_by("-dispatched_at")
+            .values_list("bank_id", flat=True)
+            .first()
+        )
     assert picks == ["alpha", "beta", "gamma", "alpha", "alpha", "alpha"]
     published_alpha = Operation.objects.filter(bank_id="alpha", dispatched_at__isnull=False).order_by("created_at")
     # Oldest first within a bank.

@@ -87,7 +87,9 @@ def test_the_floor_delays_a_run_that_would_come_too_soon() -> None:
     # The floor counts from when the run was claimed, not when it was due.
     late = RefreshSchedule(interval_seconds=60, min_interval_seconds=120)
     assert late.run_after(due, due + timedelta(seconds=30)) == due + timedelta(seconds=150)
-    assert RefreshSchedule(interval_seconds=60, min_interval_seconds=0).run_after(due, due) == due + timedelta(minutes=1)
+    assert RefreshSchedule(interval_seconds=60, min_interval_seconds=0).run_after(due, due) == due + timedelta(
+        minutes=1
+    )
 
 
 def test_a_schedule_is_one_kind() -> None:

@@ -32,8 +32,9 @@ def csrf(client: Client) -> dict[str, str]:
 
 
 def put_bank(client: Client, bank: str, **headers: str) -> Any:
-    return client.put(f"{API}/banks/{bank}", data={"name": "from a session"},
-                      content_type="application/json", **headers)
+    return client.put(
+        f"{API}/banks/{bank}", data={"name": "from a session"}, content_type="application/json", **headers
+    )
 
 
 @pytest.fixture

@@ -31,9 +31,7 @@ def test_the_scaled_mode_refuses_to_start_without_a_shared_secret_key(tmp_path: 
 
 
 def test_the_scaled_mode_starts_with_a_secret_key(tmp_path: Path) -> None:
-    result = _start(
-        tmp_path, DATABASE_URL="postgres://postgres@127.0.0.1:5432/ops", DJANGO_SECRET_KEY="k" * 50
-    )
+    result = _start(tmp_path, DATABASE_URL="postgres://postgres@127.0.0.1:5432/ops", DJANGO_SECRET_KEY="k" * 50)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "50"
 

@@ -41,7 +41,9 @@ def test_several_reservations() -> None:
     plan = build_plan(max_slots=5, reserved={"consolidation": 2, "retain": 2}, types=TYPES)
     assert plan.shared == 1
     assert [(w.name, w.concurrency) for w in plan.workers] == [
-        ("consolidation", 2), ("retain", 2), ("shared", 1),
+        ("consolidation", 2),
+        ("retain", 2),
+        ("shared", 1),
     ]
 
 
@@ -67,14 +69,19 @@ def run_manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
     return subprocess.run(
         [sys.executable, str(PROJECT_DIR / "manage.py"), *args],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 def test_print_plan_reads_the_environment() -> None:
     done = run_manage(
-        "runworkers", "--print-plan",
-        OPS_WORKER_MAX_SLOTS="6", OPS_WORKER_TEST_SLEEP_RESERVED_SLOTS="2",
+        "runworkers",
+        "--print-plan",
+        OPS_WORKER_MAX_SLOTS="6",
+        OPS_WORKER_TEST_SLEEP_RESERVED_SLOTS="2",
     )
     assert done.returncode == 0, done.stderr
     plan: dict[str, Any] = json.loads(done.stdout)
@@ -85,9 +92,7 @@ def test_print_plan_reads_the_environment() -> None:
 
 
 def test_over_reserved_plan_does_not_start() -> None:
-    done = run_manage(
-        "runworkers", OPS_WORKER_MAX_SLOTS="3", OPS_WORKER_TEST_SLEEP_RESERVED_SLOTS="5"
-    )
+    done = run_manage("runworkers", OPS_WORKER_MAX_SLOTS="3", OPS_WORKER_TEST_SLEEP_RESERVED_SLOTS="5")
     assert done.returncode != 0
     assert "reserved slots (5: test_sleep=5) exceed OPS_WORKER_MAX_SLOTS (3)" in done.stderr
     assert "Traceback" not in done.stderr

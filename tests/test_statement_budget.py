@@ -22,9 +22,9 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
+from banks import memory
 from banks.memory import RetainItem
 from banks.models import Bank, Webhook
-from banks import memory
 from banks.submissions import retain_async
 from banks.webhooks import seal
 from operations import dispatch, services
@@ -75,7 +75,9 @@ def no_replacement() -> None:
 def claim(operation: Operation, operation_type: str) -> Lease:
     """Claim as a worker taking the operation's message (its task id)."""
     lease = services.operation_claim(
-        operation_id=str(operation.pk), worker="shared@budget", task_id=str(operation.task_id),
+        operation_id=str(operation.pk),
+        worker="shared@budget",
+        task_id=str(operation.task_id),
         replace=(operation_type, no_replacement),
     )
     assert lease is not None
@@ -92,7 +94,7 @@ def published_quietly(monkeypatch: Any) -> None:
     """Messages are not sent to a broker here (no worker takes them): the
     statements are what is counted."""
     monkeypatch.setattr(dispatch, "send", lambda *args, **kwargs: True)
-    monkeypatch.setattr(dispatch, "send_many", lambda messages: len(messages))
+    monkeypatch.setattr(dispatch, "send_many", len)
     monkeypatch.setattr(dispatch, "picked_by_claim", lambda *args, **kwargs: None)
     # The window counted once stays counted however slow the machine.
     monkeypatch.setattr(dispatch, "WINDOW_RECOUNT_SECONDS", 60.0)
@@ -134,8 +136,9 @@ def test_a_retain_of_five_new_documents_writes_them_together(alpha: Any) -> None
     and one write transaction, not one per item (the fold after them is a
     transaction of its own)."""
     bank = Bank.objects.get(pk="alpha")
-    memory.retain_items(bank=bank, items=[RetainItem(content="Ada met Charles in London.")],
-                        default_document_id=lambda i: "earlier")
+    memory.retain_items(
+        bank=bank, items=[RetainItem(content="Ada met Charles in London.")], default_document_id=lambda i: "earlier"
+    )
     items = [RetainItem(content=f"Ada met Grace in Zurich about note {i}. Grace wrote it down.") for i in range(5)]
     with counted() as written:
         outcome = memory.retain_items(bank=bank, items=items, default_document_id=lambda i: f"d{i}")
@@ -154,8 +157,9 @@ def test_an_async_retain_is_one_insert(alpha: Any, published_quietly: None) -> N
     bank = Bank.objects.get(pk="alpha")
     retain_async(bank=bank, items=[RetainItem(content="Warm.")], document_tags=[])  # the window counted
     with counted() as submit:
-        parent, _ = retain_async(bank=bank, items=[RetainItem(content=f"Fact {i}.") for i in range(5)],
-                                 document_tags=[])
+        parent, _ = retain_async(
+            bank=bank, items=[RetainItem(content=f"Fact {i}.") for i in range(5)], document_tags=[]
+        )
     # The retain_batch parent and its one child in the same INSERT.
     submit.within(1, 1, "submit of an async retain of five items")
     assert parent.children.count() == 1
@@ -184,8 +188,12 @@ def test_a_parent_with_a_thousand_children(alpha: Any, published_quietly: None, 
 
 def test_a_finish_in_a_bank_with_webhooks(alpha: Any, published_quietly: None) -> None:
     Webhook.objects.create(
-        bank=Bank.objects.get(pk="alpha"), url="http://127.0.0.1:9/hook", secret_sealed=seal("s"),
-        event_types=["operation.completed"], enabled=True, http_config={},
+        bank=Bank.objects.get(pk="alpha"),
+        url="http://127.0.0.1:9/hook",
+        secret_sealed=seal("s"),
+        event_types=["operation.completed"],
+        enabled=True,
+        http_config={},
     )
     first, second = (services.operation_submit(bank_id="alpha", operation_type="test_echo").operation for _ in "12")
     assert services.operation_complete(lease=claim(first, "test_echo"), result={})  # the deliveries' window counted
@@ -231,8 +239,9 @@ def test_a_backlog_that_arrived_after_the_statistics_is_not_walked_per_claim(
     settings.OPS_DISPATCH_WINDOW = 10
     finished = timezone.now() - timedelta(days=1)
     Operation.objects.bulk_create(
-        Operation(bank_id="alpha", operation_type="test_echo", status="completed", created_at=finished,
-                  completed_at=finished)
+        Operation(
+            bank_id="alpha", operation_type="test_echo", status="completed", created_at=finished, completed_at=finished
+        )
         for _ in range(3000)
     )
     with connection.cursor() as cursor:
@@ -244,7 +253,10 @@ def test_a_backlog_that_arrived_after_the_statistics_is_not_walked_per_claim(
         operation_id=published.pk, worker="w", task_id="t", lease_id=uuid.uuid4(), now=now, connection=connection
     )
     pick_params = queries.pick_params(
-        operation_type="test_echo", after="", task_id="p", now=queries.adapt(now, connection),
+        operation_type="test_echo",
+        after="",
+        task_id="p",
+        now=queries.adapt(now, connection),
         stale_before=queries.adapt(now - timedelta(minutes=2), connection),
     )
     for name, statement, params in (

@@ -64,13 +64,34 @@ def run_all_pending() -> None:
 
 
 def test_sync_retain_runs_inline(admin: Any) -> None:
-    response = admin.post("banks/newbank/memories", {"items": [
-        {"content": "Ada Lovelace wrote the first program.", "document_id": "ada", "timestamp": None,
-         "context": None, "metadata": None, "tags": None, "entities": ["Analytical Engine", {"text": "Babbage", "type": "person"}],
-         "resolve_entities": True, "observation_scopes": None, "strategy": "default", "update_mode": "replace"},
-    ]})
+    response = admin.post(
+        "banks/newbank/memories",
+        {
+            "items": [
+                {
+                    "content": "Ada Lovelace wrote the first program.",
+                    "document_id": "ada",
+                    "timestamp": None,
+                    "context": None,
+                    "metadata": None,
+                    "tags": None,
+                    "entities": ["Analytical Engine", {"text": "Babbage", "type": "person"}],
+                    "resolve_entities": True,
+                    "observation_scopes": None,
+                    "strategy": "default",
+                    "update_mode": "replace",
+                },
+            ]
+        },
+    )
     assert response.status_code == 200
-    assert response.json() == {"success": True, "bank_id": "newbank", "items_count": 1, "async": False, "operation_id": None}
+    assert response.json() == {
+        "success": True,
+        "bank_id": "newbank",
+        "items_count": 1,
+        "async": False,
+        "operation_id": None,
+    }
     assert Bank.objects.filter(pk="newbank").exists()  # created on first use
     assert MemoryUnit.objects.filter(bank_id="newbank").count() == 1
     assert Operation.objects.count() == 0
@@ -219,11 +240,15 @@ def test_files_of_every_supported_type(admin: Any, alpha: Any) -> None:
     files = [
         SimpleUploadedFile("notes.txt", b"Plain text about Kepler.", content_type="text/plain"),
         SimpleUploadedFile("readme.md", b"# Title\n\nMarkdown about **Galileo**.", content_type="text/markdown"),
-        SimpleUploadedFile("page.html", b"<html><script>x()</script><p>HTML about Newton.</p></html>",
-                           content_type="text/html"),
+        SimpleUploadedFile(
+            "page.html", b"<html><script>x()</script><p>HTML about Newton.</p></html>", content_type="text/html"
+        ),
         SimpleUploadedFile("paper.pdf", make_pdf("A PDF about Copernicus."), content_type="application/pdf"),
-        SimpleUploadedFile("report.docx", make_docx("A DOCX about Brahe.", "Second paragraph."),
-                           content_type="application/octet-stream"),
+        SimpleUploadedFile(
+            "report.docx",
+            make_docx("A DOCX about Brahe.", "Second paragraph."),
+            content_type="application/octet-stream",
+        ),
     ]
     response = upload(admin, *files, tags="science,astronomy", context="uploads")
     assert response.status_code == 200, response.json()
@@ -255,14 +280,20 @@ def test_files_of_every_supported_type(admin: Any, alpha: Any) -> None:
     ("name", "data", "content_type", "message"),
     [
         ("broken.pdf", b"%PDF-1.4 this is not really a pdf", "application/pdf", "not a valid PDF"),
-        ("broken.docx", b"PK\x03\x04 not a zip", DOCX := "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-         "not a valid DOCX file"),
+        (
+            "broken.docx",
+            b"PK\x03\x04 not a zip",
+            DOCX := "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            "not a valid DOCX file",
+        ),
         ("data.foo", b"\x00\x01", "text/x-foo", "unsupported type text/x-foo"),
         ("latin.txt", "café".encode("latin-1"), "text/plain", "not valid UTF-8 text"),
         ("empty.txt", b"   ", "text/plain", "contains no text"),
     ],
 )
-def test_conversion_errors_fail_at_once(admin: Any, alpha: Any, name: str, data: bytes, content_type: str, message: str) -> None:
+def test_conversion_errors_fail_at_once(
+    admin: Any, alpha: Any, name: str, data: bytes, content_type: str, message: str
+) -> None:
     operation_id = upload(admin, SimpleUploadedFile(name, data, content_type=content_type)).json()["operation_ids"][0]
     run_all_pending()
     failed = Operation.objects.get(pk=operation_id)

@@ -25,8 +25,16 @@ def tasks(caller: Caller, **query: Any) -> Any:
 
 
 def test_every_status_has_its_code_and_the_shape_is_the_guides(admin: Caller, alpha: Any) -> None:
-    made = {code: make(status=status, tag=f"t-{code}") for code, status in
-            [("Q", "pending"), ("R", "processing"), ("D", "completed"), ("F", "failed"), ("C", "cancelled")]}
+    made = {
+        code: make(status=status, tag=f"t-{code}")
+        for code, status in [
+            ("Q", "pending"),
+            ("R", "processing"),
+            ("D", "completed"),
+            ("F", "failed"),
+            ("C", "cancelled"),
+        ]
+    }
     response = tasks(admin)
     assert response.status_code == 200
     body = response.json()
@@ -72,8 +80,7 @@ def test_paging_is_done_by_the_database(admin: Caller, alpha: Any) -> None:
     assert pages == newest_first
 
 
-def test_a_scoped_key_sees_only_its_banks(admin: Caller, alice: Caller, charlie: Caller,
-                                          alpha: Any, beta: Any) -> None:
+def test_a_scoped_key_sees_only_its_banks(admin: Caller, alice: Caller, charlie: Caller, alpha: Any, beta: Any) -> None:
     mine, theirs = make("alpha"), make("beta")
     assert [t["id"] for t in tasks(alice).json()] == [str(mine.pk)]
     assert tasks(charlie).json() == []

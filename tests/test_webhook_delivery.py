@@ -42,14 +42,20 @@ def receivers() -> Iterator[list[Receiver]]:
 def register(bank_id: str, url: str, event_types: list[str], **http_config: Any) -> Webhook:
     bank, _ = Bank.objects.get_or_create(bank_id=bank_id)
     return webhooks.webhook_create(
-        bank=bank, url=url, secret=SECRET, event_types=event_types, enabled=True, http_config=http_config,
+        bank=bank,
+        url=url,
+        secret=SECRET,
+        event_types=event_types,
+        enabled=True,
+        http_config=http_config,
     )
 
 
 def finished_deliveries(webhook: Webhook, count: int = 1, timeout: float = 60) -> list[Operation]:
     def done() -> list[Operation] | None:
         rows = [
-            o for o in Operation.objects.filter(operation_type="webhook_delivery")
+            o
+            for o in Operation.objects.filter(operation_type="webhook_delivery")
             if o.task_payload["webhook_id"] == str(webhook.pk)
         ]
         return rows if len(rows) >= count and all(o.status in TERMINAL for o in rows) else None
@@ -75,17 +81,27 @@ def test_deliveries_are_retried_failed_and_logged(
     on_slow = register("gamma", slow.url, ["consolidation.completed"], timeout_seconds=1)
     on_retain = register("delta", retains.url, ["retain.completed"])
     start_workers(
-        ready=2, beat=True, OPS_WORKER_MAX_SLOTS="4", OPS_WEBHOOK_ALLOW_PRIVATE="true",
-        OPS_WEBHOOK_RETRY_DELAYS="0.3,0.3,0.3", **FAST,
+        ready=2,
+        beat=True,
+        OPS_WORKER_MAX_SLOTS="4",
+        OPS_WEBHOOK_ALLOW_PRIVATE="true",
+        OPS_WEBHOOK_RETRY_DELAYS="0.3,0.3,0.3",
+        **FAST,
     )
 
     echo = services.operation_submit(bank_id="alpha", operation_type="test_echo", payload={"value": 7}).operation
     services.operation_submit(bank_id="beta", operation_type="test_echo")
     webhooks.webhook_send_test(webhook=on_slow)
-    response = admin.post("banks/delta/memories", {"async": True, "items": [
-        {"content": "Grace Hopper found a moth.", "document_id": "moth"},
-        {"content": "Alan Turing asked a question.", "document_id": "question"},
-    ]})
+    response = admin.post(
+        "banks/delta/memories",
+        {
+            "async": True,
+            "items": [
+                {"content": "Grace Hopper found a moth.", "document_id": "moth"},
+                {"content": "Alan Turing asked a question.", "document_id": "question"},
+            ],
+        },
+    )
     assert response.status_code == 200
 
     # 500, then 200: two attempts with the same body and event id, both logged.
@@ -97,7 +113,8 @@ def test_deliveries_are_retried_failed_and_logged(
     body = json.loads(first.body)
     assert body["operation_id"] == str(echo.pk) and body["data"]["result"]["echo"] == 7
     assert [(d.attempt, d.outcome, d.status_code) for d in log_of(on_completed)] == [
-        (1, "retrying", 500), (2, "delivered", 200),
+        (1, "retrying", 500),
+        (2, "delivered", 200),
     ]
     assert {str(d.event_id) for d in log_of(on_completed)} == {body["event_id"]}
     assert log_of(on_completed)[0].next_retry_at is not None and log_of(on_completed)[0].error == "HTTP 500"

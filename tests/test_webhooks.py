@@ -14,7 +14,6 @@ import socket
 import time
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,8 +53,12 @@ def private_ok(settings: Any) -> None:
 def make_webhook(bank: Bank, url: str = LOOPBACK_URL, **fields: Any) -> Webhook:
     fields.setdefault("event_types", ["operation.completed", "operation.failed"])
     return webhooks.webhook_create(
-        bank=bank, url=url, secret=fields.pop("secret", SECRET), enabled=fields.pop("enabled", True),
-        http_config=fields.pop("http_config", {}), **fields,
+        bank=bank,
+        url=url,
+        secret=fields.pop("secret", SECRET),
+        enabled=fields.pop("enabled", True),
+        http_config=fields.pop("http_config", {}),
+        **fields,
     )
 
 
@@ -94,7 +97,11 @@ def test_the_readme_receiver_verifies_both_signatures_and_refuses_old_ones() -> 
 def test_a_posted_event_carries_the_documented_headers(alpha: Any, private_ok: None, receiver: Receiver) -> None:
     webhook = make_webhook(alpha, receiver.url, http_config={"headers": {"X-Team": "blue"}})
     body = webhooks.serialize_event(
-        event="operation.completed", event_id="e-1", bank_id="alpha", operation_id="op-1", status="completed",
+        event="operation.completed",
+        event_id="e-1",
+        bank_id="alpha",
+        operation_id="op-1",
+        status="completed",
         data={"n": 1},
     ).encode()
     attempt = webhooks.post_event(webhook=webhook, event="operation.completed", delivery_id="d-1", body=body)
@@ -120,8 +127,15 @@ def test_answers_are_sorted_into_delivered_retried_and_permanent(
         webhooks.post_event(webhook=webhook, event="webhook.test", delivery_id="d", body=b"{}") for _ in range(9)
     ]
     assert [(a.delivered, a.retry) for a in outcomes] == [
-        (True, False), (False, True), (False, True), (False, True), (False, True),
-        (False, False), (False, False), (False, False), (False, True),
+        (True, False),
+        (False, True),
+        (False, True),
+        (False, True),
+        (False, True),
+        (False, False),
+        (False, False),
+        (False, False),
+        (False, True),
     ]
     assert outcomes[7].error == "HTTP 301 (redirects are not followed)"
     assert outcomes[8].error == "timed out after 1s" and outcomes[8].status_code is None
@@ -130,11 +144,29 @@ def test_answers_are_sorted_into_delivered_retried_and_permanent(
 # --- the SSRF guard ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "127.8.9.10", "::1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "fe80::1",
-    "fc00::1", "224.0.0.1", "ff02::1", "240.0.0.1", "0.0.0.0", "::", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
-    "100.64.0.1", "192.0.2.1",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.8.9.10",
+        "::1",
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "169.254.169.254",
+        "fe80::1",
+        "fc00::1",
+        "224.0.0.1",
+        "ff02::1",
+        "240.0.0.1",
+        "0.0.0.0",
+        "::",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "100.64.0.1",
+        "192.0.2.1",
+    ],
+)
 def test_the_address_check_refuses_non_public_addresses(address: str) -> None:
     assert webhooks.address_refusal(address) is not None
 
@@ -157,7 +189,9 @@ def fake_resolver(address: str) -> Any:
 def test_a_name_is_judged_by_every_address_it_resolves_to(settings: Any) -> None:
     settings.OPS_WEBHOOK_ALLOW_PRIVATE = False
     webhooks.check_url("https://hooks.example/x", resolve=fake_resolver("93.184.216.34"))
-    with pytest.raises(webhooks.UnsafeWebhookURL, match="^hooks.example resolves to 127.0.0.1, a loopback address; "):
+    with pytest.raises(
+        webhooks.UnsafeWebhookURL, match=r"^hooks\.example resolves to 127\.0\.0\.1, a loopback address; "
+    ):
         webhooks.check_url("https://hooks.example/x", resolve=fake_resolver("127.0.0.1"))
     # An address written in the URL is named once.
     with pytest.raises(webhooks.UnsafeWebhookURL, match=r"^127\.0\.0\.1 is a loopback address; "):
@@ -173,10 +207,16 @@ def test_a_name_is_judged_by_every_address_it_resolves_to(settings: Any) -> None
     webhooks.check_url("https://hooks.example/x", allow_private=True, resolve=fake_resolver("127.0.0.1"))
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1/hook", "http://[::1]:8080/hook", "http://localhost/hook", "http://10.0.0.1/hook",
-    "http://169.254.169.254/latest/meta-data/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/hook",
+        "http://[::1]:8080/hook",
+        "http://localhost/hook",
+        "http://10.0.0.1/hook",
+        "http://169.254.169.254/latest/meta-data/",
+    ],
+)
 def test_registration_refuses_private_addresses(admin: Any, alpha: Any, settings: Any, url: str) -> None:
     settings.OPS_WEBHOOK_ALLOW_PRIVATE = False
     response = admin.post("banks/alpha/webhooks", {"url": url, "secret": SECRET})
@@ -185,9 +225,7 @@ def test_registration_refuses_private_addresses(admin: Any, alpha: Any, settings
     assert not Webhook.objects.exists()
 
 
-def test_delivery_refuses_a_name_that_now_resolves_to_loopback(
-    alpha: Any, settings: Any, receiver: Receiver
-) -> None:
+def test_delivery_refuses_a_name_that_now_resolves_to_loopback(alpha: Any, settings: Any, receiver: Receiver) -> None:
     settings.OPS_WEBHOOK_ALLOW_PRIVATE = True
     webhook = make_webhook(alpha, receiver.url.replace("127.0.0.1", "localhost"))
     settings.OPS_WEBHOOK_ALLOW_PRIVATE = False
@@ -220,10 +258,15 @@ def test_delivery_connects_to_the_address_the_guard_passed(
 
 
 def test_create_list_get_patch_delete(admin: Any, alpha: Any, private_ok: None) -> None:
-    created = admin.post("banks/alpha/webhooks", {
-        "url": LOOPBACK_URL, "secret": SECRET, "event_types": ["retain.completed", "operation.failed"],
-        "http_config": {"timeout_seconds": 5, "headers": {"Authorization": "Bearer x"}},
-    })
+    created = admin.post(
+        "banks/alpha/webhooks",
+        {
+            "url": LOOPBACK_URL,
+            "secret": SECRET,
+            "event_types": ["retain.completed", "operation.failed"],
+            "http_config": {"timeout_seconds": 5, "headers": {"Authorization": "Bearer x"}},
+        },
+    )
     assert created.status_code == 201, created.json()
     body = created.json()
     assert body["bank_id"] == "alpha" and body["url"] == LOOPBACK_URL and body["enabled"] is True
@@ -241,9 +284,15 @@ def test_create_list_get_patch_delete(admin: Any, alpha: Any, private_ok: None) 
     assert admin.get("banks/alpha/webhooks?limit=1&offset=1").json()["items"][0]["id"] == default["id"]
     assert admin.get(f"banks/alpha/webhooks/{webhook_id}").json() == body
 
-    patched = admin.patch(f"banks/alpha/webhooks/{webhook_id}", {
-        "enabled": False, "secret": None, "url": None, "http_config": {"timeout_seconds": 7},
-    })
+    patched = admin.patch(
+        f"banks/alpha/webhooks/{webhook_id}",
+        {
+            "enabled": False,
+            "secret": None,
+            "url": None,
+            "http_config": {"timeout_seconds": 7},
+        },
+    )
     assert patched.status_code == 200, patched.json()
     assert patched.json()["enabled"] is False and patched.json()["url"] == LOOPBACK_URL
     assert patched.json()["http_config"]["timeout_seconds"] == 7
@@ -255,7 +304,9 @@ def test_create_list_get_patch_delete(admin: Any, alpha: Any, private_ok: None) 
 
     deleted = admin.delete(f"banks/alpha/webhooks/{webhook_id}")
     assert deleted.status_code == 200 and deleted.json() == {
-        "success": True, "message": f"webhook {webhook_id} deleted", "deleted_count": 1,
+        "success": True,
+        "message": f"webhook {webhook_id} deleted",
+        "deleted_count": 1,
     }
     assert admin.get(f"banks/alpha/webhooks/{webhook_id}").status_code == 404
     assert admin.get("banks/alpha/webhooks/not-a-uuid").status_code == 400
@@ -267,24 +318,27 @@ def test_the_secret_is_stored_encrypted(alpha: Any) -> None:
     assert SECRET not in stored and webhooks.unseal(stored) == SECRET
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"url": "not a url"}, "url"),
-    ({"url": "ftp://127.0.0.1/x"}, "url"),
-    ({"url": "http://user:pw@127.0.0.1/x"}, "url"),
-    ({}, "url"),
-    ({"url": LOOPBACK_URL, "event_types": ["retain.completed", "nope"]}, "event_types.1"),
-    ({"url": LOOPBACK_URL, "event_types": []}, "event_types"),
-    ({"url": LOOPBACK_URL, "enabled": "yes"}, "enabled"),
-    ({"url": LOOPBACK_URL, "http_config": {"timeout_seconds": -1}}, "http_config.timeout_seconds"),
-    ({"url": LOOPBACK_URL, "http_config": {"timeout_seconds": 100000}}, "http_config.timeout_seconds"),
-    ({"url": LOOPBACK_URL, "http_config": {"headers": {f"X-H{i}": "v" for i in range(50)}}}, "http_config.headers"),
-    ({"url": LOOPBACK_URL, "http_config": {"headers": {"X-Big": "v" * 5000}}}, "http_config.headers.X-Big"),
-    ({"url": LOOPBACK_URL, "http_config": {"headers": {"X-Ops-Signature": "forged"}}}, "http_config.headers"),
-    ({"url": LOOPBACK_URL, "http_config": {"headers": {"Bad Name": "v"}}}, "http_config.headers"),
-    ({"url": LOOPBACK_URL, "http_config": {"method": "GET"}}, "http_config.method"),
-    ({"url": LOOPBACK_URL, "http_config": "fast"}, "http_config"),
-    ({"url": LOOPBACK_URL, "secret": 12}, "secret"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"url": "not a url"}, "url"),
+        ({"url": "ftp://127.0.0.1/x"}, "url"),
+        ({"url": "http://user:pw@127.0.0.1/x"}, "url"),
+        ({}, "url"),
+        ({"url": LOOPBACK_URL, "event_types": ["retain.completed", "nope"]}, "event_types.1"),
+        ({"url": LOOPBACK_URL, "event_types": []}, "event_types"),
+        ({"url": LOOPBACK_URL, "enabled": "yes"}, "enabled"),
+        ({"url": LOOPBACK_URL, "http_config": {"timeout_seconds": -1}}, "http_config.timeout_seconds"),
+        ({"url": LOOPBACK_URL, "http_config": {"timeout_seconds": 100000}}, "http_config.timeout_seconds"),
+        ({"url": LOOPBACK_URL, "http_config": {"headers": {f"X-H{i}": "v" for i in range(50)}}}, "http_config.headers"),
+        ({"url": LOOPBACK_URL, "http_config": {"headers": {"X-Big": "v" * 5000}}}, "http_config.headers.X-Big"),
+        ({"url": LOOPBACK_URL, "http_config": {"headers": {"X-Ops-Signature": "forged"}}}, "http_config.headers"),
+        ({"url": LOOPBACK_URL, "http_config": {"headers": {"Bad Name": "v"}}}, "http_config.headers"),
+        ({"url": LOOPBACK_URL, "http_config": {"method": "GET"}}, "http_config.method"),
+        ({"url": LOOPBACK_URL, "http_config": "fast"}, "http_config"),
+        ({"url": LOOPBACK_URL, "secret": 12}, "secret"),
+    ],
+)
 def test_bad_input_is_a_400_naming_the_field(
     admin: Any, alpha: Any, private_ok: None, body: dict[str, Any], field: str
 ) -> None:
@@ -310,8 +364,12 @@ def test_scoped_keys_reach_only_their_banks_webhooks(
 ) -> None:
     theirs = make_webhook(beta)
     mine = make_webhook(alpha)
-    for path in (f"banks/beta/webhooks/{theirs.pk}", f"banks/beta/webhooks/{theirs.pk}/deliveries",
-                 "banks/beta/webhooks", f"banks/alpha/webhooks/{theirs.pk}"):
+    for path in (
+        f"banks/beta/webhooks/{theirs.pk}",
+        f"banks/beta/webhooks/{theirs.pk}/deliveries",
+        "banks/beta/webhooks",
+        f"banks/alpha/webhooks/{theirs.pk}",
+    ):
         assert alice.get(path).status_code == 404, path
     assert alice.post("banks/beta/webhooks", {"url": LOOPBACK_URL}).status_code == 404
     assert alice.patch(f"banks/beta/webhooks/{theirs.pk}", {"enabled": False}).status_code == 404
@@ -330,9 +388,15 @@ def test_deliveries_are_listed_newest_first_with_a_cursor(admin: Any, alpha: Any
     now = timezone.now()
     for attempt in range(1, 6):
         WebhookDelivery.objects.create(
-            webhook=webhook, operation_id=operation_id, event_id=event_id, event_type="operation.completed",
-            url=webhook.url, attempt=attempt, outcome=DeliveryOutcome.RETRYING if attempt < 5 else "delivered",
-            status_code=500 if attempt < 5 else 200, error="HTTP 500" if attempt < 5 else "",
+            webhook=webhook,
+            operation_id=operation_id,
+            event_id=event_id,
+            event_type="operation.completed",
+            url=webhook.url,
+            attempt=attempt,
+            outcome=DeliveryOutcome.RETRYING if attempt < 5 else "delivered",
+            status_code=500 if attempt < 5 else 200,
+            error="HTTP 500" if attempt < 5 else "",
             created_at=now + timedelta(seconds=attempt // 2),  # ties on created_at too
         )
     seen: list[int] = []
@@ -407,12 +471,15 @@ def test_a_delivery_never_raises_events(alpha: Any) -> None:
 
 def test_retain_and_consolidation_events() -> None:
     def finished(operation_type: str, result: dict[str, Any]) -> finish_hooks.Finished:
-        return finish_hooks.Finished(operation_id="op", bank_id="alpha", operation_type=operation_type,
-                                     status="completed", result=result)
+        return finish_hooks.Finished(
+            operation_id="op", bank_id="alpha", operation_type=operation_type, status="completed", result=result
+        )
 
     retain = webhooks.events_of(finished("retain", {"document_ids": ["d1", "d2"], "units": 3}))
     assert [(e, d.get("document_id")) for e, d in retain] == [
-        ("operation.completed", None), ("retain.completed", "d1"), ("retain.completed", "d2"),
+        ("operation.completed", None),
+        ("retain.completed", "d1"),
+        ("retain.completed", "d2"),
     ]
     upload = webhooks.events_of(finished("file_convert_retain", {"document_ids": ["f1"]}))
     assert [e for e, _ in upload] == ["operation.completed", "retain.completed"]
@@ -484,13 +551,22 @@ def test_the_secret_appears_in_no_response_payload_log_or_admin_page(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     responses = []
-    created = admin.post("banks/alpha/webhooks", {
-        "url": LOOPBACK_URL, "secret": SECRET, "event_types": ["operation.completed", "operation.failed"],
-    })
+    created = admin.post(
+        "banks/alpha/webhooks",
+        {
+            "url": LOOPBACK_URL,
+            "secret": SECRET,
+            "event_types": ["operation.completed", "operation.failed"],
+        },
+    )
     webhook_id = created.json()["id"]
-    responses += [created, admin.get("banks/alpha/webhooks"), admin.get(f"banks/alpha/webhooks/{webhook_id}"),
-                  admin.patch(f"banks/alpha/webhooks/{webhook_id}", {"secret": SECRET, "enabled": True}),
-                  admin.post(f"banks/alpha/webhooks/{webhook_id}/test")]
+    responses += [
+        created,
+        admin.get("banks/alpha/webhooks"),
+        admin.get(f"banks/alpha/webhooks/{webhook_id}"),
+        admin.patch(f"banks/alpha/webhooks/{webhook_id}", {"secret": SECRET, "enabled": True}),
+        admin.post(f"banks/alpha/webhooks/{webhook_id}/test"),
+    ]
     services.operation_complete(lease=claimed(), result={})
     services.operation_fail(lease=claimed(), error="boom", permanent=True)
     for operation in Operation.objects.all():
@@ -503,8 +579,14 @@ def test_the_secret_appears_in_no_response_payload_log_or_admin_page(
     client.force_login(user)
     webhook = Webhook.objects.get(pk=webhook_id)
     WebhookDelivery.objects.create(
-        webhook=webhook, operation_id=uuid.uuid4(), event_id=uuid.uuid4(), event_type="webhook.test",
-        url=webhook.url, attempt=1, outcome="delivered", status_code=200,
+        webhook=webhook,
+        operation_id=uuid.uuid4(),
+        event_id=uuid.uuid4(),
+        event_type="webhook.test",
+        url=webhook.url,
+        attempt=1,
+        outcome="delivered",
+        status_code=200,
     )
     pages = [client.get("/admin/banks/webhook/"), client.get(f"/admin/banks/webhook/{webhook_id}/change/")]
     assert all(page.status_code == 200 for page in pages)
@@ -529,7 +611,7 @@ def run_delivery(operation_id: Any) -> str | None:
     lease = services.operation_claim(operation_id=str(operation_id), worker="w@test", task_id=str(uuid.uuid4()))
     assert lease is not None
     try:
-        result = webhook_delivery.handle(OperationContext(lease=lease))
+        result = webhook_delivery.handle(OperationContext(lease=lease, lifecycle=services))
     except PermanentError as exc:
         return services.operation_fail(lease=lease, error=str(exc), permanent=True)
     except webhook_delivery.DeliveryFailed as exc:

@@ -23,8 +23,7 @@ def statuses(ids: list[Any]) -> list[str]:
 def test_workers_complete_operations_of_two_types(start_workers: Any, alpha: Any) -> None:
     start_workers(ready=2, OPS_WORKER_MAX_SLOTS="2")
     echoes = [
-        services.operation_submit(bank_id="alpha", operation_type="test_echo", payload={"value": i})
-        for i in range(5)
+        services.operation_submit(bank_id="alpha", operation_type="test_echo", payload={"value": i}) for i in range(5)
     ]
     sleeps = [
         services.operation_submit(bank_id="alpha", operation_type="test_sleep", payload={"seconds": 0.1})
@@ -39,12 +38,8 @@ def test_workers_complete_operations_of_two_types(start_workers: Any, alpha: Any
     assert first.started_at is not None and first.completed_at >= first.started_at
 
 
-def test_reserved_type_runs_while_shared_pool_is_saturated(
-    start_workers: Any, alpha: Any, tmp_path: Path
-) -> None:
-    start_workers(
-        ready=3, OPS_WORKER_MAX_SLOTS="2", OPS_WORKER_TEST_RESERVED_RESERVED_SLOTS="1"
-    )
+def test_reserved_type_runs_while_shared_pool_is_saturated(start_workers: Any, alpha: Any, tmp_path: Path) -> None:
+    start_workers(ready=3, OPS_WORKER_MAX_SLOTS="2", OPS_WORKER_TEST_RESERVED_RESERVED_SLOTS="1")
     log = str(tmp_path / "runs.jsonl")
     # One shared slot: a long sleeper holds it, more wait behind it.
     sleepers = [
@@ -78,16 +73,21 @@ def test_reserved_type_runs_while_shared_pool_is_saturated(
 
 # Leases short enough that three periods pass quickly, a sweeper reaping every half second.
 LEASE = {
-    "OPS_WORKER_MAX_SLOTS": "2", "OPS_LEASE_SECONDS": "2", "OPS_HEARTBEAT_SECONDS": "0.4",
-    "OPS_SWEEP_INTERVAL_SECONDS": "0.5", "OPS_RETRY_BACKOFF_SECONDS": "0.2", "OPS_RETRY_BACKOFF_CAP_SECONDS": "0.5",
+    "OPS_WORKER_MAX_SLOTS": "2",
+    "OPS_LEASE_SECONDS": "2",
+    "OPS_HEARTBEAT_SECONDS": "0.4",
+    "OPS_SWEEP_INTERVAL_SECONDS": "0.5",
+    "OPS_RETRY_BACKOFF_SECONDS": "0.2",
+    "OPS_RETRY_BACKOFF_CAP_SECONDS": "0.5",
 }
 
 
 def runs(log: Path, pk: Any, event: str) -> int:
     if not log.exists():
         return 0
-    return sum(1 for line in log.read_text().splitlines()
-               if (e := json.loads(line))["op"] == str(pk) and e["event"] == event)
+    return sum(
+        1 for line in log.read_text().splitlines() if (e := json.loads(line))["op"] == str(pk) and e["event"] == event
+    )
 
 
 def test_a_silent_handler_keeps_its_lease_for_three_lease_periods(
@@ -100,16 +100,17 @@ def test_a_silent_handler_keeps_its_lease_for_three_lease_periods(
     pk = services.operation_submit(
         bank_id="alpha", operation_type="test_busy", payload={"seconds": 6, "log": str(log)}
     ).operation.pk
-    done = wait_for(lambda: (o := Operation.objects.get(pk=pk)).status in ("completed", "failed") and o,
-                    timeout=60, message="the silent operation to finish")
+    done = wait_for(
+        lambda: (o := Operation.objects.get(pk=pk)).status in ("completed", "failed") and o,
+        timeout=60,
+        message="the silent operation to finish",
+    )
     assert done.status == "completed" and done.retry_count == 0 and done.error_history == []
     assert runs(log, pk, "start") == 1 and runs(log, pk, "end") == 1
     assert (done.completed_at - done.started_at).total_seconds() >= 6
 
 
-def test_without_renewal_the_reaper_takes_the_operation_back(
-    start_workers: Any, alpha: Any, tmp_path: Path
-) -> None:
+def test_without_renewal_the_reaper_takes_the_operation_back(start_workers: Any, alpha: Any, tmp_path: Path) -> None:
     """The same handler with its process's renewal stopped (first attempt only):
     the reaper takes it back after a lease, another run completes it, and the
     first run's late result is discarded. This is what the test above would
@@ -117,11 +118,15 @@ def test_without_renewal_the_reaper_takes_the_operation_back(
     start_workers(ready=2, beat=True, **LEASE)
     log = tmp_path / "runs.jsonl"
     pk = services.operation_submit(
-        bank_id="alpha", operation_type="test_busy",
+        bank_id="alpha",
+        operation_type="test_busy",
         payload={"seconds": 6, "log": str(log), "renew": False},
     ).operation.pk
-    done = wait_for(lambda: (o := Operation.objects.get(pk=pk)).status in ("completed", "failed") and o,
-                    timeout=60, message="the operation to finish")
+    done = wait_for(
+        lambda: (o := Operation.objects.get(pk=pk)).status in ("completed", "failed") and o,
+        timeout=60,
+        message="the operation to finish",
+    )
     assert done.status == "completed" and done.retry_count == 1
     assert done.error_history[0]["error"].startswith("worker lost")
     assert done.result_metadata == {"renewed": True}  # the second run's result, not the first's
@@ -135,21 +140,21 @@ def test_one_banks_backlog_does_not_hold_up_another_bank(
     window's worth of alpha's (those already in the broker), not after all of
     them; alpha's backlog still drains completely."""
     settings.OPS_DISPATCH_WINDOW = 4
-    start_workers(ready=2, beat=True, OPS_WORKER_MAX_SLOTS="2", OPS_DISPATCH_WINDOW="4",
-                  OPS_SWEEP_INTERVAL_SECONDS="0.5")
+    start_workers(
+        ready=2, beat=True, OPS_WORKER_MAX_SLOTS="2", OPS_DISPATCH_WINDOW="4", OPS_SWEEP_INTERVAL_SECONDS="0.5"
+    )
     backlog = [
-        services.operation_submit(
-            bank_id="alpha", operation_type="test_sleep", payload={"seconds": 0.05}
-        ).operation.pk
+        services.operation_submit(bank_id="alpha", operation_type="test_sleep", payload={"seconds": 0.05}).operation.pk
         for _ in range(120)
     ]
-    wait_for(lambda: Operation.objects.filter(pk__in=backlog, status="completed").exists(),
-             message="alpha's backlog to start draining")
+    wait_for(
+        lambda: Operation.objects.filter(pk__in=backlog, status="completed").exists(),
+        message="alpha's backlog to start draining",
+    )
     late = services.operation_submit(
         bank_id="beta", operation_type="test_sleep", payload={"seconds": 0.05}
     ).operation.pk
-    wait_for(lambda: statuses(backlog + [late]) == ["completed"] * 121, timeout=120,
-             message="everything to complete")
+    wait_for(lambda: statuses([*backlog, late]) == ["completed"] * 121, timeout=120, message="everything to complete")
     started = Operation.objects.get(pk=late).started_at
     alpha_after = Operation.objects.filter(pk__in=backlog, started_at__gt=started).count()
     # Oldest-first dispatch would have run beta's after every one of alpha's.
@@ -167,22 +172,24 @@ def test_a_banks_only_message_goes_ahead_of_another_banks_full_window(
     settings.OPS_DISPATCH_WINDOW = 20
     start_workers(ready=2, beat=True, OPS_WORKER_MAX_SLOTS="1", OPS_DISPATCH_WINDOW="20")
     backlog = [
-        services.operation_submit(
-            bank_id="alpha", operation_type="test_sleep", payload={"seconds": 0.2}
-        ).operation.pk
+        services.operation_submit(bank_id="alpha", operation_type="test_sleep", payload={"seconds": 0.2}).operation.pk
         for _ in range(40)
     ]
-    wait_for(lambda: Operation.objects.filter(pk__in=backlog, status="completed").exists(),
-             message="alpha's backlog to start draining")
-    in_broker = set(
-        Operation.objects.filter(pk__in=backlog, status="pending", dispatched_at__isnull=False)
-        .values_list("pk", flat=True)
+    wait_for(
+        lambda: Operation.objects.filter(pk__in=backlog, status="completed").exists(),
+        message="alpha's backlog to start draining",
     )
-    late = services.operation_submit(
-        bank_id="beta", operation_type="test_sleep", payload={"seconds": 0.2}
-    ).operation.pk
-    done = wait_for(lambda: (row := Operation.objects.get(pk=late)).status == "completed" and row,
-                    timeout=60, message="beta's operation to complete")
+    in_broker = set(
+        Operation.objects.filter(pk__in=backlog, status="pending", dispatched_at__isnull=False).values_list(
+            "pk", flat=True
+        )
+    )
+    late = services.operation_submit(bank_id="beta", operation_type="test_sleep", payload={"seconds": 0.2}).operation.pk
+    done = wait_for(
+        lambda: (row := Operation.objects.get(pk=late)).status == "completed" and row,
+        timeout=60,
+        message="beta's operation to complete",
+    )
     ahead = Operation.objects.filter(pk__in=in_broker, started_at__lt=done.started_at).count()
     assert len(in_broker) >= 15
     # First in, first out would have run every one of them first.
@@ -216,7 +223,8 @@ def test_operation_workers_yield_the_cpu_the_system_worker_does_not(start_worker
     base = os.getpriority(os.PRIO_PROCESS, workers.process.pid)
     niceness = {
         pid: os.getpriority(os.PRIO_PROCESS, pid) - base
-        for pid, command in _descendants(workers.process.pid).items() if "celery" in command
+        for pid, command in _descendants(workers.process.pid).items()
+        if "celery" in command
     }
     commands = _descendants(workers.process.pid)
     system = {pid for pid in niceness if "system@" in commands.get(pid, "")}

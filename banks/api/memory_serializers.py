@@ -33,8 +33,11 @@ class TagField(serializers.CharField):
     {
         "oneOf": [
             {"type": "string"},
-            {"type": "object", "properties": {"text": {"type": "string"}, "type": {"type": "string"}},
-             "required": ["text"]},
+            {
+                "type": "object",
+                "properties": {"text": {"type": "string"}, "type": {"type": "string"}},
+                "required": ["text"],
+            },
         ]
     }
 )
@@ -180,12 +183,17 @@ class ConsolidateRequestSerializer(serializers.Serializer):
     older form) narrow it. An empty list is no scope."""
 
     tags = serializers.ListField(
-        child=serializers.CharField(max_length=100), required=False, allow_null=True, max_length=100,
+        child=serializers.CharField(max_length=100),
+        required=False,
+        allow_null=True,
+        max_length=100,
         help_text="only units carrying at least one of these tags",
     )
     observation_scopes = serializers.ListField(
         child=serializers.ListField(child=serializers.CharField(max_length=100), allow_empty=False, max_length=100),
-        required=False, allow_null=True, max_length=100,
+        required=False,
+        allow_null=True,
+        max_length=100,
         help_text="lists of tags: only units carrying every tag of at least one list",
     )
     tag = TagField()
@@ -295,15 +303,24 @@ class TriggerSerializer(serializers.Serializer):
     replaces (null clears), a key left out stays."""
 
     refresh_cron = serializers.CharField(
-        required=False, allow_null=True, allow_blank=True, max_length=CRON_MAX_LENGTH,
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        max_length=CRON_MAX_LENGTH,
         help_text='a 5-field UTC cron expression ("0 3 * * *": daily at 03:00) or @hourly, @daily, …',
     )
     refresh_interval_seconds = serializers.IntegerField(
-        required=False, allow_null=True, min_value=1, max_value=INTERVAL_MAX_SECONDS,
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=INTERVAL_MAX_SECONDS,
         help_text="refresh every this many seconds (instead of refresh_cron)",
     )
     min_refresh_interval_seconds = serializers.IntegerField(
-        required=False, allow_null=True, min_value=0, max_value=INTERVAL_MAX_SECONDS,
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=INTERVAL_MAX_SECONDS,
         help_text="at least this many seconds between two scheduled refreshes",
     )
 
@@ -354,10 +371,7 @@ class MentalModelUpdateSerializer(serializers.Serializer):
     trigger = TriggerSerializer(required=False, allow_null=True, help_text="patched key by key")
 
     def changes(self) -> dict[str, Any]:
-        return {
-            name: value for name, value in self.validated_data.items()
-            if name != "trigger" and value is not None
-        }
+        return {name: value for name, value in self.validated_data.items() if name != "trigger" and value is not None}
 
 
 class MentalModelSerializer(serializers.Serializer):

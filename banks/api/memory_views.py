@@ -30,9 +30,6 @@ from operations.api.responses import AUTH_ERRORS, BAD_INPUT
 from operations.api.serializers import ErrorSerializer
 
 
-
-
-
 def _validated(serializer_class: type, data: Any, **kwargs: Any) -> dict[str, Any]:
     if data is None:
         data = {}
@@ -55,7 +52,9 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet):
         summary="Retain items (sync, or async as a retain_batch operation)",
         request=s.RetainRequestSerializer,
         responses={
-            200: s.RetainResponseSerializer, **BAD_INPUT, **AUTH_ERRORS,
+            200: s.RetainResponseSerializer,
+            **BAD_INPUT,
+            **AUTH_ERRORS,
             409: OpenApiResponse(ErrorSerializer, description="operation_id used by another bank or type"),
             413: OpenApiResponse(ErrorSerializer, description="too big for a sync request; use async"),
         },
@@ -69,14 +68,22 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet):
         if data.get("async"):
             try:
                 parent, _ = submissions.retain_async(
-                    bank=bank, items=items, document_tags=document_tags, operation_id=data.get("operation_id"),
+                    bank=bank,
+                    items=items,
+                    document_tags=document_tags,
+                    operation_id=data.get("operation_id"),
                     tag=data.get("tag") or None,
                 )
             except submissions.OperationIdConflict as exc:
                 raise Conflict(str(exc)) from None
             return Response(
-                {"success": True, "bank_id": bank.pk, "items_count": parent.items_count,
-                 "async": True, "operation_id": str(parent.pk)}
+                {
+                    "success": True,
+                    "bank_id": bank.pk,
+                    "items_count": parent.items_count,
+                    "async": True,
+                    "operation_id": str(parent.pk),
+                }
             )
         size = sum(len(item.content.encode()) for item in items)
         if len(items) > settings.OPS_SYNC_RETAIN_MAX_ITEMS or size > settings.OPS_SYNC_RETAIN_MAX_BYTES:
@@ -87,7 +94,9 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet):
             )
         request_id = uuid.uuid4()
         outcome = memory.retain_items(
-            bank=bank, items=items, document_tags=document_tags,
+            bank=bank,
+            items=items,
+            document_tags=document_tags,
             default_document_id=lambda i: f"{request_id}-{i}",
         )
         follow_ups.after_retain(bank=bank, outcome=outcome)
@@ -96,7 +105,8 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet):
         )
 
     @extend_schema(
-        summary="List memory units", parameters=[s.MemoryFilterSerializer],
+        summary="List memory units",
+        parameters=[s.MemoryFilterSerializer],
         responses={200: s.MemoryListSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
     def index(self, request: Request, bank_id: str) -> Response:
@@ -108,12 +118,19 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet):
         units = units.order_by("-created_at", "position", "id")
         limit, offset = query["limit"], query["offset"]
         return Response(
-            {"bank_id": bank.pk, "total": units.count(), "limit": limit, "offset": offset,
-             "items": s.MemoryUnitSerializer(units[offset : offset + limit], many=True).data}
+            {
+                "bank_id": bank.pk,
+                "total": units.count(),
+                "limit": limit,
+                "offset": offset,
+                "items": s.MemoryUnitSerializer(units[offset : offset + limit], many=True).data,
+            }
         )
 
-    @extend_schema(summary="Delete a memory unit (queues graph maintenance, and consolidation for stale observations)",
-                   responses={200: s.DeletedSerializer, **BAD_INPUT, **AUTH_ERRORS})
+    @extend_schema(
+        summary="Delete a memory unit (queues graph maintenance, and consolidation for stale observations)",
+        responses={200: s.DeletedSerializer, **BAD_INPUT, **AUTH_ERRORS},
+    )
     def destroy(self, request: Request, bank_id: str, memory_id: str) -> Response:
         bank = self.get_bank()
         unit_id = _uuid_or_400(memory_id, "memory_id")
@@ -132,7 +149,9 @@ class FileViewSet(BankScopedMixin, viewsets.GenericViewSet):
         summary="Upload files to convert and retain (one operation per file)",
         request={"multipart/form-data": s.FilesRequestSerializer},
         responses={
-            200: s.FilesResponseSerializer, **BAD_INPUT, **AUTH_ERRORS,
+            200: s.FilesResponseSerializer,
+            **BAD_INPUT,
+            **AUTH_ERRORS,
             413: OpenApiResponse(ErrorSerializer, description="a file is larger than OPS_MAX_UPLOAD_BYTES"),
             415: OpenApiResponse(ErrorSerializer, description="the body is not multipart/form-data"),
         },
@@ -150,10 +169,15 @@ class FileViewSet(BankScopedMixin, viewsets.GenericViewSet):
         tags = [t.strip() for value in request.data.getlist("tags") for t in value.split(",") if t.strip()]
         fields = _validated(
             s.FilesRequestSerializer,
-            {"files": files, "tags": tags, **{
-                name: request.data[name] for name in ("context", "document_id", "tag", "request")
-                if name in request.data
-            }},
+            {
+                "files": files,
+                "tags": tags,
+                **{
+                    name: request.data[name]
+                    for name in ("context", "document_id", "tag", "request")
+                    if name in request.data
+                },
+            },
         )
         per_file = _files_metadata(fields.get("request"), count=len(files))
         tag = per_file.tag or fields.get("tag") or None
@@ -202,23 +226,31 @@ def _files_metadata(raw: str | None, *, count: int) -> _FilesMetadata:
 class DocumentViewSet(BankScopedMixin, viewsets.GenericViewSet):
     serializer_class = s.DocumentSerializer
 
-    @extend_schema(summary="List documents", parameters=[PageSerializer],
-                   responses={200: s.DocumentListSerializer, **BAD_INPUT, **AUTH_ERRORS})
+    @extend_schema(
+        summary="List documents",
+        parameters=[PageSerializer],
+        responses={200: s.DocumentListSerializer, **BAD_INPUT, **AUTH_ERRORS},
+    )
     def index(self, request: Request, bank_id: str) -> Response:
         bank = self.get_bank()
         page = _validated(PageSerializer, request.query_params)
-        documents = (
-            Document.objects.filter(bank=bank).annotate(unit_count=Count("units")).order_by("-updated_at", "id")
-        )
+        documents = Document.objects.filter(bank=bank).annotate(unit_count=Count("units")).order_by("-updated_at", "id")
         limit, offset = page["limit"], page["offset"]
         return Response(
-            {"bank_id": bank.pk, "total": documents.count(), "limit": limit, "offset": offset,
-             "items": s.DocumentSerializer(documents[offset : offset + limit], many=True).data}
+            {
+                "bank_id": bank.pk,
+                "total": documents.count(),
+                "limit": limit,
+                "offset": offset,
+                "items": s.DocumentSerializer(documents[offset : offset + limit], many=True).data,
+            }
         )
 
-    @extend_schema(summary="Delete a document and its memories (queues graph maintenance, and "
-                           "consolidation for stale observations)",
-                   responses={200: s.DocumentDeletedSerializer, **AUTH_ERRORS})
+    @extend_schema(
+        summary="Delete a document and its memories (queues graph maintenance, and "
+        "consolidation for stale observations)",
+        responses={200: s.DocumentDeletedSerializer, **AUTH_ERRORS},
+    )
     def destroy(self, request: Request, bank_id: str, document_id: str) -> Response:
         bank = self.get_bank()
         if "\x00" in document_id:
@@ -229,8 +261,14 @@ class DocumentViewSet(BankScopedMixin, viewsets.GenericViewSet):
                 raise NotFound(f"document {document_id!r} not found")
             queued = follow_ups.after_delete(bank=bank)
         return Response(
-            {"success": True, "message": f"document {document_id!r} deleted", "document_id": document_id,
-             "memory_units_deleted": deleted, "units_deleted": deleted, **queued}
+            {
+                "success": True,
+                "message": f"document {document_id!r} deleted",
+                "document_id": document_id,
+                "memory_units_deleted": deleted,
+                "units_deleted": deleted,
+                **queued,
+            }
         )
 
 
@@ -270,7 +308,9 @@ class MentalModelViewSet(BankScopedMixin, viewsets.GenericViewSet):
         summary="Create a mental model (and queue its first refresh)",
         request=s.MentalModelInputSerializer,
         responses={
-            200: s.MentalModelCreatedSerializer, **BAD_INPUT, **AUTH_ERRORS,
+            200: s.MentalModelCreatedSerializer,
+            **BAD_INPUT,
+            **AUTH_ERRORS,
             409: OpenApiResponse(ErrorSerializer, description="a mental model with this id exists"),
         },
     )
@@ -281,19 +321,29 @@ class MentalModelViewSet(BankScopedMixin, viewsets.GenericViewSet):
         schedule = mental_models.schedule_patched(RefreshSchedule(), data.get("trigger") or {})
         try:
             created = mental_models.mental_model_create(
-                bank=bank, model_id=model_id, name=data["name"], source_query=data["source_query"],
-                tags=data.get("tags") or [], max_tokens=data.get("max_tokens") or 500, schedule=schedule,
+                bank=bank,
+                model_id=model_id,
+                name=data["name"],
+                source_query=data["source_query"],
+                tags=data.get("tags") or [],
+                max_tokens=data.get("max_tokens") or 500,
+                schedule=schedule,
                 tag=data.get("tag") or None,
             )
         except IntegrityError:
             raise Conflict(f"mental model {model_id} already exists") from None
         return Response(
-            {**_model_data(created.model), "mental_model_id": str(created.model.pk),
-             "operation_id": str(created.refresh.operation.pk)}
+            {
+                **_model_data(created.model),
+                "mental_model_id": str(created.model.pk),
+                "operation_id": str(created.refresh.operation.pk),
+            }
         )
 
     @extend_schema(
-        summary="List mental models", operation_id="list_mental_models", parameters=[PageSerializer],
+        summary="List mental models",
+        operation_id="list_mental_models",
+        parameters=[PageSerializer],
         responses={200: s.MentalModelListSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
     def index(self, request: Request, bank_id: str) -> Response:
@@ -302,8 +352,13 @@ class MentalModelViewSet(BankScopedMixin, viewsets.GenericViewSet):
         limit, offset = page["limit"], page["offset"]
         models = MentalModel.objects.filter(bank=bank).order_by("name", "id")
         return Response(
-            {"bank_id": bank.pk, "total": models.count(), "limit": limit, "offset": offset,
-             "items": s.MentalModelSerializer(models[offset : offset + limit], many=True).data}
+            {
+                "bank_id": bank.pk,
+                "total": models.count(),
+                "limit": limit,
+                "offset": offset,
+                "items": s.MentalModelSerializer(models[offset : offset + limit], many=True).data,
+            }
         )
 
     @extend_schema(summary="Get a mental model", responses={200: s.MentalModelSerializer, **BAD_INPUT, **AUTH_ERRORS})
@@ -337,6 +392,9 @@ class MentalModelViewSet(BankScopedMixin, viewsets.GenericViewSet):
             model_id=model.pk, bank_id=model.bank_id, tag=data.get("tag") or None
         )
         return Response(
-            {"operation_id": str(submitted.operation.pk), "status": submitted.operation.status,
-             "deduplicated": submitted.deduplicated}
+            {
+                "operation_id": str(submitted.operation.pk),
+                "status": submitted.operation.status,
+                "deduplicated": submitted.deduplicated,
+            }
         )

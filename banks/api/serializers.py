@@ -7,7 +7,6 @@ from rest_framework import serializers
 from banks.models import Bank
 from operations.api.validators import no_nul_characters
 
-
 TRAITS = ("skepticism", "literalism", "empathy")
 
 
@@ -28,8 +27,16 @@ class BankSerializer(serializers.ModelSerializer):
     class Meta:
         model = Bank
         fields = [
-            "bank_id", "name", "mission", "background", "disposition", "enable_observations",
-            "enable_auto_consolidation", "config", "created_at", "updated_at",
+            "bank_id",
+            "name",
+            "mission",
+            "background",
+            "disposition",
+            "enable_observations",
+            "enable_auto_consolidation",
+            "config",
+            "created_at",
+            "updated_at",
         ]
 
 

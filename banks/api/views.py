@@ -19,14 +19,13 @@ from banks.api.serializers import (
     BankDeletedSerializer,
     BankInputSerializer,
     BankListSerializer,
-    PageSerializer,
     BankSerializer,
     BankStatsSerializer,
+    PageSerializer,
 )
 from banks.models import Bank, LinkKind, bank_id_validator
 from operations.api.responses import AUTH_ERRORS, BAD_INPUT, UNAUTHORIZED
 from operations.selectors import operation_stats
-
 
 
 def _body(request: Request) -> dict[str, Any]:

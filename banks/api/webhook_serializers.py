@@ -80,12 +80,20 @@ class WebhookInputSerializer(serializers.Serializer):
 
     url = StrictCharField(max_length=2048, allow_null=True, validators=[no_nul_characters])
     secret = StrictCharField(
-        max_length=512, required=False, allow_null=True, allow_blank=True, write_only=True,
-        trim_whitespace=False, validators=[no_nul_characters],
+        max_length=512,
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        write_only=True,
+        trim_whitespace=False,
+        validators=[no_nul_characters],
     )
     event_types = serializers.ListField(
-        child=serializers.ChoiceField(choices=WebhookEvent.values), allow_empty=False, max_length=10,
-        required=False, allow_null=True,
+        child=serializers.ChoiceField(choices=WebhookEvent.values),
+        allow_empty=False,
+        max_length=10,
+        required=False,
+        allow_null=True,
     )
     enabled = StrictBooleanField(required=False, allow_null=True)
     http_config = HttpConfigSerializer(required=False, allow_null=True)
@@ -126,8 +134,17 @@ class WebhookSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Webhook
-        fields = ["id", "bank_id", "url", "event_types", "enabled", "has_secret", "http_config",
-                  "created_at", "updated_at"]
+        fields = [
+            "id",
+            "bank_id",
+            "url",
+            "event_types",
+            "enabled",
+            "has_secret",
+            "http_config",
+            "created_at",
+            "updated_at",
+        ]
 
     @extend_schema_field(WebhookHttpConfigOutSerializer)
     def get_http_config(self, webhook: Webhook) -> dict[str, Any]:
@@ -177,9 +194,22 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
     class Meta:
         model = WebhookDelivery
         fields = [
-            "id", "event_id", "webhook_id", "url", "event_type", "status", "attempts", "next_retry_at",
-            "last_error", "last_response_status", "last_response_body", "last_attempt_at", "created_at",
-            "updated_at", "operation_id", "duration_ms",
+            "id",
+            "event_id",
+            "webhook_id",
+            "url",
+            "event_type",
+            "status",
+            "attempts",
+            "next_retry_at",
+            "last_error",
+            "last_response_status",
+            "last_response_body",
+            "last_attempt_at",
+            "created_at",
+            "updated_at",
+            "operation_id",
+            "duration_ms",
         ]
 
     def get_last_error(self, delivery: WebhookDelivery) -> str | None:

@@ -42,7 +42,8 @@ class WebhookViewSet(BankScopedMixin, viewsets.GenericViewSet):
         return webhook
 
     @extend_schema(
-        summary="List a bank's webhooks (oldest first)", operation_id="list_webhooks",
+        summary="List a bank's webhooks (oldest first)",
+        operation_id="list_webhooks",
         parameters=[s.WebhookPageSerializer],
         responses={200: s.WebhookListSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
@@ -50,13 +51,19 @@ class WebhookViewSet(BankScopedMixin, viewsets.GenericViewSet):
         page = _validated(s.WebhookPageSerializer, request.query_params)
         rows = self.get_queryset()
         limit, offset = page["limit"], page["offset"]
-        return Response({
-            "items": s.WebhookSerializer(rows[offset : offset + limit], many=True).data,
-            "total": rows.count(), "limit": limit, "offset": offset,
-        })
+        return Response(
+            {
+                "items": s.WebhookSerializer(rows[offset : offset + limit], many=True).data,
+                "total": rows.count(),
+                "limit": limit,
+                "offset": offset,
+            }
+        )
 
     @extend_schema(
-        summary="Register a webhook", operation_id="create_webhook", request=s.WebhookInputSerializer,
+        summary="Register a webhook",
+        operation_id="create_webhook",
+        request=s.WebhookInputSerializer,
         responses={201: s.WebhookSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
     def create(self, request: Request, bank_id: str) -> Response:
@@ -72,14 +79,19 @@ class WebhookViewSet(BankScopedMixin, viewsets.GenericViewSet):
         )
         return Response(s.WebhookSerializer(webhook).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(summary="Get a webhook", operation_id="get_webhook",
-                   responses={200: s.WebhookSerializer, **BAD_INPUT, **AUTH_ERRORS})
+    @extend_schema(
+        summary="Get a webhook",
+        operation_id="get_webhook",
+        responses={200: s.WebhookSerializer, **BAD_INPUT, **AUTH_ERRORS},
+    )
     def retrieve(self, request: Request, bank_id: str, webhook_id: str) -> Response:
         return Response(s.WebhookSerializer(self.get_webhook(webhook_id)).data)
 
     @extend_schema(
-        summary="Change some fields of a webhook", operation_id="update_webhook",
-        request=s.WebhookInputSerializer, responses={200: s.WebhookSerializer, **BAD_INPUT, **AUTH_ERRORS},
+        summary="Change some fields of a webhook",
+        operation_id="update_webhook",
+        request=s.WebhookInputSerializer,
+        responses={200: s.WebhookSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
     def update(self, request: Request, bank_id: str, webhook_id: str) -> Response:
         webhook = self.get_webhook(webhook_id)
@@ -88,15 +100,19 @@ class WebhookViewSet(BankScopedMixin, viewsets.GenericViewSet):
         fields = {name: value for name, value in data.items() if value is not None}
         return Response(s.WebhookSerializer(webhooks.webhook_update(webhook=webhook, fields=fields)).data)
 
-    @extend_schema(summary="Delete a webhook and its delivery log", operation_id="delete_webhook",
-                   responses={200: s.WebhookDeletedSerializer, **BAD_INPUT, **AUTH_ERRORS})
+    @extend_schema(
+        summary="Delete a webhook and its delivery log",
+        operation_id="delete_webhook",
+        responses={200: s.WebhookDeletedSerializer, **BAD_INPUT, **AUTH_ERRORS},
+    )
     def destroy(self, request: Request, bank_id: str, webhook_id: str) -> Response:
         webhook = self.get_webhook(webhook_id)
         webhook.delete()
         return Response({"success": True, "message": f"webhook {webhook_id} deleted", "deleted_count": 1})
 
     @extend_schema(
-        summary="A webhook's delivery attempts, newest first", operation_id="list_webhook_deliveries",
+        summary="A webhook's delivery attempts, newest first",
+        operation_id="list_webhook_deliveries",
         parameters=[s.DeliveryPageSerializer],
         responses={200: s.WebhookDeliveryListSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
@@ -112,12 +128,17 @@ class WebhookViewSet(BankScopedMixin, viewsets.GenericViewSet):
         return Response({"items": s.WebhookDeliverySerializer(rows, many=True).data, "next_cursor": next_cursor})
 
     @extend_schema(
-        summary="Send a test event (webhook.test) to this webhook", operation_id="test_webhook", request=None,
+        summary="Send a test event (webhook.test) to this webhook",
+        operation_id="test_webhook",
+        request=None,
         responses={200: s.WebhookTestSerializer, **BAD_INPUT, **AUTH_ERRORS},
     )
     def test(self, request: Request, bank_id: str, webhook_id: str) -> Response:
         operation = webhooks.webhook_send_test(webhook=self.get_webhook(webhook_id))
-        return Response({
-            "operation_id": str(operation.pk), "event_id": operation.task_payload["event_id"],
-            "status": operation.status,
-        })
+        return Response(
+            {
+                "operation_id": str(operation.pk),
+                "event_id": operation.task_payload["event_id"],
+                "status": operation.status,
+            }
+        )

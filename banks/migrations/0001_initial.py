@@ -5,44 +5,55 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(blank=True, default='', max_length=100)),
-                ('prefix', models.CharField(db_index=True, max_length=16)),
-                ('key_hash', models.CharField(max_length=64, unique=True)),
-                ('is_admin', models.BooleanField(default=False)),
-                ('bank_ids', models.JSONField(blank=True, default=list)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('last_used_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(blank=True, default="", max_length=100)),
+                ("prefix", models.CharField(db_index=True, max_length=16)),
+                ("key_hash", models.CharField(max_length=64, unique=True)),
+                ("is_admin", models.BooleanField(default=False)),
+                ("bank_ids", models.JSONField(blank=True, default=list)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("last_used_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'verbose_name': 'API key',
+                "verbose_name": "API key",
             },
         ),
         migrations.CreateModel(
-            name='Bank',
+            name="Bank",
             fields=[
-                ('bank_id', models.CharField(max_length=128, primary_key=True, serialize=False, validators=[django.core.validators.RegexValidator('^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$', "A bank id is 1-128 characters: letters, digits, '_', '.', ':' or '-', starting with a letter or digit.")])),
-                ('name', models.CharField(blank=True, default='', max_length=200)),
-                ('mission', models.TextField(blank=True, default='')),
-                ('enable_observations', models.BooleanField(default=True)),
-                ('enable_auto_consolidation', models.BooleanField(default=False)),
-                ('config', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "bank_id",
+                    models.CharField(
+                        max_length=128,
+                        primary_key=True,
+                        serialize=False,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$",
+                                "A bank id is 1-128 characters: letters, digits, '_', '.', ':' or '-', starting with a letter or digit.",
+                            )
+                        ],
+                    ),
+                ),
+                ("name", models.CharField(blank=True, default="", max_length=200)),
+                ("mission", models.TextField(blank=True, default="")),
+                ("enable_observations", models.BooleanField(default=True)),
+                ("enable_auto_consolidation", models.BooleanField(default=False)),
+                ("config", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['bank_id'],
+                "ordering": ["bank_id"],
             },
         ),
     ]

@@ -13,73 +13,83 @@ def flag_existing_observations(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('banks', '0003_bank_profile'),
+        ("banks", "0003_bank_profile"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ObservationSource',
+            name="ObservationSource",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
             ],
         ),
         migrations.AddField(
-            model_name='mentalmodel',
-            name='min_refresh_interval_seconds',
+            model_name="mentalmodel",
+            name="min_refresh_interval_seconds",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='mentalmodel',
-            name='next_refresh_at',
+            model_name="mentalmodel",
+            name="next_refresh_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='mentalmodel',
-            name='refresh_cron',
-            field=models.CharField(blank=True, default='', max_length=200),
+            model_name="mentalmodel",
+            name="refresh_cron",
+            field=models.CharField(blank=True, default="", max_length=200),
         ),
         migrations.AddField(
-            model_name='mentalmodel',
-            name='refresh_interval_seconds',
+            model_name="mentalmodel",
+            name="refresh_interval_seconds",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='observation',
-            name='needs_rebuild',
+            model_name="observation",
+            name="needs_rebuild",
             field=models.BooleanField(default=False),
         ),
         migrations.AddIndex(
-            model_name='mentalmodel',
-            index=models.Index(condition=models.Q(('next_refresh_at__isnull', False)), fields=['next_refresh_at'], name='banks_mental_model_due'),
+            model_name="mentalmodel",
+            index=models.Index(
+                condition=models.Q(("next_refresh_at__isnull", False)),
+                fields=["next_refresh_at"],
+                name="banks_mental_model_due",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='mentalmodel',
-            constraint=models.CheckConstraint(condition=models.Q(('refresh_cron', ''), ('refresh_interval_seconds__isnull', True), _connector='OR'), name='banks_mental_model_one_schedule'),
+            model_name="mentalmodel",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("refresh_cron", ""), ("refresh_interval_seconds__isnull", True), _connector="OR"),
+                name="banks_mental_model_one_schedule",
+            ),
         ),
         migrations.AddField(
-            model_name='observationsource',
-            name='observation',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='banks.observation'),
+            model_name="observationsource",
+            name="observation",
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to="banks.observation"),
         ),
         migrations.AddField(
-            model_name='observationsource',
-            name='unit',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='banks.memoryunit'),
+            model_name="observationsource",
+            name="unit",
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to="banks.memoryunit"),
         ),
         migrations.AddField(
-            model_name='observation',
-            name='sources',
-            field=models.ManyToManyField(blank=True, related_name='observations', through='banks.ObservationSource', to='banks.memoryunit'),
+            model_name="observation",
+            name="sources",
+            field=models.ManyToManyField(
+                blank=True, related_name="observations", through="banks.ObservationSource", to="banks.memoryunit"
+            ),
         ),
         migrations.AddIndex(
-            model_name='observation',
-            index=models.Index(condition=models.Q(('needs_rebuild', True)), fields=['bank'], name='banks_observation_stale'),
+            model_name="observation",
+            index=models.Index(
+                condition=models.Q(("needs_rebuild", True)), fields=["bank"], name="banks_observation_stale"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='observationsource',
-            constraint=models.UniqueConstraint(fields=('observation', 'unit'), name='banks_observation_source_unique'),
+            model_name="observationsource",
+            constraint=models.UniqueConstraint(fields=("observation", "unit"), name="banks_observation_source_unique"),
         ),
         migrations.RunPython(flag_existing_observations, migrations.RunPython.noop),
     ]

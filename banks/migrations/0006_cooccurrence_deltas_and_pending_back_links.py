@@ -5,41 +5,42 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('banks', '0005_webhooks'),
+        ("banks", "0005_webhooks"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='EntityCooccurrenceDelta',
+            name="EntityCooccurrenceDelta",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('count', models.IntegerField()),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("count", models.IntegerField()),
             ],
         ),
         migrations.AddField(
-            model_name='memorylink',
-            name='pending_back',
+            model_name="memorylink",
+            name="pending_back",
             field=models.BooleanField(default=False),
         ),
         migrations.AddIndex(
-            model_name='memorylink',
-            index=models.Index(condition=models.Q(('pending_back', True)), fields=['bank', 'id'], name='banks_link_pending_back'),
+            model_name="memorylink",
+            index=models.Index(
+                condition=models.Q(("pending_back", True)), fields=["bank", "id"], name="banks_link_pending_back"
+            ),
         ),
         migrations.AddField(
-            model_name='entitycooccurrencedelta',
-            name='bank',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='banks.bank'),
+            model_name="entitycooccurrencedelta",
+            name="bank",
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="banks.bank"),
         ),
         migrations.AddField(
-            model_name='entitycooccurrencedelta',
-            name='entity_a',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='banks.entity'),
+            model_name="entitycooccurrencedelta",
+            name="entity_a",
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="banks.entity"),
         ),
         migrations.AddField(
-            model_name='entitycooccurrencedelta',
-            name='entity_b',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='banks.entity'),
+            model_name="entitycooccurrencedelta",
+            name="entity_b",
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="banks.entity"),
         ),
     ]

@@ -5,68 +5,90 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('banks', '0006_cooccurrence_deltas_and_pending_back_links'),
+        ("banks", "0006_cooccurrence_deltas_and_pending_back_links"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='PendingBackLink',
+            name="PendingBackLink",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('source_id', models.UUIDField()),
-                ('target_id', models.UUIDField()),
-                ('kind', models.CharField(choices=[('temporal', 'Temporal'), ('semantic', 'Semantic')], max_length=16)),
-                ('weight', models.FloatField()),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("source_id", models.UUIDField()),
+                ("target_id", models.UUIDField()),
+                ("kind", models.CharField(choices=[("temporal", "Temporal"), ("semantic", "Semantic")], max_length=16)),
+                ("weight", models.FloatField()),
             ],
         ),
         migrations.RemoveIndex(
-            model_name='memorylink',
-            name='banks_link_pending_back',
+            model_name="memorylink",
+            name="banks_link_pending_back",
         ),
         migrations.RemoveIndex(
-            model_name='memoryunit',
-            name='banks_unit_time',
+            model_name="memoryunit",
+            name="banks_unit_time",
         ),
         migrations.RemoveField(
-            model_name='memorylink',
-            name='pending_back',
+            model_name="memorylink",
+            name="pending_back",
         ),
         migrations.AlterField(
-            model_name='memorylink',
-            name='bank',
-            field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='links', to='banks.bank'),
+            model_name="memorylink",
+            name="bank",
+            field=models.ForeignKey(
+                db_constraint=False,
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="links",
+                to="banks.bank",
+            ),
         ),
         migrations.AlterField(
-            model_name='memorylink',
-            name='source',
-            field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='links_out', to='banks.memoryunit'),
+            model_name="memorylink",
+            name="source",
+            field=models.ForeignKey(
+                db_constraint=False,
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="links_out",
+                to="banks.memoryunit",
+            ),
         ),
         migrations.AlterField(
-            model_name='memorylink',
-            name='target',
-            field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, related_name='links_in', to='banks.memoryunit'),
+            model_name="memorylink",
+            name="target",
+            field=models.ForeignKey(
+                db_constraint=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="links_in",
+                to="banks.memoryunit",
+            ),
         ),
         migrations.AddIndex(
-            model_name='memorylink',
-            index=models.Index(fields=['bank'], name='banks_link_bank'),
+            model_name="memorylink",
+            index=models.Index(fields=["bank"], name="banks_link_bank"),
         ),
         migrations.AddIndex(
-            model_name='memoryunit',
-            index=models.Index(fields=['bank', 'timestamp', 'created_at'], name='banks_unit_time'),
+            model_name="memoryunit",
+            index=models.Index(fields=["bank", "timestamp", "created_at"], name="banks_unit_time"),
         ),
         migrations.AddIndex(
-            model_name='unitentity',
-            index=models.Index(fields=['entity', '-id'], name='banks_entity_recent_units'),
+            model_name="unitentity",
+            index=models.Index(fields=["entity", "-id"], name="banks_entity_recent_units"),
         ),
         migrations.AddField(
-            model_name='pendingbacklink',
-            name='bank',
-            field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='banks.bank'),
+            model_name="pendingbacklink",
+            name="bank",
+            field=models.ForeignKey(
+                db_constraint=False,
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="+",
+                to="banks.bank",
+            ),
         ),
         migrations.AddIndex(
-            model_name='pendingbacklink',
-            index=models.Index(fields=['bank', 'id'], name='banks_pending_back_bank'),
+            model_name="pendingbacklink",
+            index=models.Index(fields=["bank", "id"], name="banks_pending_back_bank"),
         ),
     ]

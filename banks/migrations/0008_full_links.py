@@ -5,21 +5,29 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('banks', '0007_link_candidates_and_back_link_offers'),
+        ("banks", "0007_link_candidates_and_back_link_offers"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='FullLinks',
+            name="FullLinks",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('temporal', 'Temporal'), ('semantic', 'Semantic')], max_length=16)),
-                ('unit', models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='banks.memoryunit')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("kind", models.CharField(choices=[("temporal", "Temporal"), ("semantic", "Semantic")], max_length=16)),
+                (
+                    "unit",
+                    models.ForeignKey(
+                        db_constraint=False,
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="banks.memoryunit",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('unit', 'kind'), name='banks_full_links_unique')],
+                "constraints": [models.UniqueConstraint(fields=("unit", "kind"), name="banks_full_links_unique")],
             },
         ),
     ]

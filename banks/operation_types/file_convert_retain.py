@@ -21,9 +21,7 @@ def handle(ctx: OperationContext) -> dict[str, Any]:
     if stored is None:
         raise PermanentError("the uploaded file is no longer stored; upload it again")
     ctx.progress("converting", detail={"bytes": stored.size})
-    text = converters.convert(
-        data=bytes(stored.data), content_type=stored.content_type, filename=stored.filename
-    )
+    text = converters.convert(data=bytes(stored.data), content_type=stored.content_type, filename=stored.filename)
     bank = Bank.objects.get(pk=ctx.bank_id)
     item = memory.RetainItem(
         content=text,
@@ -31,14 +29,14 @@ def handle(ctx: OperationContext) -> dict[str, Any]:
         tags=ctx.payload.get("tags") or [],
         metadata={
             **(ctx.payload.get("metadata") or {}),
-            "filename": stored.filename, "content_type": stored.content_type, "size": stored.size,
+            "filename": stored.filename,
+            "content_type": stored.content_type,
+            "size": stored.size,
         },
         document_id=ctx.document_id,
     )
     ctx.progress("retaining", processed=0, total=1)
-    outcome = memory.retain_items(
-        bank=bank, items=[item], default_document_id=lambda i: f"file-{ctx.operation_id}"
-    )
+    outcome = memory.retain_items(bank=bank, items=[item], default_document_id=lambda i: f"file-{ctx.operation_id}")
     ctx.progress("retained", processed=1, total=1)
     return {
         "filename": stored.filename,

@@ -69,7 +69,9 @@ def _readiness() -> tuple[dict[str, Any], int]:
     return body, 200 if healthy else 503
 
 
-@extend_schema(summary="Readiness: database and broker reachable", responses={200: HealthSerializer, 503: HealthSerializer})
+@extend_schema(
+    summary="Readiness: database and broker reachable", responses={200: HealthSerializer, 503: HealthSerializer}
+)
 @api_view(["GET"])
 @authentication_classes([])
 @permission_classes([])
@@ -104,5 +106,3 @@ def metrics(request: HttpRequest) -> HttpResponse:
     registry = CollectorRegistry()
     registry.register(OperationsCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
-
-

@@ -37,7 +37,9 @@ def parse_json(raw: bytes | str, *, what: str = "the request body") -> Any:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if str(exc).startswith("depth limit exceeded"):
-            raise ParseError(f"{what} is JSON nested too deeply (at most {settings.OPS_MAX_JSON_DEPTH} levels)")
+            raise ParseError(
+                f"{what} is JSON nested too deeply (at most {settings.OPS_MAX_JSON_DEPTH} levels)"
+            ) from None
         raise ParseError(f"{what} is not valid JSON: {exc}") from None
     limit = settings.OPS_MAX_JSON_DEPTH
     if isinstance(value, (dict, list)):
@@ -51,8 +53,9 @@ def parse_json(raw: bytes | str, *, what: str = "the request body") -> Any:
 class JSONParser(BaseParser):
     media_type = "application/json"
 
-    def parse(self, stream: IO[bytes] | None, media_type: str | None = None,
-              parser_context: dict[str, Any] | None = None) -> Any:
+    def parse(
+        self, stream: IO[bytes] | None, media_type: str | None = None, parser_context: dict[str, Any] | None = None
+    ) -> Any:
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         raw = stream.read(limit + 1) if stream is not None else b""
         if limit is not None and len(raw) > limit:

@@ -18,6 +18,7 @@ from operations import registry
 from operations.models import Operation
 from operations.selectors import LIST_FIELDS
 
+
 def iso(value: datetime | None) -> str | None:
     """A timestamp as DRF renders it (ISO 8601, UTC as 'Z')."""
     if value is None:
@@ -83,7 +84,8 @@ def operation_detail(
     data["result_metadata"] = row["result_metadata"]
     data["error_history"] = row["error_history"]
     data["child_operations"] = (
-        None if children is None
+        None
+        if children is None
         else [{**operation_item(child), "sub_batch_index": index} for index, child in enumerate(children)]
     )
     if include_payload:

@@ -51,11 +51,13 @@ class OperationFilterSerializer(serializers.Serializer):
     """Query parameters of the operation lists."""
 
     status = CommaListField(
-        child=ChoiceOf(choices=OperationStatus.values), required=False,
+        child=ChoiceOf(choices=OperationStatus.values),
+        required=False,
         help_text="only these statuses (repeatable or comma-separated)",
     )
     type = CommaListField(
-        child=ChoiceOf(choices=[]), required=False,
+        child=ChoiceOf(choices=[]),
+        required=False,
         help_text="only these operation types (repeatable or comma-separated)",
     )
     tag = serializers.CharField(required=False, allow_blank=True, max_length=200, help_text="empty: no filter")
@@ -69,9 +71,10 @@ class OperationFilterSerializer(serializers.Serializer):
         required=False, default=False, help_text="leave out parent (batch) operations"
     )
     id_prefix = serializers.CharField(
-        required=False, max_length=36,
+        required=False,
+        max_length=36,
         help_text="only operations whose id starts with these 8 to 32 hexadecimal digits (dashes ignored): "
-                  "the short ids the consoles show",
+        "the short ids the consoles show",
     )
     limit = serializers.IntegerField(required=False, default=20, min_value=1, max_value=100)
     offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=10_000_000)
@@ -188,10 +191,7 @@ class OperationDetailSerializer(OperationSerializer):
         children = self.context.get("children")
         if children is None:
             return None
-        return [
-            {**OperationSerializer(child).data, "sub_batch_index": index}
-            for index, child in enumerate(children)
-        ]
+        return [{**OperationSerializer(child).data, "sub_batch_index": index} for index, child in enumerate(children)]
 
     def to_representation(self, instance: Operation) -> dict[str, Any]:
         data = super().to_representation(instance)
@@ -222,9 +222,7 @@ class OperationActionSerializer(serializers.Serializer):
 
 
 class BulkCancelInputSerializer(serializers.Serializer):
-    type = serializers.ChoiceField(
-        choices=[], required=False, allow_null=True, help_text="only this operation type"
-    )
+    type = serializers.ChoiceField(choices=[], required=False, allow_null=True, help_text="only this operation type")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -33,11 +33,13 @@ CODE_OF_STATUS = {status: code for code, status in STATUS_CODES.items()}
 
 class TaskFilterSerializer(serializers.Serializer):
     task_type = CommaListField(
-        child=ChoiceOf(choices=[]), required=False,
+        child=ChoiceOf(choices=[]),
+        required=False,
         help_text="only these operation types (repeatable)",
     )
     status = CommaListField(
-        child=ChoiceOf(choices=list(STATUS_CODES.items())), required=False,
+        child=ChoiceOf(choices=list(STATUS_CODES.items())),
+        required=False,
         help_text="only these statuses (repeatable): Q pending, R processing, D completed, F failed, C cancelled",
     )
     within_hours = serializers.IntegerField(

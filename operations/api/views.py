@@ -15,6 +15,8 @@ from rest_framework.response import Response
 from banks.api.auth import IsAdminAccess
 from banks.api.scoping import BankScopedMixin
 from operations import nodes, registry, selectors, services
+from operations.api import representation
+from operations.api.responses import AUTH_ERRORS, BAD_INPUT, CONFLICT, FORBIDDEN, UNAUTHORIZED
 from operations.api.serializers import (
     AllBanksOperationFilterSerializer,
     BulkCancelInputSerializer,
@@ -26,11 +28,8 @@ from operations.api.serializers import (
     OperationSerializer,
     OperationStatsSerializer,
 )
-from operations.api import representation
-from operations.api.responses import AUTH_ERRORS, BAD_INPUT, CONFLICT, FORBIDDEN, UNAUTHORIZED
 from operations.models import Operation
 from operations.slots import SlotPlanError, plan_from_settings
-
 
 
 class IncludePayloadSerializer(serializers.Serializer):
@@ -99,7 +98,8 @@ class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet):
         children = None
         if _is_parent_type(row["operation_type"]):
             children = list(
-                Operation.objects.filter(parent_id=row["id"]).order_by("created_at", "id")
+                Operation.objects.filter(parent_id=row["id"])
+                .order_by("created_at", "id")
                 .values(*selectors.LIST_FIELDS)
             )
         return Response(
@@ -114,8 +114,11 @@ class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet):
         "next checkpoint (or is stopped after the grace period). 409: it already finished.",
         request=None,
         responses={
-            200: OperationActionSerializer, 202: OperationActionSerializer,
-            **BAD_INPUT, **AUTH_ERRORS, **CONFLICT,
+            200: OperationActionSerializer,
+            202: OperationActionSerializer,
+            **BAD_INPUT,
+            **AUTH_ERRORS,
+            **CONFLICT,
         },
     )
     def cancel(self, request: Request, bank_id: str, operation_id: str) -> Response:
@@ -141,11 +144,17 @@ class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet):
         summary="Delete a finished operation",
         request=None,
         responses={
-            200: inline_serializer("DeletedOperation", {
-                "success": serializers.BooleanField(), "message": serializers.CharField(),
-                "operation_id": serializers.UUIDField(),
-            }),
-            **BAD_INPUT, **AUTH_ERRORS, **CONFLICT,
+            200: inline_serializer(
+                "DeletedOperation",
+                {
+                    "success": serializers.BooleanField(),
+                    "message": serializers.CharField(),
+                    "operation_id": serializers.UUIDField(),
+                },
+            ),
+            **BAD_INPUT,
+            **AUTH_ERRORS,
+            **CONFLICT,
         },
     )
     def remove(self, request: Request, bank_id: str, operation_id: str) -> Response:
@@ -203,8 +212,10 @@ class AllOperationViewSet(viewsets.GenericViewSet):
         summary="List operations across banks (admin)",
         parameters=[AllBanksOperationFilterSerializer],
         responses={
-            200: OperationListSerializer, **BAD_INPUT,
-            401: UNAUTHORIZED, 403: FORBIDDEN,
+            200: OperationListSerializer,
+            **BAD_INPUT,
+            401: UNAUTHORIZED,
+            403: FORBIDDEN,
         },
     )
     def index(self, request: Request) -> Response:
@@ -213,7 +224,8 @@ class AllOperationViewSet(viewsets.GenericViewSet):
         limit, offset = filters.validated_data["limit"], filters.validated_data["offset"]
         page = selectors.operation_page(
             selectors.operations_filtered(Operation.objects.all(), filters.validated_data),
-            limit=limit, offset=offset,
+            limit=limit,
+            offset=offset,
         )
         return Response(_page_body(filters.validated_data.get("bank_id"), page, limit, offset))
 
@@ -238,5 +250,3 @@ class WorkerViewSet(viewsets.GenericViewSet):
         except SlotPlanError as exc:
             plan, error = None, str(exc)
         return Response({"plan": plan, "plan_error": error, "nodes": nodes.live_nodes()})
-
-

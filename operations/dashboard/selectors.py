@@ -107,16 +107,16 @@ def type_rows(now: datetime) -> list[TypeRow]:
     for item in (
         Operation.objects.filter(status=OperationStatus.PENDING)
         .values("operation_type")
-        .annotate(
-            due=Count("pk", filter=due), parked=Count("pk", filter=~due), oldest=Min("created_at")
-        )
+        .annotate(due=Count("pk", filter=due), parked=Count("pk", filter=~due), oldest=Min("created_at"))
         .order_by()
     ):
         target = row(item["operation_type"])
         target.due, target.parked, target.oldest_pending = item["due"], item["parked"], item["oldest"]
     for item in (
         Operation.objects.filter(status=OperationStatus.PROCESSING)
-        .values("operation_type").annotate(n=Count("pk")).order_by()
+        .values("operation_type")
+        .annotate(n=Count("pk"))
+        .order_by()
     ):
         row(item["operation_type"]).processing = item["n"]
     # The terminal-rows index is on completed_at: the range comes first, then
@@ -127,7 +127,9 @@ def type_rows(now: datetime) -> list[TypeRow]:
             completed_at__gte=now - FAILED_WINDOW,
         )
         .filter(status=OperationStatus.FAILED)
-        .values("operation_type").annotate(n=Count("pk")).order_by()
+        .values("operation_type")
+        .annotate(n=Count("pk"))
+        .order_by()
     ):
         row(item["operation_type"]).failed_last_hour = item["n"]
     return sorted(rows.values(), key=lambda r: (r.idle, r.name))
@@ -150,9 +152,7 @@ def nodes() -> list[Node]:
     by_host: dict[str, Node] = {}
     for item in live_nodes():
         host = item["name"].split("@", 1)[1] if "@" in item["name"] else item["hostname"]
-        by_host.setdefault(host, Node(host)).pools.append(
-            _pool(item["name"], item["concurrency"], item["busy"])
-        )
+        by_host.setdefault(host, Node(host)).pools.append(_pool(item["name"], item["concurrency"], item["busy"]))
     for node in by_host.values():
         order = {"reserved": 0, "shared": 1, "system": 2}
         node.pools.sort(key=lambda p: (order[p.kind], p.label))
@@ -164,8 +164,14 @@ def running(now: datetime) -> list[dict[str, Any]]:
         Operation.objects.filter(status=OperationStatus.PROCESSING)
         .order_by("started_at")
         .values(
-            "id", "bank_id", "operation_type", "worker", "started_at", "progress",
-            "cancel_requested_at", "retry_count",
+            "id",
+            "bank_id",
+            "operation_type",
+            "worker",
+            "started_at",
+            "progress",
+            "cancel_requested_at",
+            "retry_count",
         )[:RUNNING_SHOWN]
     )
     for item in rows:
@@ -182,9 +188,7 @@ def failures(now: datetime) -> list[dict[str, Any]]:
         )
         .filter(status=OperationStatus.FAILED)
         .order_by("-completed_at")
-        .values("id", "bank_id", "operation_type", "completed_at", "error_message", "retry_count")[
-            :FAILURES_SHOWN
-        ]
+        .values("id", "bank_id", "operation_type", "completed_at", "error_message", "retry_count")[:FAILURES_SHOWN]
     )
 
 
@@ -193,7 +197,10 @@ def snapshot() -> Snapshot:
     types = type_rows(now)
     oldest = min((t.oldest_pending for t in types if t.oldest_pending), default=None)
     return Snapshot(
-        now=now, types=types, nodes=nodes(), running=running(now), failures=failures(now),
+        now=now,
+        types=types,
+        nodes=nodes(),
+        running=running(now),
+        failures=failures(now),
         oldest_pending=oldest,
     )
-

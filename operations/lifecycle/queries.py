@@ -20,7 +20,6 @@ from functools import cache
 from typing import Any
 
 import orjson
-
 from django.conf import settings
 from django.db import connection
 
@@ -57,9 +56,28 @@ def _runs() -> str:
 # built once and prepared.
 
 INSERTED = (
-    "id", "bank_id", "operation_type", "status", "task_payload", "result_metadata", "error_history",
-    "items_count", "retry_count", "max_retries", "document_id", "filename", "mental_model_id", "tag",
-    "parent_id", "dedupe_key", "serial_key", "task_id", "dispatched_at", "created_at", "updated_at", "progress",
+    "id",
+    "bank_id",
+    "operation_type",
+    "status",
+    "task_payload",
+    "result_metadata",
+    "error_history",
+    "items_count",
+    "retry_count",
+    "max_retries",
+    "document_id",
+    "filename",
+    "mental_model_id",
+    "tag",
+    "parent_id",
+    "dedupe_key",
+    "serial_key",
+    "task_id",
+    "dispatched_at",
+    "created_at",
+    "updated_at",
+    "progress",
 )
 _JSON_COLUMNS = frozenset({"task_payload", "result_metadata", "error_history", "progress"})
 _UUID_COLUMNS = frozenset({"id", "parent_id"})
@@ -113,8 +131,18 @@ def insert_params(row: dict[str, Any], connection: Any) -> list[Any]:
 # `ops_serial_processing` (IntegrityError): the row stays pending.
 
 CLAIMED = (
-    "id", "bank_id", "operation_type", "retry_count", "task_payload", "document_id", "filename",
-    "mental_model_id", "tag", "parent_id", "serial_key", "progress",
+    "id",
+    "bank_id",
+    "operation_type",
+    "retry_count",
+    "task_payload",
+    "document_id",
+    "filename",
+    "mental_model_id",
+    "tag",
+    "parent_id",
+    "serial_key",
+    "progress",
 )
 
 
@@ -133,7 +161,14 @@ def claim_params(
 ) -> list[Any]:
     at, pk = adapt(now, connection), Operation._meta.pk.get_db_prep_value
     return [
-        worker, task_id, pk(lease_id, connection), at, at, at, pk(operation_id, connection), at,
+        worker,
+        task_id,
+        pk(lease_id, connection),
+        at,
+        at,
+        at,
+        pk(operation_id, connection),
+        at,
         *fair_share.claim_guard_params(worker, now),
     ]
 
@@ -245,7 +280,9 @@ def claim_and_pick(claim: str) -> str:
 
 _ROLL_UP_LOCK = "SELECT status, started_at, bank_id, operation_type, tag, parent_id FROM {table} WHERE id = %s {lock}"
 
-_ROLL_UP_COUNTS = "SELECT {counts} FROM (SELECT status, COUNT(*) AS n FROM {table} WHERE parent_id = %s GROUP BY status) c"
+_ROLL_UP_COUNTS = (
+    "SELECT {counts} FROM (SELECT status, COUNT(*) AS n FROM {table} WHERE parent_id = %s GROUP BY status) c"
+)
 
 
 @cache
@@ -255,7 +292,9 @@ def roll_up_lock() -> str:
 
 @cache
 def roll_up_counts() -> str:
-    counts = "json_object_agg(c.status, c.n)" if connection.vendor == "postgresql" else "json_group_object(c.status, c.n)"
+    counts = (
+        "json_object_agg(c.status, c.n)" if connection.vendor == "postgresql" else "json_group_object(c.status, c.n)"
+    )
     return _ROLL_UP_COUNTS.format(table=TABLE, counts=counts)
 
 

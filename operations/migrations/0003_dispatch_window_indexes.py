@@ -4,19 +4,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('banks', '0002_memory'),
-        ('operations', '0002_worker_node'),
+        ("banks", "0002_memory"),
+        ("operations", "0002_worker_node"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='operation',
-            index=models.Index(condition=models.Q(('status', 'pending')), fields=['operation_type', 'dispatched_at'], name='ops_pending_dispatched'),
+            model_name="operation",
+            index=models.Index(
+                condition=models.Q(("status", "pending")),
+                fields=["operation_type", "dispatched_at"],
+                name="ops_pending_dispatched",
+            ),
         ),
         migrations.AddIndex(
-            model_name='operation',
-            index=models.Index(condition=models.Q(('status', 'pending')), fields=['operation_type', 'created_at'], name='ops_pending_queue'),
+            model_name="operation",
+            index=models.Index(
+                condition=models.Q(("status", "pending")),
+                fields=["operation_type", "created_at"],
+                name="ops_pending_queue",
+            ),
         ),
     ]

@@ -34,6 +34,5 @@ class Migration(migrations.Migration):
     dependencies = [("operations", "0003_dispatch_window_indexes")]
 
     operations = [
-        migrations.RunSQL(_rekey(column), reverse_sql=_unkey(column))
-        for column in ("dedupe_key", "serial_key")
+        migrations.RunSQL(_rekey(column), reverse_sql=_unkey(column)) for column in ("dedupe_key", "serial_key")
     ]

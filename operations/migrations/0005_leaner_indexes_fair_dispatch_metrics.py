@@ -5,61 +5,77 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('banks', '0003_bank_profile'),
-        ('operations', '0004_unambiguous_keys'),
+        ("banks", "0003_bank_profile"),
+        ("operations", "0004_unambiguous_keys"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='MetricsRollup',
+            name="MetricsRollup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('operation_type', models.CharField(max_length=64)),
-                ('series', models.CharField(max_length=32)),
-                ('count', models.BigIntegerField(default=0)),
-                ('total', models.FloatField(default=0.0)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("operation_type", models.CharField(max_length=64)),
+                ("series", models.CharField(max_length=32)),
+                ("count", models.BigIntegerField(default=0)),
+                ("total", models.FloatField(default=0.0)),
             ],
         ),
         migrations.CreateModel(
-            name='MetricsWatermark',
+            name="MetricsWatermark",
             fields=[
-                ('id', models.PositiveSmallIntegerField(default=1, primary_key=True, serialize=False)),
-                ('counted_until', models.DateTimeField()),
+                ("id", models.PositiveSmallIntegerField(default=1, primary_key=True, serialize=False)),
+                ("counted_until", models.DateTimeField()),
             ],
         ),
         migrations.RemoveIndex(
-            model_name='operation',
-            name='ops_status_due',
+            model_name="operation",
+            name="ops_status_due",
         ),
         migrations.RemoveIndex(
-            model_name='operation',
-            name='ops_terminal_completed',
+            model_name="operation",
+            name="ops_terminal_completed",
         ),
         migrations.RemoveIndex(
-            model_name='operation',
-            name='ops_pending_queue',
+            model_name="operation",
+            name="ops_pending_queue",
         ),
         migrations.AlterField(
-            model_name='operation',
-            name='parent',
-            field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='children', to='operations.operation'),
+            model_name="operation",
+            name="parent",
+            field=models.ForeignKey(
+                blank=True,
+                db_index=False,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="children",
+                to="operations.operation",
+            ),
         ),
         migrations.AddIndex(
-            model_name='operation',
-            index=models.Index(condition=models.Q(('parent__isnull', False)), fields=['parent', 'created_at'], name='ops_children'),
+            model_name="operation",
+            index=models.Index(
+                condition=models.Q(("parent__isnull", False)), fields=["parent", "created_at"], name="ops_children"
+            ),
         ),
         migrations.AddIndex(
-            model_name='operation',
-            index=models.Index(condition=models.Q(('dispatched_at__isnull', True), ('status', 'pending')), fields=['operation_type', 'bank', 'created_at'], name='ops_pending_fair'),
+            model_name="operation",
+            index=models.Index(
+                condition=models.Q(("dispatched_at__isnull", True), ("status", "pending")),
+                fields=["operation_type", "bank", "created_at"],
+                name="ops_pending_fair",
+            ),
         ),
         migrations.AddIndex(
-            model_name='operation',
-            index=models.Index(condition=models.Q(('status__in', ['completed', 'failed', 'cancelled'])), fields=['status', 'completed_at'], name='ops_terminal_completed'),
+            model_name="operation",
+            index=models.Index(
+                condition=models.Q(("status__in", ["completed", "failed", "cancelled"])),
+                fields=["status", "completed_at"],
+                name="ops_terminal_completed",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='metricsrollup',
-            constraint=models.UniqueConstraint(fields=('operation_type', 'series'), name='ops_metrics_rollup_unique'),
+            model_name="metricsrollup",
+            constraint=models.UniqueConstraint(fields=("operation_type", "series"), name="ops_metrics_rollup_unique"),
         ),
     ]

@@ -4,14 +4,19 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('operations', '0005_leaner_indexes_fair_dispatch_metrics'),
+        ("operations", "0005_leaner_indexes_fair_dispatch_metrics"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='operation',
-            options={'ordering': ['-created_at'], 'permissions': [('cancel_operation', 'Can cancel operations'), ('retry_operation', 'Can retry operations')]},
+            name="operation",
+            options={
+                "ordering": ["-created_at"],
+                "permissions": [
+                    ("cancel_operation", "Can cancel operations"),
+                    ("retry_operation", "Can retry operations"),
+                ],
+            },
         ),
     ]

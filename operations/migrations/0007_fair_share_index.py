@@ -4,14 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('operations', '0006_console_permissions'),
+        ("operations", "0006_console_permissions"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='operation',
-            index=models.Index(condition=models.Q(('status', 'pending')), fields=['operation_type', 'bank', 'dispatched_at'], name='ops_pending_bank'),
+            model_name="operation",
+            index=models.Index(
+                condition=models.Q(("status", "pending")),
+                fields=["operation_type", "bank", "dispatched_at"],
+                name="ops_pending_bank",
+            ),
         ),
     ]

@@ -21,9 +21,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            key, raw = api_key_create(
-                name=options["name"], admin=options["admin"], bank_ids=options["bank"] or []
-            )
+            key, raw = api_key_create(name=options["name"], admin=options["admin"], bank_ids=options["bank"] or [])
         except (ValueError, ValidationError) as exc:
             message = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
             raise CommandError(message) from None

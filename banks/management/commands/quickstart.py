@@ -8,8 +8,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.utils import timezone
 from django.core.management.base import BaseCommand, CommandParser
+from django.utils import timezone
 
 from banks.api_keys import api_key_authenticate, api_key_create
 from banks.models import ApiKey

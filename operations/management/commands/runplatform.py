@@ -17,9 +17,7 @@ from django.utils import timezone
 
 from operations.models import WorkerNode
 from operations.slots import SlotPlanError, plan_from_settings
-
 from operations.supervisor import Child, Supervisor, celery_command
-
 
 READY_WAIT_SECONDS = 120
 
@@ -48,18 +46,27 @@ class Command(BaseCommand):
             Child(
                 "web",
                 [
-                    sys.executable, "-m", "gunicorn", "opsproject.wsgi",
-                    "--bind", bind,
-                    "--workers", str(settings.OPS_WEB_WORKERS),
-                    "--access-logfile", "-",
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "opsproject.wsgi",
+                    "--bind",
+                    bind,
+                    "--workers",
+                    str(settings.OPS_WEB_WORKERS),
+                    "--access-logfile",
+                    "-",
                 ],
             ),
             Child("workers", [*manage, "runworkers", "--loglevel", options["loglevel"]]),
             Child(
                 "beat",
                 celery_command(
-                    "beat", "--loglevel", options["loglevel"],
-                    "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME,
+                    "beat",
+                    "--loglevel",
+                    options["loglevel"],
+                    "--schedule",
+                    settings.CELERY_BEAT_SCHEDULE_FILENAME,
                 ),
             ),
         ]

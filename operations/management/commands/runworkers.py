@@ -23,12 +23,18 @@ from operations.supervisor import Child, Supervisor, celery_command
 def worker_argv(spec: WorkerSpec, *, pool: str, loglevel: str) -> list[str]:
     return celery_command(
         "worker",
-        "--queues", ",".join(spec.queues),
-        "--concurrency", str(spec.concurrency),
-        "--hostname", f"{spec.name}@{settings.OPS_NODE_NAME}",
-        "--pool", pool,
-        "--prefetch-multiplier", "1",
-        "--loglevel", loglevel,
+        "--queues",
+        ",".join(spec.queues),
+        "--concurrency",
+        str(spec.concurrency),
+        "--hostname",
+        f"{spec.name}@{settings.OPS_NODE_NAME}",
+        "--pool",
+        pool,
+        "--prefetch-multiplier",
+        "1",
+        "--loglevel",
+        loglevel,
         # Node discovery goes through the database, not broker broadcasts.
         "--without-mingle",
         "--without-gossip",
@@ -38,7 +44,9 @@ def worker_argv(spec: WorkerSpec, *, pool: str, loglevel: str) -> list[str]:
 def plan_children(plan: SlotPlan, *, loglevel: str) -> list[Child]:
     children = [
         Child(
-            f"worker {w.name}", worker_argv(w, pool="prefork", loglevel=loglevel), restart=True,
+            f"worker {w.name}",
+            worker_argv(w, pool="prefork", loglevel=loglevel),
+            restart=True,
             nice=settings.OPS_WORKER_NICE,
         )
         for w in plan.workers
