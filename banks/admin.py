@@ -9,7 +9,7 @@ through the lifecycle service.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -102,7 +102,7 @@ class BankAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Bank]:
         day_ago = timezone.now() - timedelta(hours=24)
-        return (
+        banks: QuerySet[Bank] = (
             super()
             .get_queryset(request)
             .annotate(
@@ -118,6 +118,7 @@ class BankAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 ),
             )
         )
+        return banks
 
     def _count_link(self, obj: Bank, n: int | str, query: str = "") -> SafeString:
         return format_html('<a href="{}">{}</a>', _operations_url(obj.bank_id, query), n)
@@ -257,7 +258,7 @@ class ApiKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             if api_key_revoke(key_id=key.pk):
                 revoked += 1
                 LogEntry.objects.log_actions(
-                    user_id=request.user.pk,
+                    user_id=cast(int, request.user.pk),
                     queryset=[key],
                     action_flag=CHANGE,
                     change_message="Revoked from the admin console",
@@ -300,7 +301,7 @@ class MentalModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             else:
                 queued += 1
                 LogEntry.objects.log_actions(
-                    user_id=request.user.pk,
+                    user_id=cast(int, request.user.pk),
                     queryset=[model],
                     action_flag=CHANGE,
                     change_message=f"Refresh queued from the admin console (operation {submitted.operation.pk})",

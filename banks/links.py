@@ -31,7 +31,7 @@ from banks.models import FullLinks, LinkKind, MemoryLink, MemoryUnit, PendingBac
 
 TEMPORAL_CAP = 20
 SEMANTIC_CAP = 50
-CAPS = {LinkKind.TEMPORAL: TEMPORAL_CAP, LinkKind.SEMANTIC: SEMANTIC_CAP}
+CAPS: dict[str, int] = {LinkKind.TEMPORAL: TEMPORAL_CAP, LinkKind.SEMANTIC: SEMANTIC_CAP}
 SEMANTIC_THRESHOLD = 0.2
 # Semantic candidates: units sharing an entity, and the bank's most recent units.
 ENTITY_CANDIDATES = 300
@@ -215,7 +215,7 @@ def _around(bank_id: str, depths: dict[datetime, int]) -> tuple[dict[datetime, l
             [whens, [depths[w] for w in whens], bank_id] * 2,
         )
         rows = cursor.fetchall()
-    to_uuid = MemoryUnit._meta.pk.to_python  # type: ignore[union-attr]
+    to_uuid = MemoryUnit._meta.pk.to_python
     # The union's order is not the laterals' own: sorted again here.
     rows.sort(key=lambda row: (row[0], row[1], row[3], row[4]))
     for index, side, pk, at, _ in rows:
@@ -297,9 +297,9 @@ def _semantic(
     ids, semantic = space.ids, str(LinkKind.SEMANTIC)
     for column, unit in enumerate(units):
         skip = space.rows(have.get((unit.pk, LinkKind.SEMANTIC), set()) | {unit.pk} | exclude)
-        mine = [sharers.get(e, none) for e in entities_of.get(unit.pk, ())] + [none]
-        recency = np.concatenate([m[0] for m in mine])
-        rows = np.concatenate([m[1] for m in mine])
+        shared = [sharers.get(e, none) for e in entities_of.get(unit.pk, ())] + [none]
+        recency = np.concatenate([m[0] for m in shared])
+        rows = np.concatenate([m[1] for m in shared])
         by_sharing = _first_distinct(rows[np.argsort(-recency, kind="stable")], skip)[:ENTITY_CANDIDATES]
         by_time = _first_distinct(recent, skip)[:RECENT_CANDIDATES]
         candidates = np.unique(np.concatenate([by_sharing, by_time]))
@@ -391,7 +391,8 @@ class _Space:
 
     def scores(self, vectors: list[Packed]) -> np.ndarray:
         """Row i, column j: the similarity of candidate i to vector j."""
-        return self.matrix @ self._dense(vectors).T
+        scores: np.ndarray = self.matrix @ self._dense(vectors).T
+        return scores
 
 
 def _recent_sharers(entity_ids: set[int], limit: int) -> list[tuple[int, Any, int]]:
@@ -400,7 +401,7 @@ def _recent_sharers(entity_ids: set[int], limit: int) -> list[tuple[int, Any, in
     if not entity_ids:
         return []
     table = UnitEntity._meta.db_table
-    to_uuid = MemoryUnit._meta.pk.to_python  # type: ignore[union-attr]
+    to_uuid = MemoryUnit._meta.pk.to_python
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
@@ -408,7 +409,7 @@ def _recent_sharers(entity_ids: set[int], limit: int) -> list[tuple[int, Any, in
                 f"(SELECT unit_id, id FROM {table} WHERE entity_id = e.id ORDER BY id DESC LIMIT %s) ue",
                 [sorted(entity_ids), limit],
             )
-            rows = cursor.fetchall()
+            rows: list[tuple[int, Any, int]] = cursor.fetchall()
         else:
             rows = []
             for entity_id in sorted(entity_ids):
@@ -451,7 +452,7 @@ class _VectorCache:
                 cursor.execute(f"SELECT id, {cast} FROM {table} WHERE id {condition}", params)
                 rows = cursor.fetchall()
             for raw_id, text in rows:
-                unit_id = MemoryUnit._meta.pk.to_python(raw_id)  # type: ignore[union-attr]
+                unit_id = MemoryUnit._meta.pk.to_python(raw_id)
                 vector = pack(orjson.loads(text))
                 found[unit_id] = vector
                 self._entries[unit_id] = vector
@@ -473,7 +474,7 @@ def _any(unit_ids: Iterable[Any]) -> tuple[str, list[Any]]:
     """`= ANY(…)` on PostgreSQL (one parameter), `IN (…)` elsewhere."""
     if connection.vendor == "postgresql":
         return "= ANY(%s::uuid[])", [_uuids(unit_ids)]
-    ids = [MemoryUnit._meta.pk.get_db_prep_value(pk, connection) for pk in unit_ids]  # type: ignore[union-attr]
+    ids = [MemoryUnit._meta.pk.get_db_prep_value(pk, connection) for pk in unit_ids]
     return f"IN ({', '.join(['%s'] * len(ids))})", ids
 
 
@@ -485,7 +486,7 @@ def alive(unit_ids: Iterable[Any]) -> set[Any]:
     condition, params = _any(ids)
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT id FROM {MemoryUnit._meta.db_table} WHERE id {condition}", params)
-        return {MemoryUnit._meta.pk.to_python(row[0]) for row in cursor.fetchall()}  # type: ignore[union-attr]
+        return {MemoryUnit._meta.pk.to_python(row[0]) for row in cursor.fetchall()}
 
 
 def insert(bank_id: str, links: list[Link], *, offer_back: bool) -> None:
@@ -554,7 +555,7 @@ def take_offers(bank_id: str, limit: int) -> tuple[list[Link], int]:
             cursor.execute(f"SELECT unit_id, kind FROM {full} WHERE unit_id {condition}", params)
             known_full = set(cursor.fetchall())
             rows = [(*offer, (offer[2], offer[3]) in known_full) for offer in offers]
-    to_uuid = MemoryUnit._meta.pk.to_python  # type: ignore[union-attr]
+    to_uuid = MemoryUnit._meta.pk.to_python
     return [
         Link(to_uuid(source), to_uuid(target), kind, weight)
         for _, source, target, kind, weight, is_full in sorted(rows)
@@ -570,7 +571,7 @@ def back_links(links: list[Link]) -> list[Link]:
     change meanwhile."""
     if not links:
         return []
-    to_uuid = MemoryUnit._meta.pk.to_python  # type: ignore[union-attr]
+    to_uuid = MemoryUnit._meta.pk.to_python
     counts = {(to_uuid(unit_id), kind): n for unit_id, kind, n in _link_counts({link.target for link in links})}
     back = []
     for link in links:
@@ -607,4 +608,5 @@ def _link_counts(unit_ids: set[Any]) -> list[tuple[Any, str, int]]:
                 f"SELECT source_id, kind, COUNT(*) FROM {table} WHERE source_id {condition} GROUP BY source_id, kind",
                 params,
             )
-        return cursor.fetchall()
+        counts: list[tuple[Any, str, int]] = cursor.fetchall()
+        return counts

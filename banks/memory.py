@@ -110,7 +110,12 @@ class RetainOutcome:
 
     @classmethod
     def from_counts(cls, counts: dict[str, int]) -> RetainOutcome:
-        return cls(**{name: int(counts.get(name, 0)) for name in ("items", "units", "replaced_units", "entities")})
+        return cls(
+            items=int(counts.get("items", 0)),
+            units=int(counts.get("units", 0)),
+            replaced_units=int(counts.get("replaced_units", 0)),
+            entities=int(counts.get("entities", 0)),
+        )
 
 
 # New documents written in one transaction, by database. On PostgreSQL a
@@ -514,7 +519,8 @@ def _take_deltas(bank: Bank, limit: int) -> list[tuple[int, int, int]]:
             f"RETURNING entity_a_id, entity_b_id, count",
             [bank.pk, limit],
         )
-        return cursor.fetchall()
+        deltas: list[tuple[int, int, int]] = cursor.fetchall()
+        return deltas
 
 
 def _upsert_cooccurrences(bank: Bank, counts: dict[tuple[int, int], int]) -> None:

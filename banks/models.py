@@ -113,7 +113,9 @@ class MemoryUnit(models.Model):
     # Set when a linked neighbour was deleted; graph_maintenance tops links up.
     needs_link_topup = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
-    entities = models.ManyToManyField("Entity", through="UnitEntity", related_name="units")
+    entities: models.ManyToManyField[Entity, UnitEntity] = models.ManyToManyField(
+        "Entity", through="UnitEntity", related_name="units"
+    )
 
     class Meta:
         indexes = [

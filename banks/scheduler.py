@@ -51,6 +51,7 @@ def due_runs(*, now: datetime, limit: int = 200) -> list[DueRun]:
     return [
         DueRun(pk, bank_id, due, RefreshSchedule(cron=cron, interval_seconds=interval, min_interval_seconds=floor))
         for pk, bank_id, due, cron, interval, floor in rows
+        if due is not None  # always: the filter is on it
     ]
 
 

@@ -40,7 +40,9 @@ def bank_find(bank_id: str) -> Bank | None:
     if row is None:
         return None
     return Bank.from_db(
-        connection.alias, None, [convert(value) for convert, value in zip(converters, row, strict=True)]
+        connection.alias,
+        None,  # type: ignore[arg-type]  # None: every concrete field, in order (Django's own default)
+        [convert(value) for convert, value in zip(converters, row, strict=True)],
     )
 
 
@@ -49,8 +51,8 @@ def _find() -> tuple[str, list[Callable[[Any], Any]]]:
     """The lookup's statement and a converter per column (one database per process)."""
     fields = Bank._meta.concrete_fields
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(field.column) for field in fields)
-    statement = f"SELECT {columns} FROM {quote(Bank._meta.db_table)} WHERE {quote(Bank._meta.pk.column)} = %s"
+    columns = ", ".join(quote(str(field.column)) for field in fields)
+    statement = f"SELECT {columns} FROM {quote(Bank._meta.db_table)} WHERE {quote(str(Bank._meta.pk.column))} = %s"
     return statement, [_converter(field) for field in fields]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from django.contrib import messages
 from django.contrib.admin.models import CHANGE, DELETION, LogEntry
@@ -103,7 +103,7 @@ def _log(request: HttpRequest, operation: Operation, message: str, flag: int) ->
     # Logged after the change: a deletion's LogEntry keeps the id and the
     # text of a row that is gone, which is all the admin log shows anyway.
     LogEntry.objects.log_actions(
-        user_id=request.user.pk,
+        user_id=cast(int, request.user.pk),
         queryset=[operation],
         action_flag=flag,
         change_message=message,

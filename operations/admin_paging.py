@@ -35,7 +35,7 @@ def planner_estimate(queryset: QuerySet[Any]) -> int | None:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
-class CappedCountPaginator(Paginator):
+class CappedCountPaginator(Paginator):  # type: ignore[type-arg]  # generic only in the stubs
     """Exact counts up to EXACT_LIMIT, the planner's estimate beyond."""
 
     @cached_property

@@ -353,7 +353,7 @@ class _Publisher:
     def _run(self) -> None:
         from opsproject.celery import app
 
-        producer = None  # held between wake-ups: acquiring one reads Celery's settings
+        producer: Any = None  # held between wake-ups: acquiring one reads Celery's settings
         while True:
             waiting = [self._queue.get()]
             while True:

@@ -21,13 +21,14 @@ from queue import Empty
 from time import monotonic
 from typing import Any
 
+from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # kombu's stubs
         name = f"{round(monotonic() * 1000):015d}_{uuid.uuid4()}.{queue}.msg"
         # A leading dot keeps consumers from matching the file until it is whole.
         partial = os.path.join(self.data_folder_out, f".{name}.part")
@@ -36,9 +37,9 @@ class Channel(filesystem.Channel):
                 f.write(str_to_bytes(dumps(payload)))
             os.rename(partial, os.path.join(self.data_folder_out, name))
         except OSError as exc:
-            raise filesystem.ChannelError(f"cannot add {name!r} to the broker folder") from exc
+            raise ChannelError(f"cannot add {name!r} to the broker folder") from exc
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: str) -> Any:  # type: ignore[override]  # kombu's stubs
         wanted = f"{queue}.msg"
         for filename in sorted(os.listdir(self.data_folder_in)):
             if filename.startswith(".") or filename.partition(".")[2] != wanted:

@@ -67,7 +67,8 @@ def _bucket_counts(rows: QuerySet[Operation], start: str, end: str) -> dict[str,
     for row in per_type:
         seconds = row["seconds"]
         total = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds or 0) / 1e6
-        series = {str(i): row[f"b{i}"] for i in range(len(BUCKETS))}
+        buckets_of: dict[str, Any] = dict(row)  # the bucket columns are named at run time
+        series = {str(i): buckets_of[f"b{i}"] for i in range(len(BUCKETS))}
         series[str(len(BUCKETS))] = row["n"]
         result[row["operation_type"]] = {**series, "sum": total}
     return result

@@ -153,6 +153,13 @@ TRANSITIONS: dict[str, Transition] = {
 }
 
 
+def concrete_field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
+    """A concrete field of the model by name (not a reverse relation)."""
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.Field), name
+    return field
+
+
 class TransitionError(ValueError):
     """A programming error: an unknown transition or a target it does not allow."""
 
@@ -179,12 +186,12 @@ class OperationQuerySet(models.QuerySet["Operation"]):
         (`operations.lifecycle.queries.CLAIM_AND_PICK`)."""
         rows, values = self._transition_update(name, status, fields)
         query = rows.query.chain(UpdateQuery)
-        query.add_update_values(values)
+        query.add_update_values(values)  # type: ignore[attr-defined]  # chain(UpdateQuery) made it one
         db = connections[rows.db]
         statement, params = query.get_compiler(rows.db).as_sql()
         table = self.model._meta.db_table
-        columns = [self.model._meta.get_field(name).get_col(table) for name in returning]
-        returned = [db.ops.quote_name(c.target.column) for c in columns]
+        columns = [concrete_field(self.model, name).get_col(table) for name in returning]
+        returned = [db.ops.quote_name(str(c.target.column)) for c in columns]
         returned += [f"({condition}) AS {db.ops.quote_name(key)}" for key, condition in (extra or {}).items()]
         statement += " RETURNING " + ", ".join(returned)
         return statement, list(params)
@@ -204,7 +211,7 @@ class OperationQuerySet(models.QuerySet["Operation"]):
         statement, params = self.transition_sql(name, returning, status=status, extra=extra, **fields)
         db = connections[self.db]
         table = self.model._meta.db_table
-        columns = [self.model._meta.get_field(name).get_col(table) for name in returning]
+        columns = [concrete_field(self.model, name).get_col(table) for name in returning]
         with db.cursor() as cursor:
             cursor.execute(statement, params)
             fetched = cursor.fetchall()

@@ -76,7 +76,7 @@ def live_nodes() -> list[dict[str, Any]]:
         .order_by("started_at")
         .values("id", "bank_id", "operation_type", "worker", "started_at", "progress")
     ):
-        running.setdefault(row["worker"], []).append(
+        running.setdefault(row["worker"] or "", []).append(
             {
                 "operation_id": str(row["id"]),
                 "bank_id": row["bank_id"],

@@ -27,7 +27,7 @@ class Channel(redis.Channel):
             yield client
             return
         if self._publisher is None:
-            self._publisher = self._create_client()
+            self._publisher = self._create_client()  # type: ignore[attr-defined]  # kombu's, not in its stubs
         yield self._publisher
 
 

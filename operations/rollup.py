@@ -72,8 +72,9 @@ def roll_up(parent_id: str | uuid.UUID) -> str | None:
     if row is None or row[0] in TERMINAL_STATUSES:
         return None
     parent = dict(zip(("status", "started_at", "bank_id", "operation_type", "tag", "parent_id"), row, strict=True))
-    found = queries.fetchone(queries.roll_up_counts(), [pk])
-    counts: dict[str, int] = queries.json_value(found[0]) or {}
+    counted = queries.fetchone(queries.roll_up_counts(), [pk])
+    assert counted is not None  # an aggregate always answers one row
+    counts: dict[str, int] = queries.json_value(counted[0]) or {}
     status = rolled_up_status(counts)
     if status is None:
         return None
@@ -93,9 +94,9 @@ def roll_up(parent_id: str | uuid.UUID) -> str | None:
     if moved and status in (COMPLETED, FAILED):
         # A parent finishes here, not through the lifecycle service's finish:
         # its finish hooks (webhooks) run in this same transaction.
-        found = finish_hooks.followers(bank_id=parent["bank_id"], operation_type=parent["operation_type"])
+        followers = finish_hooks.followers(bank_id=parent["bank_id"], operation_type=parent["operation_type"])
         finish_hooks.run(
-            found,
+            followers,
             finish_hooks.Finished(
                 operation_id=str(parent_id),
                 bank_id=parent["bank_id"],

@@ -124,7 +124,7 @@ def _new_row(
     parent_id: str | uuid.UUID | None,
     operation_id: str | uuid.UUID | None,
 ) -> dict[str, Any]:
-    keys = {"bank_id": bank_id, "document_id": document_id, "mental_model_id": mental_model_id}
+    keys: dict[str, Any] = {"bank_id": bank_id, "document_id": document_id, "mental_model_id": mental_model_id}
     fields: dict[str, Any] = {
         "bank_id": bank_id,
         "operation_type": optype.name,
@@ -367,7 +367,9 @@ def _bulk_rows(
 
 def _publish_on_commit_many(created: list[Operation], priorities: dict[str, int]) -> None:
     """Send the messages of the published ones in one pass once the caller commits."""
-    messages = [(op.pk, op.operation_type, op.task_id, priorities[op.task_id]) for op in created if op.task_id]
+    messages: list[dispatch.Message] = [
+        (op.pk, op.operation_type, op.task_id, priorities[op.task_id]) for op in created if op.task_id
+    ]
     if messages:
         transaction.on_commit(lambda: dispatch.send_many(messages), robust=True)
 
@@ -498,6 +500,7 @@ def operation_claim(
                 picked_in_claim = True
             fetched = queries.fetchone(statement, params)
             if picked_in_claim:
+                assert fetched is not None  # the statement answers one row, its values null when nothing moved
                 claimed, picked = (queries.json_value(value) for value in fetched)
                 row = claimed
             elif fetched is not None:
@@ -634,7 +637,7 @@ def operation_yield(*, lease: Lease, progress: dict[str, Any] | None) -> bool:
             dispatched_at=None,
             next_retry_at=None,
             updated_at=now,
-            **({"progress": progress} if progress is not None else {}),
+            **({"progress": progress} if progress is not None else {}),  # type: ignore[arg-type]
         )
         if won:
             _after_finish(lease)
@@ -810,7 +813,7 @@ def _cancel_children(parent_id: str | uuid.UUID, now: datetime) -> _ChildrenCanc
     ones, then roll it up; in the caller's transaction. Children are changed
     before the parent is locked (by the roll-up), the order a child's own
     transition takes, so the two never deadlock."""
-    children = Operation.objects.filter(parent_id=parent_id)
+    children = Operation.objects.filter(parent_id=parent_id)  # type: ignore[misc]  # an id's text works too
     cancelled = children.transition("cancel", **_cancelled_fields(now, "cancelled with its parent"))
     requested = children.transition("request_cancel", cancel_requested_at=now)
     return _ChildrenCancelled(cancelled, requested, roll_up(parent_id))
@@ -902,7 +905,7 @@ def _reopen(parent_id: str | uuid.UUID) -> None:
 
 
 def _retry_parent(operation_id: str | uuid.UUID) -> None:
-    children = Operation.objects.filter(parent_id=operation_id, status__in=[FAILED, CANCELLED])
+    children = Operation.objects.filter(parent_id=operation_id, status__in=[FAILED, CANCELLED])  # type: ignore[misc]  # an id's text works too
     with transaction.atomic():
         status = Operation.objects.select_for_update().filter(pk=operation_id).values_list("status", flat=True).first()
         if status not in (FAILED, CANCELLED):

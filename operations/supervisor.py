@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, Protocol
 
 from django.conf import settings
 
@@ -58,6 +58,14 @@ def celery_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "opsproject", *args]
 
 
+class Writer(Protocol):
+    """Where the supervisor's lines go: a stream, or a command's OutputWrapper."""
+
+    def write(self, text: str, /) -> Any: ...
+
+    def flush(self) -> Any: ...
+
+
 @dataclass
 class Child:
     name: str
@@ -73,7 +81,7 @@ class Child:
 @dataclass
 class Supervisor:
     children: list[Child]
-    out: TextIO = field(default_factory=lambda: sys.stdout)
+    out: Writer = field(default_factory=lambda: sys.stdout)
     stop_timeout: float = 30.0
     _stopping: bool = False
 

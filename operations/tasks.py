@@ -24,17 +24,17 @@ class OperationFailed(Exception):
     row holds the error. Declared expected (`throws`): logged without a traceback."""
 
 
-def _make_task(optype: registry.OperationType) -> Task:
-    def run(self: Task, operation_id: str) -> str:
+def _make_task(optype: registry.OperationType) -> Task[Any, Any]:
+    def run(self: Task[Any, Any], operation_id: str) -> str:
         outcome = runner.execute(
-            operation_id, operation_type=optype.name, worker=self.request.hostname or "", task_id=self.request.id
+            operation_id, operation_type=optype.name, worker=self.request.hostname or "", task_id=self.request.id or ""
         )
         if outcome in runner.FAILED_OUTCOMES:
             raise OperationFailed(f"operation {operation_id} {outcome}: its error_message says why")
         return outcome
 
     run.__name__ = run.__qualname__ = f"run_{optype.name}"
-    task: Task = shared_task(
+    task: Task[Any, Any] = shared_task(  # type: ignore[call-overload]  # float seconds: Celery takes them, its stubs say int
         name=optype.task_name,
         bind=True,
         soft_time_limit=optype.soft_time_limit,
@@ -45,7 +45,7 @@ def _make_task(optype: registry.OperationType) -> Task:
     return task
 
 
-OPERATION_TASKS: dict[str, Task] = {
+OPERATION_TASKS: dict[str, Task[Any, Any]] = {
     optype.name: _make_task(optype) for optype in registry.all_types() if not optype.rollup
 }
 
@@ -60,12 +60,12 @@ def _keep_database_connections(**_: Any) -> None:
     operation the sweeper publishes again."""
     close_old_connections()
     for connection in connections.all(initialized_only=True):
-        connection.health_check_done = True
+        connection.health_check_done = True  # type: ignore[attr-defined]  # Django's own flag, not in the stubs
 
 
 @task_failure.connect
 def _settle_lost_run(
-    sender: Task | None = None,
+    sender: Task[Any, Any] | None = None,
     task_id: str | None = None,
     exception: BaseException | None = None,
     args: Any = None,

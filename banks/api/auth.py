@@ -87,7 +87,7 @@ class IsAdminAccess(permissions.BasePermission):
 from drf_spectacular.extensions import OpenApiAuthenticationExtension  # noqa: E402
 
 
-class ApiKeyScheme(OpenApiAuthenticationExtension):
+class ApiKeyScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
     target_class = ApiKeyAuthentication
     name = "bearerAuth"
 
@@ -95,7 +95,7 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
         return {"type": "http", "scheme": "bearer", "description": "an API key (manage.py create_api_key)"}
 
 
-class StaffSessionScheme(OpenApiAuthenticationExtension):
+class StaffSessionScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
     target_class = StaffSessionAuthentication
     name = "adminSession"
 

@@ -41,7 +41,7 @@ class TagField(serializers.CharField):
         ]
     }
 )
-class EntityField(serializers.Field):
+class EntityField(serializers.Field[Any, Any, Any, Any]):
     """An explicit entity: "Ada Lovelace" or {"text": "Ada Lovelace", "type": "person"}."""
 
     def to_internal_value(self, data: Any) -> EntityMention:
@@ -59,10 +59,12 @@ class EntityField(serializers.Field):
         return {"text": value.name, "type": value.entity_type}
 
 
-class RetainItemSerializer(serializers.Serializer):
+class RetainItemSerializer(serializers.Serializer[Any]):
     content = serializers.CharField(max_length=CONTENT_MAX_CHARS, trim_whitespace=False)
     timestamp = serializers.DateTimeField(required=False, allow_null=True)
-    context = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=20_000)
+    context = serializers.CharField(  # type: ignore[assignment]  # Hindsight's field name
+        required=False, allow_null=True, allow_blank=True, max_length=20_000
+    )
     metadata = serializers.DictField(required=False, allow_null=True, validators=[no_nul_characters])
     document_id = serializers.CharField(required=False, allow_null=True, max_length=512)
     tags = serializers.ListField(
@@ -92,17 +94,17 @@ class RetainItemSerializer(serializers.Serializer):
         )
 
 
-class RetainRequestSerializer(serializers.Serializer):
+class RetainRequestSerializer(serializers.Serializer[Any]):
     """POST banks/{bank_id}/memories. (`async` is added in get_fields: it is a Python keyword.)"""
 
-    items = RetainItemSerializer(many=True, allow_empty=False, max_length=100_000)
+    items = RetainItemSerializer(many=True, allow_empty=False, max_length=100_000)  # type: ignore[call-arg]  # the list's
     operation_id = serializers.UUIDField(required=False, allow_null=True)
     tag = TagField()
     document_tags = serializers.ListField(
         child=serializers.CharField(max_length=100), required=False, allow_null=True, max_length=100
     )
 
-    def get_fields(self) -> dict[str, serializers.Field]:
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         fields = super().get_fields()
         fields["async"] = StrictBooleanField(required=False, allow_null=True, default=False)
         return fields
@@ -125,28 +127,30 @@ class RetainRequestSerializer(serializers.Serializer):
         return attrs
 
 
-class RetainResponseSerializer(serializers.Serializer):
+class RetainResponseSerializer(serializers.Serializer[Any]):
     success = serializers.BooleanField()
     bank_id = serializers.CharField()
     items_count = serializers.IntegerField()
     operation_id = serializers.UUIDField(allow_null=True)
 
-    def get_fields(self) -> dict[str, serializers.Field]:
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         fields = super().get_fields()
         fields["async"] = serializers.BooleanField()
         return fields
 
 
-class FilesResponseSerializer(serializers.Serializer):
+class FilesResponseSerializer(serializers.Serializer[Any]):
     success = serializers.BooleanField()
     bank_id = serializers.CharField()
     operation_ids = serializers.ListField(child=serializers.UUIDField())
 
 
-class FileMetadataSerializer(serializers.Serializer):
+class FileMetadataSerializer(serializers.Serializer[Any]):
     """Per-file settings (Hindsight's `files_metadata` entries)."""
 
-    context = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=20_000)
+    context = serializers.CharField(  # type: ignore[assignment]  # Hindsight's field name
+        required=False, allow_null=True, allow_blank=True, max_length=20_000
+    )
     document_id = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=512)
     tags = serializers.ListField(
         child=serializers.CharField(max_length=100), required=False, allow_null=True, max_length=100
@@ -154,7 +158,7 @@ class FileMetadataSerializer(serializers.Serializer):
     metadata = serializers.DictField(required=False, allow_null=True, validators=[no_nul_characters])
 
 
-class FilesRequestSerializer(serializers.Serializer):
+class FilesRequestSerializer(serializers.Serializer[Any]):
     """multipart/form-data: `files` (one or more), and either plain fields
     (`tags`, `context`, `document_id`, `tag`) or Hindsight's `request`: a JSON
     object `{"files_metadata": [{context, document_id, tags, metadata}, …]}`
@@ -162,7 +166,9 @@ class FilesRequestSerializer(serializers.Serializer):
 
     files = serializers.ListField(child=serializers.FileField(), allow_empty=False)
     tags = serializers.ListField(child=serializers.CharField(max_length=100), required=False)
-    context = serializers.CharField(required=False, allow_blank=True, max_length=20_000)
+    context = serializers.CharField(  # type: ignore[assignment]  # Hindsight's field name
+        required=False, allow_blank=True, max_length=20_000
+    )
     document_id = serializers.CharField(required=False, allow_blank=True, max_length=512)
     tag = TagField()
     request = serializers.CharField(
@@ -170,14 +176,14 @@ class FilesRequestSerializer(serializers.Serializer):
     )
 
 
-class FilesRequestJSONSerializer(serializers.Serializer):
+class FilesRequestJSONSerializer(serializers.Serializer[Any]):
     """The JSON of the multipart `request` field."""
 
     files_metadata = FileMetadataSerializer(many=True, required=False, allow_null=True)
     tag = TagField()
 
 
-class ConsolidateRequestSerializer(serializers.Serializer):
+class ConsolidateRequestSerializer(serializers.Serializer[Any]):
     """POST banks/{bank_id}/consolidate. Without a scope every unconsolidated
     unit is consolidated; `observation_scopes` (Hindsight's) or `tags` (the
     older form) narrow it. An empty list is no scope."""
@@ -215,14 +221,14 @@ class ConsolidateRequestSerializer(serializers.Serializer):
         return None
 
 
-class RefreshRequestSerializer(serializers.Serializer):
+class RefreshRequestSerializer(serializers.Serializer[Any]):
     """Optional body of a refresh. `mode` is Hindsight's ("full" is all this service does)."""
 
     tag = TagField()
     mode = serializers.ChoiceField(choices=["full", "delta"], required=False, allow_null=True)
 
 
-class SubmittedSerializer(serializers.Serializer):
+class SubmittedSerializer(serializers.Serializer[Any]):
     operation_id = serializers.UUIDField()
     deduplicated = serializers.BooleanField()
 
@@ -235,18 +241,19 @@ class MemoryFilterSerializer(PageSerializer):
     document_id = serializers.CharField(required=False, max_length=512)
 
 
-class DocumentSerializer(serializers.Serializer):
+class DocumentSerializer(serializers.Serializer[Any]):
     document_id = serializers.CharField()
     content_hash = serializers.CharField()
     tags = serializers.ListField(child=serializers.CharField())
-    context = serializers.CharField()
+    context = serializers.CharField(  # type: ignore[assignment]  # Hindsight's field name
+    )
     metadata = serializers.DictField()
     unit_count = serializers.IntegerField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
 
-class DocumentListSerializer(serializers.Serializer):
+class DocumentListSerializer(serializers.Serializer[Any]):
     bank_id = serializers.CharField()
     items = DocumentSerializer(many=True)
     total = serializers.IntegerField()
@@ -254,13 +261,14 @@ class DocumentListSerializer(serializers.Serializer):
     offset = serializers.IntegerField()
 
 
-class MemoryUnitSerializer(serializers.Serializer):
+class MemoryUnitSerializer(serializers.Serializer[Any]):
     id = serializers.UUIDField()
     text = serializers.CharField()
     document_id = serializers.CharField(source="document.document_id")
     timestamp = serializers.DateTimeField()
     tags = serializers.ListField(child=serializers.CharField())
-    context = serializers.CharField()
+    context = serializers.CharField(  # type: ignore[assignment]  # Hindsight's field name
+    )
     consolidated = serializers.BooleanField()
     entities = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
@@ -269,7 +277,7 @@ class MemoryUnitSerializer(serializers.Serializer):
         return [e.display_name for e in unit.entities.all()]
 
 
-class MemoryListSerializer(serializers.Serializer):
+class MemoryListSerializer(serializers.Serializer[Any]):
     bank_id = serializers.CharField()
     items = MemoryUnitSerializer(many=True)
     total = serializers.IntegerField()
@@ -277,7 +285,7 @@ class MemoryListSerializer(serializers.Serializer):
     offset = serializers.IntegerField()
 
 
-class DeletedSerializer(serializers.Serializer):
+class DeletedSerializer(serializers.Serializer[Any]):
     success = serializers.BooleanField()
     units_deleted = serializers.IntegerField()
     operation_id = serializers.UUIDField(help_text="the graph_maintenance operation queued")
@@ -296,7 +304,7 @@ class DocumentDeletedSerializer(DeletedSerializer):
     memory_units_deleted = serializers.IntegerField()
 
 
-class TriggerSerializer(serializers.Serializer):
+class TriggerSerializer(serializers.Serializer[Any]):
     """Hindsight's mental-model trigger. The schedule fields are acted on; the
     others Hindsight clients send (`mode`, `refresh_after_consolidation`, …)
     are accepted and ignored. On update it patches key by key: a key sent
@@ -340,7 +348,7 @@ class TriggerSerializer(serializers.Serializer):
         return attrs
 
 
-class TriggerOutputSerializer(serializers.Serializer):
+class TriggerOutputSerializer(serializers.Serializer[Any]):
     mode = serializers.CharField()
     refresh_after_consolidation = serializers.BooleanField()
     refresh_cron = serializers.CharField(allow_null=True)
@@ -348,7 +356,7 @@ class TriggerOutputSerializer(serializers.Serializer):
     min_refresh_interval_seconds = serializers.IntegerField(allow_null=True)
 
 
-class MentalModelInputSerializer(serializers.Serializer):
+class MentalModelInputSerializer(serializers.Serializer[Any]):
     id = serializers.UUIDField(
         required=False, allow_null=True, help_text="the model's id (a UUID); generated when absent"
     )
@@ -360,7 +368,7 @@ class MentalModelInputSerializer(serializers.Serializer):
     trigger = TriggerSerializer(required=False, allow_null=True, help_text="the refresh schedule")
 
 
-class MentalModelUpdateSerializer(serializers.Serializer):
+class MentalModelUpdateSerializer(serializers.Serializer[Any]):
     """PATCH banks/{bank_id}/mental-models/{id} (Hindsight's update_mental_model):
     the fields sent change; null or absent leaves a field as it is."""
 
@@ -374,7 +382,7 @@ class MentalModelUpdateSerializer(serializers.Serializer):
         return {name: value for name, value in self.validated_data.items() if name != "trigger" and value is not None}
 
 
-class MentalModelSerializer(serializers.Serializer):
+class MentalModelSerializer(serializers.Serializer[Any]):
     id = serializers.UUIDField()
     bank_id = serializers.CharField()
     name = serializers.CharField()
@@ -408,7 +416,7 @@ class MentalModelCreatedSerializer(MentalModelSerializer):
     operation_id = serializers.UUIDField()
 
 
-class MentalModelListSerializer(serializers.Serializer):
+class MentalModelListSerializer(serializers.Serializer[Any]):
     bank_id = serializers.CharField()
     items = MentalModelSerializer(many=True)
     total = serializers.IntegerField()

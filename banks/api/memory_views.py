@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count
+from django.http import QueryDict
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import viewsets
 from rest_framework.exceptions import NotFound, ValidationError
@@ -45,7 +46,7 @@ def _uuid_or_400(raw: str, field: str) -> uuid.UUID:
         raise ValidationError({field: [f"{raw!r} is not a valid id (a UUID)"]}) from None
 
 
-class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet):
+class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
     serializer_class = s.RetainRequestSerializer
 
     @extend_schema(
@@ -141,7 +142,7 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet):
         return Response({"success": True, "units_deleted": 1, **queued})
 
 
-class FileViewSet(BankScopedMixin, viewsets.GenericViewSet):
+class FileViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
     parser_classes = [MultiPartParser]
     serializer_class = s.FilesRequestSerializer
 
@@ -166,17 +167,14 @@ class FileViewSet(BankScopedMixin, viewsets.GenericViewSet):
                 raise PayloadTooLarge(
                     f"{upload.name} is {upload.size} bytes; the limit is {settings.OPS_MAX_UPLOAD_BYTES}"
                 )
-        tags = [t.strip() for value in request.data.getlist("tags") for t in value.split(",") if t.strip()]
+        form = cast(QueryDict, request.data)  # files arrive as multipart: a form
+        tags = [t.strip() for value in form.getlist("tags") for t in value.split(",") if t.strip()]
         fields = _validated(
             s.FilesRequestSerializer,
             {
                 "files": files,
                 "tags": tags,
-                **{
-                    name: request.data[name]
-                    for name in ("context", "document_id", "tag", "request")
-                    if name in request.data
-                },
+                **{name: form[name] for name in ("context", "document_id", "tag", "request") if name in form},
             },
         )
         per_file = _files_metadata(fields.get("request"), count=len(files))
@@ -223,7 +221,7 @@ def _files_metadata(raw: str | None, *, count: int) -> _FilesMetadata:
     return _FilesMetadata(entries, body.get("tag") or None)
 
 
-class DocumentViewSet(BankScopedMixin, viewsets.GenericViewSet):
+class DocumentViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
     serializer_class = s.DocumentSerializer
 
     @extend_schema(
@@ -272,7 +270,7 @@ class DocumentViewSet(BankScopedMixin, viewsets.GenericViewSet):
         )
 
 
-class ConsolidationViewSet(BankScopedMixin, viewsets.GenericViewSet):
+class ConsolidationViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
     serializer_class = s.ConsolidateRequestSerializer
 
     @extend_schema(
@@ -294,7 +292,7 @@ def _model_data(model: MentalModel) -> dict[str, Any]:
     return dict(s.MentalModelSerializer(model).data)
 
 
-class MentalModelViewSet(BankScopedMixin, viewsets.GenericViewSet):
+class MentalModelViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
     serializer_class = s.MentalModelSerializer
 
     def get_model(self, bank: Bank) -> MentalModel:

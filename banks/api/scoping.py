@@ -26,7 +26,7 @@ class BankScopedMixin:
     request: Any
 
     def get_bank(self) -> Bank:
-        cached = getattr(self, "_bank", None)
+        cached: Bank | None = getattr(self, "_bank", None)
         if cached is not None:
             return cached
         bank_id = self.kwargs["bank_id"]

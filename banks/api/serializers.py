@@ -10,7 +10,7 @@ from operations.api.validators import no_nul_characters
 TRAITS = ("skepticism", "literalism", "empathy")
 
 
-class DispositionSerializer(serializers.Serializer):
+class DispositionSerializer(serializers.Serializer[Any]):
     """Hindsight's DispositionTraits: each 1 (low) to 5 (high). On input any
     of them may be left out (it keeps its value)."""
 
@@ -19,7 +19,7 @@ class DispositionSerializer(serializers.Serializer):
     empathy = serializers.IntegerField(min_value=1, max_value=5, required=False)
 
 
-class BankSerializer(serializers.ModelSerializer):
+class BankSerializer(serializers.ModelSerializer[Any]):
     """A bank, as Hindsight's BankProfileResponse (plus this service's fields)."""
 
     disposition = DispositionSerializer()
@@ -50,7 +50,7 @@ class StrictBooleanField(serializers.BooleanField):
         raise AssertionError("unreachable")
 
 
-class BankInputSerializer(serializers.Serializer):
+class BankInputSerializer(serializers.Serializer[Any]):
     """PUT/PATCH body. Every field is optional and may be null (unchanged);
     fields Hindsight clients send that this service does not use are ignored."""
 
@@ -79,28 +79,28 @@ class BankInputSerializer(serializers.Serializer):
         return attrs
 
 
-class BankListSerializer(serializers.Serializer):
+class BankListSerializer(serializers.Serializer[Any]):
     banks = BankSerializer(many=True)
     total = serializers.IntegerField()
     limit = serializers.IntegerField()
     offset = serializers.IntegerField()
 
 
-class PageSerializer(serializers.Serializer):
+class PageSerializer(serializers.Serializer[Any]):
     """`limit` and `offset` of a paged list."""
 
     limit = serializers.IntegerField(required=False, default=100, min_value=1, max_value=1000)
     offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=10_000_000)
 
 
-class BankDeletedSerializer(serializers.Serializer):
+class BankDeletedSerializer(serializers.Serializer[Any]):
     success = serializers.BooleanField()
     message = serializers.CharField()
     bank_id = serializers.CharField()
     deleted_operations = serializers.IntegerField()
 
 
-class BankStatsSerializer(serializers.Serializer):
+class BankStatsSerializer(serializers.Serializer[Any]):
     """Hindsight's BankStatsResponse fields, then this service's."""
 
     bank_id = serializers.CharField()

@@ -36,7 +36,7 @@ def _body(request: Request) -> dict[str, Any]:
     return request.data
 
 
-class BankViewSet(BankScopedMixin, viewsets.GenericViewSet):
+class BankViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
     serializer_class = BankSerializer
 
     def get_queryset(self) -> Any:

@@ -31,7 +31,7 @@ class StrictCharField(serializers.CharField):
         return str(super().to_internal_value(data))
 
 
-class HttpConfigSerializer(serializers.Serializer):
+class HttpConfigSerializer(serializers.Serializer[Any]):
     """Hindsight's WebhookHttpConfig. Only POST is sent; query parameters
     belong in the URL."""
 
@@ -75,7 +75,7 @@ class HttpConfigSerializer(serializers.Serializer):
         return config
 
 
-class WebhookInputSerializer(serializers.Serializer):
+class WebhookInputSerializer(serializers.Serializer[Any]):
     """POST (create) and PATCH (partial) bodies; nulls mean "unchanged" / the default."""
 
     url = StrictCharField(max_length=2048, allow_null=True, validators=[no_nul_characters])
@@ -117,13 +117,13 @@ class WebhookInputSerializer(serializers.Serializer):
         return attrs
 
 
-class WebhookHttpConfigOutSerializer(serializers.Serializer):
+class WebhookHttpConfigOutSerializer(serializers.Serializer[Any]):
     method = serializers.CharField()
     timeout_seconds = serializers.IntegerField()
     headers = serializers.DictField(child=serializers.CharField())
 
 
-class WebhookSerializer(serializers.ModelSerializer):
+class WebhookSerializer(serializers.ModelSerializer[Any]):
     """Hindsight's WebhookResponse, without its `secret` (never returned here),
     plus `has_secret`."""
 
@@ -156,7 +156,7 @@ class WebhookSerializer(serializers.ModelSerializer):
         }
 
 
-class WebhookListSerializer(serializers.Serializer):
+class WebhookListSerializer(serializers.Serializer[Any]):
     items = WebhookSerializer(many=True)
     total = serializers.IntegerField()
     limit = serializers.IntegerField()
@@ -169,12 +169,12 @@ class WebhookPageSerializer(PageSerializer):
     limit = serializers.IntegerField(required=False, default=100, min_value=0, max_value=1000)
 
 
-class DeliveryPageSerializer(serializers.Serializer):
+class DeliveryPageSerializer(serializers.Serializer[Any]):
     limit = serializers.IntegerField(required=False, default=50, min_value=1, max_value=200)
     cursor = serializers.CharField(required=False, max_length=100)
 
 
-class WebhookDeliverySerializer(serializers.ModelSerializer):
+class WebhookDeliverySerializer(serializers.ModelSerializer[Any]):
     """One attempt, as Hindsight's WebhookDeliveryResponse (`attempts` is this
     attempt's number, `status` its outcome: delivered, retrying or failed),
     plus the operation making the attempts and the attempt's duration."""
@@ -219,18 +219,18 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
         return delivery.response_excerpt or None
 
 
-class WebhookDeliveryListSerializer(serializers.Serializer):
+class WebhookDeliveryListSerializer(serializers.Serializer[Any]):
     items = WebhookDeliverySerializer(many=True)
     next_cursor = serializers.CharField(allow_null=True)
 
 
-class WebhookDeletedSerializer(serializers.Serializer):
+class WebhookDeletedSerializer(serializers.Serializer[Any]):
     success = serializers.BooleanField()
     message = serializers.CharField()
     deleted_count = serializers.IntegerField()
 
 
-class WebhookTestSerializer(serializers.Serializer):
+class WebhookTestSerializer(serializers.Serializer[Any]):
     operation_id = serializers.CharField()
     event_id = serializers.CharField()
     status = serializers.CharField()

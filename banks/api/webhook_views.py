@@ -8,6 +8,7 @@ scoped) by `BankScopedMixin`: another bank's webhook is a 404.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
@@ -25,7 +26,7 @@ from banks.models import Webhook
 from operations.api.responses import AUTH_ERRORS, BAD_INPUT
 
 
-class WebhookViewSet(BankScopedMixin, viewsets.GenericViewSet):
+class WebhookViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
     serializer_class = s.WebhookSerializer
 
     def get_queryset(self) -> QuerySet[Webhook]:
@@ -74,7 +75,7 @@ class WebhookViewSet(BankScopedMixin, viewsets.GenericViewSet):
             url=data["url"],
             secret=data.get("secret") or "",
             event_types=data.get("event_types") or list(webhooks.DEFAULT_EVENT_TYPES),
-            enabled=data.get("enabled") if data.get("enabled") is not None else True,
+            enabled=data.get("enabled", True) is not False,
             http_config=data.get("http_config") or {},
         )
         return Response(s.WebhookSerializer(webhook).data, status=status.HTTP_201_CREATED)

@@ -24,6 +24,8 @@ EMPTY = "- (nothing in this bank matches the query yet)"
 
 
 def handle(ctx: OperationContext) -> dict[str, Any]:
+    if ctx.mental_model_id is None:
+        raise PermanentError("the operation names no mental model")
     model = MentalModel.objects.filter(pk=ctx.mental_model_id, bank_id=ctx.bank_id).first()
     if model is None:
         raise PermanentError(f"mental model {ctx.mental_model_id} no longer exists")

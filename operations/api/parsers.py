@@ -9,6 +9,7 @@ numbers that do not fit a double, NaN and Infinity are refused by orjson.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import IO, Any
 
 import orjson
@@ -54,7 +55,7 @@ class JSONParser(BaseParser):
     media_type = "application/json"
 
     def parse(
-        self, stream: IO[bytes] | None, media_type: str | None = None, parser_context: dict[str, Any] | None = None
+        self, stream: IO[bytes] | None, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
     ) -> Any:
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         raw = stream.read(limit + 1) if stream is not None else b""

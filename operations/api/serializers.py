@@ -6,7 +6,7 @@ Field names are Hindsight's, so its generated client parses them.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from django.http import QueryDict
 from drf_spectacular.utils import extend_schema_field
@@ -38,7 +38,7 @@ class CommaListField(serializers.ListField):
         if isinstance(dictionary, QueryDict):
             if self.field_name not in dictionary:
                 return serializers.empty
-            values = dictionary.getlist(self.field_name)
+            values = dictionary.getlist(str(self.field_name))
         else:
             values = dictionary.get(self.field_name, serializers.empty)
             if values is serializers.empty:
@@ -47,7 +47,7 @@ class CommaListField(serializers.ListField):
         return [part.strip() for value in values for part in str(value).split(",") if part.strip()]
 
 
-class OperationFilterSerializer(serializers.Serializer):
+class OperationFilterSerializer(serializers.Serializer[Any]):
     """Query parameters of the operation lists."""
 
     status = CommaListField(
@@ -82,7 +82,7 @@ class OperationFilterSerializer(serializers.Serializer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Read the registry per instance: types may be declared after import.
-        self.fields["type"].child.choices = registry.choices()
+        cast(serializers.ListField, self.fields["type"]).child.choices = registry.choices()  # type: ignore[attr-defined]
 
     def validate_id_prefix(self, value: str) -> tuple[uuid.UUID, uuid.UUID]:
         """The range of ids the prefix covers: an index range on the primary key."""
@@ -102,7 +102,7 @@ class AllBanksOperationFilterSerializer(OperationFilterSerializer):
     bank_id = serializers.CharField(required=False, max_length=128, help_text="only this bank")
 
 
-class OperationDetailsSerializer(serializers.Serializer):
+class OperationDetailsSerializer(serializers.Serializer[Any]):
     """Hindsight's `details`: the typed outcome of a type that reports one
     (today refresh_mental_model: RefreshMentalModelOperationDetails)."""
 
@@ -111,7 +111,7 @@ class OperationDetailsSerializer(serializers.Serializer):
     failure_reason = serializers.CharField(allow_null=True, required=False)
 
 
-class ExecutionSerializer(serializers.Serializer):
+class ExecutionSerializer(serializers.Serializer[Any]):
     """What this service adds about a run: which worker holds it, its lease, a
     pending cancel request. (Not in `details`, which Hindsight clients parse.)"""
 
@@ -121,7 +121,7 @@ class ExecutionSerializer(serializers.Serializer):
     cancel_requested_at = serializers.DateTimeField(allow_null=True)
 
 
-class ProgressSerializer(serializers.Serializer):
+class ProgressSerializer(serializers.Serializer[Any]):
     """Hindsight's OperationProgress: `detail` is a few named counts, or null."""
 
     stage = serializers.CharField()
@@ -136,7 +136,7 @@ class ProgressField(serializers.JSONField):
     """The stored progress report, documented with its shape."""
 
 
-class OperationSerializer(serializers.Serializer):
+class OperationSerializer(serializers.Serializer[Any]):
     """An operation in a list."""
 
     id = serializers.UUIDField()
@@ -200,7 +200,7 @@ class OperationDetailSerializer(OperationSerializer):
         return data
 
 
-class OperationListSerializer(serializers.Serializer):
+class OperationListSerializer(serializers.Serializer[Any]):
     bank_id = serializers.CharField(allow_null=True)
     total = serializers.IntegerField()
     total_is_estimate = serializers.BooleanField(
@@ -214,28 +214,28 @@ class OperationListSerializer(serializers.Serializer):
     )
 
 
-class OperationActionSerializer(serializers.Serializer):
+class OperationActionSerializer(serializers.Serializer[Any]):
     success = serializers.BooleanField()
     message = serializers.CharField()
     operation_id = serializers.UUIDField()
     status = serializers.ChoiceField(choices=OperationStatus.values)
 
 
-class BulkCancelInputSerializer(serializers.Serializer):
+class BulkCancelInputSerializer(serializers.Serializer[Any]):
     type = serializers.ChoiceField(choices=[], required=False, allow_null=True, help_text="only this operation type")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["type"].choices = registry.choices()
+        cast(serializers.ChoiceField, self.fields["type"]).choices = registry.choices()
 
 
-class BulkCancelSerializer(serializers.Serializer):
+class BulkCancelSerializer(serializers.Serializer[Any]):
     success = serializers.BooleanField()
     bank_id = serializers.CharField()
     cancelled_count = serializers.IntegerField()
 
 
-class OperationStatsSerializer(serializers.Serializer):
+class OperationStatsSerializer(serializers.Serializer[Any]):
     bank_id = serializers.CharField()
     total = serializers.IntegerField()
     by_status = serializers.DictField(child=serializers.IntegerField())
@@ -243,12 +243,15 @@ class OperationStatsSerializer(serializers.Serializer):
     oldest_pending_age_seconds = serializers.FloatField(allow_null=True)
 
 
-class ErrorSerializer(serializers.Serializer):
+class ErrorSerializer(serializers.Serializer[Any]):
     detail = serializers.CharField()
-    errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
+    # The error body's field (only described: this serializer never validates).
+    errors = serializers.DictField(  # type: ignore[assignment]
+        child=serializers.ListField(child=serializers.CharField()), required=False
+    )
 
 
-class ConflictSerializer(serializers.Serializer):
+class ConflictSerializer(serializers.Serializer[Any]):
     detail = serializers.CharField()
     status = serializers.CharField()
     operation_id = serializers.CharField()

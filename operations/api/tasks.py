@@ -5,7 +5,7 @@ the shape of Vectorize's background-task guide (one-letter status codes,
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -31,7 +31,7 @@ STATUS_CODES: dict[str, str] = {
 CODE_OF_STATUS = {status: code for code, status in STATUS_CODES.items()}
 
 
-class TaskFilterSerializer(serializers.Serializer):
+class TaskFilterSerializer(serializers.Serializer[Any]):
     task_type = CommaListField(
         child=ChoiceOf(choices=[]),
         required=False,
@@ -51,10 +51,10 @@ class TaskFilterSerializer(serializers.Serializer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["task_type"].child.choices = registry.choices()
+        cast(serializers.ListField, self.fields["task_type"]).child.choices = registry.choices()  # type: ignore[attr-defined]
 
 
-class TaskSerializer(serializers.Serializer):
+class TaskSerializer(serializers.Serializer[Any]):
     id = serializers.UUIDField()
     task_type = serializers.CharField(source="operation_type")
     task_status = serializers.SerializerMethodField(help_text="Q, R, D, F or C")
@@ -77,7 +77,7 @@ def tasks_filtered(queryset: QuerySet[Operation], filters: dict[str, Any]) -> Qu
     return queryset.order_by("-created_at", "-id")
 
 
-class TaskViewSet(viewsets.GenericViewSet):
+class TaskViewSet(viewsets.GenericViewSet[Any]):
     serializer_class = TaskSerializer
 
     @extend_schema(

@@ -32,7 +32,7 @@ from operations.models import Operation
 from operations.slots import SlotPlanError, plan_from_settings
 
 
-class IncludePayloadSerializer(serializers.Serializer):
+class IncludePayloadSerializer(serializers.Serializer[Any]):
     include_payload = serializers.BooleanField(required=False, default=False)
 
 
@@ -51,7 +51,7 @@ def _action_response(operation_id: Any, message: str, http_status: int = 200) ->
     )
 
 
-class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet):
+class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
     """Operations of one bank: banks/{bank_id}/operations…"""
 
     serializer_class = OperationSerializer
@@ -62,7 +62,7 @@ class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet):
     def get_operation(self) -> Operation:
         queryset = self.get_queryset()  # the bank check comes first
         operation_id = parse_operation_id(self.kwargs["operation_id"])
-        operation = queryset.filter(pk=operation_id).first()
+        operation: Operation | None = queryset.filter(pk=operation_id).first()
         if operation is None:
             raise NotFound(f"operation {operation_id} not found")
         return operation
@@ -202,7 +202,7 @@ def _page_body(bank_id: str | None, page: selectors.Page, limit: int, offset: in
     }
 
 
-class AllOperationViewSet(viewsets.GenericViewSet):
+class AllOperationViewSet(viewsets.GenericViewSet[Any]):
     """Operations across banks (admin keys)."""
 
     permission_classes = [IsAdminAccess]
@@ -230,13 +230,13 @@ class AllOperationViewSet(viewsets.GenericViewSet):
         return Response(_page_body(filters.validated_data.get("bank_id"), page, limit, offset))
 
 
-class WorkersSerializer(serializers.Serializer):
+class WorkersSerializer(serializers.Serializer[Any]):
     plan = serializers.JSONField(help_text="this node's slot plan (runworkers --print-plan)")
     plan_error = serializers.CharField(allow_null=True)
     nodes = serializers.ListField(child=serializers.JSONField(), help_text="live worker nodes")
 
 
-class WorkerViewSet(viewsets.GenericViewSet):
+class WorkerViewSet(viewsets.GenericViewSet[Any]):
     permission_classes = [IsAdminAccess]
     serializer_class = WorkersSerializer
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import Count, Min, Q
 from django.utils import timezone
@@ -112,16 +112,16 @@ def type_rows(now: datetime) -> list[TypeRow]:
     ):
         target = row(item["operation_type"])
         target.due, target.parked, target.oldest_pending = item["due"], item["parked"], item["oldest"]
-    for item in (
+    for busy in (
         Operation.objects.filter(status=OperationStatus.PROCESSING)
         .values("operation_type")
         .annotate(n=Count("pk"))
         .order_by()
     ):
-        row(item["operation_type"]).processing = item["n"]
+        row(busy["operation_type"]).processing = busy["n"]
     # The terminal-rows index is on completed_at: the range comes first, then
     # the status filter, so only the last hour's finished rows are read.
-    for item in (
+    for failed in (
         Operation.objects.filter(
             status__in=[OperationStatus.COMPLETED, OperationStatus.FAILED, OperationStatus.CANCELLED],
             completed_at__gte=now - FAILED_WINDOW,
@@ -131,7 +131,7 @@ def type_rows(now: datetime) -> list[TypeRow]:
         .annotate(n=Count("pk"))
         .order_by()
     ):
-        row(item["operation_type"]).failed_last_hour = item["n"]
+        row(failed["operation_type"]).failed_last_hour = failed["n"]
     return sorted(rows.values(), key=lambda r: (r.idle, r.name))
 
 
@@ -160,19 +160,23 @@ def nodes() -> list[Node]:
 
 
 def running(now: datetime) -> list[dict[str, Any]]:
-    rows = list(
-        Operation.objects.filter(status=OperationStatus.PROCESSING)
-        .order_by("started_at")
-        .values(
-            "id",
-            "bank_id",
-            "operation_type",
-            "worker",
-            "started_at",
-            "progress",
-            "cancel_requested_at",
-            "retry_count",
-        )[:RUNNING_SHOWN]
+    # Plain dicts for the template (the stubs type .values() rows as TypedDicts).
+    rows = cast(
+        list[dict[str, Any]],
+        list(
+            Operation.objects.filter(status=OperationStatus.PROCESSING)
+            .order_by("started_at")
+            .values(
+                "id",
+                "bank_id",
+                "operation_type",
+                "worker",
+                "started_at",
+                "progress",
+                "cancel_requested_at",
+                "retry_count",
+            )[:RUNNING_SHOWN]
+        ),
     )
     for item in rows:
         started = item["started_at"] or now
@@ -181,15 +185,19 @@ def running(now: datetime) -> list[dict[str, Any]]:
 
 
 def failures(now: datetime) -> list[dict[str, Any]]:
-    return list(
-        Operation.objects.filter(
-            status__in=[OperationStatus.COMPLETED, OperationStatus.FAILED, OperationStatus.CANCELLED],
-            completed_at__gte=now - FAILURES_LOOKBACK,
-        )
-        .filter(status=OperationStatus.FAILED)
-        .order_by("-completed_at")
-        .values("id", "bank_id", "operation_type", "completed_at", "error_message", "retry_count")[:FAILURES_SHOWN]
+    found = cast(
+        list[dict[str, Any]],
+        list(
+            Operation.objects.filter(
+                status__in=[OperationStatus.COMPLETED, OperationStatus.FAILED, OperationStatus.CANCELLED],
+                completed_at__gte=now - FAILURES_LOOKBACK,
+            )
+            .filter(status=OperationStatus.FAILED)
+            .order_by("-completed_at")
+            .values("id", "bank_id", "operation_type", "completed_at", "error_message", "retry_count")[:FAILURES_SHOWN]
+        ),
     )
+    return found
 
 
 def snapshot() -> Snapshot:

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import connection
 
 from operations import fair_share, registry
-from operations.models import TRANSITIONS, Operation
+from operations.models import TRANSITIONS, Operation, concrete_field
 
 TABLE = Operation._meta.db_table
 
@@ -113,7 +113,7 @@ def insert_params(row: dict[str, Any], connection: Any) -> list[Any]:
             if postgresql:
                 value = orjson.dumps(value).decode()
             else:
-                value = Operation._meta.get_field(column).get_db_prep_save(value, connection)
+                value = concrete_field(Operation, column).get_db_prep_save(value, connection)
         elif column in _UUID_COLUMNS:
             value = pk(value, connection)
         elif column in _TIME_COLUMNS:
@@ -314,7 +314,8 @@ def adapt(value: datetime, connection: Any) -> Any:
 def fetchone(statement: str, params: list[Any]) -> tuple[Any, ...] | None:
     """Run one of these statements and return its first row (see `execute`)."""
     with execute(statement, params) as cursor:
-        return cursor.fetchone()
+        row: tuple[Any, ...] | None = cursor.fetchone()
+        return row
 
 
 @contextmanager
@@ -340,7 +341,7 @@ def execute(statement: str, params: list[Any]) -> Iterator[Any]:
     if raw.prepare_threshold is None:  # Django turns preparing off for every cursor
         raw.prepare_threshold = 0  # ... and only this one binds server-side, so only these prepare
     with connection.wrap_database_errors:
-        server_binding = ServerBindingCursor(raw)
-    with connection._prepare_cursor(server_binding) as cursor:  # Django's wrapper: errors, logging
+        server_binding = ServerBindingCursor(raw)  # type: ignore[call-arg]  # psycopg's cursor, typed by Django's stubs
+    with connection._prepare_cursor(server_binding) as cursor:  # type: ignore[attr-defined]  # Django's wrapper: errors, logging
         cursor.execute(statement, params)
         yield cursor

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -67,7 +67,8 @@ class Command(BaseCommand):
         try:
             plan = plan_from_settings()
             check_visibility_timeout(
-                settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout"), registry.all_types()
+                cast("float | None", settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")),
+                registry.all_types(),
             )
         except (SlotPlanError, ImproperlyConfigured) as exc:
             raise CommandError(f"cannot start the workers: {exc}") from None
