@@ -8,7 +8,7 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/11
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test test-fast test-scaled test-embedded bench install clean browser lock
+.PHONY: run test test-fast test-scaled test-embedded bench install clean browser lock lint
 
 # Exactly the locked versions (requirements/test.txt, with hashes), then the
 # project itself on top of them, editable and with no dependency of its own.
@@ -27,6 +27,14 @@ lock: install
 	$(PY) -m pip install --quiet uv
 	$(VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes --upgrade --quiet -o requirements/base.txt
 	$(VENV)/bin/uv pip compile pyproject.toml --extra test --python-version 3.11 --generate-hashes --upgrade --quiet -o requirements/test.txt
+
+## Style, types and architecture: ruff (lint and format), mypy in strict mode,
+## and the import contracts between the apps (pyproject.toml). Under a minute.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	OPS_DATA_DIR=$$(mktemp -d) $(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 ## Run the embedded platform (SQLite + filesystem broker under ./var).
 run: install

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from banks.memory import RetainOutcome
-from banks.models import Bank, Observation
+from banks.models import Observation
 from operations import services
 from operations.models import Operation, OperationStatus
+from tenancy.models import Bank
 
 
 def after_retain(*, bank: Bank, outcome: RetainOutcome) -> dict[str, Any]:

@@ -37,7 +37,6 @@ from django.utils import timezone
 from banks import links, write_locks
 from banks.extraction import EntityMention, canonical, get_extractor
 from banks.models import (
-    Bank,
     Document,
     Entity,
     EntityCooccurrence,
@@ -51,6 +50,7 @@ from banks.models import (
     UnitEntity,
 )
 from operations import transient
+from tenancy.models import Bank
 
 TEMPORAL_CAP, SEMANTIC_CAP = links.TEMPORAL_CAP, links.SEMANTIC_CAP
 

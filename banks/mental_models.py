@@ -16,9 +16,10 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from banks.models import Bank, MentalModel
+from banks.models import MentalModel
 from banks.schedules import RefreshSchedule
 from operations import services
+from tenancy.models import Bank
 
 # The schedule fields of Hindsight's trigger that this service acts on.
 SCHEDULE_FIELDS = ("refresh_cron", "refresh_interval_seconds", "min_refresh_interval_seconds")

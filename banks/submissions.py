@@ -12,9 +12,10 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from banks.memory import RetainItem
-from banks.models import Bank, StoredFile
+from banks.models import StoredFile
 from operations import services
 from operations.models import Operation
+from tenancy.models import Bank
 
 
 class OperationIdConflict(Exception):

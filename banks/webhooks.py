@@ -44,9 +44,10 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from banks.models import Bank, Webhook, WebhookDelivery, WebhookEvent
+from banks.models import Webhook, WebhookDelivery, WebhookEvent
 from operations import finish_hooks, services
 from operations.models import Operation, OperationStatus
+from tenancy.models import Bank
 
 WEBHOOK_DELIVERY = "webhook_delivery"
 TEST_EVENT = "webhook.test"

@@ -178,9 +178,9 @@ class Run:
 def scaled_section(args: argparse.Namespace, run: Run, env: dict[str, str]) -> None:
     from django.conf import settings
 
-    from banks.api_keys import api_key_create, api_key_revoke
     from bench import peer, scaled
     from bench.procs import Processes
+    from tenancy.api_keys import api_key_create, api_key_revoke
 
     options = scaled.QUICK if args.quick else scaled.Options()
     if args.runs:

@@ -84,9 +84,9 @@ def platform_side(count: int, slots: int, rounds: int, say: Say) -> dict[str, An
     from django.core.management import call_command
     from django.db import transaction
 
-    from banks.models import Bank
     from operations import services
     from operations.models import Operation, WorkerNode
+    from tenancy.models import Bank
 
     call_command("migrate", verbosity=0)
     data_dir = Path(os.environ["OPS_DATA_DIR"])

@@ -34,7 +34,6 @@ from django.test import override_settings
 from django.utils import timezone
 
 from banks.memory import RetainItem
-from banks.models import Bank
 from banks.submissions import retain_async
 from bench import bare
 from bench.load import free_port, post_concurrently
@@ -43,6 +42,7 @@ from bench.procs import Processes, cpu_by, wait_until
 from bench.report import Figure, median, percentile, ratio_text
 from operations import services
 from operations.models import Operation, OperationStatus, WorkerNode
+from tenancy.models import Bank
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 NOOP_BANK = "bench-noop"

@@ -390,7 +390,7 @@ class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.display(description="bank", ordering="bank_id")
     def bank_link(self, obj: Operation) -> SafeString:
         # bank_id is on the row: linking it needs no join with the bank table.
-        url = reverse("admin:banks_bank_change", args=[obj.bank_id])
+        url = reverse("admin:tenancy_bank_change", args=[obj.bank_id])
         return format_html('<a href="{}">{}</a>', url, obj.bank_id)
 
     @admin.display(description="progress")

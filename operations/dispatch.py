@@ -51,6 +51,7 @@ from django.db import connection
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
+from core import prepared
 from operations import registry
 from operations.lifecycle import queries
 from operations.models import Operation, OperationStatus
@@ -295,10 +296,10 @@ def _pick(operation_type: str, after: str, task_id: str) -> tuple[str, str, bool
         operation_type=operation_type,
         after=after,
         task_id=task_id,
-        now=queries.adapt(timezone.now(), connection),
-        stale_before=queries.adapt(_stale_before(), connection),
+        now=prepared.adapt(timezone.now(), connection),
+        stale_before=prepared.adapt(_stale_before(), connection),
     )
-    row = queries.fetchone(queries.pick(connection.vendor), params)
+    row = prepared.fetchone(queries.pick(connection.vendor), params)
     if row is None:
         return None
     return str(uuid.UUID(str(row[0]))), row[1], bool(row[2])

@@ -255,7 +255,7 @@ ERROR_MESSAGE_MAX = 5000
 
 class Operation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    bank = models.ForeignKey("banks.Bank", on_delete=models.CASCADE, related_name="operations", db_index=False)
+    bank = models.ForeignKey("tenancy.Bank", on_delete=models.CASCADE, related_name="operations", db_index=False)
     operation_type = models.CharField(max_length=64, choices=registry.choices)
     status = models.CharField(max_length=16, choices=OperationStatus.choices, default=OperationStatus.PENDING)
     # JSON of primitives the handler needs; never secrets (they stay in their rows).

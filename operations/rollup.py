@@ -19,6 +19,7 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
+from core import prepared
 from operations import finish_hooks
 from operations.lifecycle import queries
 from operations.models import TERMINAL_STATUSES, Operation, OperationStatus
@@ -68,13 +69,13 @@ def roll_up(parent_id: str | uuid.UUID) -> str | None:
     Returns the parent's new status, or None when it did not move (gone,
     finished, or childless)."""
     pk = Operation._meta.pk.get_db_prep_value(parent_id, connection)
-    row = queries.fetchone(queries.roll_up_lock(), [pk])
+    row = prepared.fetchone(queries.roll_up_lock(), [pk])
     if row is None or row[0] in TERMINAL_STATUSES:
         return None
     parent = dict(zip(("status", "started_at", "bank_id", "operation_type", "tag", "parent_id"), row, strict=True))
-    counted = queries.fetchone(queries.roll_up_counts(), [pk])
+    counted = prepared.fetchone(queries.roll_up_counts(), [pk])
     assert counted is not None  # an aggregate always answers one row
-    counts: dict[str, int] = queries.json_value(counted[0]) or {}
+    counts: dict[str, int] = prepared.json_value(counted[0]) or {}
     status = rolled_up_status(counts)
     if status is None:
         return None

@@ -34,6 +34,8 @@ from django.db.models import BooleanField, Count, F, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from core import prepared
+from core.errors import Conflict, Missing
 from operations import dispatch, fair_share, finish_hooks, registry
 from operations.handlers import Lease, LeaseState
 from operations.lifecycle import queries
@@ -57,11 +59,12 @@ FAILED = OperationStatus.FAILED
 CANCELLED = OperationStatus.CANCELLED
 
 
-class OperationNotFound(LookupError):
-    pass
+class OperationNotFound(Missing):
+    def detail(self) -> str:
+        return f"operation {self} not found"
 
 
-class TransitionRefused(Exception):
+class TransitionRefused(Conflict):
     """The operation is not in a status the transition starts from (HTTP 409)."""
 
     def __init__(self, operation_id: str, action: str, status: str, reason: str = "") -> None:
@@ -70,6 +73,9 @@ class TransitionRefused(Exception):
         self.status = status
         self.reason = reason or f"cannot {action} an operation that is {status}"
         super().__init__(self.reason)
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.reason, "status": self.status, "operation_id": self.operation_id}
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,7 @@ def _insert_many(many: list[dict[str, Any]]) -> list[Operation]:
     for start in range(0, len(rows), size):
         batch = rows[start : start + size]
         params = [param for row in batch for param in queries.insert_params(row, connection)]
-        with queries.execute(queries.insert(len(batch)), params):
+        with prepared.execute(queries.insert(len(batch)), params):
             pass
     return [Operation.from_db(connection.alias, _FIELDS, [row.get(name) for name in _FIELDS]) for row in rows]
 
@@ -494,14 +500,14 @@ def operation_claim(
                     operation_type=replace[0],
                     after=dispatch.cursor_for(replace[0]),
                     task_id=next_task,
-                    now=queries.adapt(now, connection),
-                    stale_before=queries.adapt(now - timedelta(seconds=settings.OPS_REDISPATCH_SECONDS), connection),
+                    now=prepared.adapt(now, connection),
+                    stale_before=prepared.adapt(now - timedelta(seconds=settings.OPS_REDISPATCH_SECONDS), connection),
                 )
                 picked_in_claim = True
-            fetched = queries.fetchone(statement, params)
+            fetched = prepared.fetchone(statement, params)
             if picked_in_claim:
                 assert fetched is not None  # the statement answers one row, its values null when nothing moved
-                claimed, picked = (queries.json_value(value) for value in fetched)
+                claimed, picked = (prepared.json_value(value) for value in fetched)
                 row = claimed
             elif fetched is not None:
                 row = dict(zip(queries.CLAIMED, fetched, strict=True))
@@ -537,14 +543,14 @@ def operation_claim(
         worker=worker,
         task_id=task_id,
         attempt=row["retry_count"],
-        payload=queries.json_value(row["task_payload"]) or {},
+        payload=prepared.json_value(row["task_payload"]) or {},
         document_id=row["document_id"],
         filename=row["filename"],
         mental_model_id=row["mental_model_id"],
         tag=row["tag"],
         parent_id=str(uuid.UUID(str(row["parent_id"]))) if row["parent_id"] else None,
         serial_key=row["serial_key"],
-        progress=queries.json_value(row["progress"]),
+        progress=prepared.json_value(row["progress"]),
         resumable=registry.get(row["operation_type"]).resumable,
     )
 
@@ -596,12 +602,12 @@ def operation_complete(*, lease: Lease, result: dict[str, Any] | None) -> bool:
         connection=connection,
     )
     if lease.parent_id is None:
-        won = queries.fetchone(queries.complete(conditions, quiet=True), params) is not None
+        won = prepared.fetchone(queries.complete(conditions, quiet=True), params) is not None
         if won:
             _after_finish(lease)
             return True
     with transaction.atomic():
-        row = queries.fetchone(queries.complete(conditions, quiet=False), params)
+        row = prepared.fetchone(queries.complete(conditions, quiet=False), params)
         if row is not None:
             answers = dict(zip((name for name, _ in conditions), row[1:], strict=True))
             found = finish_hooks.followers_where(

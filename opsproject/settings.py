@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's assets, served by whitenoise (no CDN)
     "django_celery_results",
+    "tenancy",
     "operations",
     "banks",
 ]
@@ -101,16 +102,16 @@ TEMPLATES = [
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "banks.api.auth.ApiKeyAuthentication",
-        "banks.api.auth.StaffSessionAuthentication",
+        "tenancy.auth.ApiKeyAuthentication",
+        "tenancy.auth.StaffSessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_RENDERER_CLASSES": ["operations.api.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["core.api.renderers.JSONRenderer"],
     # JSON bodies only; the file upload endpoint declares multipart itself.
-    "DEFAULT_PARSER_CLASSES": ["operations.api.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.api.parsers.JSONParser"],
     # No OPTIONS introspection: the OpenAPI schema describes every endpoint.
     "DEFAULT_METADATA_CLASS": None,
-    "EXCEPTION_HANDLER": "operations.api.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "core.api.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }

@@ -24,10 +24,10 @@ from operations.api import health
 from operations.api.tasks import TaskViewSet
 from operations.api.views import AllOperationViewSet, BankOperationViewSet, WorkerViewSet
 
-handler400 = "operations.api.errors.json_bad_request"
-handler403 = "operations.api.errors.json_forbidden"
-handler404 = "operations.api.errors.json_not_found"
-handler500 = "operations.api.errors.json_server_error"
+handler400 = "core.api.errors.json_bad_request"
+handler403 = "core.api.errors.json_forbidden"
+handler404 = "core.api.errors.json_not_found"
+handler500 = "core.api.errors.json_server_error"
 
 banks = BankViewSet.as_view({"get": "index"})
 bank = BankViewSet.as_view({"get": "retrieve", "put": "upsert", "patch": "partial_update", "delete": "destroy"})

@@ -76,14 +76,14 @@ def needs_scaled(what: str) -> None:
 
 @pytest.fixture
 def alpha(db: None) -> Any:
-    from banks.models import Bank
+    from tenancy.models import Bank
 
     return Bank.objects.create(bank_id="alpha", name="Alpha")
 
 
 @pytest.fixture
 def beta(db: None) -> Any:
-    from banks.models import Bank
+    from tenancy.models import Bank
 
     return Bank.objects.create(bank_id="beta", name="Beta")
 
@@ -312,7 +312,7 @@ class Caller:
 
 
 def _key(**kwargs: Any) -> str:
-    from banks.api_keys import api_key_create
+    from tenancy.api_keys import api_key_create
 
     return api_key_create(**kwargs)[1]
 

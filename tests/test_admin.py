@@ -11,9 +11,10 @@ import pytest
 from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.test import Client
 
-from banks.api_keys import api_key_authenticate
-from banks.models import ApiKey, MentalModel
+from banks.models import MentalModel
 from operations.models import Operation
+from tenancy.api_keys import api_key_authenticate
+from tenancy.models import ApiKey
 from tests.consoles import make, staff_user
 
 pytestmark = pytest.mark.django_db
@@ -276,12 +277,12 @@ def test_celery_results_stay_out_of_the_way_until_they_hold_something(root: Clie
 
 def test_banks_show_their_operation_counts(root: Client, alpha: Any, beta: Any) -> None:
     make(), make(), make(status="failed"), make(bank="beta", status="processing")
-    html = root.get("/admin/banks/bank/").content.decode()
+    html = root.get("/admin/tenancy/bank/").content.decode()
     assert '<a href="/admin/operations/operation/?bank__bank_id__exact=alpha">3</a>' in html
     assert '<a href="/admin/operations/operation/?bank__bank_id__exact=alpha&amp;status__exact=pending">2</a>' in html
     assert '<a href="/admin/operations/operation/?bank__bank_id__exact=alpha&amp;status__exact=failed">1</a>' in html
     assert '<a href="/admin/operations/operation/?bank__bank_id__exact=beta&amp;status__exact=processing">1</a>' in html
-    detail = root.get("/admin/banks/bank/alpha/change/").content.decode()
+    detail = root.get("/admin/tenancy/bank/alpha/change/").content.decode()
     assert "2 pending</a>" in detail and "1 failed</a>" in detail
 
 
@@ -290,12 +291,12 @@ def test_a_busy_banks_total_is_capped(root: Client, alpha: Any, monkeypatch: pyt
 
     monkeypatch.setattr(bank_admin, "COUNT_CAP", 2)
     make(), make(), make()
-    html = root.get("/admin/banks/bank/").content.decode()
+    html = root.get("/admin/tenancy/bank/").content.decode()
     assert '<a href="/admin/operations/operation/?bank__bank_id__exact=alpha">2+</a>' in html
 
 
 def test_creating_an_api_key_shows_it_once_and_revoke_stops_it(root: Client) -> None:
-    response = root.post("/admin/banks/apikey/add/", {"name": "ci", "bank_ids_text": "alpha, beta"})
+    response = root.post("/admin/tenancy/apikey/add/", {"name": "ci", "bank_ids_text": "alpha, beta"})
     assert response.status_code == 200
     html = response.content.decode()
     raw = html.split('id="new-api-key"', 1)[1].split(">", 1)[1].split("<", 1)[0]
@@ -304,11 +305,11 @@ def test_creating_an_api_key_shows_it_once_and_revoke_stops_it(root: Client) -> 
     assert key.bank_ids == ["alpha", "beta"] and not key.is_admin
     authenticated = api_key_authenticate(raw)
     assert authenticated is not None and authenticated.pk == key.pk
-    assert raw not in root.get(f"/admin/banks/apikey/{key.pk}/change/").content.decode()
-    assert raw not in root.get("/admin/banks/apikey/").content.decode()
+    assert raw not in root.get(f"/admin/tenancy/apikey/{key.pk}/change/").content.decode()
+    assert raw not in root.get("/admin/tenancy/apikey/").content.decode()
     # Revoking: the key stops working at once, and the admin log says who did it.
     response = root.post(
-        "/admin/banks/apikey/", {"action": "revoke_keys", "_selected_action": [key.pk], "index": 0}, follow=True
+        "/admin/tenancy/apikey/", {"action": "revoke_keys", "_selected_action": [key.pk], "index": 0}, follow=True
     )
     assert [str(m) for m in response.context["messages"]] == ["Revoked 1 key."]
     assert api_key_authenticate(raw) is None
@@ -316,12 +317,12 @@ def test_creating_an_api_key_shows_it_once_and_revoke_stops_it(root: Client) -> 
 
 
 def test_an_api_key_must_reach_something(root: Client) -> None:
-    response = root.post("/admin/banks/apikey/add/", {"name": "nothing", "bank_ids_text": ""})
+    response = root.post("/admin/tenancy/apikey/add/", {"name": "nothing", "bank_ids_text": ""})
     assert response.status_code == 200 and "Name at least one bank" in response.content.decode()
-    response = root.post("/admin/banks/apikey/add/", {"name": "bad", "bank_ids_text": "no/slashes"})
+    response = root.post("/admin/tenancy/apikey/add/", {"name": "bad", "bank_ids_text": "no/slashes"})
     assert "no/slashes" in response.content.decode()
     assert not ApiKey.objects.exists()
-    admin_key = root.post("/admin/banks/apikey/add/", {"name": "all", "is_admin": "on"})
+    admin_key = root.post("/admin/tenancy/apikey/add/", {"name": "all", "is_admin": "on"})
     assert 'id="new-api-key"' in admin_key.content.decode()
     assert ApiKey.objects.get(name="all").is_admin
 

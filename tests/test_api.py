@@ -359,7 +359,7 @@ def test_authentication_errors_are_401(anonymous: Any, alpha: Any) -> None:
 
 
 def test_a_revoked_key_is_refused(db: None, alpha: Any) -> None:
-    from banks.api_keys import api_key_create
+    from tenancy.api_keys import api_key_create
     from tests.conftest import Caller
 
     key, raw = api_key_create(admin=True)
@@ -573,7 +573,7 @@ def test_a_key_records_its_use_at_most_once_a_minute(admin: Any, alpha: Any) -> 
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from banks.models import ApiKey
+    from tenancy.models import ApiKey
 
     assert admin.get("banks/alpha").status_code == 200
     first = ApiKey.objects.get(name="admin").last_used_at
@@ -590,9 +590,9 @@ def test_a_key_records_its_use_at_most_once_a_minute(admin: Any, alpha: Any) -> 
 def test_requests_find_banks_and_keys_as_the_orm_loads_them(alpha: Any) -> None:
     # Both lookups run as prepared statements of their own, converting each
     # column themselves (JSON, booleans, times: SQLite stores them as text).
-    from banks.api_keys import api_key_authenticate, api_key_create
-    from banks.models import ApiKey, Bank
-    from banks.services import bank_find, bank_put
+    from tenancy.api_keys import api_key_authenticate, api_key_create
+    from tenancy.models import ApiKey, Bank
+    from tenancy.services import bank_find, bank_put
 
     bank_put(
         bank_id="alpha",

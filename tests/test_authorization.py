@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from banks.memory import RetainItem, retain_items
-from banks.models import Bank, MemoryUnit, MentalModel
+from banks.models import MemoryUnit, MentalModel
 from operations import services
 from operations.models import Operation
+from tenancy.models import Bank
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 

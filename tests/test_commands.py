@@ -14,8 +14,8 @@ from django.core.management import call_command, get_commands
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from banks.api_keys import api_key_authenticate
-from banks.models import ApiKey
+from tenancy.api_keys import api_key_authenticate
+from tenancy.models import ApiKey
 from tests.conftest import PROJECT_DIR
 
 pytestmark = pytest.mark.django_db

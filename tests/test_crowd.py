@@ -25,7 +25,6 @@ from banks import memory
 from banks.extraction import get_extractor
 from banks.memory import SEMANTIC_CAP, TEMPORAL_CAP
 from banks.models import (
-    Bank,
     Document,
     EntityCooccurrence,
     EntityCooccurrenceDelta,
@@ -36,6 +35,7 @@ from banks.models import (
 )
 from operations import services
 from operations.models import Operation
+from tenancy.models import Bank
 from tests.conftest import EMBEDDED, needs_scaled, race, wait_for
 
 pytestmark = [pytest.mark.workers]

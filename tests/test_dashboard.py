@@ -15,10 +15,10 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from banks.models import Bank
 from operations import admin_paging
 from operations.dashboard import selectors
 from operations.models import Operation, WorkerNode
+from tenancy.models import Bank
 from tests.consoles import make, staff_user
 
 pytestmark = pytest.mark.django_db

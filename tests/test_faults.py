@@ -414,8 +414,8 @@ def test_conservation_under_random_faults(start_workers: Any, alpha: Any, privat
 
 def test_api_submit_while_the_broker_is_down(start_workers: Any, alpha: Any, private_broker: Any) -> None:
     """The REST submission answers 200 with the broker down; the work runs once it is back."""
-    from banks.api_keys import api_key_create
     from banks.models import MemoryUnit
+    from tenancy.api_keys import api_key_create
     from tests.conftest import Caller
 
     admin = Caller(api_key_create(admin=True)[1])

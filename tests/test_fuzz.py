@@ -41,8 +41,8 @@ def admin_header(db: None, alpha: Any, beta: Any) -> Iterator[dict[str, str]]:
     from django.core.signals import request_finished, request_started
     from django.db import close_old_connections
 
-    from banks.api_keys import api_key_create
     from operations import services
+    from tenancy.api_keys import api_key_create
 
     # The app is called straight through WSGI: keep Django from closing the
     # test's connection at the end of each request, as its test client does.
@@ -62,9 +62,10 @@ def real_ids() -> dict[str, str]:
     """Existing things to point every path parameter at, made again if an
     earlier example deleted them (a DELETE of the bank, the operation, …)."""
     from banks.memory import RetainItem, retain_items
-    from banks.models import Bank, MemoryUnit, MentalModel
+    from banks.models import MemoryUnit, MentalModel
     from operations import services
     from operations.models import Operation
+    from tenancy.models import Bank
 
     bank, _ = Bank.objects.get_or_create(bank_id="alpha")
     if not MemoryUnit.objects.filter(bank=bank, document__document_id="doc-1").exists():

@@ -35,7 +35,7 @@ from hindsight_client_api.models import (
     RetryOperationResponse,
 )
 
-from banks.api_keys import api_key_create
+from tenancy.api_keys import api_key_create
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.workers, pytest.mark.embedded]

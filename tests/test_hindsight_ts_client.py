@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from banks.api_keys import api_key_create
 from operations.models import Operation
+from tenancy.api_keys import api_key_create
 from tests.conftest import PROJECT_DIR
 from tests.consoles import make
 

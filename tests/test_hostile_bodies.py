@@ -13,9 +13,10 @@ import pytest
 from django.test import Client
 
 from banks import webhooks
-from banks.api_keys import api_key_create
-from banks.models import Bank, MentalModel
+from banks.models import MentalModel
 from operations import services
+from tenancy.api_keys import api_key_create
+from tenancy.models import Bank
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 

@@ -503,7 +503,7 @@ def test_a_cancel_landing_while_a_failure_is_recorded_is_not_lost(alpha: Any, mo
 def test_dedupe_and_serialization_keys_are_unambiguous_across_banks(db: None) -> None:
     """Bank `x` with document `y:z` and bank `x:y` with document `z` used to
     share the key `type:x:y:z`."""
-    from banks.models import Bank
+    from tenancy.models import Bank
 
     Bank.objects.create(bank_id="x")
     Bank.objects.create(bank_id="x:y")

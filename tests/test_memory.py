@@ -23,7 +23,6 @@ from banks import links, memory
 from banks.extraction import EntityMention, RuleBasedExtractor, cosine
 from banks.memory import RetainItem
 from banks.models import (
-    Bank,
     Document,
     Entity,
     EntityCooccurrence,
@@ -36,6 +35,7 @@ from banks.models import (
 )
 from operations import runner, services
 from operations.models import Operation
+from tenancy.models import Bank
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 

@@ -14,10 +14,11 @@ from django.utils import timezone
 
 from banks import follow_ups, memory, scheduler
 from banks.memory import RetainItem
-from banks.models import Bank, Entity, MemoryUnit, MentalModel, Observation, ObservationSource
+from banks.models import Entity, MemoryUnit, MentalModel, Observation, ObservationSource
 from banks.operation_types.consolidation import observe
 from operations import services
 from operations.models import Operation
+from tenancy.models import Bank
 from tests.conftest import race
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.embedded]

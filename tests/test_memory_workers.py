@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 from banks.memory import RetainItem, retain_items
-from banks.models import Bank, Document, MemoryUnit, Observation
+from banks.models import Document, MemoryUnit, Observation
 from operations import services
 from operations.models import Operation
+from tenancy.models import Bank
 from tests.conftest import PROJECT_DIR, wait_for
 
 pytestmark = [pytest.mark.workers, pytest.mark.embedded]

@@ -20,15 +20,13 @@ def _latest() -> list[tuple[str, str]]:
     return executor.loader.graph.leaf_nodes()
 
 
-def _migrate(targets: list[tuple[str, str]]) -> Any:
-    """Move the apps named in `targets` there (the others stay at their latest);
-    returns the models as they are then."""
-    executor = MigrationExecutor(connection)
-    executor.migrate(targets)
-    executor.loader.build_graph()
-    moved = {app for app, _ in targets}
-    others = [node for node in executor.loader.graph.leaf_nodes() if node[0] not in moved]
-    return executor.loader.project_state(targets + others).apps
+def _migrate(targets: list[tuple[str, str | None]]) -> Any:
+    """Move the apps named in `targets` there (None: before their first; the
+    others stay where they are, less what depends on a migration undone);
+    returns the models as the applied migrations make them."""
+    MigrationExecutor(connection).migrate(targets)
+    loader = MigrationExecutor(connection).loader  # read what is applied now
+    return loader.project_state(list(loader.applied_migrations)).apps
 
 
 @pytest.fixture
@@ -92,3 +90,28 @@ def test_observations_built_before_sources_were_recorded_are_flagged_for_a_rebui
     Entity = apps.get_model("banks", "Entity")
     fresh = Entity.objects.create(bank_id="old", name="bob", display_name="Bob")
     assert not Observation.objects.create(bank_id="old", entity=fresh, text="Bob: new.").needs_rebuild
+
+
+@pytest.mark.django_db(transaction=True)
+def test_banks_and_keys_move_to_tenancy_with_their_rows_and_permissions(back_to_latest: None) -> None:
+    apps = _migrate([("tenancy", None)])  # before the move: both models are the banks app's
+    Bank = apps.get_model("banks", "Bank")
+    ApiKey = apps.get_model("banks", "ApiKey")
+    Operation = apps.get_model("operations", "Operation")
+    ContentType = apps.get_model("contenttypes", "ContentType")
+    Permission = apps.get_model("auth", "Permission")
+    Bank.objects.create(bank_id="kept", name="Kept")
+    ApiKey.objects.create(name="ci", prefix="ops_abc", key_hash="f" * 64, bank_ids=["kept"])
+    Operation.objects.create(id=uuid.uuid4(), bank_id="kept", operation_type="retain", status="completed")
+    bank_type, _ = ContentType.objects.get_or_create(app_label="banks", model="bank")
+    Permission.objects.get_or_create(content_type=bank_type, codename="view_bank", defaults={"name": "Can view bank"})
+
+    apps = _migrate(_latest())
+    Bank = apps.get_model("tenancy", "Bank")
+    assert Bank.objects.get(bank_id="kept").name == "Kept"
+    assert apps.get_model("tenancy", "ApiKey").objects.get(name="ci").bank_ids == ["kept"]
+    assert apps.get_model("operations", "Operation").objects.get(bank_id="kept").bank.name == "Kept"
+    moved = apps.get_model("contenttypes", "ContentType").objects.get(pk=bank_type.pk)
+    assert (moved.app_label, moved.model) == ("tenancy", "bank")
+    # The same permission row, now tenancy's: groups that had it keep it.
+    assert apps.get_model("auth", "Permission").objects.filter(content_type=moved, codename="view_bank").exists()

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from banks.api_keys import api_key_create
 from operations import services
 from operations.models import Operation
+from tenancy.api_keys import api_key_create
 from tests.conftest import wait_for
 from tests.consoles import make
 

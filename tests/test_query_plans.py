@@ -12,10 +12,10 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from banks.models import Bank
 from operations import selectors
 from operations.api.serializers import OperationFilterSerializer
 from operations.models import Operation
+from tenancy.models import Bank
 
 pytestmark = pytest.mark.django_db
 
@@ -110,7 +110,7 @@ def _explained_reads(run: Any) -> list[str]:
 
 def test_a_metrics_scrape_and_the_cross_bank_first_pages_use_indexes(many_operations: None, client: Any) -> None:
     """What must stay fast at a million rows: no sequential scan of the table."""
-    from banks.api_keys import api_key_create
+    from tenancy.api_keys import api_key_create
 
     key = {"HTTP_AUTHORIZATION": f"Bearer {api_key_create(admin=True)[1]}"}
     client.get("/metrics")  # the first scrape starts the rollup

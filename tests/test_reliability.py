@@ -262,7 +262,7 @@ def test_the_next_operation_published_is_chosen_round_robin_over_banks(alpha: An
     """Bank alpha queued 30 before bank beta queued 1: beta's is published at
     the second pick, not the thirty-first, and alpha still gets every pick
     after it."""
-    from banks.models import Bank
+    from tenancy.models import Bank
 
     settings.OPS_DISPATCH_WINDOW = 1
     Bank.objects.create(bank_id="gamma")

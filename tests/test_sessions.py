@@ -1,4 +1,4 @@
-"""The admin console's session reaching the API (`banks/api/auth.py`): who may
+"""The admin console's session reaching the API (`tenancy/auth.py`): who may
 use it, and CSRF on unsafe methods (a session is a cookie a browser sends by
 itself, so a forged cross-site request must fail)."""
 
@@ -10,8 +10,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from banks.api_keys import api_key_create
-from banks.models import Bank
+from tenancy.api_keys import api_key_create
+from tenancy.models import Bank
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 

@@ -24,13 +24,15 @@ from django.utils import timezone
 
 from banks import memory
 from banks.memory import RetainItem
-from banks.models import Bank, Webhook
+from banks.models import Webhook
 from banks.submissions import retain_async
 from banks.webhooks import seal
+from core import prepared
 from operations import dispatch, services
 from operations.handlers import Lease
 from operations.lifecycle import queries
 from operations.models import Operation
+from tenancy.models import Bank
 from tests.conftest import needs_scaled
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -256,8 +258,8 @@ def test_a_backlog_that_arrived_after_the_statistics_is_not_walked_per_claim(
         operation_type="test_echo",
         after="",
         task_id="p",
-        now=queries.adapt(now, connection),
-        stale_before=queries.adapt(now - timedelta(minutes=2), connection),
+        now=prepared.adapt(now, connection),
+        stale_before=prepared.adapt(now - timedelta(minutes=2), connection),
     )
     for name, statement, params in (
         ("claim", queries.claim(), claim_params),

@@ -11,9 +11,10 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 
-from banks.models import Bank, Document, MemoryUnit, StoredFile
+from banks.models import Document, MemoryUnit, StoredFile
 from operations import rollup, runner
 from operations.models import Operation
+from tenancy.models import Bank
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
@@ -157,7 +158,7 @@ def test_client_operation_id_is_idempotent(admin: Any, alpha: Any, beta: Any) ->
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_repeats_of_one_client_id_make_one_batch(alpha: Any) -> None:
-    from banks.api_keys import api_key_create
+    from tenancy.api_keys import api_key_create
     from tests.conftest import Caller, race
 
     key = api_key_create(admin=True)[1]
@@ -217,7 +218,7 @@ def test_consolidate_is_deduplicated_while_pending(admin: Any, alpha: Any) -> No
 
 @pytest.mark.django_db(transaction=True)
 def test_twenty_concurrent_consolidate_requests_make_one_operation(alpha: Any) -> None:
-    from banks.api_keys import api_key_create
+    from tenancy.api_keys import api_key_create
     from tests.conftest import Caller, race
 
     key = api_key_create(admin=True)[1]

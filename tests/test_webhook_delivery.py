@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from banks import webhooks
-from banks.models import Bank, Webhook, WebhookDelivery
+from banks.models import Webhook, WebhookDelivery
 from operations import services
 from operations.models import Operation
+from tenancy.models import Bank
 from tests.conftest import wait_for
 from tests.webhook_receiver import Receiver
 

@@ -22,10 +22,11 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from banks import webhooks
-from banks.models import Bank, DeliveryOutcome, Webhook, WebhookDelivery
+from banks.models import DeliveryOutcome, Webhook, WebhookDelivery
 from operations import finish_hooks, services
 from operations.handlers import Lease
 from operations.models import Operation
+from tenancy.models import Bank
 from tests.conftest import PROJECT_DIR
 from tests.webhook_receiver import Receiver, receiver  # noqa: F401 (a fixture)
 

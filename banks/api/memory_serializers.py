@@ -11,7 +11,7 @@ from banks.api.serializers import PageSerializer, StrictBooleanField
 from banks.extraction import EntityMention
 from banks.memory import RetainItem
 from banks.schedules import CRON_MAX_LENGTH, INTERVAL_MAX_SECONDS, InvalidCron, cron_validated
-from operations.api.validators import no_nul_characters
+from core.api.validators import no_nul_characters
 
 CONTENT_MAX_CHARS = 1_000_000
 

@@ -21,14 +21,14 @@ from rest_framework.response import Response
 
 from banks import follow_ups, memory, mental_models, submissions
 from banks.api import memory_serializers as s
-from banks.api.scoping import BankScopedMixin
 from banks.api.serializers import PageSerializer
-from banks.models import Bank, Document, MemoryUnit, MentalModel
+from banks.models import Document, MemoryUnit, MentalModel
 from banks.schedules import RefreshSchedule
-from operations.api.errors import Conflict, PayloadTooLarge
-from operations.api.parsers import parse_json
-from operations.api.responses import AUTH_ERRORS, BAD_INPUT
-from operations.api.serializers import ErrorSerializer
+from core.api.errors import Conflict, PayloadTooLarge
+from core.api.parsers import parse_json
+from core.api.responses import AUTH_ERRORS, BAD_INPUT, ErrorSerializer
+from tenancy.models import Bank
+from tenancy.scoping import BankScopedMixin
 
 
 def _validated(serializer_class: type, data: Any, **kwargs: Any) -> dict[str, Any]:

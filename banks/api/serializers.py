@@ -4,8 +4,8 @@ from typing import Any
 
 from rest_framework import serializers
 
-from banks.models import Bank
-from operations.api.validators import no_nul_characters
+from core.api.validators import no_nul_characters
+from tenancy.models import Bank
 
 TRAITS = ("skepticism", "literalism", "empathy")
 

@@ -12,9 +12,6 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from banks import services
-from banks.api.auth import access_of
-from banks.api.scoping import BankScopedMixin, bank_not_found
 from banks.api.serializers import (
     BankDeletedSerializer,
     BankInputSerializer,
@@ -23,9 +20,13 @@ from banks.api.serializers import (
     BankStatsSerializer,
     PageSerializer,
 )
-from banks.models import Bank, LinkKind, bank_id_validator
-from operations.api.responses import AUTH_ERRORS, BAD_INPUT, UNAUTHORIZED
+from banks.models import LinkKind
+from core.api.responses import AUTH_ERRORS, BAD_INPUT, UNAUTHORIZED
 from operations.selectors import operation_stats
+from tenancy import services
+from tenancy.auth import access_of
+from tenancy.models import Bank, bank_id_validator
+from tenancy.scoping import BankScopedMixin, bank_not_found
 
 
 def _body(request: Request) -> dict[str, Any]:

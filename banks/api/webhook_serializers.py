@@ -14,7 +14,7 @@ from rest_framework import serializers
 from banks import webhooks
 from banks.api.serializers import PageSerializer, StrictBooleanField
 from banks.models import Webhook, WebhookDelivery, WebhookEvent
-from operations.api.validators import no_nul_characters
+from core.api.validators import no_nul_characters
 
 MAX_HEADERS = 20
 MAX_HEADER_BYTES = 8192

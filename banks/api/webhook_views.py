@@ -20,10 +20,10 @@ from rest_framework.response import Response
 from banks import webhooks
 from banks.api import webhook_serializers as s
 from banks.api.memory_views import _validated
-from banks.api.scoping import BankScopedMixin
 from banks.api.views import _body
 from banks.models import Webhook
-from operations.api.responses import AUTH_ERRORS, BAD_INPUT
+from core.api.responses import AUTH_ERRORS, BAD_INPUT
+from tenancy.scoping import BankScopedMixin
 
 
 class WebhookViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):

@@ -2,7 +2,7 @@
 
 from django.db import migrations, models
 
-import banks.models
+import tenancy.models
 
 
 class Migration(migrations.Migration):
@@ -19,6 +19,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="bank",
             name="disposition",
-            field=models.JSONField(blank=True, default=banks.models.default_disposition),
+            field=models.JSONField(blank=True, default=tenancy.models.default_disposition),
         ),
     ]

@@ -22,8 +22,9 @@ from typing import Any, Literal
 from django.db import transaction
 
 from banks import write_locks
-from banks.models import Bank, Entity, MemoryUnit, Observation, ObservationSource, UnitEntity
+from banks.models import Entity, MemoryUnit, Observation, ObservationSource, UnitEntity
 from operations.handlers import OperationContext
+from tenancy.models import Bank
 
 UNITS_PER_OBSERVATION = 12
 OBSERVATION_MAX_CHARS = 2000

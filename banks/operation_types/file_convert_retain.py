@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from banks import converters, follow_ups, memory
-from banks.models import Bank, StoredFile
+from banks.models import StoredFile
 from operations.handlers import OperationContext, PermanentError
+from tenancy.models import Bank
 
 
 def handle(ctx: OperationContext) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from banks import memory
-from banks.models import Bank
 from operations.handlers import OperationContext
+from tenancy.models import Bank
 
 
 def handle(ctx: OperationContext) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from banks import follow_ups, memory
-from banks.models import Bank
 from operations.handlers import OperationContext
+from tenancy.models import Bank
 
 
 def handle(ctx: OperationContext) -> dict[str, Any]:

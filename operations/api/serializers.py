@@ -241,17 +241,3 @@ class OperationStatsSerializer(serializers.Serializer[Any]):
     by_status = serializers.DictField(child=serializers.IntegerField())
     by_type = serializers.DictField(child=serializers.IntegerField())
     oldest_pending_age_seconds = serializers.FloatField(allow_null=True)
-
-
-class ErrorSerializer(serializers.Serializer[Any]):
-    detail = serializers.CharField()
-    # The error body's field (only described: this serializer never validates).
-    errors = serializers.DictField(  # type: ignore[assignment]
-        child=serializers.ListField(child=serializers.CharField()), required=False
-    )
-
-
-class ConflictSerializer(serializers.Serializer[Any]):
-    detail = serializers.CharField()
-    status = serializers.CharField()
-    operation_id = serializers.CharField()

@@ -14,11 +14,11 @@ from rest_framework import serializers, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from banks.api.auth import access_of
+from core.api.responses import BAD_INPUT, UNAUTHORIZED
 from operations import registry
-from operations.api.responses import BAD_INPUT, UNAUTHORIZED
 from operations.api.serializers import ChoiceOf, CommaListField
 from operations.models import Operation, OperationStatus
+from tenancy.auth import access_of
 
 # The guide's status codes: queued, running, done, failed, cancelled.
 STATUS_CODES: dict[str, str] = {

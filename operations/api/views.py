@@ -12,11 +12,9 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from banks.api.auth import IsAdminAccess
-from banks.api.scoping import BankScopedMixin
+from core.api.responses import AUTH_ERRORS, BAD_INPUT, CONFLICT, FORBIDDEN, UNAUTHORIZED
 from operations import nodes, registry, selectors, services
 from operations.api import representation
-from operations.api.responses import AUTH_ERRORS, BAD_INPUT, CONFLICT, FORBIDDEN, UNAUTHORIZED
 from operations.api.serializers import (
     AllBanksOperationFilterSerializer,
     BulkCancelInputSerializer,
@@ -30,6 +28,8 @@ from operations.api.serializers import (
 )
 from operations.models import Operation
 from operations.slots import SlotPlanError, plan_from_settings
+from tenancy.auth import IsAdminAccess
+from tenancy.scoping import BankScopedMixin
 
 
 class IncludePayloadSerializer(serializers.Serializer[Any]):

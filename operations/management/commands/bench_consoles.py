@@ -20,8 +20,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.test import Client
 
-from banks.models import Bank
 from operations.models import Operation
+from tenancy.models import Bank
 
 BANK = "console-bench"
 
@@ -99,8 +99,8 @@ class Command(BaseCommand):
             ("  search: a short id", "/admin/operations/operation/", {"q": str(some)[:8]}),
             ("  search: a tag", "/admin/operations/operation/", {"q": "nightly"}),
             ("one operation", f"/admin/operations/operation/{some}/change/", {}),
-            ("banks list", "/admin/banks/bank/", {}),
-            ("one bank", f"/admin/banks/bank/{BANK}/change/", {}),
+            ("banks list", "/admin/tenancy/bank/", {}),
+            ("one bank", f"/admin/tenancy/bank/{BANK}/change/", {}),
             ("dashboard panels", "/admin/dashboard/panels/", {}),
         ]
         self.stdout.write(f"\n{'page':32}{'median ms':>12}{'max ms':>10}")

@@ -17,7 +17,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from operations.services import OperationNotFound, TransitionRefused
+from core import errors as domain
 
 
 class Conflict(exceptions.APIException):
@@ -60,13 +60,10 @@ def _summary(errors: dict[str, list[str]]) -> str:
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, TransitionRefused):
-        return Response(
-            {"detail": exc.reason, "status": exc.status, "operation_id": exc.operation_id},
-            status=status.HTTP_409_CONFLICT,
-        )
-    if isinstance(exc, OperationNotFound):
-        exc = exceptions.NotFound(f"operation {exc} not found")
+    if isinstance(exc, domain.Conflict):
+        return Response(exc.body(), status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, domain.Missing):
+        exc = exceptions.NotFound(exc.detail())
     elif isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge(f"request body too large: {exc}")
     elif isinstance(exc, SuspiciousOperation):

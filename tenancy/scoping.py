@@ -7,9 +7,9 @@ from typing import Any
 
 from rest_framework.exceptions import NotFound
 
-from banks.api.auth import access_of
-from banks.models import BANK_ID_PATTERN, Bank
-from banks.services import bank_find
+from tenancy.auth import access_of
+from tenancy.models import BANK_ID_PATTERN, Bank
+from tenancy.services import bank_find
 
 BANK_ID_RE = re.compile(BANK_ID_PATTERN)
 
@@ -44,8 +44,8 @@ class BankScopedMixin:
         from django.core.exceptions import ValidationError as DjangoValidationError
         from rest_framework.exceptions import ValidationError
 
-        from banks.models import bank_id_validator
-        from banks.services import bank_ensure
+        from tenancy.models import bank_id_validator
+        from tenancy.services import bank_ensure
 
         bank_id = self.kwargs["bank_id"]
         if not access_of(self.request).can_access(bank_id):

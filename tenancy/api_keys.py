@@ -9,8 +9,8 @@ from datetime import timedelta
 from django.db import connection
 from django.utils import timezone
 
-from banks.models import ApiKey, bank_id_validator
-from operations.lifecycle import queries
+from core import prepared
+from tenancy.models import ApiKey, bank_id_validator
 
 KEY_PREFIX = "ops_"
 
@@ -60,14 +60,14 @@ def api_key_authenticate(raw_key: str) -> ApiKey | None:
     """The live key matching `raw_key` (its other fields load on access), or
     None. Touches `last_used_at` at most once a minute per key."""
     now = timezone.now()
-    row = queries.fetchone(_LOOKUP, [queries.adapt(now - LAST_USED_PRECISION, connection), _hash(raw_key)])
+    row = prepared.fetchone(_LOOKUP, [prepared.adapt(now - LAST_USED_PRECISION, connection), _hash(raw_key)])
     if row is None:
         return None
     pk, name, prefix, is_admin, bank_ids, stale = row
     if stale:
         ApiKey.objects.filter(pk=pk).update(last_used_at=now)
     return ApiKey.from_db(
-        connection.alias, _LOOKED_UP, [pk, name, prefix, bool(is_admin), queries.json_value(bank_ids)]
+        connection.alias, _LOOKED_UP, [pk, name, prefix, bool(is_admin), prepared.json_value(bank_ids)]
     )
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from banks.models import Bank
-from operations.lifecycle import queries
+from core import prepared
+from tenancy.models import Bank
 
 BANK_FIELDS = ("name", "mission", "background", "enable_observations", "enable_auto_consolidation", "config")
 
@@ -36,7 +36,7 @@ def bank_find(bank_id: str) -> Bank | None:
     prepared statement (queries.execute) with the fields converted as the ORM
     would (building the query anew each time was a tenth of a request's CPU)."""
     statement, converters = _find()
-    row = queries.fetchone(statement, [bank_id])
+    row = prepared.fetchone(statement, [bank_id])
     if row is None:
         return None
     return Bank.from_db(

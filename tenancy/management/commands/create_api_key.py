@@ -7,7 +7,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from banks.api_keys import api_key_create
+from tenancy.api_keys import api_key_create
 
 
 class Command(BaseCommand):

@@ -5,8 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
 
-from operations.api.serializers import ConflictSerializer, ErrorSerializer
+
+class ErrorSerializer(serializers.Serializer[Any]):
+    detail = serializers.CharField()
+    # The error body's field (only described: this serializer never validates).
+    errors = serializers.DictField(  # type: ignore[assignment]
+        child=serializers.ListField(child=serializers.CharField()), required=False
+    )
+
+
+class ConflictSerializer(serializers.Serializer[Any]):
+    detail = serializers.CharField()
+    status = serializers.CharField()
+    operation_id = serializers.CharField()
+
 
 UNAUTHORIZED = OpenApiResponse(ErrorSerializer, description="no API key, or a bad one")
 FORBIDDEN = OpenApiResponse(ErrorSerializer, description="not an admin key")

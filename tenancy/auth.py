@@ -15,7 +15,7 @@ from django.contrib.auth.models import AnonymousUser
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
-from banks.api_keys import api_key_authenticate
+from tenancy.api_keys import api_key_authenticate
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from banks.api_keys import api_key_authenticate, api_key_create
-from banks.models import ApiKey
+from tenancy.api_keys import api_key_authenticate, api_key_create
+from tenancy.models import ApiKey
 
 QUICKSTART_KEY_NAME = "quickstart"
 

@@ -1,0 +1,1 @@
+"""The REST API's plumbing, the same for every app's endpoints."""
