@@ -49,7 +49,7 @@ from banks.models import (
     PendingBackLink,
     UnitEntity,
 )
-from operations import transient
+from core import transient
 from tenancy.models import Bank
 
 TEMPORAL_CAP, SEMANTIC_CAP = links.TEMPORAL_CAP, links.SEMANTIC_CAP

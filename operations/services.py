@@ -719,7 +719,7 @@ def operation_fail(
     cancelled. Returns the new status, or None when the lease was lost.
 
     A `transient` database error (its reason: "deadlock", "connection lost",
-    see `operations.transient`) is no fault of the work: the operation is due
+    see `core.transient`) is no fault of the work: the operation is due
     again at once and published on commit, without spending `max_retries`, up
     to `OPS_TRANSIENT_RETRIES` in a row; beyond that it counts as an error."""
     leased = _leased(lease, stale_before)

@@ -13,7 +13,8 @@ from celery.signals import task_failure, task_prerun
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from operations import dispatch, nodes, registry, runner, services  # noqa: F401 (nodes: signal handlers)
+from operations import dispatch, registry, services
+from operations.worker import nodes, runner  # noqa: F401 (nodes: signal handlers)
 
 log = logging.getLogger(__name__)
 

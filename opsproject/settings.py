@@ -217,7 +217,7 @@ if EMBEDDED_BROKER:
         (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://localhost/"  # a host named: kombu warns at every connection otherwise
     # kombu's filesystem transport with atomic writes and claims (see the module).
-    CELERY_BROKER_TRANSPORT = "operations.embedded_broker:Transport"
+    CELERY_BROKER_TRANSPORT = "operations.worker.embedded_broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
@@ -230,7 +230,7 @@ if EMBEDDED_BROKER:
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     if CELERY_BROKER_URL.startswith("redis://"):
         # kombu's Redis transport with one publishing client per channel (see the module).
-        CELERY_BROKER_TRANSPORT = "operations.redis_broker:Transport"
+        CELERY_BROKER_TRANSPORT = "operations.worker.redis_broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # A message a worker fetched but never acknowledged comes back after this
         # long. It must outlast the longest hard time limit: a redelivery of a
@@ -301,7 +301,7 @@ OPS_WORKER_MAX_RETRIES = env_int("OPS_WORKER_MAX_RETRIES", 3, minimum=0)
 # host of their own it changes nothing.
 OPS_WORKER_NICE = env_int("OPS_WORKER_NICE", 10, minimum=0, maximum=19)
 # Deadlocks, serialization failures, lost connections: retried at once without
-# spending OPS_WORKER_MAX_RETRIES, this many times per attempt (operations.transient).
+# spending OPS_WORKER_MAX_RETRIES, this many times per attempt (core.transient).
 OPS_TRANSIENT_RETRIES = env_int("OPS_TRANSIENT_RETRIES", 10, minimum=0)
 # The hot path's statements (claim, pick, finish) as server-side prepared
 # statements on PostgreSQL: planned once per connection, not per operation.

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from operations import leases
 from operations.handlers import OperationContext, PermanentError
 from operations.registry import OperationType, Scope, register
+from operations.worker import leases
 
 
 def tracked(handler: Callable[[OperationContext], dict[str, Any]]) -> Callable[[OperationContext], dict[str, Any]]:

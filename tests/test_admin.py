@@ -354,7 +354,7 @@ def test_a_staff_user_without_the_view_permission_gets_no_dashboard(alpha: Any) 
 
 
 def test_select_all_is_processed_in_bounded_batches(root: Client, alpha: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from operations import admin_actions
+    from operations.admin import actions as admin_actions
 
     monkeypatch.setattr(admin_actions, "ACTION_LIMIT", 2)
     pending = [make() for _ in range(3)]

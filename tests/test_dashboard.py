@@ -15,7 +15,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from operations import admin_paging
+from operations.admin import paging as admin_paging
 from operations.dashboard import selectors
 from operations.models import Operation, WorkerNode
 from tenancy.models import Bank

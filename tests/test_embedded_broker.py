@@ -13,7 +13,7 @@ from typing import Any
 
 from kombu import Connection
 
-TRANSPORT = "operations.embedded_broker:Transport"
+TRANSPORT = "operations.worker.embedded_broker:Transport"
 PAD = "x" * 200_000  # large bodies widen the window a torn write falls in
 
 
@@ -93,6 +93,6 @@ def test_concurrent_processes_lose_and_duplicate_nothing(tmp_path: Path) -> None
 def test_kombus_own_filesystem_transport_tears_messages(tmp_path: Path) -> None:
     """The control: the same run against kombu's transport shows the failure
     the test above looks for. If kombu ever fixes it, this starts failing and
-    operations.embedded_broker can go."""
+    operations.worker.embedded_broker can go."""
     received, errors, expected = run(tmp_path, "filesystem")
     assert errors or sorted(received) != sorted(expected)

@@ -33,8 +33,9 @@ from banks.models import (
     Observation,
     UnitEntity,
 )
-from operations import runner, services
+from operations import services
 from operations.models import Operation
+from operations.worker import runner
 from tenancy.models import Bank
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]

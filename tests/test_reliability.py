@@ -230,7 +230,7 @@ def test_the_cancel_signal_interrupts_a_handler_even_while_it_holds_the_lease_lo
         import os, signal, sys, django
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "opsproject.settings")
         django.setup()
-        from operations import leases
+        from operations.worker import leases
         from operations.handlers import Lease, OperationCancelled
         lease = Lease(operation_id="op", lease_id="l", operation_type="test_echo", bank_id="alpha",
                       worker="w", task_id="t", attempt=0, payload={})
@@ -342,7 +342,7 @@ def test_the_dispatcher_writes_messages_as_celery_would(private_broker: Any) -> 
 
 def test_a_redis_channel_publishes_through_one_client(private_broker: Any) -> None:
     # kombu's own Redis channel builds a client object per message.
-    from operations.redis_broker import Transport
+    from operations.worker.redis_broker import Transport
     from opsproject.celery import app
 
     with app.connection_for_write() as connection:

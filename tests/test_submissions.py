@@ -12,8 +12,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 
 from banks.models import Document, MemoryUnit, StoredFile
-from operations import rollup, runner
+from operations import rollup
 from operations.models import Operation
+from operations.worker import runner
 from tenancy.models import Bank
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]

@@ -50,7 +50,7 @@ def test_reserved_type_runs_while_shared_pool_is_saturated(start_workers: Any, a
     ]
     wait_for(lambda: "processing" in statuses(sleepers), message="a sleeper to start")
     # The workers report themselves: each node of the plan, and what it runs.
-    from operations.nodes import live_nodes
+    from operations.worker.nodes import live_nodes
 
     nodes = {n["name"]: n for n in wait_for(lambda: len(live_nodes()) == 3 and live_nodes(), message="nodes")}
     assert set(nodes) == {"shared@testnode", "test_reserved@testnode", "system@testnode"}

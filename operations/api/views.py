@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.api.responses import AUTH_ERRORS, BAD_INPUT, CONFLICT, FORBIDDEN, UNAUTHORIZED
-from operations import nodes, registry, selectors, services
+from operations import registry, selectors, services
 from operations.api import representation
 from operations.api.serializers import (
     AllBanksOperationFilterSerializer,
@@ -28,6 +28,7 @@ from operations.api.serializers import (
 )
 from operations.models import Operation
 from operations.slots import SlotPlanError, plan_from_settings
+from operations.worker import nodes
 from tenancy.auth import IsAdminAccess
 from tenancy.scoping import BankScopedMixin
 

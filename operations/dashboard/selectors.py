@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from operations import registry
 from operations.models import Operation, OperationStatus
-from operations.nodes import live_nodes
+from operations.worker.nodes import live_nodes
 
 FAILED_WINDOW = timedelta(hours=1)
 # Latest failures are looked for in this window only, so the lookup is a

@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from operations import admin_display
+from operations.admin import display as admin_display
 
 register = template.Library()
 

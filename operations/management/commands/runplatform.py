@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from operations.models import WorkerNode
 from operations.slots import SlotPlanError, plan_from_settings
-from operations.supervisor import Child, Supervisor, celery_command
+from operations.worker.supervisor import Child, Supervisor, celery_command
 
 READY_WAIT_SECONDS = 120
 

@@ -17,7 +17,7 @@ from operations.slots import (
     check_visibility_timeout,
     plan_from_settings,
 )
-from operations.supervisor import Child, Supervisor, celery_command
+from operations.worker.supervisor import Child, Supervisor, celery_command
 
 
 def worker_argv(spec: WorkerSpec, *, pool: str, loglevel: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 Rows are read-only here: every status change goes through the lifecycle
 service (`operations.services`) by way of the cancel, retry and delete
-actions in `operations.admin_actions`. The list is built to stay fast over a
+actions in `operations.admin.actions`. The list is built to stay fast over a
 million rows: no full count, a capped count of the filtered rows, no facet
 counts, no join for the bank column, and filters that map onto indexes.
 """
@@ -24,8 +24,9 @@ from django.utils.safestring import SafeString
 from django_celery_results.admin import TaskResultAdmin
 from django_celery_results.models import GroupResult, TaskResult
 
-from operations import admin_actions, registry, selectors, services
-from operations.admin_display import (
+from operations import registry, selectors, services
+from operations.admin import actions as admin_actions
+from operations.admin.display import (
     age,
     compact_duration,
     pre,
@@ -34,7 +35,7 @@ from operations.admin_display import (
     short_id,
     status_badge,
 )
-from operations.admin_paging import CappedCountPaginator
+from operations.admin.paging import CappedCountPaginator
 from operations.models import TERMINAL_STATUSES, Operation, OperationStatus, WorkerNode
 
 CHILDREN_SHOWN = 50

@@ -15,9 +15,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection
 
-from operations import dispatch, leases, registry, services, transient
+from core import transient
+from operations import dispatch, registry, services
 from operations.handlers import LeaseLost, OperationCancelled, OperationContext, OperationYielded, PermanentError
 from operations.models import OperationStatus
+from operations.worker import leases
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
