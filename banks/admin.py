@@ -22,7 +22,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from banks.models import MentalModel, Webhook, WebhookDelivery
-from operations import services as operation_services
+from operations import lifecycle
 from operations.models import TERMINAL_STATUSES, Operation, OperationStatus
 from tenancy import services as bank_services
 from tenancy.models import Bank
@@ -175,7 +175,7 @@ class MentalModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def refresh_models(self, request: HttpRequest, queryset: QuerySet[MentalModel]) -> None:
         queued = deduplicated = 0
         for model in queryset:
-            submitted = operation_services.operation_submit(
+            submitted = lifecycle.operation_submit(
                 bank_id=model.bank_id, operation_type="refresh_mental_model", mental_model_id=str(model.pk)
             )
             if submitted.deduplicated:

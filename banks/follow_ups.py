@@ -6,8 +6,7 @@ from typing import Any
 
 from banks.memory import RetainOutcome
 from banks.models import Observation
-from operations import services
-from operations.models import Operation, OperationStatus
+from operations import lifecycle
 from tenancy.models import Bank
 
 
@@ -46,7 +45,7 @@ def _stale_observations(bank: Bank) -> bool:
 
 def queue_consolidation(
     *, bank: Bank, scopes: list[list[str]] | None = None, tag: str | None = None
-) -> services.Submission:
+) -> lifecycle.Submission:
     """Queue a consolidation of the units in `scopes` (None: every unit).
 
     Deduplicated per bank while one is pending; then the pending one's scope
@@ -56,7 +55,7 @@ def queue_consolidation(
     (and becomes, or joins, the next pending one)."""
     wanted = _normalized(scopes)
     for _ in range(5):
-        submitted = services.operation_submit(
+        submitted = lifecycle.operation_submit(
             bank_id=bank.pk, operation_type="consolidation", payload=_payload(wanted), tag=tag
         )
         if not submitted.deduplicated:
@@ -65,11 +64,7 @@ def queue_consolidation(
         merged = _widened(_scopes_of(pending.task_payload), wanted)
         if merged == _scopes_of(pending.task_payload):
             return submitted
-        widened = Operation.objects.filter(
-            pk=pending.pk, status=OperationStatus.PENDING, task_payload=pending.task_payload
-        ).update(task_payload=_payload(merged))
-        if widened:
-            pending.task_payload = _payload(merged)
+        if lifecycle.operation_amend_pending(operation=pending, payload=_payload(merged)):
             return submitted
     return submitted
 
@@ -100,5 +95,5 @@ def _payload(scopes: list[list[str]] | None) -> dict[str, Any]:
     return {"observation_scopes": scopes} if scopes else {}
 
 
-def queue_graph_maintenance(*, bank: Bank) -> services.Submission:
-    return services.operation_submit(bank_id=bank.pk, operation_type="graph_maintenance")
+def queue_graph_maintenance(*, bank: Bank) -> lifecycle.Submission:
+    return lifecycle.operation_submit(bank_id=bank.pk, operation_type="graph_maintenance")

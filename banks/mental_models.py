@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from banks.models import MentalModel
 from banks.schedules import RefreshSchedule
-from operations import services
+from operations import lifecycle
 from tenancy.models import Bank
 
 # The schedule fields of Hindsight's trigger that this service acts on.
@@ -66,7 +66,7 @@ def _schedule_columns(schedule: RefreshSchedule, next_refresh_at: datetime | Non
 @dataclass(frozen=True)
 class Created:
     model: MentalModel
-    refresh: services.Submission
+    refresh: lifecycle.Submission
 
 
 def mental_model_create(
@@ -123,11 +123,11 @@ def mental_model_update(
 
 def mental_model_refresh(
     *, model_id: uuid.UUID | str, bank_id: str, tag: str | None = None, scheduled_for: datetime | None = None
-) -> services.Submission:
+) -> lifecycle.Submission:
     """Queue a refresh (deduplicated while one is pending for the model).
     A scheduled one records the run it stands for in its payload."""
     payload = {"scheduled_for": scheduled_for.isoformat()} if scheduled_for is not None else None
-    return services.operation_submit(
+    return lifecycle.operation_submit(
         bank_id=bank_id,
         operation_type="refresh_mental_model",
         mental_model_id=str(model_id),

@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 
 from banks.memory import RetainItem
 from banks.models import StoredFile
-from operations import services
+from operations import lifecycle
 from operations.models import Operation
 from tenancy.models import Bank
 
@@ -70,7 +70,7 @@ def retain_async(
     for start in range(0, len(items), size):
         chunk = items[start : start + size]
         children.append(
-            services.Child(
+            lifecycle.Child(
                 operation_type="retain",
                 items_count=len(chunk),
                 # A one-document chunk is serialized with other retains of that document.
@@ -85,7 +85,7 @@ def retain_async(
         )
     try:
         with transaction.atomic():
-            parent, _ = services.operation_submit_parent(
+            parent, _ = lifecycle.operation_submit_parent(
                 bank_id=bank.pk,
                 operation_type="retain_batch",
                 operation_id=batch_id,
@@ -117,7 +117,7 @@ def files_submit(*, bank: Bank, uploads: list[Upload], tag: str | None = None) -
                 "metadata": upload.metadata,
                 "content_type": upload.content_type,
             }
-            operation = services.operation_submit(
+            operation = lifecycle.operation_submit(
                 bank_id=bank.pk,
                 operation_type="file_convert_retain",
                 filename=upload.filename,

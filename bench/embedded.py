@@ -84,7 +84,7 @@ def platform_side(count: int, slots: int, rounds: int, say: Say) -> dict[str, An
     from django.core.management import call_command
     from django.db import transaction
 
-    from operations import services
+    from operations import lifecycle
     from operations.models import Operation, WorkerNode
     from tenancy.models import Bank
 
@@ -103,7 +103,7 @@ def platform_side(count: int, slots: int, rounds: int, say: Say) -> dict[str, An
         started = time.monotonic()
         with transaction.atomic():
             for _ in range(count):
-                services.operation_submit(bank_id="bench", operation_type="bench_noop")
+                lifecycle.operation_submit(bank_id="bench", operation_type="bench_noop")
         submitted = time.monotonic()
         say(f"  platform: {count:,} operations submitted in {submitted - started:.1f}s; draining")
 
@@ -114,7 +114,7 @@ def platform_side(count: int, slots: int, rounds: int, say: Say) -> dict[str, An
         finished = time.monotonic()
 
         def submit_one() -> Callable[[], bool]:
-            pk = services.operation_submit(bank_id="bench", operation_type="bench_noop").operation.pk
+            pk = lifecycle.operation_submit(bank_id="bench", operation_type="bench_noop").operation.pk
             return Operation.objects.filter(pk=pk, status="completed").exists
 
         figures = _figures(count, started, submitted, finished, _pickups(submit_one, rounds))

@@ -40,7 +40,7 @@ from bench.load import free_port, post_concurrently
 from bench.probes import LoadProbe
 from bench.procs import Processes, cpu_by, wait_until
 from bench.report import Figure, median, percentile, ratio_text
-from operations import services
+from operations import lifecycle
 from operations.models import Operation, OperationStatus, WorkerNode
 from tenancy.models import Bank
 
@@ -286,7 +286,7 @@ def platform_noop_run(count: int, workers_pid: int) -> dict[str, Any]:
     started = timezone.now()
     clock = time.perf_counter()
     for _ in range(count):
-        services.operation_submit(bank_id=NOOP_BANK, operation_type="bench_noop")
+        lifecycle.operation_submit(bank_id=NOOP_BANK, operation_type="bench_noop")
     submit_seconds = time.perf_counter() - clock
     mine = Operation.objects.filter(bank_id=NOOP_BANK)
     wait_until(lambda: not mine.filter(status__in=LIVE).exists(), timeout=1800, what="the no-op backlog", interval=0.1)
@@ -408,7 +408,7 @@ def idle_latency(options: Options, say: Say) -> Figure:
     to_done: list[float] = []
     for _ in range(options.latency_rounds + 1):
         time.sleep(0.2)  # idle workers: the previous run is over, its publisher thread too
-        pk = services.operation_submit(bank_id=NOOP_BANK, operation_type="bench_noop").operation.pk
+        pk = lifecycle.operation_submit(bank_id=NOOP_BANK, operation_type="bench_noop").operation.pk
         row = Operation.objects.filter(pk=pk, status=OperationStatus.COMPLETED)
         wait_until(row.exists, timeout=60, what="one no-op", interval=0.005)
         created, started, completed = row.values_list("created_at", "started_at", "completed_at").get()
@@ -697,7 +697,7 @@ def fairness(options: Options, base_url: str, key: str, shared_slots: int, say: 
         left = a_waiting.count()
     finally:
         stop.set()
-        services.operations_cancel_pending(bank_id=bank_a)
+        lifecycle.operations_cancel_pending(bank_id=bank_a)
         wait_until(lambda: not a_running.exists(), timeout=300, what="bank A's running retains to finish")
     p50, p95 = _ms(percentile(pickups, 50)), _ms(percentile(pickups, 95))
     mean_busy = sum(busy) / len(busy) if busy else 0.0

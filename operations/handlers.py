@@ -88,7 +88,7 @@ LeaseState = Literal["ok", "cancel_requested", "lost"]
 
 class LeaseKeeper(Protocol):
     """What a context asks of the lifecycle about its lease (the runner
-    passes `operations.services`): the contract stays a leaf that imports
+    passes `operations.lifecycle`): the contract stays a leaf that imports
     none of the lifecycle."""
 
     def operation_progress(self, *, lease: Lease, progress: dict[str, Any]) -> bool: ...

@@ -142,7 +142,7 @@ class OperationsCollector(Collector):
     def collect(self) -> Iterator[Any]:
         roll_up_finished()
         types = [t.name for t in registry.all_types()]
-        runnable = [t.name for t in registry.all_types() if not t.rollup]
+        runnable = [t.name for t in registry.runnable_types()]
 
         current = GaugeMetricFamily("ops_operations", "Operations pending or processing", labels=["type", "status"])
         for status in (OperationStatus.PENDING, OperationStatus.PROCESSING):

@@ -1,6 +1,6 @@
 """The operation: one row records the whole lifecycle of one piece of background work.
 
-Rows change status only through `operations.services`, each change a conditional
+Rows change status only through `operations.lifecycle`, each change a conditional
 UPDATE; `TRANSITIONS` below is the table of what is allowed.
 """
 

@@ -158,6 +158,17 @@ def parent_type_names() -> list[str]:
     return [t.name for t in all_types() if t.rollup]
 
 
+def runnable_types() -> list[OperationType]:
+    """The types a worker runs (every type but the parents): each has a task,
+    a queue and a place in the slot plan."""
+    return [t for t in all_types() if not t.rollup]
+
+
+def is_parent(name: str) -> bool:
+    """Whether operations of this type are parents (never run; see `rollup`)."""
+    return get(name).rollup
+
+
 def choices() -> list[tuple[str, str]]:
     """Model field choices; a callable, so adding a type needs no migration."""
     return [(t.name, t.name) for t in all_types()]

@@ -75,7 +75,7 @@ def operations_filtered(queryset: QuerySet[Operation], filters: dict[str, Any]) 
         first, last = filters["id_prefix"]
         queryset = queryset.filter(pk__gte=first, pk__lte=last)
     if filters.get("exclude_parents"):
-        queryset = queryset.exclude(operation_type__in=[t.name for t in registry.all_types() if t.rollup])
+        queryset = queryset.exclude(operation_type__in=registry.parent_type_names())
     if filters.get("bank_id"):
         queryset = queryset.filter(bank_id=filters["bank_id"])
     # The id breaks ties between rows created in the same microsecond, so

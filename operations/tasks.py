@@ -13,7 +13,8 @@ from celery.signals import task_failure, task_prerun
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from operations import dispatch, registry, services
+from operations import lifecycle, registry
+from operations.lifecycle import dispatch
 from operations.worker import nodes, runner  # noqa: F401 (nodes: signal handlers)
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,7 @@ def _make_task(optype: registry.OperationType) -> Task[Any, Any]:
     return task
 
 
-OPERATION_TASKS: dict[str, Task[Any, Any]] = {
-    optype.name: _make_task(optype) for optype in registry.all_types() if not optype.rollup
-}
+OPERATION_TASKS: dict[str, Task[Any, Any]] = {optype.name: _make_task(optype) for optype in registry.runnable_types()}
 
 
 @task_prerun.connect
@@ -86,7 +85,7 @@ def _settle_lost_run(
         else f"worker process lost ({exception})"
     )
     try:
-        outcome = services.operation_abandoned(
+        outcome = lifecycle.operation_abandoned(
             operation_id=str(args[0]), task_id=task_id, timed_out=timed_out, reason=reason
         )
         log.warning("operation %s: %s; now %s", args[0], reason, outcome)
@@ -99,8 +98,8 @@ def sweep() -> dict[str, Any]:
     """Reap expired leases, roll up stranded parents, publish what is due.
     Safe to run concurrently (several beats): every step is a conditional UPDATE."""
     return {
-        "reaped": services.operations_reap(),
-        "parents": services.operations_roll_up_stranded(),
+        "reaped": lifecycle.operations_reap(),
+        "parents": lifecycle.operations_roll_up_stranded(),
         "published": dispatch.publish_due(),
     }
 
@@ -108,4 +107,4 @@ def sweep() -> dict[str, Any]:
 @shared_task(name="ops.prune", ignore_result=True)
 def prune() -> int:
     """Delete terminal operations older than OPS_OPERATION_RETENTION_DAYS."""
-    return services.operations_prune(older_than_days=settings.OPS_OPERATION_RETENTION_DAYS)
+    return lifecycle.operations_prune(older_than_days=settings.OPS_OPERATION_RETENTION_DAYS)

@@ -63,7 +63,7 @@ def _clean_broker() -> None:
 def _fresh_dispatch_state() -> None:
     """Each test's database starts empty: so do this process's estimates of
     the dispatch windows and its fair-pick cursors."""
-    from operations import dispatch
+    from operations.lifecycle import dispatch
 
     dispatch.forget_process_state()
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from operations import services
+from operations import lifecycle
 from operations.models import Operation
 
 CHROMIUM = "/usr/bin/chromium"
@@ -35,18 +35,18 @@ def make(
     **fields: Any,
 ) -> Operation:
     """An operation brought to `status` through the lifecycle service."""
-    operation = services.operation_submit(bank_id=bank, operation_type=operation_type, **fields).operation
+    operation = lifecycle.operation_submit(bank_id=bank, operation_type=operation_type, **fields).operation
     if status == "cancelled":
-        services.operation_cancel(operation_id=operation.pk)
+        lifecycle.operation_cancel(operation_id=operation.pk)
     elif status != "pending":
-        lease = services.operation_claim(operation_id=str(operation.pk), worker="shared@node1", task_id="t")
+        lease = lifecycle.operation_claim(operation_id=str(operation.pk), worker="shared@node1", task_id="t")
         assert lease is not None
         if progress is not None:
-            services.operation_progress(lease=lease, progress=progress)
+            lifecycle.operation_progress(lease=lease, progress=progress)
         if status == "completed":
-            services.operation_complete(lease=lease, result={"units": 3, "entities": ["Alice"]})
+            lifecycle.operation_complete(lease=lease, result={"units": 3, "entities": ["Alice"]})
         elif status == "failed":
-            services.operation_fail(lease=lease, error="boom: the extractor gave up", permanent=True, stage="extract")
+            lifecycle.operation_fail(lease=lease, error="boom: the extractor gave up", permanent=True, stage="extract")
     return Operation.objects.get(pk=operation.pk)
 
 

@@ -10,7 +10,7 @@ import pytest
 from django.db.models import F
 from django.utils import timezone
 
-from operations import services
+from operations import lifecycle
 from operations.models import Operation, WorkerNode
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
@@ -20,16 +20,16 @@ ZERO_ID = "00000000-0000-0000-0000-000000000000"
 
 def make(bank: str = "alpha", operation_type: str = "test_echo", status: str = "pending", **fields: Any) -> Operation:
     """An operation brought to `status` through the lifecycle service."""
-    operation = services.operation_submit(bank_id=bank, operation_type=operation_type, **fields).operation
+    operation = lifecycle.operation_submit(bank_id=bank, operation_type=operation_type, **fields).operation
     if status == "cancelled":
-        services.operation_cancel(operation_id=operation.pk)
+        lifecycle.operation_cancel(operation_id=operation.pk)
     elif status != "pending":
-        lease = services.operation_claim(operation_id=str(operation.pk), worker="w@n", task_id="t")
+        lease = lifecycle.operation_claim(operation_id=str(operation.pk), worker="w@n", task_id="t")
         assert lease is not None
         if status == "completed":
-            services.operation_complete(lease=lease, result={"ok": True})
+            lifecycle.operation_complete(lease=lease, result={"ok": True})
         elif status == "failed":
-            services.operation_fail(lease=lease, error="boom", permanent=True)
+            lifecycle.operation_fail(lease=lease, error="boom", permanent=True)
     return Operation.objects.get(pk=operation.pk)
 
 
@@ -553,7 +553,7 @@ def test_the_fast_list_representation_matches_the_documented_serializer(alpha: A
         make(parent_id=parent.pk),
         parent,
     ]
-    services.operation_cancel(operation_id=rows[1].pk)  # a pending cancel request
+    lifecycle.operation_cancel(operation_id=rows[1].pk)  # a pending cancel request
     operations = list(Operation.objects.filter(pk__in=[r.pk for r in rows]).order_by("created_at"))
     fast = operation_items(Operation.objects.filter(pk__in=[r.pk for r in rows]).order_by("created_at"))
     assert fast == [dict(OperationSerializer(o).data) for o in operations]

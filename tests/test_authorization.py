@@ -10,7 +10,7 @@ import pytest
 
 from banks.memory import RetainItem, retain_items
 from banks.models import MemoryUnit, MentalModel
-from operations import services
+from operations import lifecycle
 from operations.models import Operation
 from tenancy.models import Bank
 
@@ -139,7 +139,7 @@ def world(alpha: Any, beta: Any) -> dict[str, dict[str, str]]:
     for bank in (alpha, beta):
         retain_items(bank=bank, items=[RetainItem(content="Seed fact.", document_id="doc")], default_document_id=str)
         ids[bank.pk] = {
-            "op": str(services.operation_submit(bank_id=bank.pk, operation_type="test_echo").operation.pk),
+            "op": str(lifecycle.operation_submit(bank_id=bank.pk, operation_type="test_echo").operation.pk),
             "unit": str(MemoryUnit.objects.get(bank=bank).pk),
             "model": str(MentalModel.objects.create(bank=bank, name="m", source_query="q").pk),
         }

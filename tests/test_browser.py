@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from django.db import connections
 
-from operations import services
+from operations import lifecycle
 from operations.models import Operation
 from tests.conftest import PROJECT_DIR, wait_for
 from tests.consoles import CHROMIUM_ARGS, make, require_chromium, staff_user
@@ -147,7 +147,7 @@ def test_dashboard_progress_moves_without_reload(
     make(status="failed")
     start_workers(ready=2, OPS_WORKER_MAX_SLOTS="2")
     # 40 progress reports, 0.25 s apart: about ten seconds of visible progress.
-    operation = services.operation_submit(
+    operation = lifecycle.operation_submit(
         bank_id="alpha", operation_type="test_dbloop", payload={"steps": 40, "pause": 0.25}
     ).operation
     page.goto(f"{live_server.url}/admin/")

@@ -33,7 +33,7 @@ from banks.models import (
     PendingBackLink,
     UnitEntity,
 )
-from operations import services
+from operations import lifecycle
 from operations.models import Operation
 from tenancy.models import Bank
 from tests.conftest import EMBEDDED, needs_scaled, race, wait_for
@@ -204,7 +204,7 @@ def test_transient_database_errors_are_retried_without_spending_retries(
         "23503": "foreign key violation from a concurrent delete",
     }
     ids = {
-        sqlstate: services.operation_submit(
+        sqlstate: lifecycle.operation_submit(
             bank_id="alpha", operation_type="test_dberror", payload={"sqlstate": sqlstate, "log": log, "failures": 2}
         ).operation.pk
         for sqlstate in [*kinds, "23505"]
@@ -233,7 +233,7 @@ def test_transient_retries_are_bounded_per_attempt(start_workers: Any, alpha: An
     )
     log = str(tmp_path / "runs.jsonl")
     open(log, "w").close()
-    pk = services.operation_submit(
+    pk = lifecycle.operation_submit(
         bank_id="alpha", operation_type="test_dberror", payload={"sqlstate": "40P01", "log": log, "failures": 5}
     ).operation.pk
     (row,) = finished([pk], timeout=60)
@@ -476,7 +476,7 @@ def test_a_big_import_starves_neither_another_bank_nor_the_sweeper(
     assert "Discarding revoked task" not in workers.output()
     for parent in parents:
         try:
-            services.operation_cancel(operation_id=parent)
-        except services.TransitionRefused:
+            lifecycle.operation_cancel(operation_id=parent)
+        except lifecycle.TransitionRefused:
             pass  # that request's import has finished already
     all_settled("alpha", timeout=120)

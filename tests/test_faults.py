@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from operations import services
+from operations import lifecycle
 from operations.models import Operation
 from opsproject.celery import app
 from tests.conftest import wait_for
@@ -48,7 +48,7 @@ def event_count(log: Path, operation_id: Any, event: str) -> int:
 
 
 def submit(operation_type: str, **payload: Any) -> str:
-    return str(services.operation_submit(bank_id="alpha", operation_type=operation_type, payload=payload).operation.pk)
+    return str(lifecycle.operation_submit(bank_id="alpha", operation_type=operation_type, payload=payload).operation.pk)
 
 
 def row(pk: str) -> Operation:
@@ -262,7 +262,7 @@ def test_cooperative_cancel_of_a_running_operation(start_workers: Any, alpha: An
     log = tmp_path / "runs.jsonl"
     pk = submit("test_sleep", seconds=30, log=str(log))
     started_pid(log, pk)
-    assert services.operation_cancel(operation_id=pk) is services.CancelOutcome.REQUESTED
+    assert lifecycle.operation_cancel(operation_id=pk) is lifecycle.CancelOutcome.REQUESTED
     done = wait_status(pk, "cancelled", "completed", "failed", timeout=10)
     assert done.status == "cancelled" and done.error_message == "cancelled during stage sleeping"
     assert event_count(log, pk, "end") == 0
@@ -275,7 +275,7 @@ def test_hard_cancel_of_an_operation_that_never_checks(start_workers: Any, alpha
     log = tmp_path / "runs.jsonl"
     pk = submit("test_busy", seconds=60, log=str(log))
     pid = started_pid(log, pk)
-    services.operation_cancel(operation_id=pk)
+    lifecycle.operation_cancel(operation_id=pk)
     done = wait_status(pk, "cancelled", "completed", "failed", timeout=20)
     assert done.status == "cancelled" and done.error_message == "cancelled during stage busy"
     assert event_count(log, pk, "end") == 0
@@ -290,7 +290,7 @@ def test_hard_cancel_kills_a_handler_that_ignores_interruption(start_workers: An
     log = tmp_path / "runs.jsonl"
     pk = submit("test_stubborn", seconds=60, log=str(log))
     pid = started_pid(log, pk)
-    services.operation_cancel(operation_id=pk)
+    lifecycle.operation_cancel(operation_id=pk)
     done = wait_status(pk, "cancelled", "completed", "failed", timeout=30)
     assert done.status == "cancelled"
     assert event_count(log, pk, "ignored") >= 1 and event_count(log, pk, "end") == 0
@@ -304,7 +304,7 @@ def test_hard_cancel_kills_a_handler_that_ignores_interruption(start_workers: An
 def test_a_cancelled_operation_never_runs_after_a_restart(start_workers: Any, alpha: Any, tmp_path: Path) -> None:
     log = tmp_path / "runs.jsonl"
     cancelled = submit("test_echo", value=1, log=str(log))  # its message waits in the broker
-    services.operation_cancel(operation_id=cancelled)
+    lifecycle.operation_cancel(operation_id=cancelled)
     later = submit("test_echo", value=2, log=str(log))  # queued behind it
     start_workers(ready=2, beat=True, **FAST)
     wait_status(later, "completed")
@@ -314,9 +314,9 @@ def test_a_cancelled_operation_never_runs_after_a_restart(start_workers: Any, al
 
 def test_parent_rolls_up_real_runs(start_workers: Any, alpha: Any) -> None:
     start_workers(ready=2, beat=True, **FAST)
-    parent = services.operation_submit(bank_id="alpha", operation_type="test_batch").operation
+    parent = lifecycle.operation_submit(bank_id="alpha", operation_type="test_batch").operation
     kids = [
-        services.operation_submit(
+        lifecycle.operation_submit(
             bank_id="alpha", operation_type=kind, payload=payload, parent_id=parent.pk
         ).operation.pk
         for kind, payload in [
@@ -327,7 +327,7 @@ def test_parent_rolls_up_real_runs(start_workers: Any, alpha: Any) -> None:
     ]
     wait_status(str(kids[2]), "processing")
     assert row(parent.pk).status == "processing"
-    services.operation_cancel(operation_id=kids[2])
+    lifecycle.operation_cancel(operation_id=kids[2])
     done = wait_status(str(parent.pk), "completed", "failed", "cancelled", timeout=30)
     assert done.status == "cancelled"  # no failure, one cancelled child
     assert done.progress["processed"] == 3 and done.progress["total"] == 3
@@ -361,9 +361,9 @@ def test_conservation_under_random_faults(start_workers: Any, alpha: Any, privat
         if rng.random() < 0.2:
             target = rng.choice(ids)
             try:
-                services.operation_cancel(operation_id=target)
+                lifecycle.operation_cancel(operation_id=target)
                 cancelled.add(target)
-            except services.TransitionRefused:
+            except lifecycle.TransitionRefused:
                 pass  # it already finished
         fault = rng.choice(["kill", "flush", "restart", "database", "none"])
         if fault == "kill":

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from operations import services
+from operations import lifecycle
 from operations.models import Operation
 from tests.conftest import PROJECT_DIR, free_port, wait_for, worker_environment
 
@@ -69,7 +69,7 @@ def flower(transactional_db: None, tmp_path: Path) -> Iterator[str]:
 
 def test_flower_sees_the_platforms_tasks(flower: str, start_workers: Any, alpha: Any) -> None:
     start_workers(ready=2, OPS_WORKER_MAX_SLOTS="2", OPS_TASK_EVENTS="true")
-    operation = services.operation_submit(
+    operation = lifecycle.operation_submit(
         bank_id="alpha", operation_type="test_echo", payload={"value": "seen by flower"}
     ).operation
     wait_for(lambda: Operation.objects.get(pk=operation.pk).status == "completed", message="the echo to run")
@@ -87,7 +87,7 @@ def test_flower_sees_the_platforms_tasks(flower: str, start_workers: Any, alpha:
     assert task["uuid"] == Operation.objects.get(pk=operation.pk).task_id
 
     # An operation that fails is a failed task, saying which operation and where its error is.
-    failing = services.operation_submit(
+    failing = lifecycle.operation_submit(
         bank_id="alpha", operation_type="test_flaky", payload={"permanent": True}
     ).operation
     wait_for(lambda: Operation.objects.get(pk=failing.pk).status == "failed", message="the operation to fail")

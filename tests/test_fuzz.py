@@ -41,7 +41,7 @@ def admin_header(db: None, alpha: Any, beta: Any) -> Iterator[dict[str, str]]:
     from django.core.signals import request_finished, request_started
     from django.db import close_old_connections
 
-    from operations import services
+    from operations import lifecycle
     from tenancy.api_keys import api_key_create
 
     # The app is called straight through WSGI: keep Django from closing the
@@ -50,7 +50,7 @@ def admin_header(db: None, alpha: Any, beta: Any) -> Iterator[dict[str, str]]:
     request_finished.disconnect(close_old_connections)
 
     for bank in ("alpha", "beta"):
-        services.operation_submit(bank_id=bank, operation_type="test_echo")
+        lifecycle.operation_submit(bank_id=bank, operation_type="test_echo")
     try:
         yield {"Authorization": f"Bearer {api_key_create(admin=True)[1]}"}
     finally:
@@ -63,7 +63,7 @@ def real_ids() -> dict[str, str]:
     earlier example deleted them (a DELETE of the bank, the operation, …)."""
     from banks.memory import RetainItem, retain_items
     from banks.models import MemoryUnit, MentalModel
-    from operations import services
+    from operations import lifecycle
     from operations.models import Operation
     from tenancy.models import Bank
 
@@ -74,10 +74,10 @@ def real_ids() -> dict[str, str]:
         )
     failed = Operation.objects.filter(bank=bank, status="failed").first()
     if failed is None:
-        failed = services.operation_submit(bank_id="alpha", operation_type="test_echo").operation
-        lease = services.operation_claim(operation_id=str(failed.pk), worker="w", task_id="t")
+        failed = lifecycle.operation_submit(bank_id="alpha", operation_type="test_echo").operation
+        lease = lifecycle.operation_claim(operation_id=str(failed.pk), worker="w", task_id="t")
         assert lease is not None
-        services.operation_fail(lease=lease, error="boom", permanent=True)
+        lifecycle.operation_fail(lease=lease, error="boom", permanent=True)
     model = MentalModel.objects.filter(bank=bank).first() or MentalModel.objects.create(
         bank=bank, name="m", source_query="q"
     )

@@ -14,7 +14,7 @@ from django.test import Client
 
 from banks import webhooks
 from banks.models import MentalModel
-from operations import services
+from operations import lifecycle
 from tenancy.api_keys import api_key_create
 from tenancy.models import Bank
 
@@ -41,11 +41,11 @@ HOSTILE_BODIES: dict[str, str] = {
 
 
 def _path_values(bank: str) -> dict[str, str]:
-    services.operation_submit(bank_id=bank, operation_type="test_echo")
-    failed = services.operation_submit(bank_id=bank, operation_type="test_echo").operation
-    lease = services.operation_claim(operation_id=str(failed.pk), worker="w", task_id="t")
+    lifecycle.operation_submit(bank_id=bank, operation_type="test_echo")
+    failed = lifecycle.operation_submit(bank_id=bank, operation_type="test_echo").operation
+    lease = lifecycle.operation_claim(operation_id=str(failed.pk), worker="w", task_id="t")
     assert lease is not None
-    services.operation_fail(lease=lease, error="boom", permanent=True)
+    lifecycle.operation_fail(lease=lease, error="boom", permanent=True)
     model = MentalModel.objects.create(bank_id=bank, name="m", source_query="q")
     webhook = webhooks.webhook_create(
         bank=Bank.objects.get(pk=bank),

@@ -9,11 +9,11 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from operations import dispatch, registry, services
+from operations import lifecycle, registry
 from operations.handlers import Lease
+from operations.lifecycle import CancelOutcome, OperationNotFound, TransitionRefused, dispatch
+from operations.lifecycle.rollup import roll_up
 from operations.models import TRANSITIONS, Operation, OperationStatus
-from operations.rollup import roll_up
-from operations.services import CancelOutcome, OperationNotFound, TransitionRefused
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
@@ -21,11 +21,11 @@ ALL_STATUSES = [s.value for s in OperationStatus]
 
 
 def submit(operation_type: str = "test_echo", **fields: Any) -> Operation:
-    return services.operation_submit(bank_id="alpha", operation_type=operation_type, **fields).operation
+    return lifecycle.operation_submit(bank_id="alpha", operation_type=operation_type, **fields).operation
 
 
 def claim(operation: Operation) -> Lease:
-    lease = services.operation_claim(operation_id=str(operation.pk), worker="w@test", task_id="t1")
+    lease = lifecycle.operation_claim(operation_id=str(operation.pk), worker="w@test", task_id="t1")
     assert lease is not None
     return lease
 
@@ -36,13 +36,13 @@ def in_status(status: str, operation_type: str = "test_echo") -> tuple[Operation
     if status == "pending":
         return operation, None
     if status == "cancelled":
-        services.operation_cancel(operation_id=operation.pk)
+        lifecycle.operation_cancel(operation_id=operation.pk)
         return operation, None
     lease = claim(operation)
     if status == "completed":
-        services.operation_complete(lease=lease, result={})
+        lifecycle.operation_complete(lease=lease, result={})
     elif status == "failed":
-        services.operation_fail(lease=lease, error="boom", permanent=True)
+        lifecycle.operation_fail(lease=lease, error="boom", permanent=True)
     return operation, lease
 
 
@@ -70,15 +70,15 @@ def test_submit_of_an_unknown_type_is_refused(alpha: Any) -> None:
 
 
 def test_submit_deduplicates_while_pending_only(alpha: Any, beta: Any) -> None:
-    first = services.operation_submit(bank_id="alpha", operation_type="test_dedupe")
-    again = services.operation_submit(bank_id="alpha", operation_type="test_dedupe")
-    other_bank = services.operation_submit(bank_id="beta", operation_type="test_dedupe")
+    first = lifecycle.operation_submit(bank_id="alpha", operation_type="test_dedupe")
+    again = lifecycle.operation_submit(bank_id="alpha", operation_type="test_dedupe")
+    other_bank = lifecycle.operation_submit(bank_id="beta", operation_type="test_dedupe")
     assert not first.deduplicated and again.deduplicated
     assert again.operation.pk == first.operation.pk
     assert not other_bank.deduplicated and other_bank.operation.pk != first.operation.pk
     assert first.operation.dedupe_key == "test_dedupe:alpha"
     claim(first.operation)  # no longer pending: a new submit makes a new row
-    later = services.operation_submit(bank_id="alpha", operation_type="test_dedupe")
+    later = lifecycle.operation_submit(bank_id="alpha", operation_type="test_dedupe")
     assert not later.deduplicated and later.operation.pk != first.operation.pk
 
 
@@ -91,20 +91,20 @@ def test_claim_takes_a_pending_operation_once(alpha: Any) -> None:
     row = Operation.objects.get(pk=operation.pk)
     assert row.status == "processing" and row.worker == "w@test" and row.task_id == "t1"
     assert str(row.lease_id) == lease.lease_id and row.heartbeat_at is not None
-    assert services.operation_claim(operation_id=str(operation.pk), worker="w2", task_id="t2") is None
+    assert lifecycle.operation_claim(operation_id=str(operation.pk), worker="w2", task_id="t2") is None
 
 
 def test_claim_refuses_an_operation_that_is_not_due(alpha: Any) -> None:
     operation = submit()
     Operation.objects.filter(pk=operation.pk).update(next_retry_at=timezone.now() + timedelta(hours=1))
-    assert services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t") is None
+    assert lifecycle.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t") is None
     Operation.objects.filter(pk=operation.pk).update(next_retry_at=timezone.now() - timedelta(seconds=1))
-    assert services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t") is not None
+    assert lifecycle.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t") is not None
 
 
 def test_claim_of_a_missing_operation_is_dropped(alpha: Any) -> None:
     assert (
-        services.operation_claim(operation_id="00000000-0000-0000-0000-000000000000", worker="w", task_id="t") is None
+        lifecycle.operation_claim(operation_id="00000000-0000-0000-0000-000000000000", worker="w", task_id="t") is None
     )
 
 
@@ -113,10 +113,10 @@ def test_one_processing_per_serialization_key(alpha: Any) -> None:
     lease = claim(running)
     waiting = submit("test_dedupe")
     assert waiting.pk != running.pk
-    assert services.operation_claim(operation_id=str(waiting.pk), worker="w", task_id="t") is None
+    assert lifecycle.operation_claim(operation_id=str(waiting.pk), worker="w", task_id="t") is None
     assert status_of(waiting) == "pending"
-    services.operation_complete(lease=lease, result=None)
-    assert services.operation_claim(operation_id=str(waiting.pk), worker="w", task_id="t") is not None
+    lifecycle.operation_complete(lease=lease, result=None)
+    assert lifecycle.operation_claim(operation_id=str(waiting.pk), worker="w", task_id="t") is not None
 
 
 # --- progress, complete, fail --------------------------------------------------------
@@ -126,22 +126,22 @@ def test_progress_is_fenced_by_the_lease(alpha: Any) -> None:
     operation = submit()
     lease = claim(operation)
     report = {"stage": "s", "processed": 1, "total": 2}
-    assert services.operation_progress(lease=lease, progress=report)
+    assert lifecycle.operation_progress(lease=lease, progress=report)
     assert Operation.objects.get(pk=operation.pk).progress == report
     stale = Lease(**{**lease.__dict__, "lease_id": "00000000-0000-0000-0000-000000000001"})
-    assert not services.operation_progress(lease=stale, progress=report)
-    assert services.operation_lease_state(lease=stale) == "lost"
-    assert services.operation_lease_state(lease=lease) == "ok"
+    assert not lifecycle.operation_progress(lease=stale, progress=report)
+    assert lifecycle.operation_lease_state(lease=stale) == "lost"
+    assert lifecycle.operation_lease_state(lease=lease) == "ok"
 
 
 def test_complete_records_the_result_once(alpha: Any) -> None:
     operation = submit()
     lease = claim(operation)
-    assert services.operation_complete(lease=lease, result={"n": 1})
+    assert lifecycle.operation_complete(lease=lease, result={"n": 1})
     row = Operation.objects.get(pk=operation.pk)
     assert row.status == "completed" and row.result_metadata == {"n": 1} and row.completed_at
     assert row.lease_id is None
-    assert not services.operation_complete(lease=lease, result={"n": 2})
+    assert not lifecycle.operation_complete(lease=lease, result={"n": 2})
     assert Operation.objects.get(pk=operation.pk).result_metadata == {"n": 1}
 
 
@@ -150,14 +150,14 @@ def test_transient_failure_reschedules_with_backoff(alpha: Any, settings: Any) -
     operation = submit()
     lease = claim(operation)
     before = timezone.now()
-    assert services.operation_fail(lease=lease, error="flaky", permanent=False, stage="fetch") == "pending"
+    assert lifecycle.operation_fail(lease=lease, error="flaky", permanent=False, stage="fetch") == "pending"
     row = Operation.objects.get(pk=operation.pk)
     assert row.retry_count == 1 and row.status == "pending" and row.lease_id is None
     assert before <= row.next_retry_at <= timezone.now() + timedelta(seconds=10)
     assert row.error_message == "flaky (stage: fetch)"
     assert [e["error"] for e in row.error_history] == ["flaky (stage: fetch)"]
     # Parked: not claimable until due.
-    assert services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t") is None
+    assert lifecycle.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t") is None
 
 
 def test_failure_after_the_retry_budget_is_final(alpha: Any) -> None:
@@ -165,7 +165,7 @@ def test_failure_after_the_retry_budget_is_final(alpha: Any) -> None:
     for attempt in range(4):
         Operation.objects.filter(pk=operation.pk).update(next_retry_at=None)
         lease = claim(operation)
-        outcome = services.operation_fail(lease=lease, error=f"e{attempt}", permanent=False)
+        outcome = lifecycle.operation_fail(lease=lease, error=f"e{attempt}", permanent=False)
         assert outcome == ("pending" if attempt < 3 else "failed")
     row = Operation.objects.get(pk=operation.pk)
     assert row.retry_count == 3 and row.error_message == "e3" and len(row.error_history) == 4
@@ -174,14 +174,14 @@ def test_failure_after_the_retry_budget_is_final(alpha: Any) -> None:
 def test_permanent_failure_is_not_retried(alpha: Any) -> None:
     operation = submit()
     lease = claim(operation)
-    assert services.operation_fail(lease=lease, error="bad input", permanent=True) == "failed"
+    assert lifecycle.operation_fail(lease=lease, error="bad input", permanent=True) == "failed"
     row = Operation.objects.get(pk=operation.pk)
     assert row.retry_count == 0 and row.next_retry_at is None and row.completed_at
 
 
 def test_error_message_is_capped(alpha: Any) -> None:
     operation = submit()
-    services.operation_fail(lease=claim(operation), error="x" * 9000, permanent=True)
+    lifecycle.operation_fail(lease=claim(operation), error="x" * 9000, permanent=True)
     assert len(Operation.objects.get(pk=operation.pk).error_message) == 5000
 
 
@@ -190,20 +190,20 @@ def test_error_message_is_capped(alpha: Any) -> None:
 
 def test_cancel_of_a_pending_operation_is_immediate(alpha: Any) -> None:
     operation = submit()
-    assert services.operation_cancel(operation_id=operation.pk) is CancelOutcome.CANCELLED
+    assert lifecycle.operation_cancel(operation_id=operation.pk) is CancelOutcome.CANCELLED
     row = Operation.objects.get(pk=operation.pk)
     assert row.status == "cancelled" and row.completed_at
-    assert services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t") is None
+    assert lifecycle.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t") is None
 
 
 def test_cancel_of_a_processing_operation_is_a_request(alpha: Any) -> None:
     operation = submit()
     lease = claim(operation)
-    assert services.operation_cancel(operation_id=operation.pk) is CancelOutcome.REQUESTED
-    assert services.operation_cancel(operation_id=operation.pk) is CancelOutcome.REQUESTED
+    assert lifecycle.operation_cancel(operation_id=operation.pk) is CancelOutcome.REQUESTED
+    assert lifecycle.operation_cancel(operation_id=operation.pk) is CancelOutcome.REQUESTED
     assert status_of(operation) == "processing"
-    assert services.operation_lease_state(lease=lease) == "cancel_requested"
-    assert services.operation_confirm_cancel(lease=lease, stage="step 2")
+    assert lifecycle.operation_lease_state(lease=lease) == "cancel_requested"
+    assert lifecycle.operation_confirm_cancel(lease=lease, stage="step 2")
     row = Operation.objects.get(pk=operation.pk)
     assert row.status == "cancelled" and row.error_message == "cancelled during stage step 2"
 
@@ -211,8 +211,8 @@ def test_cancel_of_a_processing_operation_is_a_request(alpha: Any) -> None:
 def test_a_failure_after_a_cancel_request_ends_cancelled(alpha: Any) -> None:
     operation = submit()
     lease = claim(operation)
-    services.operation_cancel(operation_id=operation.pk)
-    assert services.operation_fail(lease=lease, error="boom", permanent=False) == "cancelled"
+    lifecycle.operation_cancel(operation_id=operation.pk)
+    assert lifecycle.operation_fail(lease=lease, error="boom", permanent=False) == "cancelled"
     assert status_of(operation) == "cancelled"
 
 
@@ -220,14 +220,14 @@ def test_a_failure_after_a_cancel_request_ends_cancelled(alpha: Any) -> None:
 def test_cancel_of_a_terminal_operation_is_refused(alpha: Any, status: str) -> None:
     operation, _ = in_status(status)
     with pytest.raises(TransitionRefused) as refused:
-        services.operation_cancel(operation_id=operation.pk)
+        lifecycle.operation_cancel(operation_id=operation.pk)
     assert refused.value.status == status
     assert status_of(operation) == status
 
 
 def test_transitions_of_a_missing_operation(alpha: Any) -> None:
     missing = "00000000-0000-0000-0000-000000000000"
-    for action in (services.operation_cancel, services.operation_retry, services.operation_delete):
+    for action in (lifecycle.operation_cancel, lifecycle.operation_retry, lifecycle.operation_delete):
         with pytest.raises(OperationNotFound):
             action(operation_id=missing)
 
@@ -236,9 +236,9 @@ def test_bulk_cancel_of_pending_operations(alpha: Any, beta: Any) -> None:
     pending = [submit("test_echo") for _ in range(3)] + [submit("test_sleep")]
     running = submit("test_echo")
     claim(running)
-    other_bank = services.operation_submit(bank_id="beta", operation_type="test_echo").operation
-    assert services.operations_cancel_pending(bank_id="alpha", operation_type="test_sleep") == 1
-    assert services.operations_cancel_pending(bank_id="alpha") == 3
+    other_bank = lifecycle.operation_submit(bank_id="beta", operation_type="test_echo").operation
+    assert lifecycle.operations_cancel_pending(bank_id="alpha", operation_type="test_sleep") == 1
+    assert lifecycle.operations_cancel_pending(bank_id="alpha") == 3
     assert {status_of(o) for o in pending} == {"cancelled"}
     assert status_of(running) == "processing" and status_of(other_bank) == "pending"
 
@@ -249,7 +249,7 @@ def test_bulk_cancel_of_pending_operations(alpha: Any, beta: Any) -> None:
 @pytest.mark.parametrize("status", ["failed", "cancelled"])
 def test_retry_requeues_failed_and_cancelled(alpha: Any, status: str) -> None:
     operation, _ = in_status(status)
-    services.operation_retry(operation_id=operation.pk)
+    lifecycle.operation_retry(operation_id=operation.pk)
     row = Operation.objects.get(pk=operation.pk)
     assert row.status == "pending" and row.retry_count == 0 and row.completed_at is None
     assert row.error_message is None and row.cancel_requested_at is None
@@ -259,16 +259,16 @@ def test_retry_requeues_failed_and_cancelled(alpha: Any, status: str) -> None:
 def test_retry_is_refused_unless_failed_or_cancelled(alpha: Any, status: str) -> None:
     operation, _ = in_status(status)
     with pytest.raises(TransitionRefused):
-        services.operation_retry(operation_id=operation.pk)
+        lifecycle.operation_retry(operation_id=operation.pk)
     assert status_of(operation) == status
 
 
 def test_retry_is_refused_when_a_pending_duplicate_covers_it(alpha: Any) -> None:
     operation = submit("test_dedupe")
-    services.operation_cancel(operation_id=operation.pk)
+    lifecycle.operation_cancel(operation_id=operation.pk)
     newer = submit("test_dedupe")
     with pytest.raises(TransitionRefused, match="already covers"):
-        services.operation_retry(operation_id=operation.pk)
+        lifecycle.operation_retry(operation_id=operation.pk)
     assert status_of(operation) == "cancelled" and status_of(newer) == "pending"
 
 
@@ -277,10 +277,10 @@ def test_delete_only_terminal_operations(alpha: Any, status: str) -> None:
     operation, _ = in_status(status)
     if status in ("pending", "processing"):
         with pytest.raises(TransitionRefused):
-            services.operation_delete(operation_id=operation.pk)
+            lifecycle.operation_delete(operation_id=operation.pk)
         assert Operation.objects.filter(pk=operation.pk).exists()
     else:
-        services.operation_delete(operation_id=operation.pk)
+        lifecycle.operation_delete(operation_id=operation.pk)
         assert not Operation.objects.filter(pk=operation.pk).exists()
 
 
@@ -292,18 +292,18 @@ def _attempt(action: str, status: str, operation: Operation, lease: Lease | None
     pk = operation.pk
     try:
         if action == "claim":
-            return services.operation_claim(operation_id=str(pk), worker="w", task_id="t") is not None
+            return lifecycle.operation_claim(operation_id=str(pk), worker="w", task_id="t") is not None
         if action in ("cancel", "request_cancel"):
             # One service call, two transitions: which one depends on the status.
-            outcome = services.operation_cancel(operation_id=pk)
+            outcome = lifecycle.operation_cancel(operation_id=pk)
             performed = "cancel" if outcome is CancelOutcome.CANCELLED else "request_cancel"
             assert status in TRANSITIONS[performed].sources
             return performed == action
         if action == "retry":
-            services.operation_retry(operation_id=pk)
+            lifecycle.operation_retry(operation_id=pk)
             return True
         if action == "delete":
-            services.operation_delete(operation_id=pk)
+            lifecycle.operation_delete(operation_id=pk)
             return True
     except TransitionRefused:
         return False
@@ -313,18 +313,18 @@ def _attempt(action: str, status: str, operation: Operation, lease: Lease | None
     if lease is None:
         return False  # the worker-side actions need a lease, which only processing rows have
     if action == "progress":
-        return services.operation_progress(lease=lease, progress={"stage": "x"})
+        return lifecycle.operation_progress(lease=lease, progress={"stage": "x"})
 
     if action == "complete":
-        return services.operation_complete(lease=lease, result=None)
+        return lifecycle.operation_complete(lease=lease, result=None)
     if action == "fail":
-        return services.operation_fail(lease=lease, error="e", permanent=True) == "failed"
+        return lifecycle.operation_fail(lease=lease, error="e", permanent=True) == "failed"
     if action == "reschedule":
-        return services.operation_fail(lease=lease, error="e", permanent=False) == "pending"
+        return lifecycle.operation_fail(lease=lease, error="e", permanent=False) == "pending"
     if action == "confirm_cancel":
-        return services.operation_confirm_cancel(lease=lease)
+        return lifecycle.operation_confirm_cancel(lease=lease)
     if action == "yield":
-        return services.operation_yield(lease=lease, progress=None)
+        return lifecycle.operation_yield(lease=lease, progress=None)
     raise AssertionError(action)
 
 
@@ -364,7 +364,7 @@ def test_transition_table(alpha: Any, action: str, status: str) -> None:
     ],
 )
 def test_rolled_up_status(children: dict[str, int], expected: str | None) -> None:
-    assert services.rolled_up_status(children) == expected
+    assert lifecycle.rolled_up_status(children) == expected
 
 
 def test_parent_follows_its_children(alpha: Any) -> None:
@@ -373,11 +373,11 @@ def test_parent_follows_its_children(alpha: Any) -> None:
     assert status_of(parent) == "pending"
     leases = [claim(k) for k in kids]
     assert status_of(parent) == "processing"
-    services.operation_complete(lease=leases[0], result=None)
-    services.operation_fail(lease=leases[1], error="bad", permanent=True)
+    lifecycle.operation_complete(lease=leases[0], result=None)
+    lifecycle.operation_fail(lease=leases[1], error="bad", permanent=True)
     row = Operation.objects.get(pk=parent.pk)
     assert row.status == "processing" and row.progress["processed"] == 2 and row.progress["total"] == 3
-    services.operation_confirm_cancel(lease=leases[2])
+    lifecycle.operation_confirm_cancel(lease=leases[2])
     row = Operation.objects.get(pk=parent.pk)
     assert row.status == "failed" and row.completed_at and row.progress["processed"] == 3
 
@@ -386,12 +386,12 @@ def test_cancel_and_retry_of_a_parent_act_on_its_children(alpha: Any) -> None:
     parent = submit("test_batch")
     kids = [submit("test_echo", parent_id=parent.pk) for _ in range(3)]
     running = claim(kids[0])
-    assert services.operation_cancel(operation_id=parent.pk) is CancelOutcome.REQUESTED
+    assert lifecycle.operation_cancel(operation_id=parent.pk) is CancelOutcome.REQUESTED
     assert [status_of(k) for k in kids] == ["processing", "cancelled", "cancelled"]
     assert status_of(parent) == "processing"
-    services.operation_confirm_cancel(lease=running)
+    lifecycle.operation_confirm_cancel(lease=running)
     assert status_of(parent) == "cancelled"
-    services.operation_retry(operation_id=parent.pk)
+    lifecycle.operation_retry(operation_id=parent.pk)
     assert [status_of(k) for k in kids] == ["pending"] * 3
     assert status_of(parent) == "pending"
 
@@ -422,13 +422,13 @@ def test_bulk_cancel_of_parents_cancels_their_children_and_they_stay_cancelled(a
     parent = submit("test_batch")
     kids = [submit("test_echo", parent_id=parent.pk) for _ in range(3)]
     other = submit("test_echo")
-    assert services.operations_cancel_pending(bank_id="alpha", operation_type="test_batch") == 4
+    assert lifecycle.operations_cancel_pending(bank_id="alpha", operation_type="test_batch") == 4
     assert status_of(parent) == "cancelled"
     assert [status_of(k) for k in kids] == ["cancelled"] * 3
     assert status_of(other) == "pending"
     # Nothing can bring it back but a retry: no child is claimable, and a
     # roll-up leaves a finished parent alone.
-    assert all(services.operation_claim(operation_id=str(k.pk), worker="w", task_id="t") is None for k in kids)
+    assert all(lifecycle.operation_claim(operation_id=str(k.pk), worker="w", task_id="t") is None for k in kids)
     with transaction.atomic():
         assert roll_up(parent.pk) is None
     assert status_of(parent) == "cancelled"
@@ -438,8 +438,8 @@ def test_bulk_cancel_of_children_rolls_their_parent_up(alpha: Any) -> None:
     parent = submit("test_batch")
     kids = [submit("test_echo", parent_id=parent.pk) for _ in range(2)]
     done = claim(kids[0])
-    services.operation_complete(lease=done, result=None)
-    assert services.operations_cancel_pending(bank_id="alpha", operation_type="test_echo") == 2
+    lifecycle.operation_complete(lease=done, result=None)
+    assert lifecycle.operations_cancel_pending(bank_id="alpha", operation_type="test_echo") == 2
     assert status_of(kids[1]) == "cancelled" and status_of(parent) == "cancelled"
 
 
@@ -450,27 +450,27 @@ def test_a_finished_parent_is_not_resurrected_by_a_late_child(alpha: Any) -> Non
     kid = submit("test_echo", parent_id=parent.pk)
     lease = claim(kid)
     Operation.objects.filter(pk=parent.pk).update(status="cancelled")
-    services.operation_complete(lease=lease, result=None)
+    lifecycle.operation_complete(lease=lease, result=None)
     assert status_of(parent) == "cancelled"
 
 
 def test_retrying_one_child_reopens_its_finished_parent(alpha: Any) -> None:
     parent = submit("test_batch")
     kids = [submit("test_echo", parent_id=parent.pk) for _ in range(2)]
-    services.operation_complete(lease=claim(kids[0]), result=None)
-    services.operation_fail(lease=claim(kids[1]), error="bad", permanent=True)
+    lifecycle.operation_complete(lease=claim(kids[0]), result=None)
+    lifecycle.operation_fail(lease=claim(kids[1]), error="bad", permanent=True)
     assert status_of(parent) == "failed"
-    services.operation_retry(operation_id=kids[1].pk)
+    lifecycle.operation_retry(operation_id=kids[1].pk)
     row = Operation.objects.get(pk=parent.pk)
     assert row.status == "processing" and row.completed_at is None and row.error_message is None
-    services.operation_complete(lease=claim(kids[1]), result=None)
+    lifecycle.operation_complete(lease=claim(kids[1]), result=None)
     assert status_of(parent) == "completed"
 
 
 def test_parent_progress_detail_counts_children_by_status(alpha: Any) -> None:
     parent = submit("test_batch")
     kids = [submit("test_echo", parent_id=parent.pk) for _ in range(3)]
-    services.operation_cancel(operation_id=kids[0].pk)
+    lifecycle.operation_cancel(operation_id=kids[0].pk)
     claim(kids[1])
     detail = Operation.objects.get(pk=parent.pk).progress["detail"]
     assert detail == {"pending": 1, "processing": 1, "completed": 0, "failed": 0, "cancelled": 1}
@@ -483,18 +483,18 @@ def test_a_cancel_landing_while_a_failure_is_recorded_is_not_lost(alpha: Any, mo
     that read and the UPDATE; a cancel request lands exactly there."""
     operation = submit()
     lease = claim(operation)
-    real_delay = services.retry_delay
+    real_delay = lifecycle.retry_delay
     outcomes = []
 
     def cancel_meanwhile(optype: Any, attempt: int) -> float:
-        outcomes.append(services.operation_cancel(operation_id=operation.pk))
+        outcomes.append(lifecycle.operation_cancel(operation_id=operation.pk))
         return real_delay(optype, attempt)
 
-    monkeypatch.setattr(services, "retry_delay", cancel_meanwhile)
-    assert services.operation_fail(lease=lease, error="flaky", permanent=False) == "cancelled"
+    monkeypatch.setattr(lifecycle.run, "retry_delay", cancel_meanwhile)  # where the failure asks it
+    assert lifecycle.operation_fail(lease=lease, error="flaky", permanent=False) == "cancelled"
     assert outcomes == [CancelOutcome.REQUESTED]
     assert status_of(operation) == "cancelled"
-    assert services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t2") is None
+    assert lifecycle.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t2") is None
 
 
 # --- keys ---------------------------------------------------------------------------------
@@ -507,13 +507,13 @@ def test_dedupe_and_serialization_keys_are_unambiguous_across_banks(db: None) ->
 
     Bank.objects.create(bank_id="x")
     Bank.objects.create(bank_id="x:y")
-    first = services.operation_submit(bank_id="x", operation_type="test_serial_doc", document_id="y:z").operation
-    second = services.operation_submit(bank_id="x:y", operation_type="test_serial_doc", document_id="z").operation
+    first = lifecycle.operation_submit(bank_id="x", operation_type="test_serial_doc", document_id="y:z").operation
+    second = lifecycle.operation_submit(bank_id="x:y", operation_type="test_serial_doc", document_id="z").operation
     assert first.serial_key != second.serial_key
     claim(first)
-    assert services.operation_claim(operation_id=str(second.pk), worker="w", task_id="t2") is not None
-    a = services.operation_submit(bank_id="x", operation_type="test_dedupe_doc", document_id="y:z")
-    b = services.operation_submit(bank_id="x:y", operation_type="test_dedupe_doc", document_id="z")
+    assert lifecycle.operation_claim(operation_id=str(second.pk), worker="w", task_id="t2") is not None
+    a = lifecycle.operation_submit(bank_id="x", operation_type="test_dedupe_doc", document_id="y:z")
+    b = lifecycle.operation_submit(bank_id="x:y", operation_type="test_dedupe_doc", document_id="z")
     assert not b.deduplicated and a.operation.pk != b.operation.pk
 
 
@@ -528,17 +528,17 @@ def _expire(operation: Operation, settings: Any) -> None:
 def test_reaper_requeues_an_operation_whose_lease_expired(alpha: Any, settings: Any) -> None:
     operation = submit()
     lease = claim(operation)
-    services.operation_progress(lease=lease, progress={"stage": "embedding"})
+    lifecycle.operation_progress(lease=lease, progress={"stage": "embedding"})
     fresh = submit()
     claim(fresh)
     _expire(operation, settings)
-    assert services.operations_reap() == 1
+    assert lifecycle.operations_reap() == 1
     row = Operation.objects.get(pk=operation.pk)
     assert row.status == "pending" and row.retry_count == 1 and row.lease_id is None
     assert row.error_message == "worker lost (w@test) (stage: embedding)"
     assert status_of(fresh) == "processing"
     # The old worker can no longer write.
-    assert not services.operation_complete(lease=lease, result=None)
+    assert not lifecycle.operation_complete(lease=lease, result=None)
 
 
 def test_reaper_fails_an_operation_out_of_retries(alpha: Any, settings: Any) -> None:
@@ -546,7 +546,7 @@ def test_reaper_fails_an_operation_out_of_retries(alpha: Any, settings: Any) -> 
     claim(operation)
     Operation.objects.filter(pk=operation.pk).update(retry_count=3)
     _expire(operation, settings)
-    assert services.operations_reap() == 1
+    assert lifecycle.operations_reap() == 1
     row = Operation.objects.get(pk=operation.pk)
     assert row.status == "failed" and row.error_message.startswith("worker lost")
 
@@ -554,9 +554,9 @@ def test_reaper_fails_an_operation_out_of_retries(alpha: Any, settings: Any) -> 
 def test_reaper_finishes_a_cancel_request(alpha: Any, settings: Any) -> None:
     operation = submit()
     claim(operation)
-    services.operation_cancel(operation_id=operation.pk)
+    lifecycle.operation_cancel(operation_id=operation.pk)
     _expire(operation, settings)
-    services.operations_reap()
+    lifecycle.operations_reap()
     assert status_of(operation) == "cancelled"
 
 
@@ -564,6 +564,6 @@ def test_heartbeat_renews_only_held_leases(alpha: Any, settings: Any) -> None:
     operation = submit()
     lease = claim(operation)
     _expire(operation, settings)
-    assert services.operations_heartbeat(leases={lease.operation_id: lease.lease_id}) == 1
-    assert services.operations_reap() == 0
-    assert services.operations_heartbeat(leases={lease.operation_id: "00000000-0000-0000-0000-000000000009"}) == 0
+    assert lifecycle.operations_heartbeat(leases={lease.operation_id: lease.lease_id}) == 1
+    assert lifecycle.operations_reap() == 0
+    assert lifecycle.operations_heartbeat(leases={lease.operation_id: "00000000-0000-0000-0000-000000000009"}) == 0

@@ -33,7 +33,7 @@ from banks.models import (
     Observation,
     UnitEntity,
 )
-from operations import services
+from operations import lifecycle
 from operations.models import Operation
 from operations.worker import runner
 from tenancy.models import Bank
@@ -43,7 +43,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
 def run(operation_type: str, bank: str = "alpha", **fields: Any) -> Operation:
     """Submit an operation and run it here, as a worker would."""
-    operation = services.operation_submit(bank_id=bank, operation_type=operation_type, **fields).operation
+    operation = lifecycle.operation_submit(bank_id=bank, operation_type=operation_type, **fields).operation
     runner.execute(str(operation.pk), operation_type=operation.operation_type, worker="test@here", task_id="t")
     return Operation.objects.get(pk=operation.pk)
 
@@ -140,7 +140,7 @@ def test_retain_stores_documents_units_entities_and_links(alpha: Any) -> None:
 
 def test_retain_without_document_ids_is_idempotent(alpha: Any) -> None:
     payload = {"items": [RetainItem(content="Grace Hopper wrote compilers.").to_payload()]}
-    operation = services.operation_submit(bank_id="alpha", operation_type="retain", payload=payload).operation
+    operation = lifecycle.operation_submit(bank_id="alpha", operation_type="retain", payload=payload).operation
     for _ in range(2):  # a re-run after a crash: same document, same units
         Operation.objects.filter(pk=operation.pk).update(status="pending")
         runner.execute(str(operation.pk), operation_type="retain", worker="w", task_id="t")

@@ -16,7 +16,7 @@ from banks import follow_ups, memory, scheduler
 from banks.memory import RetainItem
 from banks.models import Entity, MemoryUnit, MentalModel, Observation, ObservationSource
 from banks.operation_types.consolidation import observe
-from operations import services
+from operations import lifecycle
 from operations.models import Operation
 from tenancy.models import Bank
 from tests.conftest import race
@@ -96,7 +96,7 @@ def test_widening_a_consolidation_against_its_claim(alpha: Any) -> None:
         first = follow_ups.queue_consolidation(bank=bank, scopes=[["a"]]).operation
         widened, lease = race(
             lambda: follow_ups.queue_consolidation(bank=bank, scopes=[["b"]]),
-            lambda: services.operation_claim(operation_id=str(first.pk), worker="w", task_id="t"),
+            lambda: lifecycle.operation_claim(operation_id=str(first.pk), worker="w", task_id="t"),
         )
         assert lease is not None
         if widened.operation.pk == first.pk:

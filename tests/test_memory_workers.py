@@ -20,7 +20,7 @@ import pytest
 
 from banks.memory import RetainItem, retain_items
 from banks.models import Document, MemoryUnit, Observation
-from operations import services
+from operations import lifecycle
 from operations.models import Operation
 from tenancy.models import Bank
 from tests.conftest import PROJECT_DIR, wait_for
@@ -92,9 +92,9 @@ def test_never_two_consolidations_running_in_one_bank(start_workers: Any, alpha:
     )
     # Two reserved consolidation slots: serialization, not capacity, keeps them apart.
     start_workers(ready=3, beat=True, OPS_WORKER_MAX_SLOTS="3", OPS_WORKER_CONSOLIDATION_RESERVED_SLOTS="2", **FAST)
-    first = services.operation_submit(bank_id="alpha", operation_type="consolidation").operation
+    first = lifecycle.operation_submit(bank_id="alpha", operation_type="consolidation").operation
     wait_for(lambda: Operation.objects.get(pk=first.pk).status != "pending", timeout=30, message="first to start")
-    second = services.operation_submit(bank_id="alpha", operation_type="consolidation")
+    second = lifecycle.operation_submit(bank_id="alpha", operation_type="consolidation")
     assert not second.deduplicated  # the first is no longer pending
     running_at_once = 0
     ids = [first.pk, second.operation.pk]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from operations import services
+from operations import lifecycle
 from operations.models import Operation
 from tenancy.api_keys import api_key_create
 from tests.conftest import wait_for
@@ -225,7 +225,7 @@ def test_work_runs_while_watched_retained_and_listed_by_workers(
 
     # watch: the live view ends by itself once the work has drained.
     sleepers = [
-        services.operation_submit(bank_id="alpha", operation_type="test_sleep", payload={"seconds": 1.5}).operation
+        lifecycle.operation_submit(bank_id="alpha", operation_type="test_sleep", payload={"seconds": 1.5}).operation
         for _ in range(3)
     ]
     lines = opsctl("operations", "watch", "alpha", "--json", "--interval", "0.3")
@@ -237,7 +237,7 @@ def test_work_runs_while_watched_retained_and_listed_by_workers(
     assert {Operation.objects.get(pk=s.pk).status for s in sleepers} == {"completed"}
 
     # The table view ends the same way; --all shows finished ones too.
-    services.operation_submit(bank_id="alpha", operation_type="test_sleep", payload={"seconds": 1})
+    lifecycle.operation_submit(bank_id="alpha", operation_type="test_sleep", payload={"seconds": 1})
     live = opsctl("operations", "watch", "alpha", "--all", "--interval", "0.3")
     assert live.returncode == 0 and "nothing pending or running in bank alpha" in live.stdout
     assert str(sleepers[0].pk) in live.stdout
@@ -246,7 +246,7 @@ def test_work_runs_while_watched_retained_and_listed_by_workers(
     assert re.search(rf"^\d\d:\d\d:\d\d   {sleepers[0].pk} test_sleep completed", live.stdout, re.M)
 
     # cancel of a running operation: requested, then it stops at a checkpoint.
-    long_one = services.operation_submit(
+    long_one = lifecycle.operation_submit(
         bank_id="alpha", operation_type="test_sleep", payload={"seconds": 60}
     ).operation
     wait_for(lambda: Operation.objects.get(pk=long_one.pk).status == "processing", message="the sleeper to run")

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from operations import services
+from operations import lifecycle
+from operations.lifecycle import CancelOutcome
 from operations.models import Operation
-from operations.services import CancelOutcome
 from tests.conftest import race
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.embedded]
@@ -20,15 +20,15 @@ ROUNDS = 30
 
 
 def submit(operation_type: str = "test_echo") -> str:
-    return str(services.operation_submit(bank_id="alpha", operation_type=operation_type).operation.pk)
+    return str(lifecycle.operation_submit(bank_id="alpha", operation_type=operation_type).operation.pk)
 
 
 def test_claim_against_claim(alpha: Any) -> None:
     for _ in range(ROUNDS):
         pk = submit()
         leases = race(
-            lambda: services.operation_claim(operation_id=pk, worker="a", task_id="ta"),
-            lambda: services.operation_claim(operation_id=pk, worker="b", task_id="tb"),
+            lambda: lifecycle.operation_claim(operation_id=pk, worker="a", task_id="ta"),
+            lambda: lifecycle.operation_claim(operation_id=pk, worker="b", task_id="tb"),
         )
         winners = [lease for lease in leases if lease is not None]
         assert len(winners) == 1
@@ -53,11 +53,11 @@ def _cancel_won(pk: str, lease: Any, cancel: CancelOutcome) -> None:
 def test_claim_against_cancel_in_each_order(alpha: Any) -> None:
     """Both outcomes, each made to happen (not hoped for from a race)."""
     pk = submit()
-    lease = services.operation_claim(operation_id=pk, worker="a", task_id="t")
-    _claim_won(pk, lease, services.operation_cancel(operation_id=pk))
+    lease = lifecycle.operation_claim(operation_id=pk, worker="a", task_id="t")
+    _claim_won(pk, lease, lifecycle.operation_cancel(operation_id=pk))
     pk = submit()
-    cancel = services.operation_cancel(operation_id=pk)
-    _cancel_won(pk, services.operation_claim(operation_id=pk, worker="a", task_id="t"), cancel)
+    cancel = lifecycle.operation_cancel(operation_id=pk)
+    _cancel_won(pk, lifecycle.operation_claim(operation_id=pk, worker="a", task_id="t"), cancel)
 
 
 def test_claim_against_cancel(alpha: Any) -> None:
@@ -65,8 +65,8 @@ def test_claim_against_cancel(alpha: Any) -> None:
     for _ in range(ROUNDS):
         pk = submit()
         lease, cancel = race(
-            lambda: services.operation_claim(operation_id=pk, worker="a", task_id="t"),
-            lambda: services.operation_cancel(operation_id=pk),
+            lambda: lifecycle.operation_claim(operation_id=pk, worker="a", task_id="t"),
+            lambda: lifecycle.operation_cancel(operation_id=pk),
         )
         (_cancel_won if lease is None else _claim_won)(pk, lease, cancel)
 
@@ -74,12 +74,12 @@ def test_claim_against_cancel(alpha: Any) -> None:
 def test_cancel_against_complete(alpha: Any) -> None:
     for _ in range(ROUNDS):
         pk = submit()
-        lease = services.operation_claim(operation_id=pk, worker="a", task_id="t")
+        lease = lifecycle.operation_claim(operation_id=pk, worker="a", task_id="t")
         assert lease is not None
-        services.operation_cancel(operation_id=pk)  # a request: it is processing
+        lifecycle.operation_cancel(operation_id=pk)  # a request: it is processing
         completed, confirmed = race(
-            lambda: services.operation_complete(lease=lease, result={}),
-            lambda: services.operation_confirm_cancel(lease=lease),
+            lambda: lifecycle.operation_complete(lease=lease, result={}),
+            lambda: lifecycle.operation_confirm_cancel(lease=lease),
         )
         assert completed != confirmed
         assert Operation.objects.get(pk=pk).status == ("completed" if completed else "cancelled")
@@ -88,21 +88,21 @@ def test_cancel_against_complete(alpha: Any) -> None:
 def test_concurrent_duplicate_submits_make_one_row(alpha: Any) -> None:
     for _ in range(ROUNDS // 3):
         submissions = race(
-            *[lambda: services.operation_submit(bank_id="alpha", operation_type="test_dedupe") for _ in range(6)]
+            *[lambda: lifecycle.operation_submit(bank_id="alpha", operation_type="test_dedupe") for _ in range(6)]
         )
         ids = {s.operation.pk for s in submissions}
         assert len(ids) == 1
         assert sum(not s.deduplicated for s in submissions) == 1
         assert Operation.objects.filter(status="pending", operation_type="test_dedupe").count() == 1
-        services.operations_cancel_pending(bank_id="alpha")
+        lifecycle.operations_cancel_pending(bank_id="alpha")
 
 
 def test_concurrent_claims_of_one_serialization_key(alpha: Any) -> None:
     for _ in range(ROUNDS):
         first, second = submit("test_serial"), submit("test_serial")
         leases = race(
-            lambda: services.operation_claim(operation_id=first, worker="a", task_id="t"),
-            lambda: services.operation_claim(operation_id=second, worker="b", task_id="t"),
+            lambda: lifecycle.operation_claim(operation_id=first, worker="a", task_id="t"),
+            lambda: lifecycle.operation_claim(operation_id=second, worker="b", task_id="t"),
         )
         assert sum(lease is not None for lease in leases) == 1
         assert Operation.objects.filter(operation_type="test_serial", status="processing").count() == 1
@@ -115,13 +115,13 @@ def test_children_finishing_at_once_leave_their_parent_right(alpha: Any) -> None
     last one must see every sibling's final status. PostgreSQL serializes them
     on the parent's row lock, SQLite on its IMMEDIATE write transactions."""
     for _ in range(ROUNDS // 2):
-        parent = services.operation_submit(bank_id="alpha", operation_type="test_batch").operation
+        parent = lifecycle.operation_submit(bank_id="alpha", operation_type="test_batch").operation
         kids = [submit_child(parent.pk) for _ in range(3)]
-        leases = [services.operation_claim(operation_id=k, worker="w", task_id="t") for k in kids]
+        leases = [lifecycle.operation_claim(operation_id=k, worker="w", task_id="t") for k in kids]
         race(
-            lambda: services.operation_complete(lease=leases[0], result={}),
-            lambda: services.operation_complete(lease=leases[1], result={}),
-            lambda: services.operation_fail(lease=leases[2], error="bad", permanent=True),
+            lambda: lifecycle.operation_complete(lease=leases[0], result={}),
+            lambda: lifecycle.operation_complete(lease=leases[1], result={}),
+            lambda: lifecycle.operation_fail(lease=leases[2], error="bad", permanent=True),
         )
         row = Operation.objects.get(pk=parent.pk)
         assert row.status == "failed" and row.progress["processed"] == 3
@@ -129,7 +129,9 @@ def test_children_finishing_at_once_leave_their_parent_right(alpha: Any) -> None
 
 
 def submit_child(parent_id: Any) -> str:
-    return str(services.operation_submit(bank_id="alpha", operation_type="test_echo", parent_id=parent_id).operation.pk)
+    return str(
+        lifecycle.operation_submit(bank_id="alpha", operation_type="test_echo", parent_id=parent_id).operation.pk
+    )
 
 
 def test_the_session_runs_on_the_deployment_it_names(alpha: Any) -> None:
@@ -172,7 +174,7 @@ def test_a_claim_that_waited_for_the_sqlite_write_lock_starts_when_it_got_it(alp
 
     def claim() -> Any:
         assert holding.wait(10)
-        return services.operation_claim(operation_id=pk, worker="w", task_id="t")
+        return lifecycle.operation_claim(operation_id=pk, worker="w", task_id="t")
 
     _, lease = race(hold, claim)
     assert lease is not None

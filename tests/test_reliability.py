@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from operations import dispatch, registry, services
+from operations import lifecycle, registry
+from operations.lifecycle import dispatch
 from operations.models import Operation
 from tests.conftest import race
 
@@ -17,7 +18,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
 
 def submit(operation_type: str = "test_echo", **fields: Any) -> Operation:
-    return services.operation_submit(bank_id="alpha", operation_type=operation_type, **fields).operation
+    return lifecycle.operation_submit(bank_id="alpha", operation_type=operation_type, **fields).operation
 
 
 def test_backoff_is_exponential_with_full_jitter_and_a_cap(settings: Any) -> None:
@@ -25,7 +26,7 @@ def test_backoff_is_exponential_with_full_jitter_and_a_cap(settings: Any) -> Non
     settings.OPS_RETRY_BACKOFF_CAP_SECONDS = 20
     optype = registry.get("test_flaky")
     for attempt, ceiling in [(1, 2), (2, 4), (3, 8), (4, 16), (5, 20), (9, 20)]:
-        delays = [services.retry_delay(optype, attempt) for _ in range(300)]
+        delays = [lifecycle.retry_delay(optype, attempt) for _ in range(300)]
         assert all(0 <= d <= ceiling for d in delays)
         # Full jitter: the delays spread over the whole range.
         assert min(delays) < ceiling * 0.2 and max(delays) > ceiling * 0.8
@@ -33,7 +34,7 @@ def test_backoff_is_exponential_with_full_jitter_and_a_cap(settings: Any) -> Non
 
 def test_explicit_retry_delays_win() -> None:
     optype = registry.OperationType(name="x", handler="a.b", retry_delays=(5, 300, 1800))
-    assert [services.retry_delay(optype, n) for n in (1, 2, 3, 4)] == [5, 300, 1800, 1800]
+    assert [lifecycle.retry_delay(optype, n) for n in (1, 2, 3, 4)] == [5, 300, 1800, 1800]
 
 
 def test_sweeper_publishes_only_what_has_no_live_message(alpha: Any, settings: Any) -> None:
@@ -48,7 +49,7 @@ def test_sweeper_publishes_only_what_has_no_live_message(alpha: Any, settings: A
     Operation.objects.filter(pk=fresh.pk).update(dispatched_at=now)
     Operation.objects.filter(pk=stale.pk).update(dispatched_at=long_ago)
     Operation.objects.filter(pk=parked.pk).update(updated_at=long_ago, next_retry_at=now + timedelta(hours=1))
-    services.operation_claim(operation_id=str(running.pk), worker="w", task_id="t")
+    lifecycle.operation_claim(operation_id=str(running.pk), worker="w", task_id="t")
     Operation.objects.filter(pk=running.pk).update(updated_at=long_ago)
     before_sweep = timezone.now()
     assert dispatch.publish_due() == 2
@@ -76,13 +77,13 @@ def test_concurrent_sweepers_publish_each_operation_once(alpha: Any) -> None:
 
 def test_a_lost_process_is_settled_by_its_task_id_only(alpha: Any) -> None:
     operation = submit()
-    services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="task-1")
+    lifecycle.operation_claim(operation_id=str(operation.pk), worker="w", task_id="task-1")
     assert (
-        services.operation_abandoned(operation_id=str(operation.pk), task_id="task-0", timed_out=False, reason="lost")
+        lifecycle.operation_abandoned(operation_id=str(operation.pk), task_id="task-0", timed_out=False, reason="lost")
         is None
     )
     assert (
-        services.operation_abandoned(
+        lifecycle.operation_abandoned(
             operation_id=str(operation.pk), task_id="task-1", timed_out=False, reason="worker process lost"
         )
         == "pending"
@@ -93,9 +94,9 @@ def test_a_lost_process_is_settled_by_its_task_id_only(alpha: Any) -> None:
 
 def test_a_hard_timeout_fails_for_good(alpha: Any) -> None:
     operation = submit()
-    services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t")
+    lifecycle.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t")
     assert (
-        services.operation_abandoned(operation_id=str(operation.pk), task_id="t", timed_out=True, reason="timed out")
+        lifecycle.operation_abandoned(operation_id=str(operation.pk), task_id="t", timed_out=True, reason="timed out")
         == "failed"
     )
     assert Operation.objects.get(pk=operation.pk).retry_count == 0
@@ -103,10 +104,10 @@ def test_a_hard_timeout_fails_for_good(alpha: Any) -> None:
 
 def test_reaper_fails_a_run_past_its_hard_time_limit(alpha: Any, settings: Any) -> None:
     operation = submit("test_slow")  # hard limit 4 s
-    services.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t")
+    lifecycle.operation_claim(operation_id=str(operation.pk), worker="w", task_id="t")
     past = timezone.now() - timedelta(seconds=settings.OPS_LEASE_SECONDS + 10)
     Operation.objects.filter(pk=operation.pk).update(started_at=past, heartbeat_at=past)
-    assert services.operations_reap() == 1
+    assert lifecycle.operations_reap() == 1
     row = Operation.objects.get(pk=operation.pk)
     assert row.status == "failed" and row.retry_count == 0
     assert row.error_message.startswith("timed out: ran past the hard time limit of 4s")
@@ -118,15 +119,15 @@ def test_stranded_parent_is_rolled_up_by_the_sweeper(alpha: Any) -> None:
     # Children finished behind the service's back (e.g. restored from a backup).
     Operation.objects.filter(pk__in=[k.pk for k in kids]).update(status="completed")
     assert Operation.objects.get(pk=parent.pk).status == "pending"
-    assert services.operations_roll_up_stranded() == 1
+    assert lifecycle.operations_roll_up_stranded() == 1
     assert Operation.objects.get(pk=parent.pk).status == "completed"
-    assert services.operations_roll_up_stranded() == 0
+    assert lifecycle.operations_roll_up_stranded() == 0
     # Not stranded: a parent with a child still to run, and one with no children yet.
     busy = submit("test_batch")
     done, waiting = submit(parent_id=busy.pk), submit(parent_id=busy.pk)
     Operation.objects.filter(pk=done.pk).update(status="completed")
     empty = submit("test_batch")
-    assert services.operations_roll_up_stranded() == 0
+    assert lifecycle.operations_roll_up_stranded() == 0
     assert Operation.objects.get(pk=waiting.pk).status == "pending"
     assert set(Operation.objects.filter(pk__in=[busy.pk, empty.pk]).values_list("status", flat=True)) == {"pending"}
 
@@ -135,18 +136,18 @@ def test_retention_prunes_old_terminal_operations_in_batches(alpha: Any) -> None
     old = timezone.now() - timedelta(days=31)
     finished = [submit() for _ in range(7)]
     for operation in finished:
-        services.operation_cancel(operation_id=operation.pk)
+        lifecycle.operation_cancel(operation_id=operation.pk)
     Operation.objects.filter(pk__in=[o.pk for o in finished]).update(completed_at=old)
     parent = submit("test_batch")
     child = submit(parent_id=parent.pk)
-    services.operation_cancel(operation_id=parent.pk)
+    lifecycle.operation_cancel(operation_id=parent.pk)
     Operation.objects.filter(pk__in=[parent.pk, child.pk]).update(completed_at=old)
     recent = submit()
-    services.operation_cancel(operation_id=recent.pk)
+    lifecycle.operation_cancel(operation_id=recent.pk)
     old_but_pending = submit()
     Operation.objects.filter(pk=old_but_pending.pk).update(created_at=old)
 
-    assert services.operations_prune(older_than_days=30, batch_size=3) == 8
+    assert lifecycle.operations_prune(older_than_days=30, batch_size=3) == 8
     remaining = set(Operation.objects.values_list("pk", flat=True))
     assert remaining == {recent.pk, old_but_pending.pk}
 
@@ -161,7 +162,7 @@ def test_dispatch_window_keeps_a_backlog_in_the_database(
     dispatched = list(Operation.objects.filter(dispatched_at__isnull=False).order_by("created_at"))
     assert [o.pk for o in dispatched] == [o.pk for o in ops[:3]]  # oldest first
     # A worker takes one message: the window is topped up with the next oldest.
-    services.operation_claim(operation_id=str(ops[0].pk), worker="w", task_id="t")
+    lifecycle.operation_claim(operation_id=str(ops[0].pk), worker="w", task_id="t")
     assert dispatch.top_up("test_echo") == 1
     assert Operation.objects.get(pk=ops[3].pk).dispatched_at is not None
     assert dispatch.top_up("test_echo") == 0 and dispatch.publish_due() == 0
@@ -188,8 +189,8 @@ def test_a_submission_goes_ahead_of_the_window_only_when_its_bank_has_no_message
     dispatch.forget_process_state()  # read the window again: alpha's three are in it
     with django_capture_on_commit_callbacks(execute=True):
         submit()
-        services.operation_submit(bank_id="beta", operation_type="test_echo")
-        services.operation_submit(bank_id="beta", operation_type="test_echo")
+        lifecycle.operation_submit(bank_id="beta", operation_type="test_echo")
+        lifecycle.operation_submit(bank_id="beta", operation_type="test_echo")
     assert sent == [
         ("alpha", dispatch.FIRST_OF_ITS_BANK),
         ("alpha", dispatch.BEHIND),
@@ -202,14 +203,14 @@ def test_a_submission_goes_ahead_of_the_window_only_when_its_bank_has_no_message
 
 def test_an_operation_waiting_on_a_busy_serialization_key_is_not_republished(alpha: Any) -> None:
     running = submit("test_serial")
-    services.operation_claim(operation_id=str(running.pk), worker="w", task_id="t")
+    lifecycle.operation_claim(operation_id=str(running.pk), worker="w", task_id="t")
     waiting = submit("test_serial")
     # Its message is consumed and dropped: the key is busy.
     Operation.objects.filter(pk=waiting.pk).update(dispatched_at=timezone.now())
-    assert services.operation_claim(operation_id=str(waiting.pk), worker="w", task_id="t") is None
+    assert lifecycle.operation_claim(operation_id=str(waiting.pk), worker="w", task_id="t") is None
     assert Operation.objects.get(pk=waiting.pk).dispatched_at is None
     assert dispatch.top_up("test_serial") == 0  # no busy loop of publish-and-drop
-    services.operation_cancel(operation_id=running.pk)  # requested; confirm it:
+    lifecycle.operation_cancel(operation_id=running.pk)  # requested; confirm it:
     Operation.objects.filter(pk=running.pk).update(status="cancelled")
     assert dispatch.top_up("test_serial") == 1
 
@@ -268,8 +269,8 @@ def test_the_next_operation_published_is_chosen_round_robin_over_banks(alpha: An
     Bank.objects.create(bank_id="gamma")
     dispatch._cursor.clear()
     backlog = [submit() for _ in range(30)]  # the first is published at once (the window has room)
-    late = services.operation_submit(bank_id="beta", operation_type="test_echo").operation
-    later = services.operation_submit(bank_id="gamma", operation_type="test_echo").operation
+    late = lifecycle.operation_submit(bank_id="beta", operation_type="test_echo").operation
+    later = lifecycle.operation_submit(bank_id="gamma", operation_type="test_echo").operation
     assert Operation.objects.get(pk=late.pk).dispatched_at is None  # the window was full
 
     picks = []
@@ -298,7 +299,7 @@ def test_the_pick_skips_what_cannot_run_yet(alpha: Any) -> None:
     ready = submit("test_serial")
     Operation.objects.update(dispatched_at=None)
     Operation.objects.filter(pk=parked.pk).update(next_retry_at=timezone.now() + timedelta(hours=1))
-    assert services.operation_claim(operation_id=str(busy_holder.pk), worker="w", task_id="t") is not None
+    assert lifecycle.operation_claim(operation_id=str(busy_holder.pk), worker="w", task_id="t") is not None
     assert not dispatch.publish_next("test_echo")
     assert not dispatch.publish_next("test_serial")  # both waiting ones share the busy key
     assert Operation.objects.filter(pk__in=[blocked.pk, ready.pk], dispatched_at__isnull=False).count() == 0

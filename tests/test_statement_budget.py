@@ -28,9 +28,9 @@ from banks.models import Webhook
 from banks.submissions import retain_async
 from banks.webhooks import seal
 from core import prepared
-from operations import dispatch, services
+from operations import lifecycle
 from operations.handlers import Lease
-from operations.lifecycle import queries
+from operations.lifecycle import dispatch, queries
 from operations.models import Operation
 from tenancy.models import Bank
 from tests.conftest import needs_scaled
@@ -76,7 +76,7 @@ def no_replacement() -> None:
 
 def claim(operation: Operation, operation_type: str) -> Lease:
     """Claim as a worker taking the operation's message (its task id)."""
-    lease = services.operation_claim(
+    lease = lifecycle.operation_claim(
         operation_id=str(operation.pk),
         worker="shared@budget",
         task_id=str(operation.task_id),
@@ -103,23 +103,23 @@ def published_quietly(monkeypatch: Any) -> None:
 
 
 def test_a_no_op(alpha: Any, published_quietly: None) -> None:
-    services.operation_submit(bank_id="alpha", operation_type="test_echo")  # the window is counted once
+    lifecycle.operation_submit(bank_id="alpha", operation_type="test_echo")  # the window is counted once
     with counted() as submit:
-        operation = services.operation_submit(bank_id="alpha", operation_type="test_echo").operation
+        operation = lifecycle.operation_submit(bank_id="alpha", operation_type="test_echo").operation
     submit.within(1, 1, "submit of a no-op (its INSERT)")
     with counted() as claimed:
         lease = claim(operation, "test_echo")
     claimed.within(1, 1, "claim of a no-op (its UPDATE, with the pick of the next operation)")
     with counted() as finished:
-        assert services.operation_complete(lease=lease, result={})
+        assert lifecycle.operation_complete(lease=lease, result={})
     finished.within(1, 1, "finish of a no-op (its UPDATE, the webhook question inside)")
 
 
 def test_a_retain_of_one_document(alpha: Any, published_quietly: None) -> None:
     payload = {"items": [RetainItem(content="Ada met Charles.", document_id="d").to_payload()]}
-    services.operation_submit(bank_id="alpha", operation_type="retain", payload=payload, document_id="d0")
+    lifecycle.operation_submit(bank_id="alpha", operation_type="retain", payload=payload, document_id="d0")
     with counted() as submit:
-        operation = services.operation_submit(
+        operation = lifecycle.operation_submit(
             bank_id="alpha", operation_type="retain", payload=payload, document_id="d"
         ).operation
     submit.within(1, 1, "submit of a retain")
@@ -127,7 +127,7 @@ def test_a_retain_of_one_document(alpha: Any, published_quietly: None) -> None:
         lease = claim(operation, "retain")
     claimed.within(1, 1, "claim of a retain")
     with counted() as finished:
-        assert services.operation_complete(lease=lease, result={"units": 1})
+        assert lifecycle.operation_complete(lease=lease, result={"units": 1})
     # The UPDATE, then (after commit) the next retain waiting on the same
     # document is looked up to be published: one indexed SELECT.
     finished.within(2, 2, "finish of a retain of one document")
@@ -183,7 +183,7 @@ def test_a_parent_with_a_thousand_children(alpha: Any, published_quietly: None, 
     # The claim, then the parent's roll-up in a transaction of its own.
     claimed.within(4, 2, "claim of a child")
     with counted() as finished:
-        assert services.operation_complete(lease=lease, result={})
+        assert lifecycle.operation_complete(lease=lease, result={})
     # One transaction: the UPDATE (with the webhook question) and the roll-up.
     finished.within(4, 1, "finish of a child")
 
@@ -197,11 +197,11 @@ def test_a_finish_in_a_bank_with_webhooks(alpha: Any, published_quietly: None) -
         enabled=True,
         http_config={},
     )
-    first, second = (services.operation_submit(bank_id="alpha", operation_type="test_echo").operation for _ in "12")
-    assert services.operation_complete(lease=claim(first, "test_echo"), result={})  # the deliveries' window counted
+    first, second = (lifecycle.operation_submit(bank_id="alpha", operation_type="test_echo").operation for _ in "12")
+    assert lifecycle.operation_complete(lease=claim(first, "test_echo"), result={})  # the deliveries' window counted
     lease = claim(second, "test_echo")
     with counted() as finished:
-        assert services.operation_complete(lease=lease, result={})
+        assert lifecycle.operation_complete(lease=lease, result={})
     # The quiet UPDATE finds the hook may act; then one transaction: the UPDATE
     # returning the hook's answer, the webhooks read, the deliveries' INSERT.
     finished.within(4, 2, "finish in a bank with webhooks")
@@ -211,8 +211,8 @@ def test_the_claim_and_the_finish_are_prepared_once_per_connection(alpha: Any, p
     """Planned on first use, then reused by every claim and finish on the
     connection (`queries.fetchone`): the plan is not paid per operation."""
     for _ in range(3):
-        operation = services.operation_submit(bank_id="alpha", operation_type="test_echo").operation
-        assert services.operation_complete(lease=claim(operation, "test_echo"), result={})
+        operation = lifecycle.operation_submit(bank_id="alpha", operation_type="test_echo").operation
+        assert lifecycle.operation_complete(lease=claim(operation, "test_echo"), result={})
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [statement for (statement,) in cursor.fetchall()]
@@ -248,7 +248,7 @@ def test_a_backlog_that_arrived_after_the_statistics_is_not_walked_per_claim(
     )
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE operations_operation")
-    backlog = [services.operation_submit(bank_id="alpha", operation_type="test_echo").operation for _ in range(400)]
+    backlog = [lifecycle.operation_submit(bank_id="alpha", operation_type="test_echo").operation for _ in range(400)]
     published = next(operation for operation in backlog if operation.task_id)
     now = timezone.now()
     claim_params = queries.claim_params(

@@ -12,7 +12,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 
 from banks.models import Document, MemoryUnit, StoredFile
-from operations import rollup
+from operations.lifecycle import rollup
 from operations.models import Operation
 from operations.worker import runner
 from tenancy.models import Bank

@@ -15,7 +15,7 @@ import pytest
 
 from banks import webhooks
 from banks.models import Webhook, WebhookDelivery
-from operations import services
+from operations import lifecycle
 from operations.models import Operation
 from tenancy.models import Bank
 from tests.conftest import wait_for
@@ -90,8 +90,8 @@ def test_deliveries_are_retried_failed_and_logged(
         **FAST,
     )
 
-    echo = services.operation_submit(bank_id="alpha", operation_type="test_echo", payload={"value": 7}).operation
-    services.operation_submit(bank_id="beta", operation_type="test_echo")
+    echo = lifecycle.operation_submit(bank_id="alpha", operation_type="test_echo", payload={"value": 7}).operation
+    lifecycle.operation_submit(bank_id="beta", operation_type="test_echo")
     webhooks.webhook_send_test(webhook=on_slow)
     response = admin.post(
         "banks/delta/memories",

@@ -23,7 +23,8 @@ from django.utils import timezone
 
 from banks import webhooks
 from banks.models import DeliveryOutcome, Webhook, WebhookDelivery
-from operations import finish_hooks, services
+from banks.webhooks import addresses
+from operations import finish_hooks, lifecycle
 from operations.handlers import Lease
 from operations.models import Operation
 from tenancy.models import Bank
@@ -64,8 +65,8 @@ def make_webhook(bank: Bank, url: str = LOOPBACK_URL, **fields: Any) -> Webhook:
 
 
 def claimed(bank_id: str = "alpha", operation_type: str = "test_echo") -> Lease:
-    operation = services.operation_submit(bank_id=bank_id, operation_type=operation_type).operation
-    lease = services.operation_claim(operation_id=str(operation.pk), worker="w@test", task_id="t1")
+    operation = lifecycle.operation_submit(bank_id=bank_id, operation_type=operation_type).operation
+    lease = lifecycle.operation_claim(operation_id=str(operation.pk), worker="w@test", task_id="t1")
     assert lease is not None
     return lease
 
@@ -242,7 +243,7 @@ def test_delivery_connects_to_the_address_the_guard_passed(
     """The name is resolved once, by the guard, and the connection goes to
     that address (no second lookup a rebinding DNS could answer differently):
     a name only our resolver knows is delivered to, at the address it gave."""
-    monkeypatch.setattr(webhooks, "RESOLVE", fake_resolver("127.0.0.1"))
+    monkeypatch.setattr(addresses, "RESOLVE", fake_resolver("127.0.0.1"))  # the guard's resolver
     port = receiver.url.split(":")[2].split("/")[0]
     settings.OPS_WEBHOOK_ALLOW_PRIVATE = True
     webhook = make_webhook(alpha, f"http://hooks.invalid:{port}/hook")
@@ -434,7 +435,7 @@ def test_a_completed_operation_queues_one_delivery_per_subscribed_webhook(alpha:
     make_webhook(alpha, event_types=["consolidation.completed"])
     make_webhook(beta, event_types=["operation.completed"])
     lease = claimed()
-    assert services.operation_complete(lease=lease, result={"n": 1})
+    assert lifecycle.operation_complete(lease=lease, result={"n": 1})
     [delivery] = deliveries()
     assert delivery.bank_id == "alpha" and delivery.status == "pending"
     payload = delivery.task_payload
@@ -449,12 +450,12 @@ def test_a_completed_operation_queues_one_delivery_per_subscribed_webhook(alpha:
 def test_a_failure_raises_operation_failed_only_when_final(alpha: Any) -> None:
     make_webhook(alpha, event_types=["operation.failed"])
     lease = claimed()
-    assert services.operation_fail(lease=lease, error="transient", permanent=False) == "pending"
+    assert lifecycle.operation_fail(lease=lease, error="transient", permanent=False) == "pending"
     assert deliveries() == []
     Operation.objects.filter(pk=lease.operation_id).update(next_retry_at=None)
-    again = services.operation_claim(operation_id=lease.operation_id, worker="w@test", task_id="t2")
+    again = lifecycle.operation_claim(operation_id=lease.operation_id, worker="w@test", task_id="t2")
     assert again is not None
-    assert services.operation_fail(lease=again, error="boom", permanent=True) == "failed"
+    assert lifecycle.operation_fail(lease=again, error="boom", permanent=True) == "failed"
     [delivery] = deliveries()
     body = json.loads(delivery.task_payload["body"])
     assert body["event"] == "operation.failed" and body["status"] == "failed" and "boom" in body["data"]["error"]
@@ -464,9 +465,9 @@ def test_a_delivery_never_raises_events(alpha: Any) -> None:
     make_webhook(alpha, event_types=["operation.completed", "operation.failed"])
     webhook = make_webhook(alpha, event_types=["consolidation.completed"])
     queued = webhooks.webhook_send_test(webhook=webhook)
-    lease = services.operation_claim(operation_id=str(queued.pk), worker="w@test", task_id="t1")
+    lease = lifecycle.operation_claim(operation_id=str(queued.pk), worker="w@test", task_id="t1")
     assert lease is not None
-    services.operation_complete(lease=lease, result={})
+    lifecycle.operation_complete(lease=lease, result={})
     assert [d.pk for d in deliveries()] == [queued.pk]
 
 
@@ -492,7 +493,7 @@ def test_retain_and_consolidation_events() -> None:
 def test_one_event_reaches_every_subscriber_with_one_event_id(alpha: Any) -> None:
     first = make_webhook(alpha, event_types=["operation.completed"])
     second = make_webhook(alpha, event_types=["operation.completed", "operation.failed"])
-    services.operation_complete(lease=claimed(), result={})
+    lifecycle.operation_complete(lease=claimed(), result={})
     rows = deliveries()
     assert {d.task_payload["webhook_id"] for d in rows} == {str(first.pk), str(second.pk)}
     assert len({d.task_payload["event_id"] for d in rows}) == 1
@@ -506,7 +507,7 @@ def test_a_rolled_back_change_sends_nothing(alpha: Any) -> None:
         pass
 
     with pytest.raises(Abort), transaction.atomic():
-        assert services.operation_complete(lease=lease, result={})
+        assert lifecycle.operation_complete(lease=lease, result={})
         assert len(deliveries()) == 1  # queued inside the transaction...
         raise Abort
     assert deliveries() == []  # ...and gone with it
@@ -516,7 +517,7 @@ def test_a_rolled_back_change_sends_nothing(alpha: Any) -> None:
 def test_without_webhooks_a_finish_is_one_statement(alpha: Any) -> None:
     lease = claimed()
     with CaptureQueriesContext(connection) as queries:
-        assert services.operation_complete(lease=lease, result={})
+        assert lifecycle.operation_complete(lease=lease, result={})
     statements = [q["sql"] for q in queries.captured_queries]
     # The hook's question rides in the finishing UPDATE; no transaction around it.
     assert len(statements) == 1, statements
@@ -534,7 +535,7 @@ def test_with_webhooks_a_finish_asks_the_hook_inside_its_transaction(alpha: Any)
     make_webhook(alpha, event_types=["operation.completed"])
     lease = claimed()
     with CaptureQueriesContext(connection) as queries:
-        assert services.operation_complete(lease=lease, result={})
+        assert lifecycle.operation_complete(lease=lease, result={})
     statements = [q["sql"] for q in queries.captured_queries]
     # The quiet UPDATE does not apply (the hook may act); then, in one
     # transaction, the UPDATE returning the hook's answer, the follower's
@@ -568,8 +569,8 @@ def test_the_secret_appears_in_no_response_payload_log_or_admin_page(
         admin.patch(f"banks/alpha/webhooks/{webhook_id}", {"secret": SECRET, "enabled": True}),
         admin.post(f"banks/alpha/webhooks/{webhook_id}/test"),
     ]
-    services.operation_complete(lease=claimed(), result={})
-    services.operation_fail(lease=claimed(), error="boom", permanent=True)
+    lifecycle.operation_complete(lease=claimed(), result={})
+    lifecycle.operation_fail(lease=claimed(), error="boom", permanent=True)
     for operation in Operation.objects.all():
         responses.append(admin.get(f"banks/alpha/operations/{operation.pk}?include_payload=true"))
         assert SECRET not in json.dumps(operation.task_payload)
@@ -609,15 +610,15 @@ def run_delivery(operation_id: Any) -> str | None:
     from banks.operation_types import webhook_delivery
     from operations.handlers import OperationContext, PermanentError
 
-    lease = services.operation_claim(operation_id=str(operation_id), worker="w@test", task_id=str(uuid.uuid4()))
+    lease = lifecycle.operation_claim(operation_id=str(operation_id), worker="w@test", task_id=str(uuid.uuid4()))
     assert lease is not None
     try:
-        result = webhook_delivery.handle(OperationContext(lease=lease, lifecycle=services))
+        result = webhook_delivery.handle(OperationContext(lease=lease, lifecycle=lifecycle))
     except PermanentError as exc:
-        return services.operation_fail(lease=lease, error=str(exc), permanent=True)
+        return lifecycle.operation_fail(lease=lease, error=str(exc), permanent=True)
     except webhook_delivery.DeliveryFailed as exc:
-        return services.operation_fail(lease=lease, error=str(exc), permanent=False)
-    services.operation_complete(lease=lease, result=result)
+        return lifecycle.operation_fail(lease=lease, error=str(exc), permanent=False)
+    lifecycle.operation_complete(lease=lease, result=result)
     return "completed"
 
 
@@ -637,7 +638,7 @@ def test_a_manual_retry_goes_on_numbering_the_attempts(
 
 def test_a_deleted_or_disabled_webhook_is_not_delivered_to(alpha: Any, private_ok: None, receiver: Receiver) -> None:
     webhook = make_webhook(alpha, receiver.url, event_types=["operation.completed"])
-    services.operation_complete(lease=claimed(), result={})
+    lifecycle.operation_complete(lease=claimed(), result={})
     [disabled_delivery] = deliveries()
     Webhook.objects.filter(pk=webhook.pk).update(enabled=False)
     assert run_delivery(disabled_delivery.pk) == "failed"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from operations import services
+from operations import lifecycle
 from operations.models import Operation
 from tests.conftest import wait_for
 
@@ -23,10 +23,10 @@ def statuses(ids: list[Any]) -> list[str]:
 def test_workers_complete_operations_of_two_types(start_workers: Any, alpha: Any) -> None:
     start_workers(ready=2, OPS_WORKER_MAX_SLOTS="2")
     echoes = [
-        services.operation_submit(bank_id="alpha", operation_type="test_echo", payload={"value": i}) for i in range(5)
+        lifecycle.operation_submit(bank_id="alpha", operation_type="test_echo", payload={"value": i}) for i in range(5)
     ]
     sleeps = [
-        services.operation_submit(bank_id="alpha", operation_type="test_sleep", payload={"seconds": 0.1})
+        lifecycle.operation_submit(bank_id="alpha", operation_type="test_sleep", payload={"seconds": 0.1})
         for _ in range(3)
     ]
     ids = [s.operation.pk for s in echoes + sleeps]
@@ -43,7 +43,7 @@ def test_reserved_type_runs_while_shared_pool_is_saturated(start_workers: Any, a
     log = str(tmp_path / "runs.jsonl")
     # One shared slot: a long sleeper holds it, more wait behind it.
     sleepers = [
-        services.operation_submit(
+        lifecycle.operation_submit(
             bank_id="alpha", operation_type="test_sleep", payload={"seconds": 20, "log": log}
         ).operation.pk
         for _ in range(2)
@@ -57,7 +57,7 @@ def test_reserved_type_runs_while_shared_pool_is_saturated(start_workers: Any, a
     assert nodes["test_reserved@testnode"]["queues"] == ["ops.test_reserved"]
     assert nodes["shared@testnode"]["concurrency"] == 1 and nodes["shared@testnode"]["busy"] == 1
     assert nodes["shared@testnode"]["running"][0]["operation_type"] == "test_sleep"
-    reserved = services.operation_submit(
+    reserved = lifecycle.operation_submit(
         bank_id="alpha", operation_type="test_reserved", payload={"log": log}
     ).operation.pk
     wait_for(lambda: statuses([reserved]) == ["completed"], timeout=15, message="the reserved type")
@@ -67,7 +67,7 @@ def test_reserved_type_runs_while_shared_pool_is_saturated(start_workers: Any, a
     runs = [json.loads(line) for line in Path(log).read_text().splitlines()]
     assert {r["worker"] for r in runs if r["op"] == str(reserved)} == {"test_reserved@testnode"}
     for pk in sleepers:
-        services.operation_cancel(operation_id=pk)
+        lifecycle.operation_cancel(operation_id=pk)
     wait_for(lambda: set(statuses(sleepers)) == {"cancelled"}, message="sleepers cancelled")
 
 
@@ -97,7 +97,7 @@ def test_a_silent_handler_keeps_its_lease_for_three_lease_periods(
     runs every 0.5 s: only the heartbeat keeps the lease, and it does."""
     start_workers(ready=2, beat=True, **LEASE)
     log = tmp_path / "runs.jsonl"
-    pk = services.operation_submit(
+    pk = lifecycle.operation_submit(
         bank_id="alpha", operation_type="test_busy", payload={"seconds": 6, "log": str(log)}
     ).operation.pk
     done = wait_for(
@@ -117,7 +117,7 @@ def test_without_renewal_the_reaper_takes_the_operation_back(start_workers: Any,
     see if renewal broke."""
     start_workers(ready=2, beat=True, **LEASE)
     log = tmp_path / "runs.jsonl"
-    pk = services.operation_submit(
+    pk = lifecycle.operation_submit(
         bank_id="alpha",
         operation_type="test_busy",
         payload={"seconds": 6, "log": str(log), "renew": False},
@@ -144,14 +144,14 @@ def test_one_banks_backlog_does_not_hold_up_another_bank(
         ready=2, beat=True, OPS_WORKER_MAX_SLOTS="2", OPS_DISPATCH_WINDOW="4", OPS_SWEEP_INTERVAL_SECONDS="0.5"
     )
     backlog = [
-        services.operation_submit(bank_id="alpha", operation_type="test_sleep", payload={"seconds": 0.05}).operation.pk
+        lifecycle.operation_submit(bank_id="alpha", operation_type="test_sleep", payload={"seconds": 0.05}).operation.pk
         for _ in range(120)
     ]
     wait_for(
         lambda: Operation.objects.filter(pk__in=backlog, status="completed").exists(),
         message="alpha's backlog to start draining",
     )
-    late = services.operation_submit(
+    late = lifecycle.operation_submit(
         bank_id="beta", operation_type="test_sleep", payload={"seconds": 0.05}
     ).operation.pk
     wait_for(lambda: statuses([*backlog, late]) == ["completed"] * 121, timeout=120, message="everything to complete")
@@ -172,7 +172,7 @@ def test_a_banks_only_message_goes_ahead_of_another_banks_full_window(
     settings.OPS_DISPATCH_WINDOW = 20
     start_workers(ready=2, beat=True, OPS_WORKER_MAX_SLOTS="1", OPS_DISPATCH_WINDOW="20")
     backlog = [
-        services.operation_submit(bank_id="alpha", operation_type="test_sleep", payload={"seconds": 0.2}).operation.pk
+        lifecycle.operation_submit(bank_id="alpha", operation_type="test_sleep", payload={"seconds": 0.2}).operation.pk
         for _ in range(40)
     ]
     wait_for(
@@ -184,7 +184,9 @@ def test_a_banks_only_message_goes_ahead_of_another_banks_full_window(
             "pk", flat=True
         )
     )
-    late = services.operation_submit(bank_id="beta", operation_type="test_sleep", payload={"seconds": 0.2}).operation.pk
+    late = lifecycle.operation_submit(
+        bank_id="beta", operation_type="test_sleep", payload={"seconds": 0.2}
+    ).operation.pk
     done = wait_for(
         lambda: (row := Operation.objects.get(pk=late)).status == "completed" and row,
         timeout=60,

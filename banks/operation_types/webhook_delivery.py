@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from banks import webhooks
 from banks.models import DeliveryOutcome, Webhook, WebhookDelivery
-from operations import registry, services
+from operations import lifecycle, registry
 from operations.handlers import OperationContext, PermanentError
 from operations.models import Operation
 
@@ -76,9 +76,9 @@ def handle(ctx: OperationContext) -> dict[str, Any]:
 def _next_retry_at(ctx: OperationContext) -> Any:
     """When the lifecycle service will retry this attempt (None: the retry
     budget is spent). The type's delays are explicit, so this is the same
-    schedule `services.operation_fail` applies."""
+    schedule `lifecycle.operation_fail` applies."""
     max_retries = Operation.objects.filter(pk=ctx.operation_id).values_list("max_retries", flat=True).first()
     if max_retries is None or ctx.attempt >= max_retries:
         return None
-    delay = services.retry_delay(registry.get(webhooks.WEBHOOK_DELIVERY), ctx.attempt + 1)
+    delay = lifecycle.retry_delay(registry.get(webhooks.WEBHOOK_DELIVERY), ctx.attempt + 1)
     return timezone.now() + timedelta(seconds=delay)

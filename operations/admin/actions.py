@@ -1,6 +1,6 @@
 """Cancel, retry and delete from the admin console, through the lifecycle service.
 
-Each action calls `operations.services` once per selected operation (the
+Each action calls `operations.lifecycle` once per selected operation (the
 service owns every transition; the admin never writes a status), counts what
 changed, groups the refusals by their reason, logs each change in the admin
 log (LogEntry), and reports it all in one message:
@@ -22,7 +22,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.text import capfirst
 
-from operations import services
+from operations import lifecycle
 from operations.models import TERMINAL_STATUSES, Operation
 
 if TYPE_CHECKING:
@@ -86,10 +86,10 @@ def run_action(
     for operation in selected:
         try:
             outcome = step(operation)
-        except services.TransitionRefused as refused:
+        except lifecycle.TransitionRefused as refused:
             report.refused[refused.reason] += 1
             continue
-        except services.OperationNotFound:
+        except lifecycle.OperationNotFound:
             report.refused["it no longer exists"] += 1
             continue
         report.done[outcome] += 1
@@ -126,17 +126,17 @@ DELETED = "Deleted {n} finished operation{s}"
 
 
 def cancel_step(operation: Operation) -> str:
-    outcome = services.operation_cancel(operation_id=operation.pk)
-    return CANCELLED if outcome is services.CancelOutcome.CANCELLED else REQUESTED
+    outcome = lifecycle.operation_cancel(operation_id=operation.pk)
+    return CANCELLED if outcome is lifecycle.CancelOutcome.CANCELLED else REQUESTED
 
 
 def retry_step(operation: Operation) -> str:
-    services.operation_retry(operation_id=operation.pk)
+    lifecycle.operation_retry(operation_id=operation.pk)
     return RETRIED
 
 
 def delete_step(operation: Operation) -> str:
-    services.operation_delete(operation_id=operation.pk)
+    lifecycle.operation_delete(operation_id=operation.pk)
     return DELETED
 
 

@@ -1,7 +1,7 @@
 """The operator's console for operations, in the Django admin.
 
 Rows are read-only here: every status change goes through the lifecycle
-service (`operations.services`) by way of the cancel, retry and delete
+service (`operations.lifecycle`) by way of the cancel, retry and delete
 actions in `operations.admin.actions`. The list is built to stay fast over a
 million rows: no full count, a capped count of the filtered rows, no facet
 counts, no join for the bank column, and filters that map onto indexes.
@@ -24,7 +24,7 @@ from django.utils.safestring import SafeString
 from django_celery_results.admin import TaskResultAdmin
 from django_celery_results.models import GroupResult, TaskResult
 
-from operations import registry, selectors, services
+from operations import lifecycle, registry, selectors
 from operations.admin import actions as admin_actions
 from operations.admin.display import (
     age,
@@ -359,7 +359,7 @@ class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     # --- the delete view of a terminal operation goes through the service too ------
 
     def delete_model(self, request: HttpRequest, obj: Operation) -> None:
-        services.operation_delete(operation_id=obj.pk)
+        lifecycle.operation_delete(operation_id=obj.pk)
 
     # --- search: ids (or their prefix), document ids, tags, file names ---------------
 

@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.api.responses import AUTH_ERRORS, BAD_INPUT, CONFLICT, FORBIDDEN, UNAUTHORIZED
-from operations import registry, selectors, services
+from operations import lifecycle, registry, selectors
 from operations.api import representation
 from operations.api.serializers import (
     AllBanksOperationFilterSerializer,
@@ -124,8 +124,8 @@ class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
     )
     def cancel(self, request: Request, bank_id: str, operation_id: str) -> Response:
         operation = self.get_operation()
-        outcome = services.operation_cancel(operation_id=operation.pk)
-        if outcome is services.CancelOutcome.CANCELLED:
+        outcome = lifecycle.operation_cancel(operation_id=operation.pk)
+        if outcome is lifecycle.CancelOutcome.CANCELLED:
             return _action_response(operation.pk, "operation cancelled")
         return _action_response(
             operation.pk, "cancel requested; the operation stops at its next checkpoint", status.HTTP_202_ACCEPTED
@@ -138,7 +138,7 @@ class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
     )
     def retry(self, request: Request, bank_id: str, operation_id: str) -> Response:
         operation = self.get_operation()
-        services.operation_retry(operation_id=operation.pk)
+        lifecycle.operation_retry(operation_id=operation.pk)
         return _action_response(operation.pk, "operation queued again")
 
     @extend_schema(
@@ -160,7 +160,7 @@ class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
     )
     def remove(self, request: Request, bank_id: str, operation_id: str) -> Response:
         operation = self.get_operation()
-        services.operation_delete(operation_id=operation.pk)
+        lifecycle.operation_delete(operation_id=operation.pk)
         return Response({"success": True, "message": "operation deleted", "operation_id": str(operation.pk)})
 
     @extend_schema(
@@ -172,7 +172,7 @@ class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
         bank = self.get_bank()
         body = BulkCancelInputSerializer(data=request.data if isinstance(request.data, dict) else {})
         body.is_valid(raise_exception=True)
-        count = services.operations_cancel_pending(bank_id=bank.pk, operation_type=body.validated_data.get("type"))
+        count = lifecycle.operations_cancel_pending(bank_id=bank.pk, operation_type=body.validated_data.get("type"))
         return Response({"success": True, "bank_id": bank.pk, "cancelled_count": count})
 
     @extend_schema(summary="Operation counts of the bank", responses={200: OperationStatsSerializer, **AUTH_ERRORS})
@@ -183,7 +183,7 @@ class BankOperationViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
 
 def _is_parent_type(operation_type: str) -> bool:
     try:
-        return registry.get(operation_type).rollup
+        return registry.is_parent(operation_type)
     except registry.UnknownOperationType:
         return False
 

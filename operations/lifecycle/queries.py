@@ -1,6 +1,6 @@
 """The lifecycle's hot-path statements, named and documented in one place.
 
-`operations.services` is the only caller. It builds each transition's
+`operations.lifecycle` is the only caller. It builds each transition's
 conditional UPDATE from the status table (`operations.models.TRANSITIONS`);
 where the hot path pays per operation, the statements below ride on those
 UPDATEs, so that a no-op costs three transactions: its INSERT, its CLAIM

@@ -27,6 +27,7 @@ from types import FrameType
 from django.conf import settings
 from django.db import connection
 
+from operations import lifecycle
 from operations.handlers import Lease, OperationCancelled
 
 log = logging.getLogger(__name__)
@@ -119,19 +120,15 @@ def _beat_forever() -> None:
 
 
 def beat_once(held: dict[str, Held]) -> None:
-    from operations import services
-
     leases = {op_id: h.lease.lease_id for op_id, h in held.items()}
-    services.operations_heartbeat(leases=leases)
-    for operation_id in services.operations_cancel_overdue(
+    lifecycle.operations_heartbeat(leases=leases)
+    for operation_id in lifecycle.operations_cancel_overdue(
         leases=leases, grace_seconds=settings.OPS_CANCEL_GRACE_SECONDS
     ):
         _stop(held[operation_id])
 
 
 def _stop(held: Held) -> None:
-    from operations import services
-
     now = time.monotonic()
     if held.interrupted_at is None:
         held.interrupted_at = now
@@ -147,7 +144,7 @@ def _stop(held: Held) -> None:
         return
     # The handler survived the interruption (stuck in C code, or it swallowed
     # the exception). The database says cancelled; the process goes.
-    if services.operation_confirm_cancel(lease=held.lease, stage="unresponsive handler"):
+    if lifecycle.operation_confirm_cancel(lease=held.lease, stage="unresponsive handler"):
         log.error("operation %s did not stop; cancelled, killing its process", held.lease.operation_id)
     release(held.lease.operation_id)
     if in_pool_process():

@@ -16,8 +16,9 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection
 
 from core import transient
-from operations import dispatch, registry, services
+from operations import lifecycle, registry
 from operations.handlers import LeaseLost, OperationCancelled, OperationContext, OperationYielded, PermanentError
+from operations.lifecycle import dispatch
 from operations.models import OperationStatus
 from operations.worker import leases
 
@@ -37,7 +38,7 @@ def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str
     # This message left the broker: the next waiting operation takes its place
     # (picked by the claim's own statement where it can).
     lease = _record(
-        services.operation_claim,
+        lifecycle.operation_claim,
         operation_id=operation_id,
         worker=worker,
         task_id=task_id,
@@ -46,7 +47,7 @@ def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str
     if lease is None:
         return "dropped"
     optype = registry.get(lease.operation_type)
-    ctx = OperationContext(lease=lease, lifecycle=services)
+    ctx = OperationContext(lease=lease, lifecycle=lifecycle)
     leases.install_cancel_signal()
     leases.hold(lease)
     try:
@@ -58,20 +59,20 @@ def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str
                 leases.set_in_handler(lease.operation_id, False)
         except OperationCancelled:
             _recover_connection()  # an interrupt may have cut a query short
-            _record(services.operation_confirm_cancel, lease=lease, stage=ctx.stage)
+            _record(lifecycle.operation_confirm_cancel, lease=lease, stage=ctx.stage)
             return "cancelled"
         except LeaseLost:
             log.warning("operation %s: lease lost, result discarded", operation_id)
             return "lease lost"
         except OperationYielded:
-            if _record(services.operation_yield, lease=lease, progress=ctx.last_report):
+            if _record(lifecycle.operation_yield, lease=lease, progress=ctx.last_report):
                 return "yielded to another bank"
-            _record(services.operation_confirm_cancel, lease=lease, stage=ctx.stage)
+            _record(lifecycle.operation_confirm_cancel, lease=lease, stage=ctx.stage)
             return "cancelled"
         except SoftTimeLimitExceeded:
             _recover_connection()
             outcome = _record(
-                services.operation_fail,
+                lifecycle.operation_fail,
                 lease=lease,
                 error=f"timed out after {optype.soft_time_limit:g}s",
                 permanent=True,
@@ -85,7 +86,7 @@ def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str
             if not permanent:
                 log.warning("operation %s failed:\n%s", operation_id, traceback.format_exc())
             outcome = _record(
-                services.operation_fail,
+                lifecycle.operation_fail,
                 lease=lease,
                 error=_describe(exc),
                 permanent=permanent,
@@ -93,7 +94,7 @@ def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str
                 transient=why,
             )
             return "failed" if outcome == OperationStatus.FAILED else f"error, now {outcome}"
-        _record(services.operation_complete, lease=lease, result=result)
+        _record(lifecycle.operation_complete, lease=lease, result=result)
         return "completed"
     finally:
         leases.release(lease.operation_id)

@@ -436,7 +436,7 @@ def _unpublished(operation_type: str) -> QuerySet[Operation]:
 def publish_due() -> int:
     """The sweeper's part: top every type's window up (operations whose retry
     time came, whose message was lost, or that waited behind a full window)."""
-    return sum(top_up(t.name) for t in registry.all_types() if not t.rollup)
+    return sum(top_up(t.name) for t in registry.runnable_types())
 
 
 def publish_next_serial(serial_key: str) -> bool:
