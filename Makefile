@@ -8,7 +8,7 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/11
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test test-fast test-scaled test-embedded bench install clean browser lock lint
+.PHONY: run test test-fast test-scaled test-embedded test-unit test-integration test-acceptance bench install clean browser lock lint
 
 # Exactly the locked versions (requirements/test.txt, with hashes), then the
 # project itself on top of them, editable and with no dependency of its own.
@@ -61,6 +61,14 @@ test-scaled: install browser
 
 test-embedded: install
 	OPS_TEST_DEPLOYMENT=embedded $(PY) -m pytest -m embedded $(PYTEST_ARGS)
+
+## One layer of the suite alone, against PostgreSQL and Redis: tests/unit (no
+## worker, no broker), tests/integration (real workers), tests/acceptance (the
+## served platform, the real clients, the browser).
+test-unit test-integration test-acceptance: test-%: install
+	$(if $(filter acceptance,$*),$(MAKE) browser)
+	TEST_DATABASE_URL=$(TEST_DATABASE_URL) TEST_BROKER_URL=$(TEST_BROKER_URL) \
+		$(PY) -m pytest tests/$* $(PYTEST_ARGS)
 
 ## The edit-test loop: what needs no worker process, fuzzing lighter (under a minute).
 test-fast: install

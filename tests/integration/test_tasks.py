@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from operations.models import Operation
 from tests.conftest import Caller
-from tests.test_api import make
+from tests.integration.test_api import make
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 

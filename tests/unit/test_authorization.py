@@ -17,12 +17,15 @@ from tenancy.models import Bank
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
 # (method, path under banks/{bank}, body); {op} is an operation of that bank.
-BANK_ENDPOINTS = [
+# By endpoint group: each group is a test of its own, so a failure names what broke.
+BANK = [
     ("get", "", None),
     ("put", "", {"name": "renamed"}),
     ("patch", "", {"name": "renamed"}),
     ("delete", "", None),
     ("get", "/stats", None),
+]
+OPERATIONS = [
     ("get", "/operations", None),
     ("get", "/operations/stats", None),
     ("post", "/operations/cancel", {}),
@@ -30,18 +33,23 @@ BANK_ENDPOINTS = [
     ("delete", "/operations/{op}", None),
     ("post", "/operations/{op}/retry", None),
     ("delete", "/operations/{op}/delete", None),
+]
+MEMORY = [
     ("post", "/memories", {"items": [{"content": "A fact."}]}),
     ("get", "/memories/list", None),
     ("delete", "/memories/{unit}", None),
     ("get", "/documents", None),
     ("delete", "/documents/doc", None),
     ("post", "/consolidate", {}),
+]
+MENTAL_MODELS = [
     ("get", "/mental-models", None),
     ("post", "/mental-models", {"name": "m", "source_query": "q"}),
     ("get", "/mental-models/{model}", None),
     ("patch", "/mental-models/{model}", {"name": "renamed", "trigger": {"refresh_cron": "@daily"}}),
     ("post", "/mental-models/{model}/refresh", None),
 ]
+BANK_ENDPOINTS = BANK + OPERATIONS + MEMORY + MENTAL_MODELS
 # Submissions create a missing bank (within the key's scope), as PUT does.
 CREATES_BANK = {("put", ""), ("post", "/memories")}
 # Which banks each caller reaches ("missing" never exists, except that a PUT creates it).
@@ -146,18 +154,51 @@ def world(alpha: Any, beta: Any) -> dict[str, dict[str, str]]:
     return ids
 
 
-@pytest.mark.parametrize("target", ["alpha", "beta", "missing"])
-@pytest.mark.parametrize(("method", "path", "body"), BANK_ENDPOINTS)
-@pytest.mark.parametrize("who", ["admin", "alice", "bob", "charlie", "anonymous", "bad_key"])
-def test_matrix(
-    request: pytest.FixtureRequest,
-    world: Any,
-    who: str,
-    method: str,
-    path: str,
-    body: Any,
-    target: str,
+TARGETS = pytest.mark.parametrize("target", ["alpha", "beta", "missing"])
+CALLERS = pytest.mark.parametrize("who", ["admin", "alice", "bob", "charlie", "anonymous", "bad_key"])
+
+
+@TARGETS
+@pytest.mark.parametrize(("method", "path", "body"), BANK)
+@CALLERS
+def test_bank_endpoints(
+    request: pytest.FixtureRequest, world: Any, who: str, method: str, path: str, body: Any, target: str
 ) -> None:
+    check_access(request, world, who, method, path, body, target)
+
+
+@TARGETS
+@pytest.mark.parametrize(("method", "path", "body"), OPERATIONS)
+@CALLERS
+def test_operation_endpoints(
+    request: pytest.FixtureRequest, world: Any, who: str, method: str, path: str, body: Any, target: str
+) -> None:
+    check_access(request, world, who, method, path, body, target)
+
+
+@TARGETS
+@pytest.mark.parametrize(("method", "path", "body"), MEMORY)
+@CALLERS
+def test_memory_endpoints(
+    request: pytest.FixtureRequest, world: Any, who: str, method: str, path: str, body: Any, target: str
+) -> None:
+    check_access(request, world, who, method, path, body, target)
+
+
+@TARGETS
+@pytest.mark.parametrize(("method", "path", "body"), MENTAL_MODELS)
+@CALLERS
+def test_mental_model_endpoints(
+    request: pytest.FixtureRequest, world: Any, who: str, method: str, path: str, body: Any, target: str
+) -> None:
+    check_access(request, world, who, method, path, body, target)
+
+
+def check_access(
+    request: pytest.FixtureRequest, world: Any, who: str, method: str, path: str, body: Any, target: str
+) -> None:
+    """One caller, one endpoint, one bank: the answer its scope allows, the
+    work done only where allowed, and no other bank touched."""
     from tests.conftest import Caller
 
     caller = Caller("ops_not_a_real_key") if who == "bad_key" else request.getfixturevalue(who)
