@@ -22,6 +22,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from banks.models import MentalModel, Webhook, WebhookDelivery
+from core.admin import FullWidthList
 from operations import lifecycle
 from operations.models import TERMINAL_STATUSES, Operation, OperationStatus
 from tenancy import services as bank_services
@@ -64,7 +65,7 @@ def _operations_url(bank_id: str, query: str = "") -> str:
 
 
 @admin.register(Bank)
-class BankAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class BankAdmin(FullWidthList, admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
         "bank_id",
         "name",
@@ -72,8 +73,8 @@ class BankAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "pending",
         "processing",
         "failed",
-        "enable_observations",
-        "enable_auto_consolidation",
+        "observations",
+        "auto_consolidation",
         "created_at",
     )
     search_fields = ("bank_id", "name")
@@ -115,6 +116,14 @@ class BankAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             )
         )
         return banks
+
+    @admin.display(description="observations", boolean=True, ordering="enable_observations")
+    def observations(self, obj: Bank) -> bool:
+        return obj.enable_observations
+
+    @admin.display(description="auto-consolidate", boolean=True, ordering="enable_auto_consolidation")
+    def auto_consolidation(self, obj: Bank) -> bool:
+        return obj.enable_auto_consolidation
 
     def _count_link(self, obj: Bank, n: int | str, query: str = "") -> SafeString:
         return format_html('<a href="{}">{}</a>', _operations_url(obj.bank_id, query), n)

@@ -27,7 +27,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, QuerySet, Sum
-from django.db.models.functions import Now
+from django.db.models.functions import Now, TruncMinute
 from django.utils import timezone
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 from operations import registry
 from operations.models import (
     TERMINAL_STATUSES,
+    FinishedPerMinute,
     MetricsRollup,
     MetricsWatermark,
     Operation,
@@ -105,6 +106,7 @@ def roll_up_finished() -> None:
                     increments[(optype, f"{prefix}:{index}")] = (int(n), total if index == str(len(BUCKETS)) else 0.0)
         if increments:
             _add(increments)
+        _add_minutes(finished, horizon)
         mark.counted_until = horizon
         mark.save(update_fields=["counted_until"])
 
@@ -118,6 +120,37 @@ def _finished_between(after: datetime, until: datetime) -> Q:
         operator.or_,
         (Q(status=status, completed_at__gt=after, completed_at__lte=until) for status in sorted(TERMINAL_STATUSES)),
     )
+
+
+# The dashboard charts a day; minutes are kept two, then dropped.
+MINUTES_KEPT = timedelta(days=2)
+
+
+def _add_minutes(finished: QuerySet[Operation], horizon: datetime) -> None:
+    """Add the finished operations to their minute's count (`FinishedPerMinute`),
+    and drop minutes older than MINUTES_KEPT (the watermark lock makes this
+    pass the only writer)."""
+    per_minute = (
+        finished.annotate(minute=TruncMinute("completed_at"))
+        .values_list("minute", "operation_type", "status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    found = {(minute, optype, status): n for minute, optype, status, n in per_minute}
+    if found:
+        current = {
+            (row.minute, row.operation_type, row.status): row
+            for row in FinishedPerMinute.objects.filter(minute__in={minute for minute, _, _ in found})
+        }
+        rows = []
+        for key, n in found.items():
+            row = current.get(key) or FinishedPerMinute(minute=key[0], operation_type=key[1], status=key[2])
+            row.count += n
+            rows.append(row)
+        FinishedPerMinute.objects.bulk_create(
+            rows, update_conflicts=True, unique_fields=["minute", "operation_type", "status"], update_fields=["count"]
+        )
+    FinishedPerMinute.objects.filter(minute__lt=horizon - MINUTES_KEPT).delete()
 
 
 def _add(increments: dict[tuple[str, str], tuple[int, float]]) -> None:

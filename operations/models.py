@@ -304,6 +304,7 @@ class Operation(models.Model):
         permissions = [
             ("cancel_operation", "Can cancel operations"),
             ("retry_operation", "Can retry operations"),
+            ("pause_dispatch", "Can pause and resume the dispatch of an operation type"),
         ]
         indexes = [
             models.Index(fields=["bank", "-created_at"], name="ops_bank_created"),
@@ -399,6 +400,54 @@ class MetricsRollup(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["operation_type", "series"], name="ops_metrics_rollup_unique")]
+
+
+class FinishedPerMinute(models.Model):
+    """How many operations of a type finished with a status in one minute:
+    the dashboard's throughput and failure charts, added to by the same pass
+    as `MetricsRollup` (so drawing them reads at most a day of minutes, never
+    the operations table). Minutes older than two days are dropped."""
+
+    minute = models.DateTimeField()
+    operation_type = models.CharField(max_length=64)
+    status = models.CharField(max_length=16)
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["minute", "operation_type", "status"], name="ops_finished_minute_unique")
+        ]
+
+
+class PausedType(models.Model):
+    """An operation type whose dispatch an operator paused: nothing of it is
+    published and no worker claims it (its messages already in the broker are
+    dropped at the claim) until it is resumed. Its operations wait, pending."""
+
+    operation_type = models.CharField(max_length=64, primary_key=True)
+    paused_at = models.DateTimeField(default=timezone.now)
+    paused_by = models.CharField(max_length=150, blank=True, default="")
+
+    def __str__(self) -> str:
+        return self.operation_type
+
+
+class ConsoleAction(models.Model):
+    """The audit of a bulk action taken from the dashboard: who, when, what
+    (with its filters) and how many operations it changed."""
+
+    at = models.DateTimeField(default=timezone.now)
+    user = models.CharField(max_length=150)
+    action = models.CharField(max_length=32)
+    filters = models.JSONField(default=dict, blank=True)
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [models.Index(fields=["-at"], name="ops_console_action_at")]
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.user}: {self.count}"
 
 
 class MetricsWatermark(models.Model):

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich import box
-from rich.console import Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.json import JSON
+from rich.measure import Measurement
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -93,41 +94,84 @@ def progress_cell(operation: dict[str, Any], width: int = 20, *, stage_too: bool
     return Text(stage, style="italic dim")
 
 
-def operations_table(operations: list[dict[str, Any]], *, title: str | None = None) -> Table:
-    """Full ids (to copy into the next command), then what fits: a long tag or
-    error ends in an ellipsis, so each operation stays one line (`get` shows it whole)."""
-    now = datetime.now(UTC)
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("id", no_wrap=True, style="cyan", min_width=36)
-    table.add_column("type", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("progress", no_wrap=True)
-    table.add_column("age", justify="right", no_wrap=True)
-    # Columns that would be empty for every row are left out.
-    labels = [op.get("tag") or op.get("document_id") or op.get("filename") or "" for op in operations]
-    with_labels = any(labels)
-    with_errors = any(op.get("error_message") for op in operations)
-    if with_labels:
-        table.add_column("tag / document / file", overflow="ellipsis", no_wrap=True, min_width=12, max_width=40)
-    if with_errors:
-        table.add_column("error", overflow="ellipsis", no_wrap=True, min_width=20, max_width=60)
-    for op, label in zip(operations, labels, strict=True):
-        status = status_text(op.get("status"))
-        if op.get("retry_count"):
-            status.append(f" r{op['retry_count']}", style="dim")
-        cells: list[Any] = [
-            str(op.get("id")),
-            str(op.get("operation_type")),
-            status,
-            progress_cell(op, width=10, stage_too=False),
-            age(op.get("created_at"), now),
-        ]
-        if with_labels:
-            cells.append(label)
-        if with_errors:
-            cells.append(Text(op.get("error_message") or "", style="red"))
-        table.add_row(*cells)
-    return table
+# Below this width a row shows an id's first 8 characters (which every command
+# takes) instead of all 36, so that the type and status keep their full text.
+FULL_IDS_FROM = 120
+# The narrowest a tag or error column is shown at; narrower, it is left out.
+NARROWEST_TEXT = 8
+
+
+class OperationsTable:
+    """Operations, one line each, laid out for the width they are drawn at:
+    the id, type, status, progress and age always whole (ids shortened on a
+    narrow terminal), then the tag / document / file and the error in what
+    is left, ending in an ellipsis when long (`get` shows them whole)."""
+
+    def __init__(self, operations: list[dict[str, Any]], *, title: str | None = None) -> None:
+        self.operations = operations
+        self.title = title
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table(options.max_width, console, options)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(1, options.max_width)
+
+    def table(self, width: int, console: Console, options: ConsoleOptions) -> Table:
+        labels = [op.get("tag") or op.get("document_id") or op.get("filename") or "" for op in self.operations]
+        errors = [op.get("error_message") or "" for op in self.operations]
+        text = [name for name, values in (("labels", labels), ("errors", errors)) if any(values)]
+        short = width < FULL_IDS_FROM
+        room = width
+        while True:
+            table = self._build(labels, errors, text, short=short, text_width=room)
+            needed = Measurement.get(console, options.update(width=10_000), table).maximum
+            if needed <= width:
+                return table
+            flexible = len(text)
+            if not flexible:
+                return table  # nothing left to give: let rich fold it
+            per_column = room - (needed - width) // flexible - 1
+            if per_column >= NARROWEST_TEXT:
+                room = per_column
+            else:
+                text.pop()  # the error column first, then the tag's
+                room = width
+
+    def _build(self, labels: list[str], errors: list[str], text: list[str], *, short: bool, text_width: int) -> Table:
+        now = datetime.now(UTC)
+        table = Table(title=self.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("id", no_wrap=True, style="cyan")
+        table.add_column("type", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("progress", no_wrap=True)
+        table.add_column("age", justify="right", no_wrap=True)
+        if "labels" in text:
+            table.add_column("tag / document / file", overflow="ellipsis", no_wrap=True, max_width=min(40, text_width))
+        if "errors" in text:
+            table.add_column("error", overflow="ellipsis", no_wrap=True, max_width=min(60, text_width))
+        for op, label, error in zip(self.operations, labels, errors, strict=True):
+            status = status_text(op.get("status"))
+            if op.get("retry_count"):
+                status.append(f" r{op['retry_count']}", style="dim")
+            identifier = str(op.get("id"))
+            cells: list[Any] = [
+                identifier[:8] if short else identifier,
+                str(op.get("operation_type")),
+                status,
+                progress_cell(op, width=10 if not short else 6, stage_too=False),
+                age(op.get("created_at"), now),
+            ]
+            if "labels" in text:
+                cells.append(label)
+            if "errors" in text:
+                cells.append(Text(error, style="red"))
+            table.add_row(*cells)
+        return table
+
+
+def operations_table(operations: list[dict[str, Any]], *, title: str | None = None) -> OperationsTable:
+    return OperationsTable(operations, title=title)
 
 
 def operation_panel(op: dict[str, Any]) -> Group:

@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from core.admin import FullWidthList
 from tenancy.api_keys import api_key_create, api_key_revoke
 from tenancy.models import ApiKey, bank_id_validator
 
@@ -50,7 +51,7 @@ class ApiKeyCreationForm(forms.ModelForm):  # type: ignore[type-arg]
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ApiKeyAdmin(FullWidthList, admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("prefix_display", "name", "is_admin", "banks", "created_at", "last_used_at", "state")
     list_filter = ("is_admin", ("revoked_at", admin.EmptyFieldListFilter))
     search_fields = ("name", "prefix")

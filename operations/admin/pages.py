@@ -16,7 +16,7 @@ from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -24,6 +24,7 @@ from django.utils.safestring import SafeString
 from django_celery_results.admin import TaskResultAdmin
 from django_celery_results.models import GroupResult, TaskResult
 
+from core.admin import FullWidthList
 from operations import lifecycle, registry, selectors
 from operations.admin import actions as admin_actions
 from operations.admin.display import (
@@ -36,7 +37,7 @@ from operations.admin.display import (
     status_badge,
 )
 from operations.admin.paging import CappedCountPaginator
-from operations.models import TERMINAL_STATUSES, Operation, OperationStatus, WorkerNode
+from operations.models import TERMINAL_STATUSES, ConsoleAction, Operation, OperationStatus, WorkerNode
 
 CHILDREN_SHOWN = 50
 # The buttons on an operation's page run the list's actions on that one row.
@@ -65,6 +66,8 @@ class ChildInline(admin.TabularInline):  # type: ignore[type-arg]
     fk_name = "parent"
     formset = ChildrenFormSet
     verbose_name = "child operation"
+    # The rows say what each child is: no caption line of its name above each (console.css).
+    classes = ["ops-children"]
     extra = 0
     can_delete = False
     show_change_link = False
@@ -135,8 +138,25 @@ class ParentFilter(admin.SimpleListFilter):
             return queryset.none()
 
 
+class ErrorFilter(admin.SimpleListFilter):
+    """The operations whose error starts with the given text: the dashboard's
+    failures grouped by error link here (`?error=`). Shown as a choice only
+    while it is in use."""
+
+    title = "error"
+    parameter_name = "error"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        value = self.value()
+        return [(value, f"starts with “{value[:40]}”")] if value else []
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Operation]) -> QuerySet[Operation]:
+        value = self.value()
+        return queryset.filter(error_message__startswith=value) if value else queryset
+
+
 @admin.register(Operation)
-class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class OperationAdmin(FullWidthList, admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
         "short",
         "badge",
@@ -155,6 +175,7 @@ class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "bank",
         ("created_at", admin.DateFieldListFilter),
         ParentFilter,
+        ErrorFilter,
     )
     # Makes the admin show its search box; get_search_results below does the matching.
     search_fields = ("=id", "=document_id", "filename", "=tag")
@@ -258,6 +279,7 @@ class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     class Media:
         css = {"all": ["operations/console.css"]}
+        js = ["operations/live.js"]
 
     def get_list_display(self, request: HttpRequest) -> Any:
         """The failed list shows each one's error (the other lists keep their width)."""
@@ -289,6 +311,7 @@ class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def get_urls(self) -> list[Any]:
         view = self.admin_site.admin_view
         return [
+            path("live/", view(self.live_view), name="operations_operation_live"),
             path(
                 "<uuid:pk>/transition/<str:action>/",
                 view(self.transition_view),
@@ -296,6 +319,34 @@ class OperationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             ),
             *super().get_urls(),
         ]
+
+    def live_view(self, request: HttpRequest) -> HttpResponse:
+        """The status, progress and worker of the listed operations (`?id=`,
+        up to a page of them), drawn as the list and the page draw them: what
+        `operations/live.js` swaps into rows that are pending or running."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        ids = []
+        for value in request.GET.getlist("id")[: self.list_per_page]:
+            try:
+                ids.append(uuid.UUID(value))
+            except ValueError:
+                return JsonResponse({"detail": f"not an operation id: {value!r}"}, status=400)
+        rows = Operation.objects.filter(pk__in=ids).only(
+            "id", "status", "progress", "worker", "cancel_requested_at", "operation_type", "bank_id"
+        )
+        return JsonResponse(
+            {
+                str(row.pk): {
+                    "status": row.status,
+                    "terminal": row.status in TERMINAL_STATUSES,
+                    "badge": self.badge(row),
+                    "progress": self.progress_display(row),
+                    "worker": row.worker or "",
+                }
+                for row in rows
+            }
+        )
 
     def transition_view(self, request: HttpRequest, pk: uuid.UUID, action: str) -> HttpResponse:
         """POST: the same action as the list's, on one operation, then back to its page."""
@@ -504,6 +555,24 @@ class WorkerNodeAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.display(description="queues")
     def queue_list(self, obj: WorkerNode) -> str:
         return ", ".join(obj.queues)
+
+
+@admin.register(ConsoleAction)
+class ConsoleActionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """The audit of the dashboard's bulk actions: who did what, when, to how many (read-only)."""
+
+    list_display = ("at", "user", "action", "filters", "count")
+    list_filter = ("action",)
+    search_fields = ("=user",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 # django-celery-results' models stay out of the way: the Operation row is the

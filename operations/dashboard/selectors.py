@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
-from operations import registry
-from operations.models import Operation, OperationStatus
+from operations import lifecycle, metrics, registry
+from operations.models import ConsoleAction, FinishedPerMinute, Operation, OperationStatus, PausedType
 from operations.worker.nodes import live_nodes
 
 FAILED_WINDOW = timedelta(hours=1)
@@ -25,6 +25,14 @@ FAILED_WINDOW = timedelta(hours=1)
 FAILURES_LOOKBACK = timedelta(hours=24)
 RUNNING_SHOWN = 50
 FAILURES_SHOWN = 10
+BANKS_SHOWN = 10
+ACTIONS_SHOWN = 5
+# Failures are grouped over the last day's most recent ones (a bounded range).
+GROUPED_FAILURES_READ = 2000
+GROUPS_SHOWN = 8
+# A group is named by its message's first line, up to this long: the link to
+# its operations filters on that prefix.
+GROUP_PREFIX = 100
 
 
 @dataclass
@@ -75,6 +83,46 @@ class Node:
 
 
 @dataclass
+class Bar:
+    label: str
+    completed: int
+    failed: int
+    peak: int
+
+    @property
+    def completed_percent(self) -> int:
+        return round(100 * self.completed / self.peak) if self.peak else 0
+
+    @property
+    def failed_percent(self) -> int:
+        return round(100 * self.failed / self.peak) if self.peak else 0
+
+
+@dataclass
+class Chart:
+    """Completed and failed operations per step over a span, from the
+    per-minute rollup (never the operations table)."""
+
+    title: str
+    bars: list[Bar]
+
+    @property
+    def completed(self) -> int:
+        return sum(b.completed for b in self.bars)
+
+    @property
+    def failed(self) -> int:
+        return sum(b.failed for b in self.bars)
+
+
+@dataclass
+class FailureGroup:
+    message: str
+    count: int
+    latest: datetime | None
+
+
+@dataclass
 class Snapshot:
     now: datetime
     types: list[TypeRow]
@@ -82,6 +130,11 @@ class Snapshot:
     running: list[dict[str, Any]]
     failures: list[dict[str, Any]]
     oldest_pending: datetime | None
+    charts: list[Chart] = field(default_factory=list)
+    pending_banks: list[tuple[str, int]] = field(default_factory=list)
+    failure_groups: list[FailureGroup] = field(default_factory=list)
+    paused: dict[str, PausedType] = field(default_factory=dict)
+    actions: list[ConsoleAction] = field(default_factory=list)
 
     @property
     def totals(self) -> TypeRow:
@@ -184,20 +237,88 @@ def running(now: datetime) -> list[dict[str, Any]]:
     return rows
 
 
+def _recent_failures(now: datetime) -> QuerySet[Operation]:
+    """The last FAILURES_LOOKBACK's failures, newest first: a bounded range of
+    the finished rows' index (`ops_terminal_completed`), then the status."""
+    return (
+        Operation.objects.filter(
+            status__in=[OperationStatus.COMPLETED, OperationStatus.FAILED, OperationStatus.CANCELLED],
+            completed_at__gte=now - FAILURES_LOOKBACK,
+        )
+        .filter(status=OperationStatus.FAILED)
+        .order_by("-completed_at")
+    )
+
+
 def failures(now: datetime) -> list[dict[str, Any]]:
     found = cast(
         list[dict[str, Any]],
         list(
-            Operation.objects.filter(
-                status__in=[OperationStatus.COMPLETED, OperationStatus.FAILED, OperationStatus.CANCELLED],
-                completed_at__gte=now - FAILURES_LOOKBACK,
-            )
-            .filter(status=OperationStatus.FAILED)
-            .order_by("-completed_at")
-            .values("id", "bank_id", "operation_type", "completed_at", "error_message", "retry_count")[:FAILURES_SHOWN]
+            _recent_failures(now).values(
+                "id", "bank_id", "operation_type", "completed_at", "error_message", "retry_count"
+            )[:FAILURES_SHOWN]
         ),
     )
     return found
+
+
+def charts(now: datetime) -> list[Chart]:
+    """The last hour by minute and the last day by hour. The rollup is brought
+    up to date first (what finished since the last pass, at most a few
+    seconds' worth when the page refreshes): then a day is at most 1,440
+    minutes per type and status."""
+    metrics.roll_up_finished()
+    minute = now.replace(second=0, microsecond=0)
+    hour = minute.replace(minute=0)
+    return [
+        _chart("Last hour, per minute", minute, 60, timedelta(minutes=1), "%H:%M"),
+        _chart("Last day, per hour", hour, 24, timedelta(hours=1), "%H:00"),
+    ]
+
+
+def _chart(title: str, last: datetime, count: int, step: timedelta, label: str) -> Chart:
+    """`count` bars of `step` each, the last one starting at `last`."""
+    starts = [last - step * n for n in range(count - 1, -1, -1)]
+    rows = FinishedPerMinute.objects.filter(minute__gte=starts[0])
+    done = dict.fromkeys(starts, 0)
+    failed = dict.fromkeys(starts, 0)
+    first = starts[0]
+    for at, status, n in rows.values_list("minute", "status", "count"):
+        slot = first + ((at - first) // step) * step
+        if slot in done and status == OperationStatus.COMPLETED:
+            done[slot] += n
+        elif slot in failed and status == OperationStatus.FAILED:
+            failed[slot] += n
+    peak = max((done[s] + failed[s] for s in starts), default=0)
+    local = timezone.get_current_timezone()
+    return Chart(title, [Bar(s.astimezone(local).strftime(label), done[s], failed[s], peak) for s in starts])
+
+
+def pending_banks() -> list[tuple[str, int]]:
+    """The banks with the most pending operations (the pending rows' index)."""
+    return list(
+        Operation.objects.filter(status=OperationStatus.PENDING)
+        .values_list("bank_id")
+        .annotate(n=Count("pk"))
+        .order_by("-n", "bank_id")[:BANKS_SHOWN]
+    )
+
+
+def failure_groups(now: datetime) -> list[FailureGroup]:
+    """The last day's failures grouped by their message's first line (the
+    most recent GROUPED_FAILURES_READ of them, a range of the finished rows'
+    index), most frequent first."""
+    groups: dict[str, FailureGroup] = {}
+    for message, at in _recent_failures(now).values_list("error_message", "completed_at")[:GROUPED_FAILURES_READ]:
+        key = error_prefix(message or "")
+        group = groups.setdefault(key, FailureGroup(key, 0, at))
+        group.count += 1
+    return sorted(groups.values(), key=lambda g: (-g.count, g.message))[:GROUPS_SHOWN]
+
+
+def error_prefix(message: str) -> str:
+    """What names a failure's group: the first line of its message, clipped."""
+    return message.strip().split("\n", 1)[0][:GROUP_PREFIX]
 
 
 def snapshot() -> Snapshot:
@@ -211,4 +332,9 @@ def snapshot() -> Snapshot:
         running=running(now),
         failures=failures(now),
         oldest_pending=oldest,
+        charts=charts(now),
+        pending_banks=pending_banks(),
+        failure_groups=failure_groups(now),
+        paused=lifecycle.paused_types(),
+        actions=list(ConsoleAction.objects.all()[:ACTIONS_SHOWN]),
     )

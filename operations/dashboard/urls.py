@@ -9,4 +9,5 @@ from operations.dashboard import views
 urlpatterns = [
     path("dashboard/", views.page, name="ops-dashboard"),
     path("dashboard/panels/", views.panels, name="ops-dashboard-panels"),
+    path("dashboard/actions/<slug:name>/", views.action, name="ops-dashboard-action"),
 ]

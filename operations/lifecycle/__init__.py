@@ -18,12 +18,15 @@ deferred to `transaction.on_commit`.
 from __future__ import annotations
 
 from operations.lifecycle.common import OperationNotFound, TransitionRefused, retry_delay
+from operations.lifecycle.pausing import dispatch_pause, dispatch_resume, paused_types
 from operations.lifecycle.requests import (
     CancelOutcome,
+    failed_matching,
     operation_cancel,
     operation_delete,
     operation_retry,
     operations_cancel_pending,
+    operations_retry_failed,
 )
 from operations.lifecycle.rollup import roll_up, rolled_up_status
 from operations.lifecycle.run import (
@@ -59,6 +62,9 @@ __all__ = [
     "OperationNotFound",
     "Submission",
     "TransitionRefused",
+    "dispatch_pause",
+    "dispatch_resume",
+    "failed_matching",
     "operation_abandoned",
     "operation_amend_pending",
     "operation_cancel",
@@ -79,8 +85,10 @@ __all__ = [
     "operations_heartbeat",
     "operations_prune",
     "operations_reap",
+    "operations_retry_failed",
     "operations_roll_up_stranded",
     "operations_submit_many",
+    "paused_types",
     "retry_delay",
     "roll_up",
     "rolled_up_status",

@@ -54,7 +54,7 @@ from django.utils import timezone
 from core import prepared
 from operations import registry
 from operations.lifecycle import queries
-from operations.models import Operation, OperationStatus
+from operations.models import Operation, OperationStatus, PausedType
 
 log = logging.getLogger(__name__)
 
@@ -436,7 +436,8 @@ def _unpublished(operation_type: str) -> QuerySet[Operation]:
 def publish_due() -> int:
     """The sweeper's part: top every type's window up (operations whose retry
     time came, whose message was lost, or that waited behind a full window)."""
-    return sum(top_up(t.name) for t in registry.runnable_types())
+    paused = set(PausedType.objects.values_list("operation_type", flat=True))
+    return sum(top_up(t.name) for t in registry.runnable_types() if t.name not in paused)
 
 
 def publish_next_serial(serial_key: str) -> bool:

@@ -22,9 +22,10 @@ from django.db import connection
 
 from core.prepared import adapt
 from operations import fair_share, registry
-from operations.models import TRANSITIONS, Operation, concrete_field
+from operations.models import TRANSITIONS, Operation, PausedType, concrete_field
 
 TABLE = Operation._meta.db_table
+PAUSED = PausedType._meta.db_table
 
 
 def _statuses(names: frozenset[str]) -> str:
@@ -124,8 +125,9 @@ def insert_params(row: dict[str, Any], connection: Any) -> list[Any]:
 #
 # pending -> processing (`TRANSITIONS["claim"]`) for a row that is due and
 # whose bank is under its fair share (`fair_share.CLAIM_GUARD`), holding a
-# lease: the worker, its task, a fencing token, and the clock. Returns what
-# the run needs. A busy serialization key makes it fail on
+# lease: the worker, its task, a fencing token, and the clock, unless an
+# operator paused its type (`PausedType`: the message is dropped, the row
+# waits). Returns what the run needs. A busy serialization key makes it fail on
 # `ops_serial_processing` (IntegrityError): the row stays pending.
 
 CLAIMED = (
@@ -151,6 +153,7 @@ def claim() -> str:
     heartbeat_at = %s, started_at = %s, cancel_requested_at = NULL, updated_at = %s
 WHERE id = %s AND {_status_in(transition.sources)} AND {_runs()}
   AND (next_retry_at IS NULL OR next_retry_at <= %s) AND {fair_share.CLAIM_GUARD}
+  AND NOT EXISTS (SELECT 1 FROM {PAUSED} z WHERE z.operation_type = {TABLE}.operation_type)
 RETURNING {", ".join(CLAIMED)}"""
 
 
@@ -224,6 +227,7 @@ _CANDIDATE = """(
       AND (o.next_retry_at IS NULL OR o.next_retry_at <= %s)
       AND (o.serial_key IS NULL OR NOT EXISTS (
           SELECT 1 FROM {table} p WHERE p.status = 'processing' AND p.serial_key = o.serial_key))
+      AND NOT EXISTS (SELECT 1 FROM {paused} z WHERE z.operation_type = o.operation_type)
     ORDER BY o.bank_id, o.created_at
     LIMIT 1 {lock})"""
 
@@ -239,8 +243,8 @@ def pick(vendor: str) -> str:
     lock = "FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
     return _PICK.format(
         table=TABLE,
-        first=_CANDIDATE.format(table=TABLE, after="AND o.bank_id > %s", lock=lock),
-        wrapped=_CANDIDATE.format(table=TABLE, after="", lock=lock),
+        first=_CANDIDATE.format(table=TABLE, paused=PAUSED, after="AND o.bank_id > %s", lock=lock),
+        wrapped=_CANDIDATE.format(table=TABLE, paused=PAUSED, after="", lock=lock),
     )
 
 

@@ -6,10 +6,11 @@ import enum
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 
 from operations import registry
 from operations.lifecycle.common import (
@@ -216,3 +217,45 @@ def operation_delete(*, operation_id: str | uuid.UUID) -> None:
         Operation.objects.filter(pk=operation_id).delete()
         if row["parent_id"] is not None:
             roll_up(row["parent_id"])
+
+
+# The most one console action retries: a larger batch is the next click.
+RETRY_FAILED_LIMIT = 1000
+
+
+def failed_matching(
+    *, operation_type: str | None = None, bank_id: str | None = None, within_hours: int | None = None
+) -> QuerySet[Operation]:
+    """The failed operations a bulk retry takes: of a type, of a bank,
+    finished in the last hours (each filter optional), newest first. Parents
+    are left out: their failed children are the ones retried."""
+    rows = Operation.objects.filter(status=FAILED).exclude(operation_type__in=registry.parent_type_names())
+    if operation_type:
+        rows = rows.filter(operation_type=operation_type)
+    if bank_id:
+        rows = rows.filter(bank_id=bank_id)
+    if within_hours:
+        rows = rows.filter(completed_at__gte=timestamp() - timedelta(hours=within_hours))
+    return rows.order_by("-completed_at")
+
+
+def operations_retry_failed(
+    *, operation_type: str | None = None, bank_id: str | None = None, within_hours: int | None = None
+) -> int:
+    """Retry the failed operations that match (see `failed_matching`), at most
+    RETRY_FAILED_LIMIT, each as `operation_retry` does; one that cannot be
+    retried any more (retried or deleted meanwhile, or covered by a pending
+    duplicate) is skipped. Returns how many went back to pending."""
+    ids = list(
+        failed_matching(operation_type=operation_type, bank_id=bank_id, within_hours=within_hours).values_list(
+            "pk", flat=True
+        )[:RETRY_FAILED_LIMIT]
+    )
+    retried = 0
+    for operation_id in ids:
+        try:
+            operation_retry(operation_id=operation_id)
+        except (TransitionRefused, OperationNotFound):
+            continue
+        retried += 1
+    return retried

@@ -92,13 +92,15 @@ def test_admin_filter_cancel_and_no_add(browser_page: Any, live_server: Any, alp
     make(operation_type="test_sleep", status="cancelled")
     page.goto(f"{live_server.url}/admin/")
     assert page.locator("#ops-dashboard-link a").inner_text() == "Operations dashboard"
+    assert page.locator("#content-main .model-operation a.addlink").count() == 0
+    assert page.locator("#content-main .model-bank a.addlink").count() == 1
     assert page.locator("text=Task results").count() == 0 and page.locator("text=Group results").count() == 0
     page.click("a[href='/admin/operations/operation/']")
     page.wait_for_selector("#result_list")
-    # No "add": neither the list's button nor the sidebar's link (other models keep theirs).
+    # No "add": neither the list's button nor the index's link (other models keep theirs);
+    # the list has the whole window (no navigation sidebar).
     assert page.locator(".object-tools a.addlink").count() == 0
-    assert page.locator("#nav-sidebar .model-operation a.addlink").count() == 0
-    assert page.locator("#nav-sidebar .model-bank a.addlink").count() == 1
+    assert page.locator("#nav-sidebar").count() == 0
     assert page.locator("a[href$='/operations/operation/add/']").count() == 0
     assert page.locator("#result_list .ops-progress[data-percent='60']").count() == 1
     screenshot(page, "admin-operations.png")
@@ -211,3 +213,126 @@ def test_the_api_docs_render_with_no_internet(browser_page: Any, live_server: An
     paths = page.locator(".opblock-summary-path").all_inner_texts()
     assert any("/v1/default/banks/{bank_id}/operations" in path for path in paths)
     screenshot(page, "api-docs.png")
+
+
+def test_admin_list_and_page_update_running_rows_live(
+    browser_page: Any, live_server: Any, settings: Any, alpha: Any
+) -> None:
+    settings.OPS_DASHBOARD_REFRESH_SECONDS = 0.5
+    page = browser_page
+    waiting = make()
+    finished = make(status="completed")
+    page.goto(f"{live_server.url}/admin/operations/operation/")
+    page.wait_for_selector("#result_list")
+    page.evaluate("window.__notReloaded = true")
+    assert badge_of(page, waiting) == "pending"
+    # A worker takes it and reports progress: the row follows, the page stays.
+    lease = lifecycle.operation_claim(operation_id=str(waiting.pk), worker="shared@node9", task_id="t")
+    assert lease is not None
+    lifecycle.operation_progress(lease=lease, progress={"stage": "extract", "processed": 3, "total": 4})
+    row = page.locator(f"tr:has(input[value='{waiting.pk}'])")
+    row.locator(".ops-badge[data-status='processing']").wait_for()
+    row.locator(".ops-progress[data-percent='75']").wait_for()
+    assert row.locator("td.field-worker").inner_text() == "shared@node9"
+    assert badge_of(page, finished) == "completed"
+    assert page.evaluate("window.__notReloaded") is True
+    # Its own page follows it too, and shows the result once it finished.
+    page.goto(f"{live_server.url}/admin/operations/operation/{waiting.pk}/change/")
+    assert page.locator(".field-badge .ops-badge").inner_text() == "processing"
+    lifecycle.operation_complete(lease=lease, result={"units": 4})
+    page.locator(".field-badge .ops-badge[data-status='completed']").wait_for()
+    assert "units" in page.locator(".field-result").inner_text()
+
+
+def test_dashboard_pauses_a_type_after_asking_and_draws_its_history(
+    browser_page: Any, live_server: Any, alpha: Any, beta: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from operations.models import MetricsWatermark
+
+    page = browser_page
+    # A day of history: operations that finished over the last hours and minutes.
+    now = timezone.now()
+    MetricsWatermark.objects.create(pk=1, counted_until=now - timedelta(days=1))
+    for n in range(40):
+        done = make(status="completed" if n % 7 else "failed", bank="beta" if n % 7 == 0 else "alpha")
+        ago = timedelta(minutes=2 + (n * 37) % 55) if n % 3 else timedelta(hours=1 + n % 20)
+        Operation.objects.filter(pk=done.pk).update(completed_at=now - ago)
+    make()
+    page.goto(f"{live_server.url}/admin/dashboard/")
+    page.wait_for_selector("#ops-actions")
+    page.select_option("#ops-pause-form select[name='operation_type']", "test_sleep")
+    page.click("#ops-pause-form input[value='Pause…']")
+    page.wait_for_url("**/dashboard/actions/pause/**")
+    assert "nothing of it is published or claimed" in page.locator("#content-main").inner_text()
+    page.click("#ops-confirm")
+    page.wait_for_url("**/admin/dashboard/")
+    assert "Pause the dispatch of a type" in page.locator("ul.messagelist li.success").inner_text()
+    page.locator("tr[data-type='test_sleep'] .ops-badge:text-is('paused')").wait_for()
+    assert "pause" in page.locator("#ops-recent-actions").inner_text()
+    assert page.locator("#ops-pending-banks tr[data-bank='alpha']").inner_text().split() == ["alpha", "1"]
+    assert "boom: the extractor gave up (stage: extract)" in page.locator("#ops-failure-groups").inner_text()
+    # The charts: 60 minutes and 24 hours, each with bars (the rollup counts once settled).
+    assert page.locator("#ops-chart-1 .ops-chart-bar").count() == 60
+    assert page.locator("#ops-chart-2 .ops-chart-bar").count() == 24
+    drawn = page.locator("#ops-chart-2 .ops-chart-bar").evaluate_all(
+        "bars => bars.map(b => +b.dataset.completed + +b.dataset.failed).reduce((a, b) => a + b, 0)"
+    )
+    assert drawn == 40  # every one of them, in its hour
+    screenshot(page, "dashboard-history.png")
+
+
+def overflow(page: Any) -> float:
+    """How far the widest list column reaches past its container (<= 0: it fits)."""
+    return float(
+        page.evaluate(
+            """() => {
+            const table = document.querySelector('#result_list');
+            const box = table.closest('.results') || table.parentElement;
+            const right = Math.max(...[...table.querySelectorAll('th, td')].map(c => c.getBoundingClientRect().right));
+            return Math.max(right - box.getBoundingClientRect().right, document.documentElement.scrollWidth - window.innerWidth);
+        }"""
+        )
+    )
+
+
+def test_console_lists_fit_1400_pixels_and_children_need_no_caption(
+    browser_page: Any, live_server: Any, alpha: Any, beta: Any
+) -> None:
+    from tenancy.api_keys import api_key_create
+
+    page = browser_page
+    page.set_viewport_size({"width": 1400, "height": 900})
+    make(tag="nightly-import-of-the-whole-quarterly-archive-" + "x" * 40)
+    running = make(status="processing", progress={"stage": "extract", "processed": 1, "total": 3})
+    Operation.objects.filter(pk=running.pk).update(worker="shared@worker-node-with-a-long-host-name.example.internal")
+    make(bank="beta", status="failed")
+    api_key_create(name="a key for the nightly importer of the archive", bank_ids=["alpha", "beta"])
+    parent, _ = lifecycle.operation_submit_parent(
+        bank_id="alpha",
+        operation_type="retain_batch",
+        children=[lifecycle.Child("test_echo", {"value": n}) for n in range(3)],
+    )
+    for url in (
+        "/admin/operations/operation/",
+        "/admin/operations/operation/?status__exact=failed",
+        "/admin/tenancy/bank/",
+        "/admin/tenancy/apikey/",
+    ):
+        page.goto(f"{live_server.url}{url}")
+        page.wait_for_selector("#result_list")
+        print(
+            url,
+            page.evaluate(
+                "() => [...document.querySelectorAll('#result_list thead th')].map(c => c.className + ':' + Math.round(c.getBoundingClientRect().width)).join(' ') + ' | sidebar ' + Math.round(document.querySelector('#nav-sidebar')?.getBoundingClientRect().width || 0) + ' filter ' + Math.round(document.querySelector('#changelist-filter')?.getBoundingClientRect().width || 0) + ' results ' + Math.round(document.querySelector('.results')?.getBoundingClientRect().width || 0)"
+            ),
+        )
+        assert overflow(page) <= 0, url
+    screenshot(page, "admin-keys-1400.png")
+    page.goto(f"{live_server.url}/admin/operations/operation/{parent.pk}/change/")
+    rows = page.locator(".ops-children tbody tr.has_original")
+    assert rows.count() == 3
+    assert page.locator(".ops-children td.original p").first.is_visible() is False

@@ -117,7 +117,7 @@ def test_runplatform_embedded_default(tmp_path: Path) -> None:
                 MANAGE,
                 "shell",
                 "-c",
-                "from banks.models import Bank; Bank.objects.create(bank_id='local');"
+                "from tenancy.models import Bank; Bank.objects.create(bank_id='local');"
                 "from operations import lifecycle;"
                 "print(lifecycle.operation_submit(bank_id='local', operation_type='test_echo',"
                 " payload={'value': 42}).operation.pk)",

@@ -177,6 +177,14 @@ def test_short_ids_options_after_the_subcommand_and_one_line_rows(opsctl: Opsctl
     assert table.returncode == 0 and "…" in table.stdout
     rows = [line for line in table.stdout.splitlines() if "extractor" in line]
     assert len(rows) == 1 and str(failed.pk) in rows[0] and len(rows[0]) <= 130
+    # On an 80-column terminal the type and status stay whole: ids show their
+    # first 8 characters (what every command takes), the tag and error give way.
+    narrow = opsctl("operations", "list", "alpha", columns=80)
+    lines = [line for line in narrow.stdout.splitlines() if str(failed.pk)[:8] in line]
+    assert len(lines) == 1 and len(lines[0]) <= 80 and str(failed.pk) not in lines[0]
+    assert lines[0].split()[1:3] == ["test_echo", "failed"], lines[0]
+    shown = opsctl.json("operations", "get", "alpha", lines[0].split()[0])
+    assert shown["id"] == str(failed.pk)
 
 
 def test_tasks_view(opsctl: Opsctl, live_server: Any) -> None:
