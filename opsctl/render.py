@@ -94,8 +94,9 @@ def progress_cell(operation: dict[str, Any], width: int = 20, *, stage_too: bool
     return Text(stage, style="italic dim")
 
 
-# Below this width a row shows an id's first 8 characters (which every command
-# takes) instead of all 36, so that the type and status keep their full text.
+# On a terminal narrower than this a row shows an id's first 8 characters
+# (which every command takes) instead of all 36, so that the type and status
+# keep their full text. Into a file or a pipe ids are always whole.
 FULL_IDS_FROM = 120
 # The narrowest a tag or error column is shown at; narrower, it is left out.
 NARROWEST_TEXT = 8
@@ -121,7 +122,7 @@ class OperationsTable:
         labels = [op.get("tag") or op.get("document_id") or op.get("filename") or "" for op in self.operations]
         errors = [op.get("error_message") or "" for op in self.operations]
         text = [name for name, values in (("labels", labels), ("errors", errors)) if any(values)]
-        short = width < FULL_IDS_FROM
+        short = options.is_terminal and width < FULL_IDS_FROM
         room = width
         while True:
             table = self._build(labels, errors, text, short=short, text_width=room)

@@ -13,10 +13,18 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from django.db.models import Count, Min, Q, QuerySet
+from django.db.models.functions import Substr
 from django.utils import timezone
 
 from operations import lifecycle, metrics, registry
-from operations.models import ConsoleAction, FinishedPerMinute, Operation, OperationStatus, PausedType
+from operations.models import (
+    ConsoleAction,
+    FinishedPerMinute,
+    MetricsWatermark,
+    Operation,
+    OperationStatus,
+    PausedType,
+)
 from operations.worker.nodes import live_nodes
 
 FAILED_WINDOW = timedelta(hours=1)
@@ -33,6 +41,9 @@ GROUPS_SHOWN = 8
 # A group is named by its message's first line, up to this long: the link to
 # its operations filters on that prefix.
 GROUP_PREFIX = 100
+# How far the charts may lag behind (plus metrics.SETTLE) before a refresh
+# brings the rollup up to date itself.
+CHART_LAG = timedelta(seconds=30)
 
 
 @dataclass
@@ -264,10 +275,12 @@ def failures(now: datetime) -> list[dict[str, Any]]:
 
 def charts(now: datetime) -> list[Chart]:
     """The last hour by minute and the last day by hour. The rollup is brought
-    up to date first (what finished since the last pass, at most a few
-    seconds' worth when the page refreshes): then a day is at most 1,440
-    minutes per type and status."""
-    metrics.roll_up_finished()
+    up to date first when it lags more than CHART_LAG (a read of its
+    watermark otherwise: a refresh does not take SQLite's write lock every
+    few seconds); a day is then at most 1,440 minutes per type and status."""
+    mark = MetricsWatermark.objects.filter(pk=1).values_list("counted_until", flat=True).first()
+    if mark is None or mark < now - CHART_LAG:
+        metrics.roll_up_finished()
     minute = now.replace(second=0, microsecond=0)
     hour = minute.replace(minute=0)
     return [
@@ -309,7 +322,8 @@ def failure_groups(now: datetime) -> list[FailureGroup]:
     most recent GROUPED_FAILURES_READ of them, a range of the finished rows'
     index), most frequent first."""
     groups: dict[str, FailureGroup] = {}
-    for message, at in _recent_failures(now).values_list("error_message", "completed_at")[:GROUPED_FAILURES_READ]:
+    heads = _recent_failures(now).annotate(head=Substr("error_message", 1, GROUP_PREFIX))
+    for message, at in heads.values_list("head", "completed_at")[:GROUPED_FAILURES_READ]:
         key = error_prefix(message or "")
         group = groups.setdefault(key, FailureGroup(key, 0, at))
         group.count += 1
@@ -317,8 +331,9 @@ def failure_groups(now: datetime) -> list[FailureGroup]:
 
 
 def error_prefix(message: str) -> str:
-    """What names a failure's group: the first line of its message, clipped."""
-    return message.strip().split("\n", 1)[0][:GROUP_PREFIX]
+    """What names a failure's group: the first line of its message, clipped
+    (the admin's `error` filter finds the group's operations by it)."""
+    return message.split("\n", 1)[0][:GROUP_PREFIX]
 
 
 def snapshot() -> Snapshot:

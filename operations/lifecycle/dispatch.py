@@ -285,8 +285,13 @@ def forget_process_state() -> None:
 
 def offer(operation_id: uuid.UUID | str, operation_type: str) -> bool:
     """A re-queued operation (a retry): publish it now if its type's window
-    has room, else leave it to the next top-up."""
-    return bool(window_room(operation_type)) and publish(operation_id, operation_type)
+    has room (and its dispatch is not paused), else leave it to the next top-up."""
+    return not is_paused(operation_type) and bool(window_room(operation_type)) and publish(operation_id, operation_type)
+
+
+def is_paused(operation_type: str) -> bool:
+    """Whether an operator paused the type's dispatch (`lifecycle.pausing`)."""
+    return PausedType.objects.filter(operation_type=operation_type).exists()
 
 
 def _pick(operation_type: str, after: str, task_id: str) -> tuple[str, str, bool] | None:
@@ -416,6 +421,8 @@ def top_up(operation_type: str) -> int:
     when there is something to publish: on SQLite every UPDATE, even one
     that changes nothing, waits for the database's one write lock, which a
     busy bank's writers keep taking (a sweep of 20 types took seconds)."""
+    if is_paused(operation_type):
+        return 0
     room = window_room(operation_type)
     published = _republish_stale(operation_type, room) if room else 0
     if published < room and not _unpublished(operation_type).exists():
@@ -436,8 +443,7 @@ def _unpublished(operation_type: str) -> QuerySet[Operation]:
 def publish_due() -> int:
     """The sweeper's part: top every type's window up (operations whose retry
     time came, whose message was lost, or that waited behind a full window)."""
-    paused = set(PausedType.objects.values_list("operation_type", flat=True))
-    return sum(top_up(t.name) for t in registry.runnable_types() if t.name not in paused)
+    return sum(top_up(t.name) for t in registry.runnable_types())
 
 
 def publish_next_serial(serial_key: str) -> bool:
@@ -451,6 +457,6 @@ def publish_next_serial(serial_key: str) -> bool:
         .values("pk", "operation_type")
         .first()
     )
-    if waiting is None:
+    if waiting is None or is_paused(waiting["operation_type"]):
         return False
     return publish(waiting["pk"], waiting["operation_type"])

@@ -1,7 +1,10 @@
 """Pausing the dispatch of an operation type, from the console: while a type
-is paused nothing of it is published and no worker claims it (`queries.claim`
-and the pick skip it), so its operations wait, pending, with their order kept;
-what runs already finishes. Resuming publishes its window again at once."""
+is paused no worker claims it (`queries.claim` refuses it, and a message
+already in the broker is dropped with its row's published mark undone), the
+pick, the sweeper, retries' offers and serial successors publish nothing of
+it, so its operations wait, pending, in their order; what runs already
+finishes. (A submission made meanwhile is published once, as usual, and
+dropped at the claim.) Resuming publishes its window again at once."""
 
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ from django.db import IntegrityError, transaction
 
 from operations import registry
 from operations.lifecycle import dispatch
-from operations.lifecycle.common import PENDING, timestamp
-from operations.models import Operation, PausedType
+from operations.lifecycle.common import timestamp
+from operations.models import PausedType
 
 
 def dispatch_pause(*, operation_type: str, by: str) -> bool:
@@ -26,16 +29,13 @@ def dispatch_pause(*, operation_type: str, by: str) -> bool:
 
 
 def dispatch_resume(*, operation_type: str) -> bool:
-    """Resume a paused type; False when it was not paused. Its pending
-    operations lose their published mark (the claim dropped the messages
-    that arrived meanwhile) and its window is published again."""
-    with transaction.atomic():
-        deleted, _ = PausedType.objects.filter(operation_type=operation_type).delete()
-        if not deleted:
-            return False
-        Operation.objects.filter(status=PENDING, operation_type=operation_type, dispatched_at__isnull=False).update(
-            dispatched_at=None, task_id=None
-        )
+    """Resume a paused type; False when it was not paused. Its window is
+    published again at once: a message the claim dropped meanwhile had its
+    row's published mark undone (the pick takes it now), and a message still
+    in the broker is claimed as it comes."""
+    deleted, _ = PausedType.objects.filter(operation_type=operation_type).delete()
+    if not deleted:
+        return False
     dispatch.top_up(operation_type)
     return True
 

@@ -77,8 +77,12 @@ def screenshot(page: Any, name: str) -> Path:
     return path
 
 
+def row_of(page: Any, operation: Operation) -> Any:
+    return page.locator(f"#result_list tr:has(.ops-id[title='{operation.pk}'])")
+
+
 def badge_of(page: Any, operation: Operation) -> str:
-    row = page.locator(f"tr:has(input[value='{operation.pk}'])")
+    row = row_of(page, operation)
     return str(row.locator(".ops-badge").inner_text())
 
 
@@ -220,6 +224,14 @@ def test_admin_list_and_page_update_running_rows_live(
 ) -> None:
     settings.OPS_DASHBOARD_REFRESH_SECONDS = 0.5
     page = browser_page
+    # As a user who may look and not act (no action checkboxes on the list).
+    staff_user("viewer", "operations.view_operation")
+    page.context.clear_cookies()  # root's session gone
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", "viewer")
+    page.fill("#id_password", "pw-viewer")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#site-name")
     waiting = make()
     finished = make(status="completed")
     page.goto(f"{live_server.url}/admin/operations/operation/")
@@ -230,7 +242,8 @@ def test_admin_list_and_page_update_running_rows_live(
     lease = lifecycle.operation_claim(operation_id=str(waiting.pk), worker="shared@node9", task_id="t")
     assert lease is not None
     lifecycle.operation_progress(lease=lease, progress={"stage": "extract", "processed": 3, "total": 4})
-    row = page.locator(f"tr:has(input[value='{waiting.pk}'])")
+    assert page.locator("input.action-select").count() == 0
+    row = row_of(page, waiting)
     row.locator(".ops-badge[data-status='processing']").wait_for()
     row.locator(".ops-progress[data-percent='75']").wait_for()
     assert row.locator("td.field-worker").inner_text() == "shared@node9"

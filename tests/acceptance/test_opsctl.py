@@ -28,13 +28,18 @@ class Opsctl:
         self.url, self.key = url, key
 
     def __call__(
-        self, *args: str, key: str | None = None, timeout: float = 120, columns: int = 220
+        self, *args: str, key: str | None = None, timeout: float = 120, columns: int = 220, terminal: bool = False
     ) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPS_") and k != "DATABASE_URL"}
         env.update(OPS_URL=self.url, OPS_API_KEY=self.key if key is None else key, COLUMNS=str(columns), NO_COLOR="1")
+        if terminal:  # rich then draws as on a terminal of `columns` (its escape codes stripped below)
+            env["TTY_COMPATIBLE"] = "1"
         if key == "":
             env.pop("OPS_API_KEY")
-        return subprocess.run([OPSCTL, *args], env=env, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run([OPSCTL, *args], env=env, capture_output=True, text=True, timeout=timeout)
+        if terminal:
+            done.stdout = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", done.stdout)
+        return done
 
     def json(self, *args: str) -> Any:
         done = self(*args, "--json")
@@ -179,12 +184,15 @@ def test_short_ids_options_after_the_subcommand_and_one_line_rows(opsctl: Opsctl
     assert len(rows) == 1 and str(failed.pk) in rows[0] and len(rows[0]) <= 130
     # On an 80-column terminal the type and status stay whole: ids show their
     # first 8 characters (what every command takes), the tag and error give way.
-    narrow = opsctl("operations", "list", "alpha", columns=80)
+    narrow = opsctl("operations", "list", "alpha", columns=80, terminal=True)
     lines = [line for line in narrow.stdout.splitlines() if str(failed.pk)[:8] in line]
     assert len(lines) == 1 and len(lines[0]) <= 80 and str(failed.pk) not in lines[0]
     assert lines[0].split()[1:3] == ["test_echo", "failed"], lines[0]
     shown = opsctl.json("operations", "get", "alpha", lines[0].split()[0])
     assert shown["id"] == str(failed.pk)
+    # Into a pipe, ids stay whole whatever the width (a script reads them).
+    piped = opsctl("operations", "list", "alpha", columns=80)
+    assert str(failed.pk) in piped.stdout
 
 
 def test_tasks_view(opsctl: Opsctl, live_server: Any) -> None:

@@ -7,17 +7,23 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.test import Client
 
 from operations import lifecycle
-from operations.models import Operation
+from operations.models import ConsoleAction, Operation
 from tests.conftest import wait_for
+from tests.consoles import staff_user
+
+PAUSE = "/admin/dashboard/actions/pause/"
+RESUME = "/admin/dashboard/actions/resume/"
 
 pytestmark = [pytest.mark.workers, pytest.mark.embedded]
 
 
-def test_a_paused_type_waits_while_others_run_and_resumes(start_workers: Any, alpha: Any) -> None:
+def test_a_paused_type_waits_while_others_run_and_resumes(start_workers: Any, alpha: Any, client: Client) -> None:
     workers = start_workers(ready=2, OPS_WORKER_MAX_SLOTS="2")
-    assert lifecycle.dispatch_pause(operation_type="test_echo", by="test")
+    client.force_login(staff_user("operator", "operations.view_operation", "operations.pause_dispatch"))
+    assert client.post(PAUSE, {"operation_type": "test_echo"}).status_code == 302
     assert not lifecycle.dispatch_pause(operation_type="test_echo", by="test")  # once
     held = [
         lifecycle.operation_submit(bank_id="alpha", operation_type="test_echo", payload={"value": n}).operation.pk
@@ -29,7 +35,7 @@ def test_a_paused_type_waits_while_others_run_and_resumes(start_workers: Any, al
     wait_for(lambda: workers.output().count("'dropped'") >= 3, message="the paused type's messages dropped")
     assert set(Operation.objects.filter(pk__in=held).values_list("status", flat=True)) == {"pending"}
 
-    assert lifecycle.dispatch_resume(operation_type="test_echo")
+    assert client.post(RESUME, {"operation_type": "test_echo"}).status_code == 302
     assert not lifecycle.dispatch_resume(operation_type="test_echo")
     wait_for(
         lambda: set(Operation.objects.filter(pk__in=held).values_list("status", flat=True)) == {"completed"},
@@ -37,3 +43,4 @@ def test_a_paused_type_waits_while_others_run_and_resumes(start_workers: Any, al
     )
     assert sorted(Operation.objects.get(pk=pk).result_metadata["echo"] for pk in held) == [0, 1, 2]
     assert set(Operation.objects.filter(pk__in=held).values_list("retry_count", flat=True)) == {0}
+    assert [(a.action, a.count) for a in ConsoleAction.objects.order_by("at")] == [("pause", 1), ("resume", 1)]

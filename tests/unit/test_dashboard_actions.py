@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from operations import lifecycle, metrics
 from operations.dashboard import selectors
+from operations.lifecycle import dispatch
 from operations.models import ConsoleAction, MetricsWatermark, Operation, PausedType
 from tests.consoles import make, staff_user
 
@@ -85,10 +86,15 @@ def test_pause_holds_a_types_claims_until_resumed(client: Client, alpha: Any) ->
     # The claim refuses the paused type (a message already in the broker is dropped); others run.
     assert lifecycle.operation_claim(operation_id=str(waiting.pk), worker="w@n", task_id="t") is None
     assert lifecycle.operation_claim(operation_id=str(other.pk), worker="w@n", task_id="t") is not None
+    # Nothing of it is published: not by the pick, nor a retry's offer, nor the sweeper.
+    Operation.objects.filter(pk=waiting.pk).update(dispatched_at=None)
+    assert not dispatch.publish_next("test_echo")
+    assert not dispatch.offer(waiting.pk, "test_echo")
+    assert dispatch.top_up("test_echo") == 0
+    assert Operation.objects.get(pk=waiting.pk).dispatched_at is None
     page = operator.get("/admin/dashboard/").content.decode()
-    assert re.search(
-        r'data-type="test_echo">\s*<td><a [^>]*>test_echo</a> <span class="ops-badge[^"]*" title="paused by', page
-    )
+    paused = r'data-type="test_echo">\s*<td><a [^>]*>test_echo</a> <span class="ops-badge[^"]*" title="paused by operator at '
+    assert re.search(paused, page)
 
     assert [a.action for a in ConsoleAction.objects.all()] == ["pause"]
 
@@ -96,10 +102,17 @@ def test_pause_holds_a_types_claims_until_resumed(client: Client, alpha: Any) ->
 def test_every_action_needs_its_own_permission(client: Client, alpha: Any) -> None:
     failed = make(status="failed")
     viewer = as_user(client)  # may look at operations, may not change them
-    for url, data in [(RETRY, {}), (CANCEL, {"bank_id": "alpha"}), (PAUSE, {"operation_type": "test_echo"})]:
+    PausedType.objects.create(operation_type="test_sleep", paused_by="someone else")
+    for url, data in [
+        (RETRY, {}),
+        (CANCEL, {"bank_id": "alpha"}),
+        (PAUSE, {"operation_type": "test_echo"}),
+        (RESUME, {"operation_type": "test_sleep"}),
+    ]:
         assert viewer.get(url, data).status_code == 403
         assert viewer.post(url, data).status_code == 403
-    assert statuses(failed) == ["failed"] and not PausedType.objects.exists() and not ConsoleAction.objects.exists()
+    assert statuses(failed) == ["failed"] and not ConsoleAction.objects.exists()
+    assert list(PausedType.objects.values_list("operation_type", flat=True)) == ["test_sleep"]
     page = viewer.get("/admin/dashboard/").content.decode()
     assert 'id="ops-actions"' not in page  # no form offered to someone who may not use it
     client.logout()
@@ -128,8 +141,10 @@ def test_charts_are_drawn_from_the_minute_rollup(alpha: Any) -> None:
     metrics.roll_up_finished()
     # The table may lose its rows (retention): the charts keep what finished.
     Operation.objects.all().delete()
-    hour, day = selectors.charts(timezone.now())
+    hour, day = selectors.charts(now)
     assert (hour.completed, hour.failed) == (3, 2)
+    # Each in its minute: two minutes ago, three minutes ago (the last bar is this minute).
+    assert [(b.completed, b.failed) for b in hour.bars[-4:]] == [(1, 1), (2, 1), (0, 0), (0, 0)]
     assert (day.completed, day.failed) == (4, 2)
     assert len(hour.bars) == 60 and len(day.bars) == 24
     assert max(b.completed_percent + b.failed_percent for b in hour.bars) == 100

@@ -14,11 +14,13 @@
   function targets(settings) {
     var found = [];
     document.querySelectorAll("#result_list tbody tr").forEach(function (tr) {
-      var box = tr.querySelector("input.action-select");
+      // The id column's full id (every row has it; the action checkbox only
+      // shows for users who may act).
+      var id = tr.querySelector(".field-short .ops-id[title]");
       var badge = tr.querySelector("td.field-badge [data-status]");
-      if (box && badge && LIVE.indexOf(badge.dataset.status) >= 0) {
+      if (id && badge && LIVE.indexOf(badge.dataset.status) >= 0) {
         found.push({
-          id: box.value,
+          id: id.getAttribute("title"),
           badge: tr.querySelector("td.field-badge"),
           progress: tr.querySelector("td.field-progress_display"),
           worker: tr.querySelector("td.field-worker"),
