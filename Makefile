@@ -8,7 +8,7 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/11
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test test-fast test-scaled test-embedded test-unit test-integration test-acceptance bench install clean browser lock lint
+.PHONY: hosts run test test-fast test-scaled test-embedded test-unit test-integration test-acceptance bench install clean browser lock lint
 
 # Exactly the locked versions (requirements/test.txt, with hashes), then the
 # project itself on top of them, editable and with no dependency of its own.
@@ -50,12 +50,21 @@ browser:
 	} || { echo "could not install chromium ($(CHROMIUM)): the browser tests need it" >&2; exit 1; }
 	@test -x $(CHROMIUM) || { echo "$(CHROMIUM) is still missing after apt-get install chromium" >&2; exit 1; }
 
+## socat for the tests that run worker nodes on hosts of their own (network
+## namespaces, tests/integration/test_hosts.py; they skip, saying why, where
+## they cannot run: not root, no iproute2).
+hosts:
+	@command -v socat >/dev/null || { \
+		echo "installing Debian's socat for the multi-host tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat >/dev/null; \
+	} || echo "could not install socat: the multi-host tests will skip" >&2
+
 ## Run the whole test suite: everything against PostgreSQL and Redis on
 ## localhost, then the lifecycle, race, API and client suites again against the
 ## embedded default (SQLite and the filesystem broker), real workers on both.
-test: install browser test-scaled test-embedded
+test: install browser hosts test-scaled test-embedded
 
-test-scaled: install browser
+test-scaled: install browser hosts
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) TEST_BROKER_URL=$(TEST_BROKER_URL) \
 		$(PY) -m pytest $(PYTEST_ARGS)
 

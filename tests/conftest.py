@@ -115,12 +115,15 @@ class Workers:
     """A `manage.py runworkers` process tree (and optionally a beat scheduler)
     started by a test."""
 
-    def __init__(self, log_path: Path, env: dict[str, str], *, beat: bool = False) -> None:
+    def __init__(
+        self, log_path: Path, env: dict[str, str], *, beat: bool = False, prefix: tuple[str, ...] = ()
+    ) -> None:
         self.log_path = log_path
         self.log = open(log_path, "wb")
         self.env = env
+        # `prefix`: what runs it elsewhere, e.g. `ip netns exec <host>` (tests/integration/test_hosts.py).
         self.process = subprocess.Popen(
-            [sys.executable, str(PROJECT_DIR / "manage.py"), "runworkers", "--loglevel", "INFO"],
+            [*prefix, sys.executable, str(PROJECT_DIR / "manage.py"), "runworkers", "--loglevel", "INFO"],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -178,8 +181,8 @@ def start_workers(transactional_db: None, tmp_path: Path) -> Iterator[Callable[.
     of the plan (plus the system worker) is ready. Stopped after the test."""
     started: list[Workers] = []
 
-    def start(*, ready: int, beat: bool = False, **env: str) -> Workers:
-        workers = Workers(tmp_path / f"workers-{len(started)}.log", worker_environment(**env), beat=beat)
+    def start(*, ready: int, beat: bool = False, prefix: tuple[str, ...] = (), **env: str) -> Workers:
+        workers = Workers(tmp_path / f"workers-{len(started)}.log", worker_environment(**env), beat=beat, prefix=prefix)
         started.append(workers)
         workers.wait_ready(ready)
         return workers

@@ -94,7 +94,10 @@ def execute(operation_id: str, *, operation_type: str, worker: str, task_id: str
                 transient=why,
             )
             return "failed" if outcome == OperationStatus.FAILED else f"error, now {outcome}"
-        _record(lifecycle.operation_complete, lease=lease, result=result)
+        if not _record(lifecycle.operation_complete, lease=lease, result=result):
+            # Fenced: the lease went to another worker meanwhile (this one was
+            # cut off past its lease), whose outcome is the one recorded.
+            return "lease lost"
         return "completed"
     finally:
         leases.release(lease.operation_id)
