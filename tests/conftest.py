@@ -88,6 +88,18 @@ def beta(db: None) -> Any:
     return Bank.objects.create(bank_id="beta", name="Beta")
 
 
+# Short leases and a fast sweeper, so that recovery (the reaper, re-publishing,
+# retries) happens within seconds: what the fault tests run workers with.
+FAST_RECOVERY = {
+    "OPS_LEASE_SECONDS": "3",
+    "OPS_HEARTBEAT_SECONDS": "0.5",
+    "OPS_SWEEP_INTERVAL_SECONDS": "0.5",
+    "OPS_REDISPATCH_SECONDS": "3",
+    "OPS_RETRY_BACKOFF_SECONDS": "0.2",
+    "OPS_RETRY_BACKOFF_CAP_SECONDS": "1",
+}
+
+
 def worker_environment(**overrides: str) -> dict[str, str]:
     """The environment of a worker process: the test database, the test broker."""
     from django.db import connection

@@ -36,7 +36,7 @@ from banks.models import (
 from operations import lifecycle
 from operations.models import Operation
 from tenancy.models import Bank
-from tests.conftest import EMBEDDED, needs_scaled, race, wait_for
+from tests.conftest import EMBEDDED, FAST_RECOVERY, needs_scaled, race, wait_for
 
 pytestmark = [pytest.mark.workers]
 
@@ -322,15 +322,6 @@ def test_a_crowd_with_deletes_and_re_retains_never_deadlocks(start_workers: Any,
 
 # --- faults with a crowd ---------------------------------------------------------------------
 
-FAULTY = {
-    "OPS_LEASE_SECONDS": "3",
-    "OPS_HEARTBEAT_SECONDS": "0.5",
-    "OPS_SWEEP_INTERVAL_SECONDS": "0.5",
-    "OPS_REDISPATCH_SECONDS": "3",
-    "OPS_RETRY_BACKOFF_SECONDS": "0.2",
-    "OPS_RETRY_BACKOFF_CAP_SECONDS": "1",
-}
-
 
 def descendants(pid: int) -> list[int]:
     """Every process below `pid` (worker main processes and their pools)."""
@@ -376,7 +367,7 @@ def assert_crowd_done(children: list[str], expected: dict[str, int]) -> list[Ope
 
 @pytest.mark.embedded
 def test_a_crowd_survives_every_worker_process_killed(start_workers: Any, admin: Any, alpha: Any) -> None:
-    workers = start_workers(ready=2, beat=True, **FAULTY)
+    workers = start_workers(ready=2, beat=True, **FAST_RECOVERY)
     children, expected = crowd(admin, retains=10, items=20)
     wait_for(
         lambda: MemoryUnit.objects.filter(bank_id="alpha").count() > sum(expected.values()) // 4,
@@ -400,7 +391,7 @@ def test_a_crowd_survives_every_worker_process_killed(start_workers: Any, admin:
 
 def test_a_crowd_survives_every_database_connection_terminated(start_workers: Any, admin: Any, alpha: Any) -> None:
     needs_scaled("PostgreSQL's pg_terminate_backend")
-    start_workers(ready=2, beat=True, **FAULTY)
+    start_workers(ready=2, beat=True, **FAST_RECOVERY)
     children, expected = crowd(admin, retains=10, items=20)
     wait_for(
         lambda: MemoryUnit.objects.filter(bank_id="alpha").count() > sum(expected.values()) // 4,

@@ -19,21 +19,11 @@ from django.db import connection
 from operations import lifecycle
 from operations.models import Operation
 from opsproject.celery import app
-from tests.conftest import wait_for
+from tests.conftest import FAST_RECOVERY, wait_for
 
 pytestmark = pytest.mark.workers
 
-# Short leases and a fast sweeper so recovery happens within seconds.
-FAST = {
-    "OPS_WORKER_MAX_SLOTS": "2",
-    "OPS_LEASE_SECONDS": "3",
-    "OPS_HEARTBEAT_SECONDS": "0.5",
-    "OPS_SWEEP_INTERVAL_SECONDS": "0.5",
-    "OPS_REDISPATCH_SECONDS": "3",
-    "OPS_RETRY_BACKOFF_SECONDS": "0.2",
-    "OPS_RETRY_BACKOFF_CAP_SECONDS": "1",
-    "OPS_CANCEL_GRACE_SECONDS": "1",
-}
+FAST = {**FAST_RECOVERY, "OPS_WORKER_MAX_SLOTS": "2", "OPS_CANCEL_GRACE_SECONDS": "1"}
 UNFINISHED = ("pending", "processing")
 
 

@@ -26,20 +26,11 @@ from django.db import connection
 
 from operations import lifecycle
 from operations.models import Operation
-from tests.conftest import EMBEDDED, wait_for
+from tests.conftest import EMBEDDED, FAST_RECOVERY, wait_for
 
 pytestmark = pytest.mark.workers
 
-# Short leases and a fast sweeper, as the fault tests use.
-FAST = {
-    "OPS_WORKER_MAX_SLOTS": "2",
-    "OPS_LEASE_SECONDS": "3",
-    "OPS_HEARTBEAT_SECONDS": "0.5",
-    "OPS_SWEEP_INTERVAL_SECONDS": "0.5",
-    "OPS_REDISPATCH_SECONDS": "3",
-    "OPS_RETRY_BACKOFF_SECONDS": "0.2",
-    "OPS_RETRY_BACKOFF_CAP_SECONDS": "1",
-}
+FAST = {**FAST_RECOVERY, "OPS_WORKER_MAX_SLOTS": "2"}
 
 
 def run(*argv: str) -> None:
@@ -191,6 +182,19 @@ def submit(log: Path, count: int, seconds: float) -> list[str]:
     ]
 
 
+def takes_work_again(host: Host, log: Path, message: str) -> None:
+    """New operations complete, and the host runs some of them."""
+    more = submit(log, 12, 0.3)
+    wait_for(lambda: statuses(more) == {"completed"}, timeout=90, message="the next operations")
+    wait_for(
+        lambda: any(
+            r["worker"].endswith(f"@{host.name}") for r in runs(log) if r["op"] in more and r["event"] == "end"
+        ),
+        timeout=60,
+        message=message,
+    )
+
+
 def statuses(ids: list[str]) -> set[str]:
     return set(Operation.objects.filter(pk__in=ids).values_list("status", flat=True))
 
@@ -259,13 +263,7 @@ def test_a_cut_node_is_taken_over_fenced_and_rejoins(
         assert not taken.result_metadata["worker"].endswith(f"@{a.name}"), taken.result_metadata
     wait_for(lambda: "'lease lost'" in nodes[a.name].output(), timeout=60, message="the late outcome refused")
     # Back on the network, the node takes work again.
-    more = submit(log, 12, 0.3)
-    wait_for(lambda: statuses(more) == {"completed"}, timeout=90, message="the next operations")
-    wait_for(
-        lambda: any(r["worker"].endswith(f"@{a.name}") for r in runs(log) if r["op"] in more and r["event"] == "end"),
-        timeout=60,
-        message="the node that was cut off to take work again",
-    )
+    takes_work_again(a, log, "the node that was cut off to take work again")
 
 
 def test_a_node_that_loses_the_broker_only_loses_nothing(
@@ -295,10 +293,4 @@ def test_a_node_that_loses_the_broker_only_loses_nothing(
     connected = nodes[a.name].output().count("Connected to")
     a.forward(broker)
     wait_for(lambda: nodes[a.name].output().count("Connected to") > connected, timeout=90, message="the reconnection")
-    more = submit(log, 12, 0.3)
-    wait_for(lambda: statuses(more) == {"completed"}, timeout=90, message="the next operations")
-    wait_for(
-        lambda: any(r["worker"].endswith(f"@{a.name}") for r in runs(log) if r["op"] in more and r["event"] == "end"),
-        timeout=60,
-        message="the node that lost its broker to take work again",
-    )
+    takes_work_again(a, log, "the node that lost its broker to take work again")
