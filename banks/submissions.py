@@ -89,6 +89,7 @@ def retain_async(
                 bank_id=bank.pk,
                 operation_type="retain_batch",
                 operation_id=batch_id,
+                fresh_id=operation_id is None,
                 items_count=len(items),
                 tag=tag,
                 payload={"document_tags": document_tags, "children": len(children)},

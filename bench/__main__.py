@@ -60,6 +60,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="instead of everything else: the embedded platform with Celery task events off, on, and with Flower",
     )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="instead of everything else: the scale section (1M and 10M operations; takes a while, in database ops_scale)",
+    )
+    parser.add_argument(
+        "--scale-sizes",
+        default="1000000,10000000",
+        help="operations at each step of --scale, comma-separated (default 1000000,10000000)",
+    )
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL))
     parser.add_argument("--broker-url", default=os.environ.get("BENCH_BROKER_URL", DEFAULT_BROKER_URL))
     parser.add_argument(
@@ -85,20 +95,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--database-url must be a PostgreSQL URL")
     if args.only:
         args.skip_embedded = True
+    if args.scale:
+        args.database_url = urlparse(args.database_url)._replace(path="/ops_scale").geturl()
+        try:
+            args.scale_sizes = [int(float(size)) for size in args.scale_sizes.split(",")]
+        except ValueError:
+            parser.error(f"--scale-sizes must be numbers, comma-separated: {args.scale_sizes}")
     if args.output is None:
         # The task-events comparison keeps the full run's results beside it.
-        args.output = BENCH_DIR / "results" / ("task-events.json" if args.task_events else "latest.json")
+        name = "task-events.json" if args.task_events else "scale.json" if args.scale else "latest.json"
+        args.output = BENCH_DIR / "results" / name
     return args
 
 
-def ensure_database(url: str) -> None:
-    """Create the benchmark's database when it is missing."""
+def ensure_database(url: str, *, fresh: bool = False) -> None:
+    """Create the benchmark's database when it is missing (`fresh`: anew)."""
     import psycopg
 
     parsed = urlparse(url)
     name = parsed.path.lstrip("/")
     admin = parsed._replace(path="/postgres").geturl()
     with psycopg.connect(admin, autocommit=True) as conn:
+        if fresh:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
@@ -257,7 +276,7 @@ def main(argv: list[str]) -> int:
 
     stop_on_sigterm()
     env = scaled_env(args)
-    ensure_database(args.database_url)
+    ensure_database(args.database_url, fresh=args.scale)
     os.environ.update(env)
     for inherited in [k for k in os.environ if k.startswith("OPS_") and k not in env]:
         del os.environ[inherited]
@@ -277,6 +296,15 @@ def main(argv: list[str]) -> int:
     embedded_result: dict[str, Any] | None = None
     quick = args.quick
     embedded_count, embedded_rounds = (500, 5) if quick else (2_000, 20)
+    if args.scale:
+        from bench import scale
+
+        results, scale_table = scale.run(args.scale_sizes, run.say)
+        write_results(args.output, {"machine": info, "started_at": started_at, "scale": results})
+        print(f"\n## Scale: the operations table at {', '.join(f'{s:,}' for s in args.scale_sizes)} rows\n")
+        print(scale_table)
+        print(f"\nWhole run: {(time.perf_counter() - clock) / 60:.1f} min. Results: {args.output}")
+        return 0
     if args.task_events:
         embedded_count = args.operations or (500 if quick else 5_000)
         run.say(f"embedded: Celery task events off / on / with Flower, {embedded_count:,} no-ops, {args.slots} slots")

@@ -460,7 +460,7 @@ _HISTORY_OPERATIONS = """
 INSERT INTO operations_operation (
     id, bank_id, operation_type, status, task_payload, result_metadata, error_history,
     items_count, retry_count, max_retries, created_at, updated_at, started_at, completed_at,
-    error_message, tag
+    error_message, tag, finished_on
 )
 SELECT
     gen_random_uuid(), %(prefix)s || lpad((n %% %(banks)s)::text, 4, '0'),
@@ -469,13 +469,19 @@ SELECT
     s.created, s.created + interval '2 seconds', s.created + interval '40 milliseconds',
     s.created + interval '2 seconds',
     CASE WHEN s.status = 'failed' THEN 'synthetic failure' END,
-    CASE WHEN n %% 10 = 0 THEN 'nightly' END
+    CASE WHEN n %% 10 = 0 THEN 'nightly' END,
+    ((s.created + interval '2 seconds') AT TIME ZONE 'UTC')::date
 FROM generate_series(1, %(rows)s) AS n,
 LATERAL (SELECT
     CASE WHEN n %% 50 = 2 THEN 'failed' WHEN n %% 50 = 3 THEN 'cancelled' ELSE 'completed' END AS status,
-    now() - interval '20 days' * (1 - n::float / %(rows)s) AS created
+    now() - interval '%(days)s days' * (1 - n::float / %(rows)s) - interval '1 minute' AS created
 ) AS s
 """
+
+
+# The operations table's estimated rows: the sum over its partitions (PostgreSQL).
+TABLE_ROWS = """SELECT COALESCE(sum(c.reltuples), 0)::bigint FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'operations_operation'::regclass AND c.reltuples > 0"""
 
 
 def history_prefix(rows: int) -> str:
@@ -498,7 +504,7 @@ def ensure_history(rows: int, banks: int, say: Say) -> None:
         clock = time.perf_counter()
         cursor.execute("DELETE FROM operations_operation WHERE bank_id LIKE %s", [prefix + "%"])
         cursor.execute(_HISTORY_BANKS, {"prefix": prefix, "banks": banks})
-        cursor.execute(_HISTORY_OPERATIONS, {"prefix": prefix, "banks": banks, "rows": rows})
+        cursor.execute(_HISTORY_OPERATIONS, {"prefix": prefix, "banks": banks, "rows": rows, "days": 20})
     # Outside a transaction: VACUUM sets the visibility map, as autovacuum would in time.
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE operations_operation")
@@ -535,7 +541,7 @@ def pages(options: Options, base_url: str, key: str, say: Say) -> list[Figure]:
     # The cross-bank list and /metrics read the whole table, which may hold
     # more than this history (the other size's, earlier runs'): label them by it.
     with connection.cursor() as cursor:
-        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE relname = 'operations_operation'")
+        cursor.execute(TABLE_ROWS)
         (table_rows,) = cursor.fetchone()
     table = f"{round(table_rows, -3):,} operations in the table"
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:

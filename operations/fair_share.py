@@ -31,7 +31,7 @@ from django.db import connection
 from django.db.models import BooleanField
 from django.db.models.expressions import RawSQL
 
-from operations.models import Operation
+from operations.models import ACTIVE_DAY_SQL, Operation
 
 
 @dataclass(frozen=True)
@@ -60,21 +60,22 @@ def pool_of(worker: str) -> Pool:
 
 
 _TABLE = Operation._meta.db_table
+_ACTIVE = f"finished_on = {ACTIVE_DAY_SQL}"  # the active partition alone (see queries.ACTIVE)
 
 # Another bank has a due pending operation of this type: two range probes on
 # `ops_pending_bank` (banks below, banks above), so that a bank's own backlog of
 # thousands is never scanned.
 _OTHERS_WAIT = f"""(
-    EXISTS (SELECT 1 FROM {_TABLE} w WHERE w.status = 'pending'
+    EXISTS (SELECT 1 FROM {_TABLE} w WHERE w.{_ACTIVE} AND w.status = 'pending'
             AND w.operation_type = {{type}} AND w.bank_id < {{bank}}
             AND (w.next_retry_at IS NULL OR w.next_retry_at <= %s))
-    OR EXISTS (SELECT 1 FROM {_TABLE} w WHERE w.status = 'pending'
+    OR EXISTS (SELECT 1 FROM {_TABLE} w WHERE w.{_ACTIVE} AND w.status = 'pending'
             AND w.operation_type = {{type}} AND w.bank_id > {{bank}}
             AND (w.next_retry_at IS NULL OR w.next_retry_at <= %s))
 )"""
 
 _RUNNING = f"""(SELECT COUNT(*) FROM {_TABLE} r
-    WHERE r.status = 'processing' AND r.worker = %s AND r.bank_id = {{bank}})"""
+    WHERE r.{_ACTIVE} AND r.status = 'processing' AND r.worker = %s AND r.bank_id = {{bank}})"""
 
 
 # The claim's condition: the row's bank is under its share of this worker's
@@ -105,9 +106,9 @@ def should_yield(*, operation_id: str, operation_type: str, bank_id: str, worker
     at = connection.ops.adapt_datetimefield_value(now)
     params = {"type": "%s", "bank": "%s"}
     sql = f"""SELECT
-        (SELECT COUNT(*) FROM {_TABLE} r WHERE r.status = 'processing' AND r.worker = %s AND r.bank_id = %s
-            AND (r.started_at < (SELECT started_at FROM {_TABLE} WHERE id = %s)
-                 OR (r.started_at = (SELECT started_at FROM {_TABLE} WHERE id = %s) AND r.id < %s))),
+        (SELECT COUNT(*) FROM {_TABLE} r WHERE r.{_ACTIVE} AND r.status = 'processing' AND r.worker = %s AND r.bank_id = %s
+            AND (r.started_at < (SELECT started_at FROM {_TABLE} WHERE id = %s AND {_ACTIVE})
+                 OR (r.started_at = (SELECT started_at FROM {_TABLE} WHERE id = %s AND {_ACTIVE}) AND r.id < %s))),
         {_OTHERS_WAIT.format(**params)}"""
     pk = str(operation_id) if connection.vendor == "postgresql" else str(operation_id).replace("-", "")
     with connection.cursor() as cursor:

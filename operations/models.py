@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from django.db import connections, models
@@ -35,6 +36,13 @@ TERMINAL_STATUSES = frozenset({OperationStatus.COMPLETED, OperationStatus.FAILED
 
 ACTIVE_STATUSES = frozenset({OperationStatus.PENDING, OperationStatus.PROCESSING})
 ALL_STATUSES = frozenset(OperationStatus.values)
+
+# `finished_on` of a pending or processing row, and of a finished one until
+# the sweep files it under its day. On PostgreSQL the table is partitioned by
+# `finished_on` (see `operations.partitions`): the live rows in a partition of
+# their own, each day's finished rows in that day's.
+ACTIVE_DAY = date.max
+ACTIVE_DAY_SQL = "'9999-12-31'"
 
 
 @dataclass(frozen=True)
@@ -237,6 +245,9 @@ class OperationQuerySet(models.QuerySet["Operation"]):
         if target not in transition.targets:
             raise TransitionError(f"{name} cannot end in {target!r}")
         rows = self.filter(status__in=transition.sources)
+        if transition.sources <= ACTIVE_STATUSES:
+            # Only the active partition holds such rows (PostgreSQL skips the others).
+            rows = rows.filter(finished_on=ACTIVE_DAY)
         if transition.guard is not None:
             rows = rows.filter(transition.guard)
         if transition.parents is not None:
@@ -247,7 +258,24 @@ class OperationQuerySet(models.QuerySet["Operation"]):
                 else (rows.exclude(operation_type__in=parent_types))
             )
         fields.setdefault("updated_at", timezone.now())
+        if target in ACTIVE_STATUSES and not transition.sources <= ACTIVE_STATUSES:
+            fields["finished_on"] = ACTIVE_DAY  # back to the live work (a retry)
         return rows, {"status": target, **fields}
+
+    def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list[Operation]:
+        """Rows written whole (tests, imports): a live one in the live rows."""
+        objs = list(objs)
+        for obj in objs:
+            if obj.status in ACTIVE_STATUSES:
+                obj.finished_on = ACTIVE_DAY
+        return super().bulk_create(objs, *args, **kwargs)
+
+    def update(self, **kwargs: Any) -> int:
+        """A row made live again by a `status` set directly (repairs, tests;
+        the transitions see to it themselves) goes back among the live rows."""
+        if kwargs.get("status") in ACTIVE_STATUSES:
+            kwargs.setdefault("finished_on", ACTIVE_DAY)
+        return super().update(**kwargs)
 
 
 ERROR_MESSAGE_MAX = 5000
@@ -271,8 +299,16 @@ class Operation(models.Model):
     next_retry_at = models.DateTimeField(null=True, blank=True)
     # Indexed only where set (see Meta): most operations have no parent, and
     # every index on every row costs each status change an index entry.
+    # No foreign-key constraint in the database: PostgreSQL's partitioned
+    # table has no unique index on `id` alone to refer to (Django cascades).
     parent = models.ForeignKey(
-        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="children", db_index=False
+        "self",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="children",
+        db_index=False,
+        db_constraint=False,
     )
     document_id = models.CharField(max_length=512, null=True, blank=True)
     filename = models.CharField(max_length=512, null=True, blank=True)
@@ -294,6 +330,11 @@ class Operation(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # The partition key on PostgreSQL: ACTIVE_DAY while pending or processing;
+    # the sweep files a finished row under the UTC day it finished (in
+    # batches, off the hot path: `partitions.file_finished`), so the live
+    # rows stay apart from the history and the prune drops a day whole.
+    finished_on = models.DateField(default=ACTIVE_DAY, db_default=ACTIVE_DAY, editable=False)
 
     objects = OperationQuerySet.as_manager()
 
@@ -348,15 +389,33 @@ class Operation(models.Model):
                 name="ops_terminal_completed",
             ),
         ]
+        # A unique index of a partitioned table must hold its partition key:
+        # every pending or processing row has finished_on = ACTIVE_DAY (the
+        # check), so these are unique over all the table's pending rows and
+        # all its processing ones, enforced in the one active partition.
         constraints = [
-            models.UniqueConstraint(fields=["dedupe_key"], condition=Q(status="pending"), name="ops_dedupe_pending"),
             models.UniqueConstraint(
-                fields=["serial_key"], condition=Q(status="processing"), name="ops_serial_processing"
+                fields=["dedupe_key", "finished_on"], condition=Q(status="pending"), name="ops_dedupe_pending"
+            ),
+            models.UniqueConstraint(
+                fields=["serial_key", "finished_on"], condition=Q(status="processing"), name="ops_serial_processing"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=sorted(TERMINAL_STATUSES)) | Q(finished_on=ACTIVE_DAY),
+                name="ops_live_rows_are_active",
             ),
         ]
 
     def __str__(self) -> str:
         return f"{self.operation_type} {self.id} ({self.status})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.status in ACTIVE_STATUSES:  # live again, or still: among the live rows
+            self.finished_on = ACTIVE_DAY
+            update_fields = kwargs.get("update_fields")
+            if update_fields is not None and "status" in update_fields:
+                kwargs["update_fields"] = {*update_fields, "finished_on"}
+        super().save(*args, **kwargs)
 
     @property
     def is_terminal(self) -> bool:

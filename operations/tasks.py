@@ -95,16 +95,22 @@ def _settle_lost_run(
 
 @shared_task(name="ops.sweep", ignore_result=True)
 def sweep() -> dict[str, Any]:
-    """Reap expired leases, roll up stranded parents, publish what is due.
+    """Reap expired leases, roll up stranded parents, file finished operations
+    under their day (PostgreSQL), publish what is due.
     Safe to run concurrently (several beats): every step is a conditional UPDATE."""
     return {
         "reaped": lifecycle.operations_reap(),
         "parents": lifecycle.operations_roll_up_stranded(),
+        "filed": lifecycle.operations_file_finished(),
         "published": dispatch.publish_due(),
     }
 
 
 @shared_task(name="ops.prune", ignore_result=True)
-def prune() -> int:
-    """Delete terminal operations older than OPS_OPERATION_RETENTION_DAYS."""
-    return lifecycle.operations_prune(older_than_days=settings.OPS_OPERATION_RETENTION_DAYS)
+def prune() -> dict[str, Any]:
+    """Delete terminal operations older than OPS_OPERATION_RETENTION_DAYS: on
+    PostgreSQL drop the days past it and make the coming days' partitions
+    (OPS_PARTITIONS_AHEAD_DAYS), then delete what is left row by row."""
+    days = settings.OPS_OPERATION_RETENTION_DAYS
+    kept = lifecycle.operations_partitions_keep(older_than_days=days, ahead_days=settings.OPS_PARTITIONS_AHEAD_DAYS)
+    return {**kept, "deleted": lifecycle.operations_prune(older_than_days=days)}

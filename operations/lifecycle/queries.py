@@ -22,10 +22,19 @@ from django.db import connection
 
 from core.prepared import adapt
 from operations import fair_share, registry
-from operations.models import TRANSITIONS, Operation, PausedType, concrete_field
+from operations.models import (
+    ACTIVE_DAY_SQL,
+    TRANSITIONS,
+    Operation,
+    PausedType,
+    concrete_field,
+)
 
 TABLE = Operation._meta.db_table
 PAUSED = PausedType._meta.db_table
+# Pending and processing rows are all in the active partition on PostgreSQL:
+# said as a constant, so that the planner reads that partition alone.
+ACTIVE = f"finished_on = {ACTIVE_DAY_SQL}"
 
 
 def _statuses(names: frozenset[str]) -> str:
@@ -151,7 +160,7 @@ def claim() -> str:
     transition = TRANSITIONS["claim"]
     return f"""UPDATE {TABLE} SET status = '{transition.target}', worker = %s, task_id = %s, lease_id = %s,
     heartbeat_at = %s, started_at = %s, cancel_requested_at = NULL, updated_at = %s
-WHERE id = %s AND {_status_in(transition.sources)} AND {_runs()}
+WHERE id = %s AND {ACTIVE} AND {_status_in(transition.sources)} AND {_runs()}
   AND (next_retry_at IS NULL OR next_retry_at <= %s) AND {fair_share.CLAIM_GUARD}
   AND NOT EXISTS (SELECT 1 FROM {PAUSED} z WHERE z.operation_type = {TABLE}.operation_type)
 RETURNING {", ".join(CLAIMED)}"""
@@ -185,7 +194,7 @@ def claim_params(
 @cache
 def complete(conditions: tuple[tuple[str, str], ...], *, quiet: bool) -> str:
     transition = TRANSITIONS["complete"]
-    where = f"""id = %s AND lease_id = %s AND {_status_in(transition.sources)} AND {_runs()}"""
+    where = f"""id = %s AND {ACTIVE} AND lease_id = %s AND {_status_in(transition.sources)} AND {_runs()}"""
     if quiet:
         where += "".join(f" AND NOT ({condition})" for _, condition in conditions)
         returning = "id"
@@ -223,19 +232,19 @@ def complete_params(*, operation_id: Any, lease_id: Any, result: str, now: datet
 
 _CANDIDATE = """(
     SELECT o.id FROM {table} o
-    WHERE o.status = 'pending' AND o.operation_type = %s AND o.dispatched_at IS NULL {after}
+    WHERE o.{active} AND o.status = 'pending' AND o.operation_type = %s AND o.dispatched_at IS NULL {after}
       AND (o.next_retry_at IS NULL OR o.next_retry_at <= %s)
       AND (o.serial_key IS NULL OR NOT EXISTS (
-          SELECT 1 FROM {table} p WHERE p.status = 'processing' AND p.serial_key = o.serial_key))
+          SELECT 1 FROM {table} p WHERE p.{active} AND p.status = 'processing' AND p.serial_key = o.serial_key))
       AND NOT EXISTS (SELECT 1 FROM {paused} z WHERE z.operation_type = o.operation_type)
     ORDER BY o.bank_id, o.created_at
     LIMIT 1 {lock})"""
 
 _PICK = """UPDATE {table} SET dispatched_at = %s, task_id = %s
-WHERE id = COALESCE({first}, {wrapped}) AND dispatched_at IS NULL
+WHERE id = COALESCE({first}, {wrapped}) AND {active} AND dispatched_at IS NULL
 RETURNING id, bank_id, EXISTS (
     SELECT 1 FROM {table} w
-    WHERE w.status = 'pending' AND w.operation_type = {table}.operation_type AND w.bank_id = {table}.bank_id
+    WHERE w.{active} AND w.status = 'pending' AND w.operation_type = {table}.operation_type AND w.bank_id = {table}.bank_id
       AND w.dispatched_at >= %s AND w.id <> {table}.id) AS behind"""
 
 
@@ -243,8 +252,9 @@ def pick(vendor: str) -> str:
     lock = "FOR UPDATE SKIP LOCKED" if vendor == "postgresql" else ""
     return _PICK.format(
         table=TABLE,
-        first=_CANDIDATE.format(table=TABLE, paused=PAUSED, after="AND o.bank_id > %s", lock=lock),
-        wrapped=_CANDIDATE.format(table=TABLE, paused=PAUSED, after="", lock=lock),
+        active=ACTIVE,
+        first=_CANDIDATE.format(table=TABLE, active=ACTIVE, paused=PAUSED, after="AND o.bank_id > %s", lock=lock),
+        wrapped=_CANDIDATE.format(table=TABLE, active=ACTIVE, paused=PAUSED, after="", lock=lock),
     )
 
 

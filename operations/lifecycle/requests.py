@@ -12,6 +12,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 
+from core import transient
 from operations import registry
 from operations.lifecycle.common import (
     CANCELLED,
@@ -140,7 +141,13 @@ def operations_cancel_pending(*, bank_id: str, operation_type: str | None = None
 def operation_retry(*, operation_id: str | uuid.UUID) -> None:
     """failed | cancelled -> pending, retry count reset. A parent re-queues its
     failed and cancelled children; a child re-opens its finished parent.
-    Raises OperationNotFound or TransitionRefused."""
+    Raises OperationNotFound or TransitionRefused. Tried again after a
+    transient error: on PostgreSQL a finished row may be moving to its day's
+    partition at that moment (`operations.partitions`)."""
+    transient.retrying(lambda: _retry(operation_id), what=f"retry of {operation_id}")
+
+
+def _retry(operation_id: str | uuid.UUID) -> None:
     parent_id, is_parent = _parent_of(operation_id)
     if is_parent:
         _retry_parent(operation_id)
@@ -207,7 +214,12 @@ def _retry_parent(operation_id: str | uuid.UUID) -> None:
 
 def operation_delete(*, operation_id: str | uuid.UUID) -> None:
     """Delete a terminal operation (and its children). Raises OperationNotFound
-    or TransitionRefused when it is still pending or processing."""
+    or TransitionRefused when it is still pending or processing. Tried again
+    after a transient error, as `operation_retry`."""
+    transient.retrying(lambda: _delete(operation_id), what=f"delete of {operation_id}")
+
+
+def _delete(operation_id: str | uuid.UUID) -> None:
     with transaction.atomic():
         row = Operation.objects.select_for_update().filter(pk=operation_id).values("status", "parent_id").first()
         if row is None:

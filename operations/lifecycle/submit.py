@@ -18,6 +18,7 @@ from operations.lifecycle.common import PENDING, timestamp
 from operations.lifecycle.rollup import progress as roll_up_progress
 from operations.lifecycle.rollup import roll_up
 from operations.models import (
+    ACTIVE_DAY,
     Operation,
 )
 
@@ -71,15 +72,27 @@ def _mark_published(fields: dict[str, Any]) -> None:
 _FIELDS = [field.attname for field in Operation._meta.concrete_fields]
 
 
-def _insert(fields: dict[str, Any]) -> Operation:
+def _refuse_finished_id(operation_id: Any) -> None:
+    """A caller's own ids (a client's operation id) are unique among the
+    active rows by the active partition's primary key, but PostgreSQL cannot
+    index them unique across partitions: one that already finished (in a
+    day's partition) is refused here, as the key would. Run after the INSERT,
+    this statement's snapshot sees any row that left the active partition
+    before ours entered it (the INSERT waited for that move to commit)."""
+    if Operation.objects.filter(pk=operation_id).exclude(finished_on=ACTIVE_DAY).exists():
+        raise IntegrityError("operation id already taken by a finished operation")
+
+
+def _insert(fields: dict[str, Any], *, chosen_id: Any = None) -> Operation:
     """Write one new pending row; see `_insert_many`."""
-    return _insert_many([fields])[0]
+    return _insert_many([fields], chosen_id=chosen_id)[0]
 
 
-def _insert_many(many: list[dict[str, Any]]) -> list[Operation]:
+def _insert_many(many: list[dict[str, Any]], *, chosen_id: Any = None) -> list[Operation]:
     """Write new pending rows (`queries.insert`, prepared: one statement per
     `insert_batch_size()` rows) and return them as create() would: every
-    column set, the others as the database has them."""
+    column set, the others as the database has them. `chosen_id`: an id among
+    them the caller chose (a client's), refused if a finished row has it."""
     now = timezone.now()
     rows = []
     for fields in many:
@@ -89,6 +102,7 @@ def _insert_many(many: list[dict[str, Any]]) -> list[Operation]:
         )
         row.update(fields)
         row["id"] = uuid.UUID(str(row["id"])) if row["id"] is not None else uuid.uuid4()
+        row["finished_on"] = ACTIVE_DAY  # the column's default: not in the INSERT
         rows.append(row)
     size = queries.insert_batch_size()
     for start in range(0, len(rows), size):
@@ -96,6 +110,8 @@ def _insert_many(many: list[dict[str, Any]]) -> list[Operation]:
         params = [param for row in batch for param in queries.insert_params(row, connection)]
         with prepared.execute(queries.insert(len(batch)), params):
             pass
+    if chosen_id is not None and connection.vendor == "postgresql":
+        _refuse_finished_id(chosen_id)
     return [Operation.from_db(connection.alias, _FIELDS, [row.get(name) for name in _FIELDS]) for row in rows]
 
 
@@ -152,9 +168,12 @@ def operation_submit(
         try:
             if guarded:
                 with transaction.atomic():
-                    operation = _insert(fields)
+                    operation = _insert(fields, chosen_id=operation_id)
                     if parent_id is not None:
                         roll_up(parent_id)
+            elif operation_id is not None:
+                with transaction.atomic():
+                    operation = _insert(fields, chosen_id=operation_id)
             else:
                 operation = _insert(fields)
         except IntegrityError:
@@ -191,6 +210,7 @@ def operation_submit_parent(
     items_count: int = 0,
     tag: str | None = None,
     operation_id: str | uuid.UUID | None = None,
+    fresh_id: bool = False,
 ) -> tuple[Operation, list[Operation]]:
     """A parent (an async retain's `retain_batch`) and its children, in the
     caller's transaction: one bulk INSERT of them all (the window checked
@@ -198,7 +218,8 @@ def operation_submit_parent(
     parent is written already rolled up (every child pending), so no roll-up
     runs. Types that deduplicate are refused as children (a batch cannot be
     half-deduplicated); IntegrityError for an id already taken (callers own
-    id idempotency)."""
+    id idempotency). `fresh_id`: `operation_id` was just drawn at random by
+    the caller (not a client's), so it needs no check against finished rows."""
     optype = registry.get(operation_type)
     if not optype.rollup:
         raise ValueError(f"{optype.name} is not a parent type")
@@ -221,7 +242,9 @@ def operation_submit_parent(
     # The parent's row goes first in the children's INSERT (the foreign keys
     # are checked at commit).
     with transaction.atomic(savepoint=False):
-        parent, *created = _insert_many([fields, *rows])
+        parent, *created = _insert_many(
+            [fields, *rows], chosen_id=fields["id"] if operation_id is not None and not fresh_id else None
+        )
     _publish_on_commit_many(created, priorities)
     return parent, created
 

@@ -8,10 +8,10 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, F, Q
 
-from operations import registry
+from operations import partitions, registry
 from operations.handlers import Lease
 from operations.lifecycle.common import PENDING, PROCESSING, timestamp
 from operations.lifecycle.rollup import roll_up
@@ -171,13 +171,18 @@ def operations_roll_up_stranded(*, limit: int = 200) -> int:
 def operations_prune(*, older_than_days: int, batch_size: int = 1000, max_batches: int = 100) -> int:
     """Delete terminal top-level operations (with their children) finished more
     than `older_than_days` ago, in batches so no statement holds locks for
-    long. Returns how many top-level rows were deleted."""
+    long. Returns how many top-level rows were deleted. On PostgreSQL the
+    days past retention are dropped whole first (`operations_partitions_keep`);
+    what is left to delete row by row is in the default and history
+    partitions, or not filed yet."""
     cutoff = timestamp() - timedelta(days=older_than_days)
     deleted = 0
     for _ in range(max_batches):
         ids = list(
             Operation.objects.filter(
-                parent__isnull=True, status__in=list(TERMINAL_STATUSES), completed_at__lt=cutoff
+                parent__isnull=True,
+                status__in=list(TERMINAL_STATUSES),
+                completed_at__lt=cutoff,
             ).values_list("pk", flat=True)[:batch_size]
         )
         if not ids:
@@ -188,3 +193,32 @@ def operations_prune(*, older_than_days: int, batch_size: int = 1000, max_batche
         if len(ids) < batch_size:
             break
     return deleted
+
+
+def operations_file_finished(*, limit: int = 5000, batches: int = 20) -> int:
+    """PostgreSQL: move the operations that finished more than
+    OPS_FILE_FINISHED_AFTER_SECONDS ago from the active partition to their
+    day's (`partitions.file_finished`), at most `batches` × `limit` per call
+    (the sweep's). Returns how many moved."""
+    if connection.vendor != "postgresql":
+        return 0
+    before = timestamp() - timedelta(seconds=settings.OPS_FILE_FINISHED_AFTER_SECONDS)
+    moved = 0
+    for _ in range(batches):
+        filed = partitions.file_finished(before=before, limit=limit)
+        moved += filed
+        if filed < limit:
+            break
+    return moved
+
+
+def operations_partitions_keep(*, older_than_days: int, ahead_days: int) -> dict[str, list[str]]:
+    """PostgreSQL's partitions of the operations table: the coming days'
+    tables made ahead, the days wholly past retention dropped. Nothing to do
+    on SQLite (one table, pruned row by row)."""
+    if not partitions.is_partitioned():
+        return {"created": [], "dropped": []}
+    now = timestamp()
+    created = partitions.ensure_ahead(now.date(), ahead_days)
+    dropped = partitions.drop_before((now - timedelta(days=older_than_days)).date())
+    return {"created": created, "dropped": dropped}

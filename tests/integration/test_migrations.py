@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
@@ -115,3 +116,55 @@ def test_banks_and_keys_move_to_tenancy_with_their_rows_and_permissions(back_to_
     assert (moved.app_label, moved.model) == ("tenancy", "bank")
     # The same permission row, now tenancy's: groups that had it keep it.
     assert apps.get_model("auth", "Permission").objects.filter(content_type=moved, codename="view_bank").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_operations_table_is_partitioned_keeping_its_rows_and_back(back_to_latest: None) -> None:
+    """0010-0011: every row kept, each in its partition on PostgreSQL (one
+    table on SQLite), with its day; backwards, one plain table again."""
+    apps = _migrate(
+        [("operations", "0009_console_actions_pauses_and_minutes"), ("banks", "0009_bank_and_keys_to_tenancy")]
+    )
+    Operation = apps.get_model("operations", "Operation")
+    apps.get_model("tenancy", "Bank").objects.create(bank_id="kept")
+    finished_at = datetime(2026, 3, 4, 23, 30, tzinfo=UTC)
+    ids = {name: uuid.uuid4() for name in ("pending", "running", "done", "parent", "child")}
+    made = {
+        "pending": {"status": "pending"},
+        "running": {"status": "processing", "serial_key": "retain:kept:d"},
+        "done": {"status": "completed", "completed_at": finished_at},
+        "parent": {"status": "failed", "completed_at": finished_at, "operation_type": "retain_batch"},
+        "child": {"status": "failed", "completed_at": finished_at, "parent_id": ids["parent"]},
+    }
+    for name, fields in made.items():
+        Operation.objects.create(
+            id=ids[name], bank_id="kept", **{"operation_type": "retain", **fields}, task_payload={"n": name}
+        )
+    apps.get_model("banks", "StoredFile").objects.create(
+        operation_id=ids["done"], filename="a.txt", size=1, sha256="0" * 64, data=b"a"
+    )
+
+    apps = _migrate(_latest())
+    Operation = apps.get_model("operations", "Operation")
+    rows = {row["id"]: row for row in Operation.objects.values("id", "status", "finished_on", "task_payload")}
+    assert {row["task_payload"]["n"]: row["status"] for row in rows.values()} == {
+        name: fields["status"] for name, fields in made.items()
+    }
+    assert rows[ids["pending"]]["finished_on"] == rows[ids["running"]]["finished_on"] == date.max
+    assert rows[ids["done"]]["finished_on"] == date(2026, 3, 4)  # the UTC day it finished
+    assert Operation.objects.get(pk=ids["child"]).parent_id == ids["parent"]
+    assert apps.get_model("banks", "StoredFile").objects.get(operation_id=ids["done"]).filename == "a.txt"
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT id, tableoid::regclass::text FROM operations_operation")
+            where = dict(cursor.fetchall())
+        assert where[ids["pending"]] == where[ids["running"]] == "operations_operation_active"
+        assert where[ids["done"]] == where[ids["child"]] == "operations_operation_history"
+
+    apps = _migrate([("operations", "0009_console_actions_pauses_and_minutes")])
+    Operation = apps.get_model("operations", "Operation")
+    assert set(Operation.objects.values_list("id", flat=True)) == set(ids.values())
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_partitioned_table")
+            assert cursor.fetchone()[0] == 0

@@ -1,0 +1,175 @@
+"""The scale section of `make bench` (`BENCH_ARGS=--scale`): the reads and
+writes that must not slow down as the operations table grows, at 1M, 10M
+(and, given the disk and the time, 100M) operations, each figure beside the
+first size's. The goal is flat.
+
+The table is the partitioned one of a real deployment: 30 days of finished
+operations, one partition per day, in 1,000 banks, beside a live backlog of
+pending work. Each size adds rows to the last; every figure is the median of
+many in-process requests (Django's test client: no web server between).
+Runs in its own database (`ops_scale`), dropped and made again.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+DAYS = 30
+BANKS = 1000
+PENDING = 5000
+REQUESTS = 200
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+def _median_ms(work: Callable[[], Any], count: int = REQUESTS) -> float:
+    times = []
+    for _ in range(count):
+        clock = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - clock)
+    return _ms(statistics.median(times))
+
+
+def _layout(say: Callable[[str], None]) -> None:
+    """One partition per day for the last DAYS days (the migration's history
+    partition, empty here, makes way), and the coming days'."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from operations import partitions
+
+    today = timezone.now().date()
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {partitions.HISTORY}")
+    for offset in range(DAYS + 1):
+        partitions.create_day(today - timedelta(days=offset))
+    partitions.ensure_ahead(today, 7)
+    say(f"  {len(partitions.partitions())} partitions: active, default, {DAYS + 8} days")
+
+
+def _fill(total: int, present: int, say: Callable[[str], None]) -> None:
+    from django.db import connection
+    from django.utils import timezone
+
+    from bench.scaled import _HISTORY_OPERATIONS
+    from operations import partitions
+
+    partitions.create_day(timezone.now().date() - timedelta(days=DAYS))  # the prune dropped it
+    clock = time.perf_counter()
+    step = 2_000_000
+    with connection.cursor() as cursor:
+        while present < total:
+            rows = min(step, total - present)
+            cursor.execute(_HISTORY_OPERATIONS, {"prefix": "scale-", "banks": BANKS, "rows": rows, "days": DAYS})
+            present += rows
+            say(f"  {present:,} of {total:,} rows ({time.perf_counter() - clock:.0f}s)")
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE operations_operation")
+    say(f"  loaded and vacuumed in {time.perf_counter() - clock:.0f}s")
+
+
+def _measure(client: Any, key: str) -> dict[str, float]:
+    from django.db import connection
+
+    from operations import lifecycle
+
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+    counter = iter(range(10**9))
+
+    def get(url: str) -> Callable[[], None]:
+        def run() -> None:
+            response = client.get(url, **headers)
+            assert response.status_code == 200, (url, response.status_code, response.content[:300])
+
+        return run
+
+    def bank_page() -> None:
+        get(f"/v1/default/banks/scale-{next(counter) % BANKS:04d}/operations?limit=20")()
+
+    figures = {
+        "bank's first page": _median_ms(bank_page),
+        "cross-bank first page": _median_ms(get("/v1/default/operations?limit=20")),
+        "/tasks?within_hours=24": _median_ms(get("/tasks?within_hours=24"), 50),
+    }
+    get("/metrics")()  # the scrape that starts (or catches up) the rollup
+    figures["/metrics"] = _median_ms(get("/metrics"), 50)
+
+    def claim() -> None:
+        submitted = lifecycle.operation_submit(bank_id="scale-0001", operation_type="test_echo").operation
+        clock = time.perf_counter()
+        lease = lifecycle.operation_claim(operation_id=str(submitted.pk), worker="shared@scale", task_id="t")
+        claims.append(time.perf_counter() - clock)
+        assert lease is not None
+        lifecycle.operation_complete(lease=lease, result={})
+
+    claims: list[float] = []
+    for _ in range(REQUESTS):
+        claim()
+    figures["claim"] = _ms(statistics.median(claims))
+    # The prune drops the oldest day (finished DAYS days ago, 1/DAYS of the rows) whole.
+    clock = time.perf_counter()
+    kept = lifecycle.operations_partitions_keep(older_than_days=DAYS - 1, ahead_days=7)
+    figures["prune (drop a day)"] = _ms(time.perf_counter() - clock)
+    assert kept["dropped"], kept
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM operations_operation_active")
+        figures["live rows"] = cursor.fetchone()[0]
+    return figures
+
+
+def run(sizes: list[int], say: Callable[[str], None]) -> tuple[list[dict[str, Any]], str]:
+    """Load and measure each size in turn. Returns the figures and a table."""
+    from django.db import connection
+    from django.test import Client
+
+    from operations import lifecycle
+    from tenancy.api_keys import api_key_create
+    from tenancy.models import Bank
+
+    say(f"scale: {', '.join(f'{s:,}' for s in sizes)} operations over {DAYS} days in {BANKS:,} banks")
+    _layout(say)
+    Bank.objects.bulk_create([Bank(bank_id=f"scale-{i:04d}") for i in range(BANKS)], ignore_conflicts=True)
+    for index in range(PENDING):  # a live backlog the claim's statements must not walk
+        lifecycle.operation_submit(
+            bank_id=f"scale-{index % BANKS:04d}", operation_type="test_sleep", payload={"seconds": 0}
+        )
+    key = api_key_create(admin=True)[1]
+    client = Client()
+    results = []
+    present = 0
+    for size in sizes:
+        say(f"loading to {size:,} operations")
+        _fill(size, present, say)
+        present = size
+        figures = _measure(client, key)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_database_size(current_database())")
+            figures["database size (GB)"] = cursor.fetchone()[0] / 1e9
+        results.append({"operations": size, **figures})
+        say("  " + "; ".join(f"{name} {value:.1f}" for name, value in figures.items()))
+    return results, table(results)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    names = [name for name in results[0] if name != "operations"]
+    head = "| measure | " + " | ".join(f"{r['operations']:,}" for r in results) + " |"
+    lines = [head, "|---" * (len(results) + 1) + "|"]
+    for name in names:
+        first = results[0][name]
+        cells = []
+        for index, result in enumerate(results):
+            value = result[name]
+            unit = "" if name in ("live rows", "database size (GB)") else " ms"
+            shown = f"{value:,.0f}" if name == "live rows" else f"{value:.1f}{unit}"
+            if index and first and unit:
+                shown += f" ({value / first:.2f}x)"
+            cells.append(shown)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

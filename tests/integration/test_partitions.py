@@ -1,0 +1,256 @@
+"""The operations table's partitions on PostgreSQL (`operations.partitions`):
+live rows apart from the history, a table per day, pruning by dropping a day,
+and the uniqueness guarantees kept across partitions."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import date, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from banks.models import StoredFile
+from operations import lifecycle, partitions
+from operations.models import ACTIVE_DAY, Operation
+from operations.tasks import prune
+from tenancy.models import Bank
+from tests.conftest import race
+
+pytestmark = pytest.mark.skipif(
+    "postgres" not in __import__("os").environ.get("TEST_DATABASE_URL", "postgres")
+    or __import__("os").environ.get("OPS_TEST_DEPLOYMENT") == "embedded",
+    reason="partitions exist on PostgreSQL only (the embedded deployment keeps one SQLite table)",
+)
+
+
+def where(pk: Any) -> str:
+    """The partition that holds the operation's row."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT tableoid::regclass::text FROM operations_operation WHERE id = %s", [pk])
+        rows = cursor.fetchall()
+    assert len(rows) == 1, rows  # one row per id, in one partition
+    return str(rows[0][0])
+
+
+def submit(**fields: Any) -> Operation:
+    return lifecycle.operation_submit(bank_id="alpha", operation_type="test_echo", **fields).operation
+
+
+def run(operation: Operation, *, fail: bool = False) -> None:
+    lease = lifecycle.operation_claim(operation_id=str(operation.pk), worker="shared@here", task_id="t")
+    assert lease is not None
+    if fail:
+        lifecycle.operation_fail(lease=lease, error="no", permanent=True)
+    else:
+        assert lifecycle.operation_complete(lease=lease, result={})
+
+
+def today() -> date:
+    return timezone.now().date()
+
+
+def file_all() -> int:
+    """What the sweep does, for every finished row whatever its time."""
+    return partitions.file_finished(before=timezone.now() + timedelta(days=1000), limit=1000)
+
+
+def test_an_operation_is_live_until_it_finishes_then_the_sweep_files_it_under_its_day(
+    alpha: Any, settings: Any
+) -> None:
+    assert partitions.is_partitioned()
+    done, failed, cancelled, recent = submit(), submit(), submit(), submit()
+    assert {where(o.pk) for o in (done, failed, cancelled, recent)} == {partitions.ACTIVE}
+    run(done)
+    run(failed, fail=True)
+    lifecycle.operation_cancel(operation_id=cancelled.pk)
+    run(recent)
+    # Finishing is an UPDATE inside the active partition; the sweep moves them later, together.
+    assert {where(o.pk) for o in (done, failed, cancelled)} == {partitions.ACTIVE}
+    Operation.objects.filter(pk__in=[done.pk, failed.pk, cancelled.pk]).update(
+        completed_at=timezone.now() - timedelta(seconds=11)
+    )
+    settings.OPS_FILE_FINISHED_AFTER_SECONDS = 10
+    assert lifecycle.operations_file_finished(limit=2) == 3  # in batches
+    day = partitions.day_table(today())
+    assert {where(o.pk) for o in (done, failed, cancelled)} == {day}
+    assert where(recent.pk) == partitions.ACTIVE  # finished a moment ago: not yet
+    assert Operation.objects.get(pk=done.pk).finished_on == today()
+    # A retry brings it back to the live work, and it runs again.
+    lifecycle.operation_retry(operation_id=failed.pk)
+    assert where(failed.pk) == partitions.ACTIVE
+    assert Operation.objects.get(pk=failed.pk).finished_on == ACTIVE_DAY
+    run(failed)
+    assert file_all() == 2
+    assert where(failed.pk) == where(recent.pk) == day
+
+
+def test_a_live_row_cannot_be_filed_under_a_day(alpha: Any) -> None:
+    operation = submit()
+    with pytest.raises(IntegrityError, match="ops_live_rows_are_active"), connection.cursor() as cursor:
+        cursor.execute("UPDATE operations_operation SET finished_on = CURRENT_DATE WHERE id = %s", [operation.pk])
+
+
+def test_the_prune_makes_the_coming_days_and_drops_the_days_past_retention(
+    alpha: Any, settings: Any, monkeypatch: Any
+) -> None:
+    settings.OPS_OPERATION_RETENTION_DAYS = 30
+    settings.OPS_PARTITIONS_AHEAD_DAYS = 10
+    now = timezone.now()
+    expired, kept = submit(), submit()
+    for operation in (expired, kept):
+        run(operation)
+    # Seen from 40 days on: one finished "5 days from now" (a day's table made
+    # ahead by the migration), with a stored file; one 15 days from now.
+    Operation.objects.filter(pk=expired.pk).update(completed_at=now + timedelta(days=5))
+    Operation.objects.filter(pk=kept.pk).update(completed_at=now + timedelta(days=15))
+    assert file_all() == 2
+    assert where(expired.pk) == partitions.day_table(today() + timedelta(days=5))
+    assert where(kept.pk) == partitions.DEFAULT  # no table that far ahead
+    StoredFile.objects.create(operation_id=expired.pk, filename="a.txt", size=1, sha256="0" * 64, data=b"a")
+    parked = submit()  # pending all along: never pruned
+    monkeypatch.setattr("operations.lifecycle.upkeep.timestamp", lambda: now + timedelta(days=40))
+
+    outcome = prune()
+
+    dropped = {partitions.HISTORY, *(partitions.day_table(today() + timedelta(days=n)) for n in range(6))}
+    assert dropped <= set(outcome["dropped"])
+    made = {partitions.day_table(today() + timedelta(days=40 + n)) for n in range(11)}
+    assert set(outcome["created"]) == made
+    names = {p.name for p in partitions.partitions()}
+    assert made <= names and not dropped & names
+    assert outcome["deleted"] == 0  # `kept`, in the default partition, is within retention
+    assert not Operation.objects.filter(pk=expired.pk).exists()
+    assert not StoredFile.objects.filter(operation_id=expired.pk).exists()  # no constraint cascaded: the prune did
+    assert set(Operation.objects.values_list("pk", flat=True)) == {kept.pk, parked.pk}
+    assert prune() == {"created": [], "dropped": [], "deleted": 0}  # and again: nothing to do
+
+
+def test_a_day_without_its_table_goes_to_the_default_partition_and_is_pruned_row_by_row(alpha: Any) -> None:
+    operation = submit()
+    run(operation)
+    far = timezone.now() + timedelta(days=400)  # past the days made ahead
+    Operation.objects.filter(pk=operation.pk).update(completed_at=far)
+    assert file_all() == 1
+    assert where(operation.pk) == partitions.DEFAULT
+    # Its day's table is not made while the default holds that day's rows.
+    assert not partitions.create_day(far.date())
+    assert partitions.create_day(far.date() + timedelta(days=1))
+    assert lifecycle.operations_prune(older_than_days=1) == 0
+    old = submit()
+    run(old)
+    Operation.objects.filter(pk=old.pk).update(completed_at=timezone.now() - timedelta(days=5))
+    assert file_all() == 1
+    assert where(old.pk) == partitions.HISTORY
+    assert lifecycle.operations_prune(older_than_days=1) == 1
+    assert set(Operation.objects.values_list("pk", flat=True)) == {operation.pk}
+
+
+def test_a_day_whose_table_is_in_use_is_dropped_at_a_later_prune(alpha: Any) -> None:
+    operation = submit()
+    run(operation)
+    Operation.objects.filter(pk=operation.pk).update(completed_at=timezone.now() + timedelta(days=5))
+    assert file_all() == 1
+    day = partitions.day_table(today() + timedelta(days=5))
+    assert where(operation.pk) == day
+    # A long reader holds the table: the prune waits only lock_timeout for it.
+    reader = psycopg.connect(**_dsn())
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM operations_operation")
+    try:
+        assert partitions.drop_before(today() + timedelta(days=6)) == []
+    finally:
+        reader.rollback()
+        reader.close()
+    assert Operation.objects.filter(pk=operation.pk).exists()
+    assert day in partitions.drop_before(today() + timedelta(days=6))
+    assert not Operation.objects.filter(pk=operation.pk).exists()
+
+
+def _dsn() -> dict[str, Any]:
+    settings = connection.settings_dict
+    return {
+        "dbname": settings["NAME"],
+        "user": settings["USER"],
+        "host": settings["HOST"],
+        "port": settings["PORT"] or 5432,
+        "password": settings["PASSWORD"] or None,
+    }
+
+
+def test_a_client_id_of_a_finished_operation_is_not_taken_twice(alpha: Any) -> None:
+    """Ids are unique per partition only; a client's id that a finished
+    operation holds is refused at submit all the same."""
+    taken = submit()
+    run(taken)
+    assert file_all() == 1
+    assert where(taken.pk) != partitions.ACTIVE
+    with pytest.raises(IntegrityError, match="already taken"), transaction.atomic():
+        lifecycle.operation_submit_parent(
+            bank_id="alpha", operation_type="retain_batch", operation_id=taken.pk, children=[]
+        )
+    with pytest.raises(IntegrityError, match="already taken"):
+        lifecycle.operation_submit(bank_id="alpha", operation_type="test_echo", operation_id=taken.pk)
+    assert Operation.objects.filter(pk=taken.pk).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_client_id_raced_against_its_own_finish_is_taken_once(transactional_db: None) -> None:
+    """The sweep files a finished row under its day while the same id is
+    submitted again: whichever order the two take, one row holds the id."""
+    Bank.objects.create(bank_id="alpha")
+    for _ in range(20):
+        client_id = uuid.uuid4()
+        first = lifecycle.operation_submit(bank_id="alpha", operation_type="test_echo", operation_id=client_id)
+        lease = lifecycle.operation_claim(operation_id=str(client_id), worker="shared@here", task_id="t")
+        assert lease is not None and first.operation.pk == client_id
+        assert lifecycle.operation_complete(lease=lease, result={})
+        go = threading.Barrier(2)
+        outcomes: list[Any] = []
+
+        def finish() -> None:
+            go.wait()
+            outcomes.append(file_all())
+            connection.close()
+
+        def again(client_id: uuid.UUID = client_id) -> None:
+            go.wait()
+            try:
+                lifecycle.operation_submit(bank_id="alpha", operation_type="test_echo", operation_id=client_id)
+                outcomes.append("inserted")
+            except IntegrityError:
+                outcomes.append("refused")
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=finish), threading.Thread(target=again)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert "refused" in outcomes and 1 in outcomes, outcomes
+        assert Operation.objects.filter(pk=client_id).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_and_a_delete_raced_against_the_filing_of_their_row_succeed(transactional_db: None) -> None:
+    """PostgreSQL refuses to update a row another transaction just moved to
+    another partition (a serialization failure): the request tries again."""
+    Bank.objects.create(bank_id="alpha")
+    for _ in range(15):
+        retried, deleted = submit(), submit()
+        run(retried, fail=True)
+        run(deleted, fail=True)
+        race(
+            file_all,
+            lambda retried=retried: lifecycle.operation_retry(operation_id=retried.pk),
+            lambda deleted=deleted: lifecycle.operation_delete(operation_id=deleted.pk),
+        )
+        assert where(retried.pk) == partitions.ACTIVE
+        assert Operation.objects.get(pk=retried.pk).status == "pending"
+        assert not Operation.objects.filter(pk=deleted.pk).exists()
+        Operation.objects.filter(pk=retried.pk).delete()
