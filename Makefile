@@ -5,10 +5,11 @@ PY := $(VENV)/bin/python
 
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ops
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/11
+TEST_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672/ops-tests
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: hosts run test test-fast test-scaled test-embedded test-unit test-integration test-acceptance bench install clean browser lock lint
+.PHONY: hosts rabbitmq run test test-fast test-scaled test-embedded test-rabbitmq test-unit test-integration test-acceptance bench install clean browser lock lint
 
 # Exactly the locked versions (requirements/test.txt, with hashes), then the
 # project itself on top of them, editable and with no dependency of its own.
@@ -61,8 +62,9 @@ hosts:
 
 ## Run the whole test suite: everything against PostgreSQL and Redis on
 ## localhost, then the lifecycle, race, API and client suites again against the
-## embedded default (SQLite and the filesystem broker), real workers on both.
-test: install browser hosts test-scaled test-embedded
+## embedded default (SQLite and the filesystem broker) and against PostgreSQL
+## with RabbitMQ, real workers on all three.
+test: install browser hosts test-scaled test-embedded test-rabbitmq
 
 test-scaled: install browser hosts
 	TEST_DATABASE_URL=$(TEST_DATABASE_URL) TEST_BROKER_URL=$(TEST_BROKER_URL) \
@@ -70,6 +72,17 @@ test-scaled: install browser hosts
 
 test-embedded: install
 	OPS_TEST_DEPLOYMENT=embedded $(PY) -m pytest -m embedded $(PYTEST_ARGS)
+
+test-rabbitmq: install rabbitmq
+	OPS_TEST_DEPLOYMENT=rabbitmq TEST_DATABASE_URL=$(TEST_DATABASE_URL) TEST_RABBITMQ_URL=$(TEST_RABBITMQ_URL) \
+		$(PY) -m pytest -m embedded $(PYTEST_ARGS)
+
+## RabbitMQ on localhost for the broker matrix: started when it is not running.
+rabbitmq:
+	@rabbitmqctl -q status >/dev/null 2>&1 || { \
+		echo "starting RabbitMQ (rabbitmq-server -detached)"; \
+		rabbitmq-server -detached && rabbitmqctl -q await_startup; \
+	}
 
 ## One layer of the suite alone, against PostgreSQL and Redis: tests/unit (no
 ## worker, no broker), tests/integration (real workers), tests/acceptance (the

@@ -38,8 +38,12 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import partial
+from typing import TypeVar
 
 from django.db import OperationalError, connection, transaction
 from django.db.models import CASCADE, SET_NULL
@@ -47,15 +51,19 @@ from django.db.models import CASCADE, SET_NULL
 from operations.models import ACTIVE_DAY_SQL, Operation
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TABLE = Operation._meta.db_table
 ACTIVE = f"{TABLE}_active"
 DEFAULT = f"{TABLE}_default"
 HISTORY = f"{TABLE}_history"
 _DAY = re.compile(rf"^{TABLE}_p(\d{{8}})$")
-# How long the prune waits for the table's lock to drop a day before it tries
-# again next hour: never queue the hot path behind a long reader.
-LOCK_TIMEOUT = "2s"
+# Making or dropping a partition takes the table's exclusive lock, and every
+# statement on the table queues behind that request while it waits: so it
+# waits at most LOCK_TIMEOUT, LOCK_ATTEMPTS times a second apart, then leaves
+# the work to the next prune (an hour later) rather than stall the hot path.
+LOCK_TIMEOUT = "100ms"
+LOCK_ATTEMPTS = 5
 
 
 def day_table(day: date) -> str:
@@ -135,13 +143,33 @@ def create_day(day: date) -> bool:
 
 
 def ensure_ahead(today: date, days: int) -> list[str]:
-    """Tables for today and the `days` after it; returns those made now."""
+    """Tables for today and the `days` after it; returns those made now. One
+    whose lock is not granted (`_locking`) is left for the next prune (the
+    days ahead are the slack)."""
     made = []
     for offset in range(days + 1):
         day = today + timedelta(days=offset)
-        if create_day(day):
+        created = _locking(partial(create_day, day), what=f"make {day_table(day)}")
+        if created is None:
+            break
+        if created:
             made.append(day_table(day))
     return made
+
+
+def _locking(work: Callable[[], T], *, what: str) -> T | None:
+    """`work` (DDL under LOCK_TIMEOUT), again after a lock not granted in
+    time, up to LOCK_ATTEMPTS times; None when it never was."""
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        try:
+            return work()
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) != "55P03":
+                raise
+            if attempt < LOCK_ATTEMPTS:
+                time.sleep(1.0)
+    log.warning("could not %s now (the table's lock was busy); the next prune will", what)
+    return None
 
 
 def _delete_dependents(partition: str) -> None:
@@ -164,7 +192,7 @@ def _delete_dependents(partition: str) -> None:
 def drop_before(cutoff: date) -> list[str]:
     """Drop the day tables wholly before `cutoff` (every row finished before
     it), and the history table once it is. Returns the tables dropped; one
-    whose lock is not granted in LOCK_TIMEOUT is left for the next prune."""
+    whose lock is not granted (`_locking`) is left for the next prune."""
     dropped = []
     for partition in partitions():
         if partition.day is not None:
@@ -175,24 +203,25 @@ def drop_before(cutoff: date) -> list[str]:
             expired = False
         if not expired:
             continue
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-                # A table with deferred checks pending cannot be dropped: settle
-                # them first (there are some only when the caller wrote rows).
-                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-                # Detached first: from then on no statement on the table sees it.
-                cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {partition.name}")
-                _delete_dependents(partition.name)
-                cursor.execute(f"DROP TABLE {partition.name}")
-        except OperationalError as exc:  # a lock not granted in time: the next prune
-            if getattr(exc.__cause__, "sqlstate", None) != "55P03":
-                raise
-            log.warning("could not drop %s now (lock timeout); the next prune will", partition.name)
+        if _locking(partial(_drop, partition.name), what=f"drop {partition.name}") is None:
             break  # the table's lock is what it waited for: the others would wait as long
         dropped.append(partition.name)
         log.info("dropped %s", partition.name)
     return dropped
+
+
+def _drop(name: str) -> bool:
+    with transaction.atomic(), connection.cursor() as cursor:
+        # What refers to its rows goes first, before the table's lock is asked for.
+        _delete_dependents(name)
+        cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        # A table with deferred checks pending cannot be dropped: settle them
+        # first (there are some only when the caller wrote rows).
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        # Detached first: from then on no statement on the table sees it.
+        cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}")
+        cursor.execute(f"DROP TABLE {name}")
+    return True
 
 
 def _history_upper_bound() -> date:

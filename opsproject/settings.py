@@ -241,6 +241,12 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
+    if CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://")):
+        # RabbitMQ: queues with priorities, so a bank's first message goes ahead
+        # of another bank's window (see dispatch.FIRST_OF_ITS_BANK). A queue
+        # declared earlier without them must be deleted once (RabbitMQ refuses
+        # to redeclare a queue with other arguments).
+        CELERY_TASK_QUEUE_MAX_PRIORITY = 9
 
 CELERY_RESULT_BACKEND = "django-db"
 # The Operation row is the record of a run. Celery stores only errors that

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
@@ -35,6 +36,7 @@ def wait_for(
 
 
 EMBEDDED = os.environ.get("OPS_TEST_DEPLOYMENT") == "embedded"
+RABBITMQ = os.environ.get("OPS_TEST_DEPLOYMENT") == "rabbitmq"
 # Fixtures that start processes or servers: a test using one is slow, and
 # `make test-fast` (-m "not workers") leaves it out.
 SLOW_FIXTURES = {"start_workers", "live_server", "private_broker"}
@@ -49,8 +51,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _clean_broker() -> None:
     """Start from an empty broker. Embedded: a fresh folder already. Scaled: the
-    Redis database testenv checked is the suite's own (never db 0)."""
+    Redis database testenv checked is the suite's own (never db 0). RabbitMQ:
+    the suite's virtual host, deleted and made again."""
     if EMBEDDED:
+        return
+    if RABBITMQ:
+        from tests.testenv import rabbitmq_vhost
+
+        vhost = rabbitmq_vhost(os.environ["CELERY_BROKER_URL"])
+        user = urlparse(os.environ["CELERY_BROKER_URL"]).username or "guest"
+        for command in (
+            ["delete_vhost", vhost],
+            ["add_vhost", vhost],
+            ["set_permissions", "-p", vhost, user, ".*", ".*", ".*"],
+        ):
+            done = subprocess.run(["rabbitmqctl", "-q", *command], capture_output=True, text=True, check=False)
+            if done.returncode != 0 and command[0] != "delete_vhost":
+                pytest.exit(f"rabbitmqctl {' '.join(command)} failed: {done.stderr.strip()} (is RabbitMQ running?)")
         return
     import redis
 

@@ -64,7 +64,9 @@ _cursor: dict[str, str] = {}
 
 # Redis serves a queue's lower priority numbers first (kombu's default steps
 # are 0, 3, 6, 9); every message carries one, since a message without one
-# counts as 0.
+# counts as 0. RabbitMQ serves higher ones first, from queues declared with
+# x-max-priority (CELERY_TASK_QUEUE_MAX_PRIORITY, set for it): there a message
+# carries that maximum minus these (`_publish`).
 FIRST_OF_ITS_BANK = 0
 BEHIND = 6
 
@@ -122,6 +124,8 @@ def _publish(app: Any, producer: Any, message: Message, *, retry: bool) -> None:
     operation_id, operation_type, task_id, priority = message
     optype = registry.get(operation_type)
     conf = _publishing(app)
+    if conf.max_priority is not None:
+        priority = conf.max_priority - priority
     if conf.sent_events:
         app.send_task(
             optype.task_name,
@@ -168,6 +172,7 @@ class _Settings:
     delivery_mode: Any
     retry_policy: dict[str, Any]
     reply_to: str
+    max_priority: int | None  # queues with priorities, higher first (RabbitMQ)
 
 
 @cache
@@ -178,6 +183,7 @@ def _publishing(app: Any) -> _Settings:
         delivery_mode=app.conf.task_default_delivery_mode,
         retry_policy=dict(app.conf.task_publish_retry_policy),
         reply_to=app.thread_oid,
+        max_priority=app.conf.task_queue_max_priority,
     )
 
 

@@ -83,8 +83,9 @@ def test_quickstart_keeps_its_admin_key_across_restarts_until_rotated(settings: 
 def test_docker_compose_services_run_real_project_commands() -> None:
     compose = yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "web", "worker", "beat", "flower"}
+    assert set(services) == {"postgres", "redis", "rabbitmq", "web", "worker", "beat", "flower"}
     assert services["flower"]["profiles"] == ["flower"]  # started only on request
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
     manage_commands = set(get_commands())
     for name in ("web", "worker", "beat", "flower"):
         service = services[name]
@@ -98,7 +99,8 @@ def test_docker_compose_services_run_real_project_commands() -> None:
             assert argv[:3] == ["celery", "-A", "opsproject"] and argv[3] in ("worker", "beat", "flower"), name
         environment = service["environment"]
         assert environment["DATABASE_URL"].startswith("postgres://")
-        assert environment["CELERY_BROKER_URL"].startswith("redis://")
+        # Redis unless the environment names another broker (RabbitMQ).
+        assert environment["CELERY_BROKER_URL"] == "${CELERY_BROKER_URL:-redis://redis:6379/0}"
         assert set(service["depends_on"]) >= {"postgres", "redis"}
         # No secret in the file (compose refuses to start without one from the
         # environment) and no wildcard host.
