@@ -38,8 +38,9 @@ def _median_ms(work: Callable[[], Any], count: int = REQUESTS) -> float:
 
 
 def _layout(say: Callable[[str], None]) -> None:
-    """One partition per day for the last DAYS days (the migration's history
-    partition, empty here, makes way), and the coming days'."""
+    """Partitions for the last DAYS days (the migration's history partition,
+    empty here, makes way), and the coming days', as the prune makes them."""
+    from django.conf import settings
     from django.db import connection
     from django.utils import timezone
 
@@ -48,20 +49,20 @@ def _layout(say: Callable[[str], None]) -> None:
     today = timezone.now().date()
     with connection.cursor() as cursor:
         cursor.execute(f"DROP TABLE IF EXISTS {partitions.HISTORY}")
-    for offset in range(DAYS + 1):
-        partitions.create_day(today - timedelta(days=offset))
-    partitions.ensure_ahead(today, 7)
-    say(f"  {len(partitions.partitions())} partitions: active, default, {DAYS + 8} days")
+    partitions.ensure_ahead(today - timedelta(days=DAYS), DAYS + 7, settings.OPS_PARTITION_DAYS)
+    say(f"  {len(partitions.partitions())} partitions: active, default, and a week's finished operations each")
 
 
 def _fill(total: int, present: int, say: Callable[[str], None]) -> None:
+    from django.conf import settings
     from django.db import connection
     from django.utils import timezone
 
     from bench.scaled import _HISTORY_OPERATIONS
     from operations import partitions
 
-    partitions.create_day(timezone.now().date() - timedelta(days=DAYS))  # the prune dropped it
+    oldest = timezone.now().date() - timedelta(days=DAYS)
+    partitions.create_span(oldest, settings.OPS_PARTITION_DAYS)  # the prune dropped it
     clock = time.perf_counter()
     step = 2_000_000
     with connection.cursor() as cursor:
@@ -77,8 +78,9 @@ def _fill(total: int, present: int, say: Callable[[str], None]) -> None:
 
 def _measure(client: Any, key: str) -> dict[str, float]:
     from django.db import connection
+    from django.utils import timezone
 
-    from operations import lifecycle
+    from operations import lifecycle, partitions
 
     headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
     counter = iter(range(10**9))
@@ -102,7 +104,7 @@ def _measure(client: Any, key: str) -> dict[str, float]:
     figures["/metrics"] = _median_ms(get("/metrics"), 50)
 
     def claim() -> None:
-        submitted = lifecycle.operation_submit(bank_id="scale-0001", operation_type="test_echo").operation
+        submitted = lifecycle.operation_submit(bank_id="scale-0001", operation_type="bench_noop").operation
         clock = time.perf_counter()
         lease = lifecycle.operation_claim(operation_id=str(submitted.pk), worker="shared@scale", task_id="t")
         claims.append(time.perf_counter() - clock)
@@ -113,10 +115,11 @@ def _measure(client: Any, key: str) -> dict[str, float]:
     for _ in range(REQUESTS):
         claim()
     figures["claim"] = _ms(statistics.median(claims))
-    # The prune drops the oldest day (finished DAYS days ago, 1/DAYS of the rows) whole.
+    # The prune drops the oldest partition (of DAYS days' rows) whole.
+    oldest = min(p.upper for p in partitions.partitions() if p.finished and p.upper is not None)
     clock = time.perf_counter()
-    kept = lifecycle.operations_partitions_keep(older_than_days=DAYS - 1, ahead_days=7)
-    figures["prune (drop a day)"] = _ms(time.perf_counter() - clock)
+    kept = lifecycle.operations_partitions_keep(older_than_days=(timezone.now().date() - oldest).days, ahead_days=7)
+    figures["prune (drop a partition)"] = _ms(time.perf_counter() - clock)
     assert kept["dropped"], kept
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM operations_operation_active")
@@ -137,9 +140,7 @@ def run(sizes: list[int], say: Callable[[str], None]) -> tuple[list[dict[str, An
     _layout(say)
     Bank.objects.bulk_create([Bank(bank_id=f"scale-{i:04d}") for i in range(BANKS)], ignore_conflicts=True)
     for index in range(PENDING):  # a live backlog the claim's statements must not walk
-        lifecycle.operation_submit(
-            bank_id=f"scale-{index % BANKS:04d}", operation_type="test_sleep", payload={"seconds": 0}
-        )
+        lifecycle.operation_submit(bank_id=f"scale-{index % BANKS:04d}", operation_type="retain", payload={})
     key = api_key_create(admin=True)[1]
     client = Client()
     results = []

@@ -332,8 +332,12 @@ OPS_DISPATCH_WINDOW = env_int("OPS_DISPATCH_WINDOW", 100, minimum=1)
 OPS_CANCEL_GRACE_SECONDS = env_float("OPS_CANCEL_GRACE_SECONDS", 30.0, minimum=0)
 OPS_OPERATION_RETENTION_DAYS = env_int("OPS_OPERATION_RETENTION_DAYS", 30, minimum=1)
 # PostgreSQL: seconds after it finished that the sweep moves an operation from
-# the live rows' partition to its day's, and days of those the prune makes ahead.
+# the live rows' partition to its span's, the days one partition of finished
+# operations spans (the prune drops one whole: a week keeps the partitions
+# few, and planning a query costs per partition), and how many days ahead
+# the prune makes them.
 OPS_FILE_FINISHED_AFTER_SECONDS = env_float("OPS_FILE_FINISHED_AFTER_SECONDS", 10.0, minimum=0)
+OPS_PARTITION_DAYS = env_int("OPS_PARTITION_DAYS", 7, minimum=1, maximum=366)
 OPS_PARTITIONS_AHEAD_DAYS = env_int("OPS_PARTITIONS_AHEAD_DAYS", 7, minimum=1, maximum=366)
 # The memory-bank domain.
 OPS_EXTRACTOR = env_str("OPS_EXTRACTOR", "banks.extraction.RuleBasedExtractor")

@@ -85,6 +85,12 @@ def _fresh_dispatch_state() -> None:
     dispatch.forget_process_state()
 
 
+def needs_redis(what: str) -> None:
+    """Skip, on the deployments whose broker is not Redis, a test of the Redis broker's own path."""
+    if EMBEDDED or RABBITMQ:
+        pytest.skip(f"tests {what}: runs in the scaled (PostgreSQL + Redis) session")
+
+
 def needs_scaled(what: str) -> None:
     """Skip on the embedded deployment a test of something only the scaled one has."""
     if EMBEDDED:

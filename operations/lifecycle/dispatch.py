@@ -149,7 +149,7 @@ def _publish(app: Any, producer: Any, message: Message, *, retry: bool) -> None:
         argsrepr=repr(args),
         kwargsrepr="{}",
         ignore_result=None,
-        reply_to=conf.reply_to,
+        reply_to=app.thread_oid,  # per thread, as send_task's (a thread-local read)
     )
     producer.publish(
         task.body,
@@ -171,7 +171,6 @@ class _Settings:
     sent_events: bool
     delivery_mode: Any
     retry_policy: dict[str, Any]
-    reply_to: str
     max_priority: int | None  # queues with priorities, higher first (RabbitMQ)
 
 
@@ -182,7 +181,6 @@ def _publishing(app: Any) -> _Settings:
         sent_events=bool(app.conf.task_send_sent_event),
         delivery_mode=app.conf.task_default_delivery_mode,
         retry_policy=dict(app.conf.task_publish_retry_policy),
-        reply_to=app.thread_oid,
         max_priority=app.conf.task_queue_max_priority,
     )
 

@@ -219,6 +219,6 @@ def operations_partitions_keep(*, older_than_days: int, ahead_days: int) -> dict
     if not partitions.is_partitioned():
         return {"created": [], "dropped": []}
     now = timestamp()
-    created = partitions.ensure_ahead(now.date(), ahead_days)
+    created = partitions.ensure_ahead(now.date(), ahead_days, settings.OPS_PARTITION_DAYS)
     dropped = partitions.drop_before((now - timedelta(days=older_than_days)).date())
     return {"created": created, "dropped": dropped}

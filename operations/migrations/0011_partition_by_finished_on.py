@@ -1,7 +1,7 @@
 """PostgreSQL: the operations table becomes a table partitioned by
 `finished_on` (see `operations.partitions`), keeping every row: the active
 rows in their own partition, what finished before today in a history
-partition, and a partition for each of the coming days. SQLite keeps one table.
+partition, and one for the coming days. SQLite keeps one table.
 
 The table is rebuilt: renamed aside, a new one made like it, the rows
 copied, then its primary key (id, finished_on: a partitioned table's unique
@@ -53,12 +53,12 @@ def _rebuild(apps, schema_editor, *, partitioned: bool) -> None:
                 f"CREATE TABLE {table}_history PARTITION OF {table} FOR VALUES FROM (MINVALUE) TO (%s)",
                 [today.isoformat()],
             )
-            for offset in range(AHEAD_DAYS + 1):
-                day = today + datetime.timedelta(days=offset)
-                cursor.execute(
-                    f"CREATE TABLE {table}_p{day:%Y%m%d} PARTITION OF {table} FOR VALUES FROM (%s) TO (%s)",
-                    [day.isoformat(), (day + datetime.timedelta(days=1)).isoformat()],
-                )
+            # The days ahead; the prune makes the later ones, a week each.
+            ahead = today + datetime.timedelta(days=AHEAD_DAYS + 1)
+            cursor.execute(
+                f"CREATE TABLE {table}_p{today:%Y%m%d} PARTITION OF {table} FOR VALUES FROM (%s) TO (%s)",
+                [today.isoformat(), ahead.isoformat()],
+            )
         else:
             cursor.execute(f"CREATE TABLE {table} ({like})")
         cursor.execute(f"INSERT INTO {table} SELECT * FROM {aside}")

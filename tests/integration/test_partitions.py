@@ -74,7 +74,8 @@ def test_an_operation_is_live_until_it_finishes_then_the_sweep_files_it_under_it
     )
     settings.OPS_FILE_FINISHED_AFTER_SECONDS = 10
     assert lifecycle.operations_file_finished(limit=2) == 3  # in batches
-    day = partitions.day_table(today())
+    day = partitions.holding(today())
+    assert day != partitions.DEFAULT
     assert {where(o.pk) for o in (done, failed, cancelled)} == {day}
     assert where(recent.pk) == partitions.ACTIVE  # finished a moment ago: not yet
     assert Operation.objects.get(pk=done.pk).finished_on == today()
@@ -102,25 +103,26 @@ def test_the_prune_makes_the_coming_days_and_drops_the_days_past_retention(
     expired, kept = submit(), submit()
     for operation in (expired, kept):
         run(operation)
-    # Seen from 40 days on: one finished "5 days from now" (a day's table made
-    # ahead by the migration), with a stored file; one 15 days from now.
+    # Seen from 40 days on: one finished "5 days from now" (in the partition
+    # the migration made ahead), with a stored file; one 15 days from now.
     Operation.objects.filter(pk=expired.pk).update(completed_at=now + timedelta(days=5))
     Operation.objects.filter(pk=kept.pk).update(completed_at=now + timedelta(days=15))
     assert file_all() == 2
-    assert where(expired.pk) == partitions.day_table(today() + timedelta(days=5))
-    assert where(kept.pk) == partitions.DEFAULT  # no table that far ahead
+    soon = partitions.holding(today() + timedelta(days=5))
+    assert where(expired.pk) == soon != partitions.DEFAULT
+    assert where(kept.pk) == partitions.DEFAULT  # no partition that far ahead
     StoredFile.objects.create(operation_id=expired.pk, filename="a.txt", size=1, sha256="0" * 64, data=b"a")
     parked = submit()  # pending all along: never pruned
     monkeypatch.setattr("operations.lifecycle.upkeep.timestamp", lambda: now + timedelta(days=40))
 
     outcome = prune()
 
-    dropped = {partitions.HISTORY, *(partitions.day_table(today() + timedelta(days=n)) for n in range(6))}
-    assert dropped <= set(outcome["dropped"])
-    made = {partitions.day_table(today() + timedelta(days=40 + n)) for n in range(11)}
-    assert set(outcome["created"]) == made
+    assert set(outcome["dropped"]) == {partitions.HISTORY, soon}
     names = {p.name for p in partitions.partitions()}
-    assert made <= names and not dropped & names
+    assert outcome["created"] and set(outcome["created"]) <= names and not set(outcome["dropped"]) & names
+    # Every day ahead held, a week a partition (the last one may be cut short by none).
+    held = {partitions.holding(today() + timedelta(days=40 + n)) for n in range(11)}
+    assert partitions.DEFAULT not in held and held == set(outcome["created"]) and len(held) in (2, 3)
     assert outcome["deleted"] == 0  # `kept`, in the default partition, is within retention
     assert not Operation.objects.filter(pk=expired.pk).exists()
     assert not StoredFile.objects.filter(operation_id=expired.pk).exists()  # no constraint cascaded: the prune did
@@ -135,9 +137,9 @@ def test_a_day_without_its_table_goes_to_the_default_partition_and_is_pruned_row
     Operation.objects.filter(pk=operation.pk).update(completed_at=far)
     assert file_all() == 1
     assert where(operation.pk) == partitions.DEFAULT
-    # Its day's table is not made while the default holds that day's rows.
-    assert not partitions.create_day(far.date())
-    assert partitions.create_day(far.date() + timedelta(days=1))
+    # Its partition is not made while the default holds rows of its span.
+    assert partitions.create_span(far.date(), 7) is None
+    assert partitions.create_span(far.date() + timedelta(days=30), 7) is not None
     assert lifecycle.operations_prune(older_than_days=1) == 0
     old = submit()
     run(old)
@@ -153,20 +155,20 @@ def test_a_day_whose_table_is_in_use_is_dropped_at_a_later_prune(alpha: Any) -> 
     run(operation)
     Operation.objects.filter(pk=operation.pk).update(completed_at=timezone.now() + timedelta(days=5))
     assert file_all() == 1
-    day = partitions.day_table(today() + timedelta(days=5))
+    day = partitions.holding(today() + timedelta(days=5))
     assert where(operation.pk) == day
     # A long reader holds the table: the prune waits only lock_timeout for it.
     reader = psycopg.connect(**_dsn())
     reader.execute("BEGIN")
     reader.execute("SELECT count(*) FROM operations_operation")
     try:
-        assert partitions.drop_before(today() + timedelta(days=6)) == []
-        assert partitions.ensure_ahead(today() + timedelta(days=100), 1) == []  # nor made: next time
+        assert partitions.drop_before(today() + timedelta(days=9)) == []
+        assert partitions.ensure_ahead(today() + timedelta(days=100), 1, 7) == []  # nor made: next time
     finally:
         reader.rollback()
         reader.close()
     assert Operation.objects.filter(pk=operation.pk).exists()
-    assert day in partitions.drop_before(today() + timedelta(days=6))
+    assert day in partitions.drop_before(today() + timedelta(days=9))
     assert not Operation.objects.filter(pk=operation.pk).exists()
 
 

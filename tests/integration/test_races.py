@@ -135,7 +135,8 @@ def submit_child(parent_id: Any) -> str:
 
 
 def test_the_session_runs_on_the_deployment_it_names(alpha: Any) -> None:
-    """So a green embedded session really ran on SQLite and the filesystem broker."""
+    """So a green embedded session really ran on SQLite and the filesystem
+    broker, and a green RabbitMQ session on RabbitMQ."""
     import os
 
     from django.conf import settings
@@ -144,6 +145,9 @@ def test_the_session_runs_on_the_deployment_it_names(alpha: Any) -> None:
     if os.environ.get("OPS_TEST_DEPLOYMENT") == "embedded":
         assert connection.vendor == "sqlite" and settings.EMBEDDED_BROKER
         assert settings.DATABASES["default"]["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
+    elif os.environ.get("OPS_TEST_DEPLOYMENT") == "rabbitmq":
+        assert connection.vendor == "postgresql" and settings.CELERY_BROKER_URL.startswith("amqp://")
+        assert settings.CELERY_TASK_QUEUE_MAX_PRIORITY == 9
     else:
         assert connection.vendor == "postgresql" and settings.CELERY_BROKER_URL.startswith("redis://")
 

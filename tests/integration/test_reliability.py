@@ -12,7 +12,7 @@ from django.utils import timezone
 from operations import lifecycle, registry
 from operations.lifecycle import dispatch
 from operations.models import Operation
-from tests.conftest import race
+from tests.conftest import needs_redis, race
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
@@ -309,6 +309,7 @@ def test_the_dispatcher_writes_messages_as_celery_would(private_broker: Any) -> 
     """`dispatch` publishes through kombu itself (a lighter path than
     `send_task`, and several messages per round trip): what it writes is
     Celery's own message, but for the ids. Several at once, and one alone."""
+    needs_redis("the messages as Redis holds them")
     import base64
     import json
     import uuid
@@ -343,6 +344,7 @@ def test_the_dispatcher_writes_messages_as_celery_would(private_broker: Any) -> 
 
 def test_a_redis_channel_publishes_through_one_client(private_broker: Any) -> None:
     # kombu's own Redis channel builds a client object per message.
+    needs_redis("the Redis transport")
     from operations.worker.redis_broker import Transport
     from opsproject.celery import app
 
