@@ -181,7 +181,11 @@ class OperationsCollector(Collector):
         for status in (OperationStatus.PENDING, OperationStatus.PROCESSING):
             # One status at a time, so each count reads its partial index.
             counts = dict(
-                Operation.objects.filter(status=status).values_list("operation_type").annotate(n=Count("id")).order_by()
+                Operation.objects.live()
+                .filter(status=status)
+                .values_list("operation_type")
+                .annotate(n=Count("id"))
+                .order_by()
             )
             for name in types:
                 current.add_metric([name, status], counts.get(name, 0))
@@ -189,7 +193,8 @@ class OperationsCollector(Collector):
 
         depth = GaugeMetricFamily("ops_queue_depth", "Due pending operations by type", labels=["type"])
         due = dict(
-            Operation.objects.filter(status=OperationStatus.PENDING)
+            Operation.objects.live()
+            .filter(status=OperationStatus.PENDING)
             .filter(Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=Now()))
             .values_list("operation_type")
             .annotate(n=Count("id"))

@@ -262,6 +262,12 @@ class OperationQuerySet(models.QuerySet["Operation"]):
             fields["finished_on"] = ACTIVE_DAY  # back to the live work (a retry)
         return rows, {"status": target, **fields}
 
+    def live(self) -> OperationQuerySet:
+        """Rows that may be pending or processing: on PostgreSQL the active
+        partition only, so that a query of the live work neither plans nor
+        reads the history's partitions."""
+        return self.filter(finished_on=ACTIVE_DAY)
+
     def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list[Operation]:
         """Rows written whole (tests, imports): a live one in the live rows."""
         objs = list(objs)

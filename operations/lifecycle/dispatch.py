@@ -220,7 +220,7 @@ def _stale_before() -> datetime:
 def _in_broker(operation_type: str) -> QuerySet[Operation]:
     """The rows whose message of this type is in the broker now (published,
     not yet claimed): a range of `ops_pending_dispatched`."""
-    return Operation.objects.filter(
+    return Operation.objects.live().filter(
         status=OperationStatus.PENDING, operation_type=operation_type, dispatched_at__gte=_stale_before()
     )
 
@@ -409,9 +409,8 @@ def _republish_stale(operation_type: str, limit: int) -> int:
     with a broker restart, say): publish them again."""
     now = timezone.now()
     stale = (
-        Operation.objects.filter(
-            status=OperationStatus.PENDING, operation_type=operation_type, dispatched_at__lt=_stale_before()
-        )
+        Operation.objects.live()
+        .filter(status=OperationStatus.PENDING, operation_type=operation_type, dispatched_at__lt=_stale_before())
         .exclude(next_retry_at__gt=now)
         .order_by("dispatched_at")
         .values_list("pk", "dispatched_at")[:limit]
@@ -439,9 +438,11 @@ def top_up(operation_type: str) -> int:
 def _unpublished(operation_type: str) -> QuerySet[Operation]:
     """Pending operations of the type waiting to be published (`ops_pending_fair`)."""
     now = timezone.now()
-    return Operation.objects.filter(
-        status=OperationStatus.PENDING, operation_type=operation_type, dispatched_at__isnull=True
-    ).exclude(next_retry_at__gt=now)
+    return (
+        Operation.objects.live()
+        .filter(status=OperationStatus.PENDING, operation_type=operation_type, dispatched_at__isnull=True)
+        .exclude(next_retry_at__gt=now)
+    )
 
 
 def publish_due() -> int:
@@ -455,7 +456,8 @@ def publish_next_serial(serial_key: str) -> bool:
     pending one waiting on the same key."""
     now = timezone.now()
     waiting = (
-        Operation.objects.filter(serial_key=serial_key, status=OperationStatus.PENDING, dispatched_at=None)
+        Operation.objects.live()
+        .filter(serial_key=serial_key, status=OperationStatus.PENDING, dispatched_at=None)
         .exclude(next_retry_at__gt=now)
         .order_by("created_at")
         .values("pk", "operation_type")

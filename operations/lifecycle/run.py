@@ -211,7 +211,7 @@ def operation_claim(
 def _leased(lease: Lease, stale_before: datetime | None = None) -> OperationQuerySet:
     """The row, only while this lease holds it (and, for the reaper, only while
     its heartbeat is older than `stale_before`: a late heartbeat wins)."""
-    rows = Operation.objects.filter(pk=lease.operation_id, lease_id=lease.lease_id)
+    rows = Operation.objects.live().filter(pk=lease.operation_id, lease_id=lease.lease_id)
     return rows if stale_before is None else rows.filter(heartbeat_at__lt=stale_before)
 
 
@@ -223,7 +223,12 @@ def operation_progress(*, lease: Lease, progress: dict[str, Any]) -> bool:
 
 def operation_lease_state(*, lease: Lease) -> LeaseState:
     """'ok', 'cancel_requested', or 'lost' (not ours any more)."""
-    row = Operation.objects.filter(pk=lease.operation_id).values("lease_id", "status", "cancel_requested_at").first()
+    row = (
+        Operation.objects.live()
+        .filter(pk=lease.operation_id)
+        .values("lease_id", "status", "cancel_requested_at")
+        .first()
+    )
     if row is None or row["status"] != PROCESSING or str(row["lease_id"]) != lease.lease_id:
         return "lost"
     return "cancel_requested" if row["cancel_requested_at"] else "ok"

@@ -179,7 +179,7 @@ def operation_submit(
         except IntegrityError:
             if dedupe_key is None:
                 raise
-            existing = Operation.objects.filter(dedupe_key=dedupe_key, status=PENDING).first()
+            existing = Operation.objects.live().filter(dedupe_key=dedupe_key, status=PENDING).first()
             if existing is not None:
                 return Submission(existing, deduplicated=True)
             continue
