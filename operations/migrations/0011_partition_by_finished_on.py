@@ -48,6 +48,11 @@ def _rebuild(apps, schema_editor, *, partitioned: bool) -> None:
             cursor.execute(
                 f"CREATE TABLE {table}_active PARTITION OF {table} FOR VALUES FROM ('9999-12-31') TO (MAXVALUE)"
             )
+            # Its rows come and go: a VACUUM that truncated it to nothing would
+            # make the planner see an empty table and cache plans that scan it
+            # whole (the claim's own row found by a sequential scan through a
+            # backlog). Kept at its largest, scans cost what the table once held.
+            cursor.execute(f"ALTER TABLE {table}_active SET (vacuum_truncate = false)")
             cursor.execute(f"CREATE TABLE {table}_default PARTITION OF {table} DEFAULT")
             cursor.execute(
                 f"CREATE TABLE {table}_history PARTITION OF {table} FOR VALUES FROM (MINVALUE) TO (%s)",

@@ -255,3 +255,32 @@ def test_a_retry_and_a_delete_raced_against_the_filing_of_their_row_succeed(tran
         assert Operation.objects.get(pk=retried.pk).status == "pending"
         assert not Operation.objects.filter(pk=deleted.pk).exists()
         Operation.objects.filter(pk=retried.pk).delete()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_live_partition_emptied_and_vacuumed_still_looks_its_size_to_the_planner(
+    transactional_db: None,
+) -> None:
+    """Its rows come and go; truncated to nothing by VACUUM it would look
+    empty, and a plan cached then would scan it whole (by id too)."""
+    Bank.objects.create(bank_id="alpha")
+    many = lifecycle.operations_submit_many(
+        bank_id="alpha", operations=[lifecycle.Child(operation_type="test_echo", payload={}) for _ in range(3000)]
+    )
+    Operation.objects.filter(pk__in=[o.pk for o in many]).delete()
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM {partitions.ACTIVE}")
+        cursor.execute(f"SELECT pg_relation_size('{partitions.ACTIVE}')")
+        assert cursor.fetchone()[0] > 0
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            cursor.execute(
+                "PREPARE by_id(uuid) AS SELECT status FROM operations_operation "
+                "WHERE id = $1 AND finished_on = '9999-12-31'"
+            )
+            cursor.execute("EXPLAIN EXECUTE by_id(%s)", [uuid.uuid4()])
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        finally:
+            cursor.execute("DEALLOCATE ALL")
+            cursor.execute("RESET plan_cache_mode")
+    assert f"Index Scan using {partitions.ACTIVE}_pkey" in plan, plan
