@@ -118,7 +118,7 @@ def _measure(client: Any, key: str) -> dict[str, float]:
     # The prune drops the oldest partition (of DAYS days' rows) whole.
     oldest = min(p.upper for p in partitions.partitions() if p.finished and p.upper is not None)
     clock = time.perf_counter()
-    kept = lifecycle.operations_partitions_keep(older_than_days=(timezone.now().date() - oldest).days, ahead_days=7)
+    kept = lifecycle.operations_partitions_keep(older_than_days=(timezone.now().date() - oldest).days)
     figures["prune (drop a partition)"] = _ms(time.perf_counter() - clock)
     assert kept["dropped"], kept
     with connection.cursor() as cursor:

@@ -31,7 +31,7 @@ from django.db import connection
 from django.db.models import BooleanField
 from django.db.models.expressions import RawSQL
 
-from operations.models import ACTIVE_DAY_SQL, Operation
+from operations.models import LIVE_SQL, Operation
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def pool_of(worker: str) -> Pool:
 
 
 _TABLE = Operation._meta.db_table
-_ACTIVE = f"finished_on = {ACTIVE_DAY_SQL}"  # the active partition alone (see queries.ACTIVE)
+_ACTIVE = LIVE_SQL  # the active partition alone
 
 # Another bank has a due pending operation of this type: two range probes on
 # `ops_pending_bank` (banks below, banks above), so that a bank's own backlog of

@@ -38,11 +38,14 @@ ACTIVE_STATUSES = frozenset({OperationStatus.PENDING, OperationStatus.PROCESSING
 ALL_STATUSES = frozenset(OperationStatus.values)
 
 # `finished_on` of a pending or processing row, and of a finished one until
-# the sweep files it under its day. On PostgreSQL the table is partitioned by
+# the sweep files it under its week. On PostgreSQL the table is partitioned by
 # `finished_on` (see `operations.partitions`): the live rows in a partition of
-# their own, each day's finished rows in that day's.
+# their own, each week's finished rows in that week's.
 ACTIVE_DAY = date.max
 ACTIVE_DAY_SQL = "'9999-12-31'"
+# The live rows' condition in raw SQL, a constant so that PostgreSQL reads
+# their partition alone (`OperationQuerySet.live()` in the ORM).
+LIVE_SQL = f"finished_on = {ACTIVE_DAY_SQL}"
 
 
 @dataclass(frozen=True)
@@ -339,7 +342,7 @@ class Operation(models.Model):
     # The partition key on PostgreSQL: ACTIVE_DAY while pending or processing;
     # the sweep files a finished row under the UTC day it finished (in
     # batches, off the hot path: `partitions.file_finished`), so the live
-    # rows stay apart from the history and the prune drops a day whole.
+    # rows stay apart from the history and the prune drops a week whole.
     finished_on = models.DateField(default=ACTIVE_DAY, db_default=ACTIVE_DAY, editable=False)
 
     objects = OperationQuerySet.as_manager()

@@ -56,7 +56,7 @@ from typing import TypeVar
 from django.db import OperationalError, connection, transaction
 from django.db.models import CASCADE, SET_NULL
 
-from operations.models import ACTIVE_DAY_SQL, Operation
+from operations.models import LIVE_SQL, Operation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -128,16 +128,16 @@ def holding(day: date) -> str:
 
 def file_finished(*, before: datetime, limit: int) -> int:
     """Move up to `limit` operations that finished before `before` from the
-    active partition to their day's (oldest first): one UPDATE of their
+    active partition to their week's (oldest first): one UPDATE of their
     partition key, which PostgreSQL carries out as a move. Rows another
     transaction holds are skipped, left for the next sweep. Returns how many moved."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"""UPDATE {TABLE} o SET finished_on = (o.completed_at AT TIME ZONE 'UTC')::date
 FROM (SELECT id FROM {TABLE}
-      WHERE finished_on = {ACTIVE_DAY_SQL} AND status IN ('cancelled', 'completed', 'failed') AND completed_at < %s
+      WHERE {LIVE_SQL} AND status IN ('cancelled', 'completed', 'failed') AND completed_at < %s
       ORDER BY completed_at LIMIT %s FOR UPDATE SKIP LOCKED) f
-WHERE o.id = f.id AND o.finished_on = {ACTIVE_DAY_SQL}""",
+WHERE o.id = f.id AND o.{LIVE_SQL}""",
             [before, limit],
         )
         return int(cursor.rowcount)

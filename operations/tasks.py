@@ -96,7 +96,7 @@ def _settle_lost_run(
 @shared_task(name="ops.sweep", ignore_result=True)
 def sweep() -> dict[str, Any]:
     """Reap expired leases, roll up stranded parents, file finished operations
-    under their day (PostgreSQL), publish what is due.
+    under their week (PostgreSQL), publish what is due.
     Safe to run concurrently (several beats): every step is a conditional UPDATE."""
     return {
         "reaped": lifecycle.operations_reap(),
@@ -109,8 +109,8 @@ def sweep() -> dict[str, Any]:
 @shared_task(name="ops.prune", ignore_result=True)
 def prune() -> dict[str, Any]:
     """Delete terminal operations older than OPS_OPERATION_RETENTION_DAYS: on
-    PostgreSQL drop the days past it and make the coming days' partitions
+    PostgreSQL drop the partitions past it and make the coming days'
     (OPS_PARTITIONS_AHEAD_DAYS), then delete what is left row by row."""
     days = settings.OPS_OPERATION_RETENTION_DAYS
-    kept = lifecycle.operations_partitions_keep(older_than_days=days, ahead_days=settings.OPS_PARTITIONS_AHEAD_DAYS)
+    kept = lifecycle.operations_partitions_keep(older_than_days=days)
     return {**kept, "deleted": lifecycle.operations_prune(older_than_days=days)}

@@ -11,25 +11,31 @@ from django.utils import timezone
 from operations import partitions
 
 
-def file_all_finished() -> None:
-    """Every finished row under its day, as the sweep leaves them (PostgreSQL)."""
-    if connection.vendor == "postgresql":
-        partitions.file_finished(before=timezone.now() + timedelta(days=1), limit=10**8)
+def file_all_finished() -> int:
+    """Every finished row under its week, as the sweep leaves them, whatever
+    its time (PostgreSQL); how many moved."""
+    if connection.vendor != "postgresql":
+        return 0
+    return partitions.file_finished(before=timezone.now() + timedelta(days=1000), limit=10**8)
+
+
+SCANNED_ROWS = 2000
 
 
 def table_scans(explained: str) -> list[str]:
     """The lines of a plan that scan the operations table, or one of its
-    partitions of finished rows that holds some, sequentially. The planner
-    scans an empty partition rather than open its index (no cost), and the
-    active partition holds only the live rows: counting those by scanning it
-    reads the live work, never the history."""
+    partitions of finished rows that holds enough rows for the planner to
+    care (SCANNED_ROWS), sequentially. The planner scans an empty or tiny
+    partition rather than open its index, and the active partition holds
+    only the live rows: counting those by scanning it reads the live work,
+    never the history."""
     scans = []
     for line in explained.splitlines():
         found = re.search(r"Seq Scan on (operations_operation\w*)", line)
         if found is None or found[1] == "operations_operation_active":
             continue
         with connection.cursor() as cursor:
-            cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {found[1]})")
-            if cursor.fetchone()[0]:
+            cursor.execute(f"SELECT count(*) FROM (SELECT 1 FROM {found[1]} LIMIT %s) q", [SCANNED_ROWS])
+            if cursor.fetchone()[0] >= SCANNED_ROWS:
                 scans.append(line)
     return scans

@@ -22,19 +22,12 @@ from django.db import connection
 
 from core.prepared import adapt
 from operations import fair_share, registry
-from operations.models import (
-    ACTIVE_DAY_SQL,
-    TRANSITIONS,
-    Operation,
-    PausedType,
-    concrete_field,
-)
+from operations.models import LIVE_SQL, TRANSITIONS, Operation, PausedType, concrete_field
 
 TABLE = Operation._meta.db_table
 PAUSED = PausedType._meta.db_table
-# Pending and processing rows are all in the active partition on PostgreSQL:
-# said as a constant, so that the planner reads that partition alone.
-ACTIVE = f"finished_on = {ACTIVE_DAY_SQL}"
+# Pending and processing rows are all in the active partition on PostgreSQL.
+ACTIVE = LIVE_SQL
 
 
 def _statuses(names: frozenset[str]) -> str:

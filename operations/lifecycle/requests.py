@@ -142,7 +142,7 @@ def operation_retry(*, operation_id: str | uuid.UUID) -> None:
     """failed | cancelled -> pending, retry count reset. A parent re-queues its
     failed and cancelled children; a child re-opens its finished parent.
     Raises OperationNotFound or TransitionRefused. Tried again after a
-    transient error: on PostgreSQL a finished row may be moving to its day's
+    transient error: on PostgreSQL a finished row may be moving to its week's
     partition at that moment (`operations.partitions`)."""
     transient.retrying(lambda: _retry(operation_id), what=f"retry of {operation_id}")
 

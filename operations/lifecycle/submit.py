@@ -76,7 +76,7 @@ def _refuse_finished_id(operation_id: Any) -> None:
     """A caller's own ids (a client's operation id) are unique among the
     active rows by the active partition's primary key, but PostgreSQL cannot
     index them unique across partitions: one that already finished (in a
-    day's partition) is refused here, as the key would. Run after the INSERT,
+    week's partition) is refused here, as the key would. Run after the INSERT,
     this statement's snapshot sees any row that left the active partition
     before ours entered it (the INSERT waited for that move to commit)."""
     if Operation.objects.filter(pk=operation_id).exclude(finished_on=ACTIVE_DAY).exists():
@@ -159,9 +159,10 @@ def operation_submit(
     if published:
         _mark_published(fields)
     dedupe_key = fields["dedupe_key"]
-    # A plain row is one INSERT. A duplicate needs a savepoint to fail in (the
-    # caller's transaction goes on), a child its parent's roll-up beside it.
-    guarded = dedupe_key is not None or parent_id is not None
+    # A plain row is one INSERT. A duplicate (of a dedupe key or of a chosen
+    # id) needs a savepoint to fail in (the caller's transaction goes on), a
+    # child its parent's roll-up beside it.
+    guarded = dedupe_key is not None or parent_id is not None or operation_id is not None
     # A duplicate can lose its pending twin between our failed INSERT and the
     # lookup (it was just claimed); then the INSERT is simply tried again.
     for _ in range(5):
@@ -171,9 +172,6 @@ def operation_submit(
                     operation = _insert(fields, chosen_id=operation_id)
                     if parent_id is not None:
                         roll_up(parent_id)
-            elif operation_id is not None:
-                with transaction.atomic():
-                    operation = _insert(fields, chosen_id=operation_id)
             else:
                 operation = _insert(fields)
         except IntegrityError:

@@ -172,7 +172,7 @@ def operations_prune(*, older_than_days: int, batch_size: int = 1000, max_batche
     """Delete terminal top-level operations (with their children) finished more
     than `older_than_days` ago, in batches so no statement holds locks for
     long. Returns how many top-level rows were deleted. On PostgreSQL the
-    days past retention are dropped whole first (`operations_partitions_keep`);
+    partitions past retention are dropped whole first (`operations_partitions_keep`);
     what is left to delete row by row is in the default and history
     partitions, or not filed yet."""
     cutoff = timestamp() - timedelta(days=older_than_days)
@@ -180,9 +180,7 @@ def operations_prune(*, older_than_days: int, batch_size: int = 1000, max_batche
     for _ in range(max_batches):
         ids = list(
             Operation.objects.filter(
-                parent__isnull=True,
-                status__in=list(TERMINAL_STATUSES),
-                completed_at__lt=cutoff,
+                parent__isnull=True, status__in=list(TERMINAL_STATUSES), completed_at__lt=cutoff
             ).values_list("pk", flat=True)[:batch_size]
         )
         if not ids:
@@ -198,7 +196,7 @@ def operations_prune(*, older_than_days: int, batch_size: int = 1000, max_batche
 def operations_file_finished(*, limit: int = 5000, batches: int = 20) -> int:
     """PostgreSQL: move the operations that finished more than
     OPS_FILE_FINISHED_AFTER_SECONDS ago from the active partition to their
-    day's (`partitions.file_finished`), at most `batches` × `limit` per call
+    week's (`partitions.file_finished`), at most `batches` × `limit` per call
     (the sweep's). Returns how many moved."""
     if connection.vendor != "postgresql":
         return 0
@@ -212,13 +210,14 @@ def operations_file_finished(*, limit: int = 5000, batches: int = 20) -> int:
     return moved
 
 
-def operations_partitions_keep(*, older_than_days: int, ahead_days: int) -> dict[str, list[str]]:
+def operations_partitions_keep(*, older_than_days: int) -> dict[str, list[str]]:
     """PostgreSQL's partitions of the operations table: the coming days'
-    tables made ahead, the days wholly past retention dropped. Nothing to do
-    on SQLite (one table, pruned row by row)."""
+    (OPS_PARTITIONS_AHEAD_DAYS, OPS_PARTITION_DAYS each) made ahead, those
+    wholly past retention dropped. Nothing to do on SQLite (one table,
+    pruned row by row)."""
     if not partitions.is_partitioned():
         return {"created": [], "dropped": []}
     now = timestamp()
-    created = partitions.ensure_ahead(now.date(), ahead_days, settings.OPS_PARTITION_DAYS)
+    created = partitions.ensure_ahead(now.date(), settings.OPS_PARTITIONS_AHEAD_DAYS, settings.OPS_PARTITION_DAYS)
     dropped = partitions.drop_before((now - timedelta(days=older_than_days)).date())
     return {"created": created, "dropped": dropped}

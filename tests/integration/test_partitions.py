@@ -20,6 +20,7 @@ from operations.models import ACTIVE_DAY, Operation
 from operations.tasks import prune
 from tenancy.models import Bank
 from tests.conftest import EMBEDDED, race
+from tests.plans import file_all_finished
 
 pytestmark = pytest.mark.skipif(
     EMBEDDED, reason="partitions exist on PostgreSQL only (the embedded deployment keeps one SQLite table)"
@@ -52,11 +53,6 @@ def today() -> date:
     return timezone.now().date()
 
 
-def file_all() -> int:
-    """What the sweep does, for every finished row whatever its time."""
-    return partitions.file_finished(before=timezone.now() + timedelta(days=1000), limit=1000)
-
-
 def test_an_operation_is_live_until_it_finishes_then_the_sweep_files_it_under_its_day(
     alpha: Any, settings: Any
 ) -> None:
@@ -84,7 +80,7 @@ def test_an_operation_is_live_until_it_finishes_then_the_sweep_files_it_under_it
     assert where(failed.pk) == partitions.ACTIVE
     assert Operation.objects.get(pk=failed.pk).finished_on == ACTIVE_DAY
     run(failed)
-    assert file_all() == 2
+    assert file_all_finished() == 2
     assert where(failed.pk) == where(recent.pk) == day
 
 
@@ -107,7 +103,7 @@ def test_the_prune_makes_the_coming_days_and_drops_the_days_past_retention(
     # the migration made ahead), with a stored file; one 15 days from now.
     Operation.objects.filter(pk=expired.pk).update(completed_at=now + timedelta(days=5))
     Operation.objects.filter(pk=kept.pk).update(completed_at=now + timedelta(days=15))
-    assert file_all() == 2
+    assert file_all_finished() == 2
     soon = partitions.holding(today() + timedelta(days=5))
     assert where(expired.pk) == soon != partitions.DEFAULT
     assert where(kept.pk) == partitions.DEFAULT  # no partition that far ahead
@@ -135,7 +131,7 @@ def test_a_day_without_its_table_goes_to_the_default_partition_and_is_pruned_row
     run(operation)
     far = timezone.now() + timedelta(days=400)  # past the days made ahead
     Operation.objects.filter(pk=operation.pk).update(completed_at=far)
-    assert file_all() == 1
+    assert file_all_finished() == 1
     assert where(operation.pk) == partitions.DEFAULT
     # Its partition is not made while the default holds rows of its span.
     assert partitions.create_span(far.date(), 7) is None
@@ -144,7 +140,7 @@ def test_a_day_without_its_table_goes_to_the_default_partition_and_is_pruned_row
     old = submit()
     run(old)
     Operation.objects.filter(pk=old.pk).update(completed_at=timezone.now() - timedelta(days=5))
-    assert file_all() == 1
+    assert file_all_finished() == 1
     assert where(old.pk) == partitions.HISTORY
     assert lifecycle.operations_prune(older_than_days=1) == 1
     assert set(Operation.objects.values_list("pk", flat=True)) == {operation.pk}
@@ -154,7 +150,7 @@ def test_a_day_whose_table_is_in_use_is_dropped_at_a_later_prune(alpha: Any) -> 
     operation = submit()
     run(operation)
     Operation.objects.filter(pk=operation.pk).update(completed_at=timezone.now() + timedelta(days=5))
-    assert file_all() == 1
+    assert file_all_finished() == 1
     day = partitions.holding(today() + timedelta(days=5))
     assert where(operation.pk) == day
     # A long reader holds the table: the prune waits only lock_timeout for it.
@@ -188,7 +184,7 @@ def test_a_client_id_of_a_finished_operation_is_not_taken_twice(alpha: Any) -> N
     operation holds is refused at submit all the same."""
     taken = submit()
     run(taken)
-    assert file_all() == 1
+    assert file_all_finished() == 1
     assert where(taken.pk) != partitions.ACTIVE
     with pytest.raises(IntegrityError, match="already taken"), transaction.atomic():
         lifecycle.operation_submit_parent(
@@ -215,7 +211,7 @@ def test_a_client_id_raced_against_its_own_finish_is_taken_once(transactional_db
 
         def finish() -> None:
             go.wait()
-            outcomes.append(file_all())
+            outcomes.append(file_all_finished())
             connection.close()
 
         def again(client_id: uuid.UUID = client_id) -> None:
@@ -247,7 +243,7 @@ def test_a_retry_and_a_delete_raced_against_the_filing_of_their_row_succeed(tran
         run(retried, fail=True)
         run(deleted, fail=True)
         race(
-            file_all,
+            file_all_finished,
             lambda retried=retried: lifecycle.operation_retry(operation_id=retried.pk),
             lambda deleted=deleted: lifecycle.operation_delete(operation_id=deleted.pk),
         )
