@@ -150,6 +150,9 @@ def _publish(app: Any, producer: Any, message: Message, *, retry: bool) -> None:
         kwargsrepr="{}",
         ignore_result=None,
         reply_to=app.thread_oid,  # per thread, as send_task's (a thread-local read)
+        # The task's own limits, as send_task writes them for a registered task.
+        time_limit=optype.hard_time_limit,
+        soft_time_limit=optype.soft_time_limit,
     )
     producer.publish(
         task.body,

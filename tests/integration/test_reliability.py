@@ -316,9 +316,13 @@ def test_the_dispatcher_writes_messages_as_celery_would(private_broker: Any) -> 
 
     import redis
 
+    import operations.tasks  # noqa: F401  # registers the operation types' tasks
     from opsproject.celery import app
 
     optype = registry.get("test_echo")
+    # The tasks registered, as in a worker: send_task then writes the task's
+    # time limits, and so must the dispatcher.
+    assert optype.task_name in app.tasks
     operation_id = str(uuid.uuid4())
     app.send_task(optype.task_name, args=[operation_id], queue=optype.queue, task_id="by-celery", priority=6)
     assert dispatch.send_many([(operation_id, "test_echo", f"batched-{i}", 6) for i in range(2)]) == 2
@@ -342,7 +346,11 @@ def test_the_dispatcher_writes_messages_as_celery_would(private_broker: Any) -> 
     celerys, *ours = [stripped(raw) for raw in reversed(broker.lrange(key, 0, -1))]
     assert [message.pop("task_id") for message in ours] == ["batched-0", "batched-1", "alone"]
     celerys.pop("task_id")
-    assert ours == [celerys] * 3
+    differences = [
+        {key: (mine.get(key), celerys.get(key)) for key in {*mine, *celerys} if mine.get(key) != celerys.get(key)}
+        for mine in ours
+    ]
+    assert ours == [celerys] * 3, f"fields that differ (ours, Celery's): {differences}"
 
 
 def test_a_redis_channel_publishes_through_one_client(private_broker: Any) -> None:
