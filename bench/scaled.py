@@ -40,6 +40,7 @@ from bench.load import free_port, post_concurrently
 from bench.probes import LoadProbe
 from bench.procs import Processes, cpu_by, wait_until
 from bench.report import Figure, median, percentile, ratio_text
+from core import transient
 from operations import lifecycle
 from operations.models import Operation, OperationStatus, WorkerNode
 from tenancy.models import Bank
@@ -210,10 +211,21 @@ def start_web(procs: Processes, env: dict[str, str], workers: int) -> str:
 # --- 1 and 2: no-op throughput and submit rate ------------------------------------
 
 
+def _delete_operations(where: str, params: list[Any]) -> None:
+    """Delete a run's operations, again if a row was being filed under its
+    week meanwhile (PostgreSQL's serialization failure for a row moved to
+    another partition: `operations.partitions`)."""
+
+    def delete() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DELETE FROM operations_operation WHERE {where}", params)
+
+    transient.retrying(delete, what="the benchmark's clean-up")
+
+
 def _clear_noops() -> None:
     Bank.objects.get_or_create(bank_id=NOOP_BANK)
-    with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM operations_operation WHERE bank_id = %s", [NOOP_BANK])
+    _delete_operations("bank_id = %s", [NOOP_BANK])
     maintain()
 
 
@@ -863,11 +875,8 @@ def reset_broker(url: str) -> None:
 def remove_earlier_runs() -> None:
     """Banks a previous run made for one figure (the loaded history stays)."""
     for prefix in ("bench-pickup-", "bench-fair-", "bench-hs-"):
-        with connection.cursor() as cursor:
-            # Children first: a parent's row is referenced by its children's.
-            cursor.execute(
-                "DELETE FROM operations_operation WHERE bank_id LIKE %s AND parent_id IS NOT NULL", [prefix + "%"]
-            )
+        # Children first: then the bank's delete finds parents alone.
+        _delete_operations("bank_id LIKE %s AND parent_id IS NOT NULL", [prefix + "%"])
         for bank in Bank.objects.filter(bank_id__startswith=prefix):
             bank.delete()
     _clear_noops()

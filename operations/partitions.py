@@ -14,7 +14,7 @@ The table is partitioned by range of `finished_on` (`Operation.finished_on`):
   never truncates it (`vacuum_truncate = false`, migration 0011): emptied
   and truncated, it looked empty to the planner, whose cached plans then
   scanned it whole through the next backlog (the no-op bench ran at 0.26x
-  of bare Celery; 0.53x with its pages kept).
+  of bare Celery; 0.56x with its pages kept, median of 3 runs).
 - `operations_operation_pYYYYMMDD` holds the operations that finished in
   the OPS_PARTITION_DAYS (7) UTC days from that day on (weeks from Monday).
   The sweep files them there in batches (`file_finished`,
