@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import reduce
 from typing import Any
 
@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from operations import registry
 from operations.models import (
+    ACTIVE_DAY,
     TERMINAL_STATUSES,
     FinishedPerMinute,
     MetricsRollup,
@@ -115,11 +116,15 @@ def _finished_between(after: datetime, until: datetime) -> Q:
     """One arm per terminal status, each a range scan of `ops_terminal_completed`
     (status, completed_at). Written as `status IN (…)`, the condition is the
     index's own predicate: PostgreSQL drops it and walks the whole index for the
-    time range (224 ms at a million rows, against 2 ms this way)."""
-    return reduce(
+    time range (224 ms at a million rows, against 2 ms this way). The rows are
+    still in the live rows' partition or filed under the days they finished:
+    saying so spares PostgreSQL planning and reading every other week's."""
+    in_window = reduce(
         operator.or_,
         (Q(status=status, completed_at__gt=after, completed_at__lte=until) for status in sorted(TERMINAL_STATUSES)),
     )
+    filed = Q(finished_on__gte=after.astimezone(UTC).date(), finished_on__lte=until.astimezone(UTC).date())
+    return in_window & (Q(finished_on=ACTIVE_DAY) | filed)
 
 
 # The dashboard charts a day; minutes are kept two, then dropped.

@@ -237,28 +237,51 @@ def drop_before(cutoff: date) -> list[str]:
     """Drop the partitions of finished rows wholly before `cutoff` (every row
     in them finished before it). Returns those dropped; one whose lock is not
     granted (`_locking`) is left for the next prune, with the later ones."""
+    for name in _detached():
+        _drop_detached(name)  # a prune stopped between the two steps
     dropped = []
     for partition in partitions():
         if not partition.finished or partition.upper is None or partition.upper > cutoff:
             continue
         try:
-            _locking(partial(_drop, partition.name), what=f"drop {partition.name}")
+            _locking(partial(_detach, partition.name), what=f"detach {partition.name}")
         except _Busy:
             break  # the table's lock is what it waited for: the others would wait as long
+        _drop_detached(partition.name)
         dropped.append(partition.name)
         log.info("dropped %s", partition.name)
     return dropped
 
 
-def _drop(name: str) -> bool:
+def _detach(name: str) -> bool:
+    """Take a partition out of the table, in a transaction of its own: the
+    table's lock is held for the catalog change alone (milliseconds), not
+    while its files are removed (at 2.3M rows, 125 ms; they grow with it)."""
     with transaction.atomic(), connection.cursor() as cursor:
         # What refers to its rows goes first, before the table's lock is asked for.
         _delete_dependents(name)
         cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-        # A table with deferred checks pending cannot be dropped: settle them
+        # A table with deferred checks pending cannot be detached: settle them
         # first (there are some only when the caller wrote rows).
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        # Detached first: from then on no statement on the table sees it.
         cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}")
-        cursor.execute(f"DROP TABLE {name}")
     return True
+
+
+def _drop_detached(name: str) -> None:
+    """Drop a partition already detached: no statement on the table waits for it."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def _detached() -> list[str]:
+    """Week tables of ours that are no partition of the table: detached by a
+    prune that stopped before dropping them."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' AND c.relname ~ %s "
+            "AND c.relnamespace = current_schema()::regnamespace "
+            "AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)",
+            [f"^{TABLE}_p[0-9]{{8}}$"],
+        )
+        return [name for (name,) in cursor.fetchall()]

@@ -14,7 +14,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from operations import registry
-from operations.models import Operation, OperationStatus
+from operations.models import Operation, OperationQuerySet, OperationStatus
 
 # What the API shows of an operation in a list, and in full.
 LIST_FIELDS = (
@@ -55,7 +55,7 @@ def id_prefix_range(term: str, *, shortest: int) -> tuple[uuid.UUID, uuid.UUID] 
     return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
 
 
-def operations_filtered(queryset: QuerySet[Operation], filters: dict[str, Any]) -> QuerySet[Operation]:
+def operations_filtered(queryset: OperationQuerySet, filters: dict[str, Any]) -> OperationQuerySet:
     """Apply the list filters (as validated by OperationFilterSerializer); newest first."""
     if filters.get("status"):
         queryset = queryset.filter(status__in=filters["status"])
@@ -64,9 +64,9 @@ def operations_filtered(queryset: QuerySet[Operation], filters: dict[str, Any]) 
     if filters.get("tag"):
         queryset = queryset.filter(tag=filters["tag"])
     if filters.get("within_hours"):
-        queryset = queryset.filter(created_at__gte=timezone.now() - timedelta(hours=filters["within_hours"]))
+        queryset = queryset.created_since(timezone.now() - timedelta(hours=filters["within_hours"]))
     if filters.get("created_after"):
-        queryset = queryset.filter(created_at__gte=filters["created_after"])
+        queryset = queryset.created_since(filters["created_after"])
     if filters.get("created_before"):
         queryset = queryset.filter(created_at__lte=filters["created_before"])
     if filters.get("parent_id"):
@@ -83,9 +83,10 @@ def operations_filtered(queryset: QuerySet[Operation], filters: dict[str, Any]) 
     return queryset.order_by("-created_at", "-id")
 
 
-# Counting more matching rows than this costs more than a page is worth (a
-# million rows: tens of milliseconds); beyond it `total` is PostgreSQL's estimate.
-COUNT_CAP = 10_000
+# Counting more matching rows than this costs more than a page is worth, and
+# grows with the bank (10,000 rows: 1.5 ms, a quarter of the page); beyond it
+# `total` is PostgreSQL's estimate, so a first page costs the same at any size.
+COUNT_CAP = 1_000
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from operations import partitions
@@ -39,3 +42,22 @@ def table_scans(explained: str) -> list[str]:
             if cursor.fetchone()[0] >= SCANNED_ROWS:
                 scans.append(line)
     return scans
+
+
+def plan(sql: str, params: Any) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN {sql}", params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def explained_reads(run: Callable[[], Any]) -> list[str]:
+    """EXPLAIN of every read of the operations table that `run()` makes."""
+    with CaptureQueriesContext(connection) as queries:
+        run()
+    reads = [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].lstrip().startswith("SELECT") and '"operations_operation"' in q["sql"]
+    ]
+    assert reads, "no read of the operations table was captured"
+    return [plan(sql.replace("%", "%%"), []) for sql in reads]

@@ -204,7 +204,7 @@ class OperationListSerializer(serializers.Serializer[Any]):
     bank_id = serializers.CharField(allow_null=True)
     total = serializers.IntegerField()
     total_is_estimate = serializers.BooleanField(
-        help_text="true when more than 10,000 match: `total` is then the database's estimate"
+        help_text="true when more than 1,000 match: `total` is then the database's estimate"
     )
     limit = serializers.IntegerField()
     offset = serializers.IntegerField()

@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, cast
 
-from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, viewsets
@@ -17,7 +16,7 @@ from rest_framework.response import Response
 from core.api.responses import BAD_INPUT, UNAUTHORIZED
 from operations import registry
 from operations.api.serializers import ChoiceOf, CommaListField
-from operations.models import Operation, OperationStatus
+from operations.models import Operation, OperationQuerySet, OperationStatus
 from tenancy.auth import access_of
 
 # The guide's status codes: queued, running, done, failed, cancelled.
@@ -66,8 +65,8 @@ class TaskSerializer(serializers.Serializer[Any]):
         return CODE_OF_STATUS[operation.status]
 
 
-def tasks_filtered(queryset: QuerySet[Operation], filters: dict[str, Any]) -> QuerySet[Operation]:
-    queryset = queryset.filter(created_at__gte=timezone.now() - timedelta(hours=filters["within_hours"]))
+def tasks_filtered(queryset: OperationQuerySet, filters: dict[str, Any]) -> OperationQuerySet:
+    queryset = queryset.created_since(timezone.now() - timedelta(hours=filters["within_hours"]))
     if filters.get("task_type"):
         queryset = queryset.filter(operation_type__in=filters["task_type"])
     if filters.get("status"):

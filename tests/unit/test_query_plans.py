@@ -16,7 +16,7 @@ from operations import selectors
 from operations.api.serializers import OperationFilterSerializer
 from operations.models import Operation
 from tenancy.models import Bank
-from tests.plans import file_all_finished, table_scans
+from tests.plans import explained_reads, file_all_finished, plan, table_scans
 
 pytestmark = pytest.mark.django_db
 
@@ -50,12 +50,6 @@ def many_operations(db: None) -> None:
     file_all_finished()
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE operations_operation")
-
-
-def plan(sql: str, params: Any) -> str:
-    with connection.cursor() as cursor:
-        cursor.execute(f"EXPLAIN {sql}", params)
-        return "\n".join(row[0] for row in cursor.fetchall())
 
 
 FILTERS: list[dict[str, Any]] = [
@@ -98,37 +92,22 @@ def test_first_page_and_count_use_indexes(many_operations: None) -> None:
     assert table_scans(explained)
 
 
-def _explained_reads(run: Any) -> list[str]:
-    """EXPLAIN of every read of the operations table that `run()` makes."""
-    from django.test.utils import CaptureQueriesContext
-
-    with CaptureQueriesContext(connection) as queries:
-        run()
-    reads = [
-        q["sql"]
-        for q in queries.captured_queries
-        if q["sql"].lstrip().startswith("SELECT") and '"operations_operation"' in q["sql"]
-    ]
-    assert reads, "no read of the operations table was captured"
-    return [plan(sql.replace("%", "%%"), []) for sql in reads]
-
-
 def test_a_metrics_scrape_and_the_cross_bank_first_pages_use_indexes(many_operations: None, client: Any) -> None:
     """What must stay fast at a million rows: no sequential scan of the table."""
     from tenancy.api_keys import api_key_create
 
     key = {"HTTP_AUTHORIZATION": f"Bearer {api_key_create(admin=True)[1]}"}
     client.get("/metrics")  # the first scrape starts the rollup
-    plans = _explained_reads(lambda: client.get("/metrics"))
-    plans += _explained_reads(lambda: client.get("/v1/default/operations", **key))
+    plans = explained_reads(lambda: client.get("/metrics"))
+    plans += explained_reads(lambda: client.get("/v1/default/operations", **key))
     # A status filter: the page, that is. (Its count is exact up to 10,000
     # matches, so it reads the matching rows, and stops there.)
     plans += [
         p
-        for p in _explained_reads(lambda: client.get("/v1/default/operations", {"status": "failed"}, **key))
+        for p in explained_reads(lambda: client.get("/v1/default/operations", {"status": "failed"}, **key))
         if "count(" not in p.lower() and "Aggregate" not in p
     ]
-    plans += _explained_reads(lambda: client.get("/tasks", {"within_hours": "720"}, **key))
+    plans += explained_reads(lambda: client.get("/tasks", {"within_hours": "720"}, **key))
     scans = [p for p in plans if _unbounded_scan(p)]
     assert not scans, "\n\n".join(scans)
 
