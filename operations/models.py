@@ -276,7 +276,10 @@ class OperationQuerySet(models.QuerySet["Operation"]):
         so none is filed under a week that ended before its day: saying so
         (a day early, for the clocks of other nodes) lets PostgreSQL skip the
         older weeks' partitions instead of reading an index of each."""
-        day = (moment.astimezone(UTC) - timedelta(days=1)).date()
+        try:
+            day = (moment.astimezone(UTC) - timedelta(days=1)).date()
+        except OverflowError:  # the beginning of time: no week is older
+            return self.filter(created_at__gte=moment)
         return self.filter(created_at__gte=moment, finished_on__gte=day)
 
     def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list[Operation]:

@@ -169,7 +169,10 @@ def list_operations(
         return
     ops = data.get("operations") or []
     console.print(render.operations_table(ops, title=f"bank {bank}"))
-    console.print(f"[dim]{offset + 1 if ops else 0}–{offset + len(ops)} of {data.get('total')}[/dim]")
+    total = data.get("total")
+    # Past the server's count cap the total is the database's estimate.
+    shown = f"about {total:,}" if data.get("total_is_estimate") and isinstance(total, int) else total
+    console.print(f"[dim]{offset + 1 if ops else 0}–{offset + len(ops)} of {shown}[/dim]")
 
 
 @operations.command("get")

@@ -218,6 +218,10 @@ def operations_partitions_keep(*, older_than_days: int) -> dict[str, list[str]]:
     if not partitions.is_partitioned():
         return {"created": [], "dropped": []}
     now = timestamp()
-    created = partitions.ensure_ahead(now.date(), settings.OPS_PARTITIONS_AHEAD_DAYS, settings.OPS_PARTITION_DAYS)
-    dropped = partitions.drop_before((now - timedelta(days=older_than_days)).date())
+    with partitions.sole_keeper() as alone:
+        if not alone:
+            log.info("another prune is keeping the operations table's partitions; this one leaves them to it")
+            return {"created": [], "dropped": []}
+        created = partitions.ensure_ahead(now.date(), settings.OPS_PARTITIONS_AHEAD_DAYS, settings.OPS_PARTITION_DAYS)
+        dropped = partitions.drop_before((now - timedelta(days=older_than_days)).date())
     return {"created": created, "dropped": dropped}

@@ -53,6 +53,21 @@ def opsctl(live_server: Any, alpha: Any, beta: Any) -> Opsctl:
     return Opsctl(live_server.url, api_key_create(name="cli", admin=True)[1])
 
 
+def test_a_list_past_the_count_cap_shows_its_total_as_an_estimate(opsctl: Opsctl) -> None:
+    from operations.selectors import COUNT_CAP
+
+    Operation.objects.bulk_create(
+        [Operation(bank_id="alpha", operation_type="test_echo") for _ in range(COUNT_CAP + 1)]
+    )
+    listed = opsctl.json("operations", "list", "alpha", "--limit", "1")
+    table = opsctl("operations", "list", "alpha", "--limit", "1")
+    assert table.returncode == 0, table.stderr
+    if listed["total_is_estimate"]:  # PostgreSQL; SQLite counts them all
+        assert f"1–1 of about {listed['total']:,}" in table.stdout
+    else:
+        assert listed["total"] == COUNT_CAP + 1 and f"1–1 of {COUNT_CAP + 1}" in table.stdout
+
+
 def test_banks_and_operations_list_and_get(opsctl: Opsctl) -> None:
     pending = make(tag="nightly")
     failed = make(status="failed")

@@ -237,6 +237,14 @@ def test_pagination_walk(admin: Any, alpha: Any) -> None:
     assert times == sorted(times, reverse=True)
 
 
+def test_a_time_filter_from_the_beginning_of_time_lists_everything(admin: Any, alpha: Any) -> None:
+    made = make()
+    for since in ("0001-01-01T00:00:00Z", "0001-01-02T00:00:00+01:00"):
+        response = admin.get("banks/alpha/operations", {"created_after": since})
+        assert response.status_code == 200, response.content
+        assert ids(response) == [str(made.pk)]
+
+
 def test_a_total_past_the_count_cap_is_the_databases_estimate(
     admin: Any, alpha: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

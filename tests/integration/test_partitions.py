@@ -182,7 +182,7 @@ def test_a_partition_detached_by_a_prune_that_stopped_is_dropped_by_the_next(alp
     drop = partitions._drop_detached
 
     def stopped(name: str) -> None:
-        if name == day:
+        if name == f"{day}_detached":
             raise RuntimeError("the prune stopped here")
         drop(name)  # the history partition, before it
 
@@ -192,11 +192,29 @@ def test_a_partition_detached_by_a_prune_that_stopped_is_dropped_by_the_next(alp
             partitions.drop_before(today() + timedelta(days=9))
     assert day not in {p.name for p in partitions.partitions()}
     assert not Operation.objects.filter(pk=operation.pk).exists()
-    assert _tables_named(day) == 1  # detached, not dropped
+    assert _tables_named(day) == 0 and _tables_named(f"{day}_detached") == 1  # detached, not dropped
+    with connection.cursor() as cursor:  # a table of the same shape that is not the prune's
+        cursor.execute(f"CREATE TABLE {day} (id int)")
 
     partitions.drop_before(today())  # nothing of its own to drop
 
-    assert _tables_named(day) == 0
+    assert _tables_named(f"{day}_detached") == 0
+    assert _tables_named(day) == 1
+
+
+def test_one_prune_at_a_time_keeps_the_partitions(alpha: Any, settings: Any, monkeypatch: Any) -> None:
+    """Two beat schedulers' prunes: while one keeps the partitions (an advisory
+    lock), the other leaves them alone instead of detaching the same table."""
+    settings.OPS_OPERATION_RETENTION_DAYS = 30
+    monkeypatch.setattr("operations.lifecycle.upkeep.timestamp", lambda: timezone.now() + timedelta(days=40))
+    other = psycopg.connect(**_dsn(), autocommit=True)
+    try:
+        other.execute("SELECT pg_advisory_lock(%s, %s)", partitions._KEEPER)
+        assert lifecycle.operations_partitions_keep(older_than_days=30) == {"created": [], "dropped": []}
+        assert partitions.HISTORY in {p.name for p in partitions.partitions()}
+    finally:
+        other.close()  # its lock goes with it
+    assert partitions.HISTORY in lifecycle.operations_partitions_keep(older_than_days=30)["dropped"]
 
 
 def _tables_named(name: str) -> int:

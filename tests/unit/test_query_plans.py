@@ -100,7 +100,7 @@ def test_a_metrics_scrape_and_the_cross_bank_first_pages_use_indexes(many_operat
     client.get("/metrics")  # the first scrape starts the rollup
     plans = explained_reads(lambda: client.get("/metrics"))
     plans += explained_reads(lambda: client.get("/v1/default/operations", **key))
-    # A status filter: the page, that is. (Its count is exact up to 10,000
+    # A status filter: the page, that is. (Its count is exact up to COUNT_CAP
     # matches, so it reads the matching rows, and stops there.)
     plans += [
         p
