@@ -356,12 +356,15 @@ OPS_WEB_WORKERS = env_int("OPS_WEB_WORKERS", 2, minimum=1)
 # How often the live dashboard refreshes its panels (while its tab is visible).
 OPS_DASHBOARD_REFRESH_SECONDS = env_float("OPS_DASHBOARD_REFRESH_SECONDS", 3.0, minimum=0.2)
 
+SUPERSEDED_AFTER = 10.0  # seconds: the shortest expiry of a beat task
 CELERY_BEAT_SCHEDULE = {
     "sweep": {
         "task": "ops.sweep",
         "schedule": OPS_SWEEP_INTERVAL_SECONDS,
-        # A sweep nobody ran in time is superseded by the next one.
-        "options": {"queue": "ops.system", "expires": max(OPS_SWEEP_INTERVAL_SECONDS * 2, 1.0)},
+        # A sweep nobody ran in time is superseded by the next one. Not
+        # sooner than 10 s: on a busy host (the cores taken, the broker
+        # holding publishers back) one can wait a few seconds, and still runs.
+        "options": {"queue": "ops.system", "expires": max(OPS_SWEEP_INTERVAL_SECONDS * 2, SUPERSEDED_AFTER)},
     },
 }
 CELERY_BEAT_SCHEDULE["delete_finished_files"] = {
@@ -373,7 +376,7 @@ CELERY_BEAT_SCHEDULE["delete_finished_files"] = {
 CELERY_BEAT_SCHEDULE["refresh_scheduled_mental_models"] = {
     "task": "ops.refresh_scheduled_mental_models",
     "schedule": OPS_SWEEP_INTERVAL_SECONDS,
-    "options": {"queue": "ops.system", "expires": max(OPS_SWEEP_INTERVAL_SECONDS * 2, 1.0)},
+    "options": {"queue": "ops.system", "expires": max(OPS_SWEEP_INTERVAL_SECONDS * 2, SUPERSEDED_AFTER)},
 }
 CELERY_BEAT_SCHEDULE["prune"] = {
     "task": "ops.prune",

@@ -197,17 +197,27 @@ class Workers:
         wait_for(ready, timeout=timeout, message=f"{count} workers to be ready")
 
     def stop(self) -> None:
-        if self.beat is not None and self.beat.poll() is None:
-            self.beat.send_signal(signal.SIGTERM)
-            self.beat.wait(timeout=20)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        """Beat, then the workers: each asked to stop, killed (with what it
+        started) when it has not in time, so that none outlives the test."""
+        if self.beat is not None:
+            _terminate(self.beat, timeout=20)
+        _terminate(self.process, timeout=40)
         self.log.close()
+
+
+def _terminate(process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        # Its session (start_new_session): whatever of it is left, stopped or not.
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 @pytest.fixture
