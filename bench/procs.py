@@ -61,19 +61,7 @@ class Processes:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self, process: subprocess.Popen[bytes], timeout: float = 40) -> None:
-        """SIGTERM to the leader (runworkers and gunicorn stop their own children
-        in order), then SIGKILL to whatever of the group is left."""
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group, if any
-        except (ProcessLookupError, PermissionError):
-            pass
-        process.wait()
+        terminate(process, timeout=timeout)
         for index, (running, log) in enumerate(self._running):
             if running is process:
                 log.close()
@@ -127,3 +115,20 @@ def cpu_by(groups: dict[str, Callable[[list[int], str], bool]]) -> dict[str, flo
             if belongs(lineage, name):
                 totals[label] += seconds
     return totals
+
+
+def terminate(process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """SIGTERM to the leader of a process group it started (runworkers, beat
+    and gunicorn stop their own children in order), then SIGKILL to whatever
+    of the group is left, stopped in time or not."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group, if any
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()

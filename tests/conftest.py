@@ -6,7 +6,6 @@ The environment (database, broker) is set by `tests/testenv.py` before Django st
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +16,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+
+from bench.procs import terminate
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -200,24 +201,9 @@ class Workers:
         """Beat, then the workers: each asked to stop, killed (with what it
         started) when it has not in time, so that none outlives the test."""
         if self.beat is not None:
-            _terminate(self.beat, timeout=20)
-        _terminate(self.process, timeout=40)
+            terminate(self.beat, timeout=20)
+        terminate(self.process, timeout=40)
         self.log.close()
-
-
-def _terminate(process: subprocess.Popen[bytes], *, timeout: float) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        # Its session (start_new_session): whatever of it is left, stopped or not.
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
 
 
 @pytest.fixture
