@@ -44,14 +44,15 @@ def table_scans(explained: str) -> list[str]:
     return scans
 
 
-def plan(sql: str, params: Any) -> str:
+def plan(sql: str, params: Any, *, analyze: bool = False) -> str:
     with connection.cursor() as cursor:
-        cursor.execute(f"EXPLAIN {sql}", params)
+        cursor.execute(f"EXPLAIN {'(ANALYZE) ' if analyze else ''}{sql}", params)
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
-def explained_reads(run: Callable[[], Any]) -> list[str]:
-    """EXPLAIN of every read of the operations table that `run()` makes."""
+def explained_reads(run: Callable[[], Any], *, analyze: bool = False) -> list[str]:
+    """EXPLAIN of every read of the operations table that `run()` makes
+    (`analyze`: run again, with the rows each node returned)."""
     with CaptureQueriesContext(connection) as queries:
         run()
     reads = [
@@ -60,4 +61,4 @@ def explained_reads(run: Callable[[], Any]) -> list[str]:
         if q["sql"].lstrip().startswith("SELECT") and '"operations_operation"' in q["sql"]
     ]
     assert reads, "no read of the operations table was captured"
-    return [plan(sql.replace("%", "%%"), []) for sql in reads]
+    return [plan(sql.replace("%", "%%"), [], analyze=analyze) for sql in reads]

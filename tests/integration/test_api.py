@@ -267,6 +267,39 @@ def test_a_total_past_the_count_cap_is_the_databases_estimate(
     assert everything["total_is_estimate"] is body["total_is_estimate"]
 
 
+def test_pages_are_the_newest_first_whether_recent_or_old(
+    admin: Any, alpha: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page is looked for among the last RECENT's operations first (on
+    PostgreSQL) and in the whole list when those are too few: either way
+    every page is the same slice of the newest-first order, and `total`
+    counts all of them, recent or old."""
+    monkeypatch.setattr(selectors, "COUNT_CAP", 8)
+    now = timezone.now()
+    made = [make(status="completed") for _ in range(9)]
+    for age, operation in enumerate(made[:5]):  # 20 to 24 days old, each under its own week
+        moment = now - timedelta(days=20 + age)
+        Operation.objects.filter(pk=operation.pk).update(created_at=moment, completed_at=moment)
+    file_all_finished()
+    made.append(make())  # and one live
+    newest_first = list(
+        Operation.objects.filter(bank_id="alpha").order_by("-created_at", "-id").values_list("pk", flat=True)
+    )
+    assert len(newest_first) == 10
+    for limit, offset in [(1, 0), (4, 0), (5, 0), (5, 2), (6, 0), (3, 4), (10, 0), (20, 0), (2, 9), (5, 10)]:
+        body = admin.get("banks/alpha/operations", {"limit": limit, "offset": offset}).json()
+        assert ids_of(body) == [str(pk) for pk in newest_first[offset : offset + limit]], (limit, offset)
+        if connection.vendor == "sqlite":
+            assert (body["total"], body["total_is_estimate"]) == (10, False)
+        else:  # past the cap of 8, whichever rows the page came from
+            assert body["total_is_estimate"] is True and body["total"] >= 8, (limit, offset, body["total"])
+    monkeypatch.setattr(selectors, "COUNT_CAP", 1000)
+    for limit, offset in [(2, 0), (6, 0), (4, 3)]:
+        body = admin.get("banks/alpha/operations", {"limit": limit, "offset": offset}).json()
+        assert ids_of(body) == [str(pk) for pk in newest_first[offset : offset + limit]], (limit, offset)
+        assert (body["total"], body["total_is_estimate"]) == (10, False)
+
+
 # --- one operation -----------------------------------------------------------------------
 
 

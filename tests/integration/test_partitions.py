@@ -4,6 +4,7 @@ and the uniqueness guarantees kept across partitions."""
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from datetime import date, timedelta
@@ -15,7 +16,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from banks.models import StoredFile
-from operations import lifecycle, partitions
+from operations import lifecycle, partitions, selectors
 from operations.models import ACTIVE_DAY, MetricsWatermark, Operation
 from operations.tasks import prune
 from tenancy.api_keys import api_key_create
@@ -247,6 +248,43 @@ def test_reads_of_recent_operations_skip_the_older_weeks(alpha: Any, client: Any
     # Unbounded, a list reads every week (the check above can see them).
     unbounded = "".join(explained_reads(lambda: client.get("/v1/default/banks/alpha/operations", **key)))
     assert all(name in unbounded for name in older)
+
+
+def test_a_first_page_of_recent_operations_reads_no_older_week(alpha: Any, client: Any, monkeypatch: Any) -> None:
+    """When the last week's operations fill a bank's page and its count (to
+    COUNT_CAP), its rows come from the live rows and the recent weeks alone:
+    an older week is at most probed in an index, and gives no row."""
+    monkeypatch.setattr(selectors, "COUNT_CAP", 3)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE {partitions.HISTORY}")  # a table kept five weeks, instead
+    partitions.ensure_ahead(today() - timedelta(days=35), 35, 7)
+    now = timezone.now()
+    made = [submit() for _ in range(8)]
+    for operation in made[:7]:
+        run(operation)
+    for days, operation in zip((30, 23, 16, 15.5), made, strict=False):  # weeks before the window
+        moment = now - timedelta(days=days)
+        Operation.objects.filter(pk=operation.pk).update(created_at=moment, completed_at=moment)
+    file_all_finished()
+    bound = (now - selectors.RECENT - timedelta(days=1)).date()
+    older = {p.name for p in partitions.partitions() if p.finished and p.upper and p.upper <= bound}
+    assert {where(o.pk) for o in made[:4]} <= older
+    key = {"HTTP_AUTHORIZATION": f"Bearer {api_key_create(admin=True)[1]}"}
+    page = lambda: client.get("/v1/default/banks/alpha/operations", {"limit": 3}, **key)  # noqa: E731
+    assert [o["id"] for o in page().json()["operations"]] == [str(o.pk) for o in reversed(made[5:])]
+    given = [
+        (found[1], found[2] or "0")
+        for explained in explained_reads(page, analyze=True)
+        for found in re.finditer(r" on (operations_operation_\w+) .*?(?:never executed|rows=(\d+) loops)", explained)
+        if found[1] in older
+    ]
+    assert given and all(rows == "0" for _, rows in given), given
+    # A page that the last week cannot fill reads the older weeks too, and so
+    # does an exact count.
+    monkeypatch.setattr(selectors, "COUNT_CAP", 1000)
+    body = client.get("/v1/default/banks/alpha/operations", {"limit": 6}, **key).json()
+    assert [o["id"] for o in body["operations"]] == [str(o.pk) for o in reversed(made[2:])]
+    assert (body["total"], body["total_is_estimate"]) == (8, False)
 
 
 def _dsn() -> dict[str, Any]:
