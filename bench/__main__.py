@@ -70,6 +70,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="1000000,10000000",
         help="operations at each step of --scale, comma-separated (default 1000000,10000000)",
     )
+    parser.add_argument(
+        "--scale-reuse",
+        action="store_true",
+        help="with --scale: keep the rows an earlier run left in ops_scale and load only what each size lacks "
+        "(a 100M-row table takes an hour to load)",
+    )
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL))
     parser.add_argument("--broker-url", default=os.environ.get("BENCH_BROKER_URL", DEFAULT_BROKER_URL))
     parser.add_argument(
@@ -95,6 +101,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--database-url must be a PostgreSQL URL")
     if args.only:
         args.skip_embedded = True
+    if args.scale_reuse and not args.scale:
+        parser.error("--scale-reuse goes with --scale")
     if args.scale:
         args.database_url = urlparse(args.database_url)._replace(path="/ops_scale").geturl()
         try:
@@ -276,7 +284,7 @@ def main(argv: list[str]) -> int:
 
     stop_on_sigterm()
     env = scaled_env(args)
-    ensure_database(args.database_url, fresh=args.scale)
+    ensure_database(args.database_url, fresh=args.scale and not args.scale_reuse)
     os.environ.update(env)
     for inherited in [k for k in os.environ if k.startswith("OPS_") and k not in env]:
         del os.environ[inherited]
@@ -299,7 +307,7 @@ def main(argv: list[str]) -> int:
     if args.scale:
         from bench import scale
 
-        results, scale_table = scale.run(args.scale_sizes, run.say)
+        results, scale_table = scale.run(args.scale_sizes, run.say, reuse=args.scale_reuse)
         write_results(args.output, {"machine": info, "started_at": started_at, "scale": results})
         print(f"\n## Scale: the operations table at {', '.join(f'{s:,}' for s in args.scale_sizes)} rows\n")
         print(scale_table)

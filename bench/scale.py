@@ -130,7 +130,11 @@ def _measure(client: Any, key: str) -> dict[str, float]:
     # The prune drops the oldest partition (of DAYS days' rows) whole while a
     # worker goes on: its longest operation is what the prune costs the
     # platform (the table's lock is held to detach the partition, not to drop it).
-    oldest = min(p.upper for p in partitions.partitions() if p.finished and p.upper is not None)
+    oldest_partition = min((p for p in partitions.partitions() if p.finished and p.upper), key=lambda p: p.upper)
+    oldest = oldest_partition.upper
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE relname = %s", [oldest_partition.name])
+        figures["rows pruned"] = max(0, cursor.fetchone()[0])
     during: list[float] = []
     failed: list[BaseException] = []
     pruning = threading.Event()
@@ -166,34 +170,45 @@ def _measure(client: Any, key: str) -> dict[str, float]:
     return figures
 
 
-def run(sizes: list[int], say: Callable[[str], None]) -> tuple[list[dict[str, Any]], str]:
-    """Load and measure each size in turn. Returns the figures and a table."""
+def run(sizes: list[int], say: Callable[[str], None], *, reuse: bool = False) -> tuple[list[dict[str, Any]], str]:
+    """Load and measure each size in turn (`reuse`: starting from the rows an
+    earlier run left). Returns the figures and a table."""
     from django.db import connection
     from django.test import Client
 
+    from bench.scaled import TABLE_ROWS
     from operations import lifecycle
+    from operations.models import Operation, OperationStatus
     from tenancy.api_keys import api_key_create
     from tenancy.models import Bank
 
     say(f"scale: {', '.join(f'{s:,}' for s in sizes)} operations over {DAYS} days in {BANKS:,} banks")
     _layout(say)
     Bank.objects.bulk_create([Bank(bank_id=f"scale-{i:04d}") for i in range(BANKS)], ignore_conflicts=True)
-    for index in range(PENDING):  # a live backlog the claim's statements must not walk
+    backlog = Operation.objects.filter(status=OperationStatus.PENDING, bank_id__startswith="scale-").count()
+    for index in range(backlog, PENDING):  # a live backlog the claim's statements must not walk
         lifecycle.operation_submit(bank_id=f"scale-{index % BANKS:04d}", operation_type="retain", payload={})
     key = api_key_create(admin=True)[1]
     client = Client()
     results = []
     present = 0
+    if reuse:
+        with connection.cursor() as cursor:
+            cursor.execute(TABLE_ROWS)  # the statistics' count: exact enough, and a count(*) takes minutes
+            present = cursor.fetchone()[0]
+        say(f"  reusing about {present:,} rows of an earlier run")
     for size in sizes:
-        say(f"loading to {size:,} operations")
-        _fill(size, present, say)
-        present = size
+        if present < size:
+            say(f"loading to {size:,} operations")
+            _fill(size, present, say)
+            present = size
         figures = _measure(client, key)
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_database_size(current_database())")
             figures["database size (GB)"] = cursor.fetchone()[0] / 1e9
         results.append({"operations": size, **figures})
         say("  " + "; ".join(f"{name} {value:.1f}" for name, value in figures.items()))
+        present -= int(figures["rows pruned"])
     return results, table(results)
 
 
@@ -206,8 +221,9 @@ def table(results: list[dict[str, Any]]) -> str:
         cells = []
         for index, result in enumerate(results):
             value = result[name]
-            unit = "" if name in ("live rows", "database size (GB)") else " ms"
-            shown = f"{value:,.0f}" if name == "live rows" else f"{value:.1f}{unit}"
+            counted = name in ("live rows", "rows pruned")
+            unit = "" if counted or name == "database size (GB)" else " ms"
+            shown = f"{value:,.0f}" if counted else f"{value:.1f}{unit}"
             if index and first and unit:
                 shown += f" ({value / first:.2f}x)"
             cells.append(shown)

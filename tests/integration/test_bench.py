@@ -73,6 +73,36 @@ def test_refuses_redis_database_zero(option: str, capsys: pytest.CaptureFixture[
         parse_args(["--broker-url", "redis://127.0.0.1:6379/9", "--reference-broker-url", "redis://127.0.0.1:6379/9"])
 
 
+def test_the_scale_options(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse_args(["--scale", "--scale-sizes", "1e6,1e8", "--scale-reuse"])
+    assert (args.scale_sizes, args.scale_reuse, args.database_url.rsplit("/", 1)[1]) == (
+        [10**6, 10**8],
+        True,
+        "ops_scale",
+    )
+    with pytest.raises(SystemExit):
+        parse_args(["--scale-reuse"])  # reusing what, without --scale?
+    assert "--scale-reuse goes with --scale" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--scale", "--scale-sizes", "1e6,many"])
+    assert "must be numbers" in capsys.readouterr().err
+
+
+def test_the_scale_table_sets_each_figure_beside_the_first_sizes() -> None:
+    from bench.scale import table
+
+    shown = table(
+        [
+            {"operations": 10**6, "claim": 0.5, "rows pruned": 231_000, "database size (GB)": 0.4},
+            {"operations": 10**7, "claim": 0.6, "rows pruned": 2_310_000, "database size (GB)": 3.4},
+        ]
+    ).splitlines()
+    assert shown[0] == "| measure | 1,000,000 | 10,000,000 |"
+    assert "| claim | 0.5 ms | 0.6 ms (1.20x) |" in shown
+    assert "| rows pruned | 231,000 | 2,310,000 |" in shown
+    assert "| database size (GB) | 0.4 | 3.4 |" in shown
+
+
 def test_stops_whole_process_groups(tmp_path: Path) -> None:
     # A child that starts a grandchild and ignores SIGTERM: both must be gone.
     script = (
