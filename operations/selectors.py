@@ -146,12 +146,20 @@ def _counted_page(
 
 
 def _estimated_rows(queryset: QuerySet[Operation]) -> int:
-    statement, params = queryset.values("pk").query.sql_with_params()
+    """The planner's estimate of the rows `queryset` matches.
+
+    Explained under a LIMIT of one row, and read from the LIMIT's input: the
+    plan's own cost stays that of one row, where unlimited it grows with the
+    table and past `jit_above_cost` PostgreSQL compiles the plan (EXPLAIN
+    starts the executor), which at 100M rows cost 3 ms per estimate."""
+    statement, params = queryset.values("pk")[:1].query.sql_with_params()
     with connection.cursor() as cursor:
         cursor.execute(f"EXPLAIN (FORMAT JSON) {statement}", params)
         plan = cursor.fetchone()[0]
     plan = json.loads(plan) if isinstance(plan, str) else plan
-    return int(plan[0]["Plan"]["Plan Rows"])
+    limit = plan[0]["Plan"]
+    assert limit["Node Type"] == "Limit", limit["Node Type"]
+    return int(limit["Plans"][0]["Plan Rows"])
 
 
 def operation_stats(*, bank_id: str) -> dict[str, Any]:

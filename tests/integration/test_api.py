@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.db.models import F
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from operations import lifecycle, selectors
@@ -265,6 +266,40 @@ def test_a_total_past_the_count_cap_is_the_databases_estimate(
         assert (body["total"], body["total_is_estimate"]) == (8, False)
     everything = admin.get("operations", {"bank_id": "alpha"}).json()
     assert everything["total_is_estimate"] is body["total_is_estimate"]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the estimate is PostgreSQL's planner's")
+def test_an_estimated_total_is_not_compiled(admin: Any, alpha: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The estimate's EXPLAIN costs one row, whatever the table's size: an
+    unlimited plan's cost grows with the table, and past `jit_above_cost`
+    PostgreSQL compiles what it only explains (3 ms at 100M rows)."""
+    monkeypatch.setattr(selectors, "COUNT_CAP", 2)
+    for _ in range(3):
+        make()
+    with CaptureQueriesContext(connection) as queries:
+        body = admin.get("banks/alpha/operations").json()
+    assert body["total_is_estimate"] is True
+    (explained,) = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("EXPLAIN")]
+    unlimited = re.sub(r" LIMIT 1$", "", explained)
+    assert unlimited != explained
+
+    def plan(statement: str) -> dict[str, Any]:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+            found: dict[str, Any] = cursor.fetchone()[0][0]
+            return found
+
+    one_row, every_row = plan(explained)["Plan"]["Total Cost"], plan(unlimited)["Plan"]["Total Cost"]
+    assert every_row > 2 * one_row  # as a table grows, only the unlimited cost does
+    with connection.cursor() as cursor:  # this table's size, made small
+        cursor.execute("SET jit_above_cost = %s", [2 * one_row])
+    try:
+        if "JIT" not in plan(unlimited):
+            pytest.skip("this PostgreSQL compiles nothing (no JIT provider)")
+        assert "JIT" not in plan(explained)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET jit_above_cost")
 
 
 def test_pages_are_the_newest_first_whether_recent_or_old(
