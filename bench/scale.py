@@ -185,7 +185,7 @@ def run(sizes: list[int], say: Callable[[str], None], *, reuse: bool = False) ->
     say(f"scale: {', '.join(f'{s:,}' for s in sizes)} operations over {DAYS} days in {BANKS:,} banks")
     _layout(say)
     Bank.objects.bulk_create([Bank(bank_id=f"scale-{i:04d}") for i in range(BANKS)], ignore_conflicts=True)
-    backlog = Operation.objects.filter(status=OperationStatus.PENDING, bank_id__startswith="scale-").count()
+    backlog = Operation.objects.filter(status=OperationStatus.PENDING, bank__bank_id__startswith="scale-").count()
     for index in range(backlog, PENDING):  # a live backlog the claim's statements must not walk
         lifecycle.operation_submit(bank_id=f"scale-{index % BANKS:04d}", operation_type="retain", payload={})
     key = api_key_create(admin=True)[1]
