@@ -197,6 +197,12 @@ def run(sizes: list[int], say: Callable[[str], None], *, reuse: bool = False) ->
             cursor.execute(TABLE_ROWS)  # the statistics' count: exact enough, and a count(*) takes minutes
             present = cursor.fetchone()[0]
         say(f"  reusing about {present:,} rows of an earlier run")
+        smaller = [size for size in sizes if size < present * 0.95]  # the statistics' count is close, not exact
+        if smaller:
+            raise SystemExit(
+                f"--scale-reuse: the table already holds about {present:,} operations, more than "
+                f"{', '.join(f'{size:,}' for size in smaller)}; ask for larger sizes, or run without --scale-reuse"
+            )
     for size in sizes:
         if present < size:
             say(f"loading to {size:,} operations")
