@@ -31,7 +31,7 @@ from itertools import combinations
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from banks import links, write_locks
@@ -49,6 +49,7 @@ from banks.models import (
     PendingBackLink,
     UnitEntity,
 )
+from banks.unit_vectors import UnitId
 from core import transient
 from tenancy.models import Bank
 
@@ -237,9 +238,7 @@ def _next_group(
     ahead = range(index, min(index + WRITE_ITEMS.get(connection.vendor, 1), len(items)))
     ids = [items[i].document_id or document_id(i) for i in ahead]
     stored = set(
-        MemoryUnit.objects.filter(bank=bank, document__document_id__in=ids)
-        .values_list("document__document_id", flat=True)
-        .distinct()
+        _with_units(Document.objects.filter(bank=bank, document_id__in=ids)).values_list("document_id", flat=True)
     )
     taken: list[int] = []
     for i, doc in zip(ahead, ids, strict=True):
@@ -269,7 +268,7 @@ def _retain_group(bank: Bank, group: list[_Item]) -> list[tuple[int, int, int]]:
         entity_ids = _upsert_entities(bank, _names(group))
         units = [item.units(bank) for item in group]
         entities_of = {
-            unit_id: {entity_ids[canonical(m.name)] for m in mentions}
+            unit_id.hex: {entity_ids[canonical(m.name)] for m in mentions}
             for item in group
             for unit_id, _, _, mentions in item.facts
         }
@@ -291,8 +290,9 @@ def retain_item(*, bank: Bank, item: _Item) -> tuple[int, int, int]:
     def attempt() -> tuple[int, int, int]:
         nonlocal exclusive
         for _ in range(3):
+            # The document found on its own index, then its units on theirs.
             old = set(
-                MemoryUnit.objects.filter(bank=bank, document__document_id=item.document_id).values_list(
+                MemoryUnit.objects.filter(document__bank=bank, document__document_id=item.document_id).values_list(
                     "pk", flat=True
                 )
             )
@@ -303,9 +303,10 @@ def retain_item(*, bank: Bank, item: _Item) -> tuple[int, int, int]:
             entity_ids = _upsert_entities(bank, item.names())
             units = item.units(bank)
             entities_of = {
-                unit_id: {entity_ids[canonical(m.name)] for m in mentions} for unit_id, _, _, mentions in item.facts
+                unit_id.hex: {entity_ids[canonical(m.name)] for m in mentions} for unit_id, _, _, mentions in item.facts
             }
-            planned = links.plan(bank.pk, units, entities_of=entities_of, exclude=old, siblings=units)
+            exclude = {unit_id.hex for unit_id in old}
+            planned = links.plan(bank.pk, units, entities_of=entities_of, exclude=exclude, siblings=units)
             try:
                 return _write_items(bank, [item], [units], planned, exclusive=exclusive)[0]
             except _NeedsExclusive:
@@ -328,7 +329,7 @@ def _write_items(
         old_units = MemoryUnit.objects.filter(document__in=list(documents.values()))
         if exclusive:
             replaced = _delete_units(bank, old_units)
-        elif old_units.exists():
+        elif _with_units(Document.objects.filter(pk__in=[d.pk for d in documents.values()])).exists():
             raise _NeedsExclusive
         else:
             replaced = 0
@@ -348,9 +349,17 @@ def _write_items(
             [UnitEntity(unit_id=unit_id, entity_id=e) for unit_id, ids in per_unit for e in ids],
             ignore_conflicts=True,
         )
-        _write_links(bank, planned, fresh={u.pk for u in fresh})
+        _write_links(bank, planned, fresh={u.pk.hex for u in fresh})
         _add_cooccurrences(bank, [ids for _, ids in per_unit])
     return [(len(rows), replaced, len(item.names())) for item, rows in zip(items, units, strict=True)]
+
+
+def _with_units(documents: QuerySet[Document]) -> QuerySet[Document]:
+    """Those of the documents that have units, each looked up on the units'
+    document index. Asked from the units' side (a join, or `exists()` of the
+    units), PostgreSQL read every unit of the bank, or of the table: a retain
+    of new documents finds none, so a LIMIT 1 never stops a scan early."""
+    return documents.filter(Exists(MemoryUnit.objects.filter(document=OuterRef("pk"))))
 
 
 def _names(items: list[_Item]) -> dict[str, EntityMention]:
@@ -450,7 +459,7 @@ def _delete_units(bank: Bank, units: QuerySet[MemoryUnit]) -> int:
     return len(unit_ids)
 
 
-def _write_links(bank: Bank, planned: list[links.Link], *, fresh: set[Any]) -> None:
+def _write_links(bank: Bank, planned: list[links.Link], *, fresh: set[UnitId]) -> None:
     """In the writer's transaction: the planned links to units that still
     exist (one may have been deleted since they were planned), each waiting
     for `fold` to offer its target a link back."""
@@ -595,20 +604,20 @@ def top_up_links(bank: Bank, *, limit: int = 500) -> int:
     for unit in units:
 
         def top_up(unit: MemoryUnit = unit) -> None:
-            have = links.existing_targets([unit.pk])
+            have = links.existing_targets([unit.pk.hex])
             planned = links.plan(bank.pk, [unit], have=have)
             with transaction.atomic():
                 write_locks.bank_writing(bank.pk, exclusive=False)
                 write_locks.bank_fold(bank.pk)
                 if not MemoryUnit.objects.filter(pk=unit.pk).exists():
                     return  # deleted meanwhile
-                now = links.existing_targets([unit.pk])
+                now = links.existing_targets([unit.pk.hex])
                 if not any(targets - now.get(key, set()) for key, targets in have.items()):
                     MemoryUnit.objects.filter(pk=unit.pk).update(needs_link_topup=False)
-                room = {kind: cap - len(now.get((unit.pk, kind), ())) for kind, cap in links.CAPS.items()}
+                room = {kind: cap - len(now.get((unit.pk.hex, kind), ())) for kind, cap in links.CAPS.items()}
                 fitting = []
                 for link in planned:
-                    if link.target not in now.get((unit.pk, link.kind), set()) and room[link.kind] > 0:
+                    if link.target not in now.get((unit.pk.hex, link.kind), set()) and room[link.kind] > 0:
                         room[link.kind] -= 1
                         fitting.append(link)
                 _write_links(bank, fitting, fresh=set())
