@@ -411,41 +411,93 @@ def insert(bank_id: str, links: list[Link], *, offer_back: bool) -> None:
                 cursor.execute(f"INSERT INTO {queue} {columns} VALUES (%s, %s, %s, %s, %s)", row)
 
 
-def take_offers(bank_id: str, limit: int) -> tuple[list[Link], int]:
-    """Remove the oldest queued offers of links back and return those whose
-    target is not known full (`FullLinks`), in the order the links were
-    written, with how many were removed (the caller's transaction keeps them
-    if it fails)."""
-    table, full = PendingBackLink._meta.db_table, FullLinks._meta.db_table
-    taken = f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE bank_id = %s ORDER BY id LIMIT %s)"
+def fold_offers(bank_id: str, limit: int) -> int:
+    """Take the bank's oldest queued offers of links back and make them: for
+    each offer in the order its link was written, a link back from its target
+    while the target is under its cap, unless the target is known full or an
+    end was deleted since. The targets found or made full are recorded
+    (`FullLinks`) so that they are neither offered nor counted again. One
+    statement on PostgreSQL. Returns how many offers were taken (the caller's
+    transaction keeps them if it fails). The caller must be the only writer
+    of links back (the bank's folder), so that counts cannot change meanwhile."""
+    if connection.vendor != "postgresql":
+        pending, taken = _take_offers(bank_id, limit)
+        ends = alive({end for link in pending for end in (link.source, link.target)})
+        insert(bank_id, back_links([link for link in pending if {link.source, link.target} <= ends]), offer_back=False)
+        return taken
+    queue, full, table = PendingBackLink._meta.db_table, FullLinks._meta.db_table, MemoryLink._meta.db_table
+    units = MemoryUnit._meta.db_table
+
+    def cap(kind: str) -> str:
+        return f"CASE {kind} " + " ".join(f"WHEN '{k}' THEN {n}" for k, n in CAPS.items()) + " END"
+
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":  # one statement
-            cursor.execute(
-                f"""WITH taken AS ({taken} RETURNING id, source_id, target_id, kind, weight)
-                SELECT t.id, {hex_column("t.source_id")}, {hex_column("t.target_id")}, t.kind, t.weight,
-                    EXISTS (SELECT 1 FROM {full} f WHERE f.unit_id = t.target_id AND f.kind = t.kind)
-                FROM taken t""",
-                [bank_id, limit],
+        cursor.execute(
+            f"""WITH taken AS (
+                DELETE FROM {queue} WHERE id IN (SELECT id FROM {queue} WHERE bank_id = %(bank)s ORDER BY id LIMIT %(limit)s)
+                RETURNING id, source_id, target_id, kind, weight
+            ), offered AS (
+                SELECT t.* FROM taken t
+                WHERE NOT EXISTS (SELECT 1 FROM {full} f WHERE f.unit_id = t.target_id AND f.kind = t.kind)
+                    AND EXISTS (SELECT 1 FROM {units} u WHERE u.id = t.source_id)
+                    AND EXISTS (SELECT 1 FROM {units} u WHERE u.id = t.target_id)
+            ), counted AS (
+                -- Each target's links by kind, counted on the link index.
+                SELECT o.target_id, c.kind, c.n FROM (SELECT DISTINCT target_id FROM offered) o
+                CROSS JOIN LATERAL (
+                    SELECT kind, COUNT(*) AS n FROM {table} l WHERE l.source_id = o.target_id GROUP BY kind
+                ) c
+            ), ranked AS (
+                -- The k-th offer to a target gets its link back while n + k is within the cap.
+                SELECT o.id, o.source_id, o.target_id, o.kind, o.weight, COALESCE(c.n, 0) AS n,
+                    row_number() OVER (PARTITION BY o.target_id, o.kind ORDER BY o.id) AS k
+                FROM offered o LEFT JOIN counted c ON c.target_id = o.target_id AND c.kind = o.kind
+            ), back AS (
+                INSERT INTO {table} (bank_id, source_id, target_id, kind, weight)
+                SELECT %(bank)s, target_id, source_id, kind, weight FROM ranked WHERE n + k <= {cap("kind")} ORDER BY id
+                ON CONFLICT DO NOTHING
+            ), made_full AS (
+                -- Every kind of every target counted: full once its links and offers reach the cap.
+                INSERT INTO {full} (unit_id, kind)
+                SELECT target_id, kind FROM (
+                    SELECT target_id, kind, n FROM counted UNION ALL SELECT target_id, kind, 1 FROM offered
+                ) AS c
+                GROUP BY target_id, kind HAVING SUM(n) >= {cap("kind")}
+                ORDER BY target_id, kind
+                ON CONFLICT DO NOTHING
             )
-            rows = cursor.fetchall()
-        else:  # SQLite has no DELETE in WITH
-            cursor.execute(f"{taken} RETURNING id, source_id, target_id, kind, weight", [bank_id, limit])
-            offers = cursor.fetchall()
-            condition, params = any_unit({target for _, _, target, _, _ in offers})
-            cursor.execute(f"SELECT unit_id, kind FROM {full} WHERE unit_id {condition}", params)
-            known_full = set(cursor.fetchall())
-            rows = [(*offer, (offer[2], offer[3]) in known_full) for offer in offers]
+            SELECT COUNT(*) FROM taken""",
+            {"bank": bank_id, "limit": limit},
+        )
+        return int(cursor.fetchone()[0])
+
+
+def _take_offers(bank_id: str, limit: int) -> tuple[list[Link], int]:
+    """Remove the oldest queued offers of links back and return those whose
+    target is not known full, in the order the links were written, with how
+    many were removed."""
+    table, full = PendingBackLink._meta.db_table, FullLinks._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE bank_id = %s ORDER BY id LIMIT %s) "
+            f"RETURNING id, source_id, target_id, kind, weight",
+            [bank_id, limit],
+        )
+        offers = cursor.fetchall()
+        condition, params = any_unit({target for _, _, target, _, _ in offers})
+        cursor.execute(f"SELECT unit_id, kind FROM {full} WHERE unit_id {condition}", params)
+        known_full = set(cursor.fetchall())
     return [
-        Link(source, target, kind, weight) for _, source, target, kind, weight, is_full in sorted(rows) if not is_full
-    ], len(rows)
+        Link(source, target, kind, weight)
+        for _, source, target, kind, weight in sorted(offers)
+        if (target, kind) not in known_full
+    ], len(offers)
 
 
 def back_links(links: list[Link]) -> list[Link]:
     """For each link in order, one back from its target while the target is
-    under its cap; the targets found or made full are recorded (`FullLinks`)
-    so that they are neither offered nor counted again. The caller must be
-    the only writer of links back (the bank's folder) so the counts cannot
-    change meanwhile."""
+    under its cap; the targets found or made full are recorded (`FullLinks`).
+    The portable half of `fold_offers`."""
     if not links:
         return []
     counts = {(unit_id, kind): n for unit_id, kind, n in _link_counts({link.target for link in links})}
@@ -463,26 +515,13 @@ def back_links(links: list[Link]) -> list[Link]:
 
 
 def _link_counts(unit_ids: set[UnitId]) -> list[tuple[UnitId, str, int]]:
-    """(unit, kind, how many links it has) for these units, each counted on
-    the link index. On PostgreSQL a count per unit (a LATERAL aggregate): a
-    bank's links grow by hundreds a retain, and a GROUP BY over `ANY(…)` is
-    planned from statistics that lag behind (a seq scan of every bank's links
-    once they say the table is small)."""
-    table = MemoryLink._meta.db_table
+    """(unit, kind, how many links it has) for these units."""
     condition, params = any_unit(unit_ids)
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                f"""SELECT {hex_column("u.id")}, c.kind, c.n FROM unnest(%s::uuid[]) AS u(id)
-                CROSS JOIN LATERAL (
-                    SELECT kind, COUNT(*) AS n FROM {table} WHERE source_id = u.id GROUP BY kind
-                ) AS c""",
-                params,
-            )
-        else:
-            cursor.execute(
-                f"SELECT source_id, kind, COUNT(*) FROM {table} WHERE source_id {condition} GROUP BY source_id, kind",
-                params,
-            )
+        cursor.execute(
+            f"SELECT source_id, kind, COUNT(*) FROM {MemoryLink._meta.db_table} WHERE source_id {condition} "
+            f"GROUP BY source_id, kind",
+            params,
+        )
         counts: list[tuple[UnitId, str, int]] = cursor.fetchall()
         return counts

@@ -485,70 +485,69 @@ def fold(bank: Bank) -> None:
         if not _pending(bank):
             return
         with transaction.atomic():
-            write_locks.bank_writing(bank.pk, exclusive=False)
             if not write_locks.try_bank_fold(bank.pk):
                 return  # the folder will see ours when it looks again
             _fold_locked(bank)
 
 
 def _pending(bank: Bank) -> bool:
-    return (
-        EntityCooccurrenceDelta.objects.filter(bank=bank).exists() or PendingBackLink.objects.filter(bank=bank).exists()
-    )
+    """Whether the bank has deltas or offers to fold (one statement)."""
+    deltas, offers = EntityCooccurrenceDelta._meta.db_table, PendingBackLink._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {deltas} WHERE bank_id = %s) "
+            f"OR EXISTS (SELECT 1 FROM {offers} WHERE bank_id = %s)",
+            [bank.pk, bank.pk],
+        )
+        return bool(cursor.fetchone()[0])
 
 
 def _fold_locked(bank: Bank) -> None:
     """The fold itself, by the holder of the bank's tail (or its only writer):
     each chunk taken off its queue and applied in the same transaction."""
-    while True:
-        deltas = _take_deltas(bank, FOLD_CHUNK)
+    while _fold_deltas(bank, FOLD_CHUNK) == FOLD_CHUNK:
+        pass
+    while links.fold_offers(bank.pk, FOLD_CHUNK) == FOLD_CHUNK:
+        pass
+
+
+def _fold_deltas(bank: Bank, limit: int) -> int:
+    """Remove the oldest co-occurrence deltas of the bank and add them into
+    the counts (pairs in order): one statement on PostgreSQL. Returns how
+    many were taken."""
+    table, counts = EntityCooccurrenceDelta._meta.db_table, EntityCooccurrence._meta.db_table
+    taken = f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE bank_id = %s ORDER BY id LIMIT %s)"
+    upsert = (
+        f"ON CONFLICT (entity_a_id, entity_b_id) DO UPDATE SET count = {counts}.count + EXCLUDED.count, "
+        f"updated_at = EXCLUDED.updated_at"
+    )
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"""WITH taken AS ({taken} RETURNING entity_a_id AS a, entity_b_id AS b, count AS n),
+                added AS (
+                    INSERT INTO {counts} (bank_id, entity_a_id, entity_b_id, count, updated_at)
+                    SELECT %s, a, b, SUM(n), %s FROM taken GROUP BY a, b HAVING SUM(n) <> 0 ORDER BY a, b {upsert}
+                )
+                SELECT COUNT(*) FROM taken""",
+                [bank.pk, limit, bank.pk, timezone.now()],
+            )
+            return int(cursor.fetchone()[0])
+        cursor.execute(f"{taken} RETURNING entity_a_id, entity_b_id, count", [bank.pk, limit])
+        deltas = cursor.fetchall()
         sums: Counter[tuple[int, int]] = Counter()
         for a, b, n in deltas:
             sums[(a, b)] += n
-        _upsert_cooccurrences(bank, {pair: n for pair, n in sums.items() if n})
-        if len(deltas) < FOLD_CHUNK:
-            break
-    while True:
-        pending, taken = links.take_offers(bank.pk, FOLD_CHUNK)
-        # A unit deleted since its link was written takes the offer with it
-        # (no delete runs while the folder holds its share of the bank).
-        alive = links.alive({end for link in pending for end in (link.source, link.target)})
-        offered = [link for link in pending if link.source in alive and link.target in alive]
-        links.insert(bank.pk, links.back_links(offered), offer_back=False)
-        if taken < FOLD_CHUNK:
-            break
-
-
-def _take_deltas(bank: Bank, limit: int) -> list[tuple[int, int, int]]:
-    """Remove and return the oldest co-occurrence deltas of the bank."""
-    table = EntityCooccurrenceDelta._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE bank_id = %s ORDER BY id LIMIT %s) "
-            f"RETURNING entity_a_id, entity_b_id, count",
-            [bank.pk, limit],
-        )
-        deltas: list[tuple[int, int, int]] = cursor.fetchall()
-        return deltas
-
-
-def _upsert_cooccurrences(bank: Bank, counts: dict[tuple[int, int], int]) -> None:
-    if not counts:
-        return
-    now = timezone.now()
-    table = EntityCooccurrence._meta.db_table
-    rows = sorted(counts.items())
-    values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(rows))
-    params: list[Any] = []
-    for (a, b), n in rows:
-        params += [bank.pk, a, b, n, now]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (bank_id, entity_a_id, entity_b_id, count, updated_at) VALUES {values} "
-            f"ON CONFLICT (entity_a_id, entity_b_id) DO UPDATE SET count = {table}.count + EXCLUDED.count, "
-            f"updated_at = EXCLUDED.updated_at",
-            params,
-        )
+        rows = sorted((pair, n) for pair, n in sums.items() if n)
+        if rows:
+            now = timezone.now()
+            values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(rows))
+            params: list[Any] = [value for (a, b), n in rows for value in (bank.pk, a, b, n, now)]
+            cursor.execute(
+                f"INSERT INTO {counts} (bank_id, entity_a_id, entity_b_id, count, updated_at) VALUES {values} {upsert}",
+                params,
+            )
+        return len(deltas)
 
 
 def cooccurrence_counts(bank: Bank) -> dict[tuple[int, int], int]:

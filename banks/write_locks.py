@@ -59,12 +59,18 @@ def bank_fold(bank_id: str) -> None:
 
 
 def try_bank_fold(bank_id: str) -> bool:
-    """Become the bank's folder until the transaction ends, if nobody is:
-    False at once when another writer folds."""
+    """Join the bank's adders (`bank_writing`) and become its folder until
+    the transaction ends, if nobody is: False at once when another writer
+    folds. One statement, the writers' lock first (the subquery runs before
+    the outer select: the order every writer takes them in)."""
     if connection.vendor != "postgresql":
         return True
     if not connection.in_atomic_block:
         raise RuntimeError("bank write locks are taken inside a transaction (they last until it ends)")
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", [_FOLD, bank_id])
+        cursor.execute(
+            "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s)) "
+            "FROM (SELECT pg_advisory_xact_lock_shared(%s, hashtext(%s)) OFFSET 0) AS writing",
+            [_FOLD, bank_id, _WRITERS, bank_id],
+        )
         return bool(cursor.fetchone()[0])
