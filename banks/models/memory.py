@@ -127,14 +127,17 @@ class MemoryLink(models.Model):
     """A directed link between two units of a bank (`banks.links`).
 
     A retain writes a few hundred per item, so each row pays only for what
-    queries need: no LIKE twin of the bank's index, no index on the source
-    (the unique index's prefix), and no database-level foreign keys, whose
-    checks at commit cost three row lookups and locks per link. The write
-    protocol keeps the references instead (`banks.write_locks`): links are
-    written by adders, who check their targets exist in the same transaction
-    as no delete can run beside them; deletes remove a unit's links with it."""
+    queries need: no index on the bank (a bank's links are found through its
+    units, and go with them when it is deleted), no index on the source (the
+    unique index's prefix), and no database-level foreign keys, whose checks
+    at commit cost three row lookups and locks per link. The write protocol
+    keeps the references instead (`banks.write_locks`): links are written by
+    adders, who check their targets exist in the same transaction as no
+    delete can run beside them; deletes remove a unit's links with it."""
 
-    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="links", db_index=False, db_constraint=False)
+    bank = models.ForeignKey(
+        Bank, on_delete=models.DO_NOTHING, related_name="links", db_index=False, db_constraint=False
+    )
     source = models.ForeignKey(
         MemoryUnit, on_delete=models.CASCADE, related_name="links_out", db_index=False, db_constraint=False
     )
@@ -144,9 +147,6 @@ class MemoryLink(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["source", "target", "kind"], name="banks_link_unique")]
-        indexes = [
-            models.Index(fields=["bank"], name="banks_link_bank"),
-        ]
 
 
 class PendingBackLink(models.Model):

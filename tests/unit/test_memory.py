@@ -511,6 +511,20 @@ def test_documents_endpoint_and_bank_stats(alpha: Any, admin: Any) -> None:
     assert admin.get("banks/alpha/documents", {"limit": 0}).status_code == 400
 
 
+def test_deleting_a_bank_takes_its_links_and_leaves_another_banks(alpha: Any, beta: Any, admin: Any) -> None:
+    """Links have no index on their bank: they go with the bank's units."""
+    for bank in ("alpha", "beta"):
+        retain(
+            [{"content": f"Ada met Grace in Zurich. Note {i} about Ada.", "document_id": f"n{i}"} for i in range(4)],
+            bank,
+        )
+    theirs = set(MemoryLink.objects.filter(bank_id="beta").values_list("pk", flat=True))
+    assert theirs and MemoryLink.objects.filter(bank_id="alpha").exists()
+    assert admin.delete("banks/alpha").status_code == 200
+    assert set(MemoryLink.objects.values_list("pk", flat=True)) == theirs
+    assert admin.get("banks/beta/stats").json()["links"] == len(theirs)
+
+
 # --- observations: their sources, and consolidation after deletes ------------------------------
 
 
