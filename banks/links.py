@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from django.db import connection
@@ -301,14 +301,12 @@ def _around(bank_id: str, depths: dict[datetime, int]) -> tuple[dict[datetime, l
         WITH ORDINALITY AS w(t, depth, i) CROSS JOIN LATERAL (SELECT id, timestamp, created_at FROM {table}
         WHERE bank_id = %s AND timestamp {op} w.t ORDER BY timestamp {order}, created_at {order} LIMIT w.depth) u"""
     unit = hex_column("u.id")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            lateral.format(side=0, unit=unit, table=table, op="<=", order="DESC")
-            + " UNION ALL "
-            + lateral.format(side=1, unit=unit, table=table, op=">", order="ASC"),
-            [whens, [depths[w] for w in whens], bank_id] * 2,
-        )
-        rows = cursor.fetchall()
+    rows = _in_index_order(
+        lateral.format(side=0, unit=unit, table=table, op="<=", order="DESC")
+        + " UNION ALL "
+        + lateral.format(side=1, unit=unit, table=table, op=">", order="ASC"),
+        [whens, [depths[w] for w in whens], bank_id] * 2,
+    )
     # The union's order is not the laterals' own: sorted again here.
     rows.sort(key=lambda row: (row[0], row[1], row[3], row[4]))
     for index, side, unit_id, at, _ in rows:
@@ -318,15 +316,34 @@ def _around(bank_id: str, depths: dict[datetime, int]) -> tuple[dict[datetime, l
     return before, after
 
 
+def _in_index_order(sql: str, params: list[Any]) -> list[Any]:
+    """The rows of a read an index gives in the order it asks for. On
+    PostgreSQL with sorting disabled for this statement alone: while a bank
+    or an entity is young in the statistics (a new bank filling up, an
+    entity mentioned more than the average), the planner expects a handful
+    of rows and prefers to collect them all and sort them, which reads every
+    unit of the bank, or of the entity, on each retain."""
+    with connection.cursor() as cursor:
+        if connection.vendor != "postgresql":
+            cursor.execute(sql, params)
+            found: list[Any] = cursor.fetchall()
+            return found
+        # One round trip (client-side binding sends the three as one query);
+        # the setting is put back in case a transaction is open.
+        cursor.execute(f"SET LOCAL enable_sort = off; {sql}; SET LOCAL enable_sort TO DEFAULT", params)
+        cursor.nextset()
+        rows: list[Any] = cursor.fetchall()
+        return rows
+
+
 def _recent(bank_id: str, limit: int) -> list[UnitId]:
     """The bank's `limit` most recently written units, newest first."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {hex_column('id')} FROM {MemoryUnit._meta.db_table} WHERE bank_id = %s "
-            f"ORDER BY created_at DESC LIMIT %s",
-            [bank_id, limit],
-        )
-        return [unit for (unit,) in cursor.fetchall()]
+    rows = _in_index_order(
+        f"SELECT {hex_column('id')} FROM {MemoryUnit._meta.db_table} WHERE bank_id = %s "
+        f"ORDER BY created_at DESC LIMIT %s",
+        [bank_id, limit],
+    )
+    return [unit for (unit,) in rows]
 
 
 def _recent_sharers(entity_ids: set[int], limit: int) -> list[tuple[int, UnitId, int]]:
@@ -335,16 +352,14 @@ def _recent_sharers(entity_ids: set[int], limit: int) -> list[tuple[int, UnitId,
     if not entity_ids:
         return []
     table = UnitEntity._meta.db_table
+    if connection.vendor == "postgresql":
+        return _in_index_order(
+            f"SELECT e.id, {hex_column('ue.unit_id')}, ue.id FROM unnest(%s::bigint[]) AS e(id) CROSS JOIN LATERAL "
+            f"(SELECT unit_id, id FROM {table} WHERE entity_id = e.id ORDER BY id DESC LIMIT %s) ue",
+            [sorted(entity_ids), limit],
+        )
+    rows: list[tuple[int, UnitId, int]] = []
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                f"SELECT e.id, {hex_column('ue.unit_id')}, ue.id FROM unnest(%s::bigint[]) AS e(id) CROSS JOIN LATERAL "
-                f"(SELECT unit_id, id FROM {table} WHERE entity_id = e.id ORDER BY id DESC LIMIT %s) ue",
-                [sorted(entity_ids), limit],
-            )
-            rows: list[tuple[int, UnitId, int]] = cursor.fetchall()
-            return rows
-        rows = []
         for entity_id in sorted(entity_ids):
             cursor.execute(
                 f"SELECT entity_id, unit_id, id FROM {table} WHERE entity_id = %s ORDER BY id DESC LIMIT %s",

@@ -1,4 +1,4 @@
-"""Reading PostgreSQL's plans of the operations table in tests."""
+"""Reading PostgreSQL's plans in tests (of the operations table, unless told)."""
 
 from __future__ import annotations
 
@@ -50,15 +50,18 @@ def plan(sql: str, params: Any, *, analyze: bool = False) -> str:
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
-def explained_reads(run: Callable[[], Any], *, analyze: bool = False) -> list[str]:
-    """EXPLAIN of every read of the operations table that `run()` makes
-    (`analyze`: run again, with the rows each node returned)."""
+def explained_reads(
+    run: Callable[[], Any], *, analyze: bool = False, tables: tuple[str, ...] = ("operations_operation",)
+) -> list[str]:
+    """EXPLAIN of every read of these tables (the operations table unless
+    told) that `run()` makes (`analyze`: run again, with the rows each node
+    returned)."""
     with CaptureQueriesContext(connection) as queries:
         run()
     reads = [
         q["sql"]
         for q in queries.captured_queries
-        if q["sql"].lstrip().startswith("SELECT") and '"operations_operation"' in q["sql"]
+        if q["sql"].lstrip().startswith("SELECT") and any(re.search(rf'\b"?{t}"?\b', q["sql"]) for t in tables)
     ]
-    assert reads, "no read of the operations table was captured"
+    assert reads, f"no read of {', '.join(tables)} was captured"
     return [plan(sql.replace("%", "%%"), [], analyze=analyze) for sql in reads]

@@ -13,7 +13,9 @@ from tenancy.models import Bank
 class Document(models.Model):
     """A retained source; re-retaining its `document_id` replaces its units."""
 
-    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="documents")
+    # Found by its unique constraint and recency index (both lead with the
+    # bank): a bank index beside them only misleads young statistics.
+    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="documents", db_index=False)
     document_id = models.CharField(max_length=512)
     content_hash = models.CharField(max_length=64)
     tags = models.JSONField(default=list, blank=True)
@@ -34,7 +36,11 @@ class MemoryUnit(models.Model):
     """One fact (a sentence of a retained item), with a sparse vector for similarity."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="memory_units")
+    # No index of its own: the indexes below lead with the bank. Beside them,
+    # a bank's own index was the one PostgreSQL chose while a new bank's
+    # statistics still said it was nearly empty, and every retain then sorted
+    # all of the bank's units to find its nearest and most recent ones.
+    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="memory_units", db_index=False)
     document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="units")
     position = models.PositiveIntegerField(default=0)
     text = models.TextField()
@@ -65,7 +71,8 @@ class MemoryUnit(models.Model):
 
 
 class Entity(models.Model):
-    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="entities")
+    # Found by the unique constraint, which leads with the bank.
+    bank = models.ForeignKey(Bank, on_delete=models.CASCADE, related_name="entities", db_index=False)
     name = models.CharField(max_length=200)  # canonical: lower-cased, spaces folded
     display_name = models.CharField(max_length=200)
     entity_type = models.CharField(max_length=50, blank=True, default="")
@@ -80,8 +87,12 @@ class Entity(models.Model):
 
 
 class UnitEntity(models.Model):
-    unit = models.ForeignKey(MemoryUnit, on_delete=models.CASCADE)
-    entity = models.ForeignKey(Entity, on_delete=models.CASCADE)
+    # No indexes of their own: the unique constraint leads with the unit, the
+    # recency index with the entity. Beside that one, an entity's own index
+    # was the one PostgreSQL chose while the statistics were young, reading
+    # and sorting every unit of the entity to find its most recent.
+    unit = models.ForeignKey(MemoryUnit, on_delete=models.CASCADE, db_index=False)
+    entity = models.ForeignKey(Entity, on_delete=models.CASCADE, db_index=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["unit", "entity"], name="banks_unit_entity_unique")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import uuid
 from collections import Counter
 from datetime import timedelta
@@ -37,6 +38,7 @@ from operations import lifecycle
 from operations.models import Operation
 from operations.worker import runner
 from tenancy.models import Bank
+from tests.plans import explained_reads
 
 pytestmark = [pytest.mark.django_db, pytest.mark.embedded]
 
@@ -509,6 +511,27 @@ def test_documents_endpoint_and_bank_stats(alpha: Any, admin: Any) -> None:
     assert body["total"] == 2
     assert {d["document_id"]: d["unit_count"] for d in body["items"]} == {"a": 2, "b": 1}
     assert admin.get("banks/alpha/documents", {"limit": 0}).status_code == 400
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's plans")
+def test_a_retain_reads_its_neighbours_in_index_order_while_statistics_are_young(alpha: Any) -> None:
+    """Statistics taken while a bank was empty (a new bank's, before its first
+    analyze) must not make a retain sort the bank's units, or an entity's, to
+    find the nearest and most recent: each read walks an index in its order."""
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE banks_memoryunit, banks_unitentity, banks_document, banks_entity")
+    retain(
+        [{"content": f"Ada met Grace in Zurich. Note {i} is about Ada.", "document_id": f"n{i}"} for i in range(150)]
+    )
+    bank = Bank.objects.get(pk="alpha")
+    item = [RetainItem(content="Ada wrote to Grace from Zurich.", document_id="late")]
+    plans = explained_reads(
+        lambda: memory.retain_items(bank=bank, items=item, default_document_id=str),
+        tables=("banks_memoryunit", "banks_unitentity"),
+        analyze=True,
+    )
+    sorted_reads = [p for p in plans if re.search(r"\bSort\b", p)]
+    assert not sorted_reads, "\n\n".join(sorted_reads)
 
 
 def test_deleting_a_bank_takes_its_links_and_leaves_another_banks(alpha: Any, beta: Any, admin: Any) -> None:
