@@ -25,7 +25,7 @@ import numpy as np
 from django.db import connection
 
 from banks.models import FullLinks, LinkKind, MemoryLink, MemoryUnit, PendingBackLink, UnitEntity
-from banks.unit_vectors import UnitId, any_unit, hex_column, pack, store
+from banks.unit_vectors import UnitId, any_unit, hex_column, kept, pack
 
 TEMPORAL_CAP = 20
 SEMANTIC_CAP = 50
@@ -144,6 +144,7 @@ class _Planner:
         semantic = [u for u in units if u.vector and self._room(u, LinkKind.SEMANTIC) > 0]
         if not semantic:
             return
+        self.store = store = kept()
         store.make_room()
         store.add({u.pk.hex: pack(u.vector) for u in (*units, *siblings) if u.pk.hex not in store.handle})
         wanted = set().union(*(entities_of.get(u.pk.hex, set()) for u in semantic))
@@ -174,7 +175,7 @@ class _Planner:
 
     def _rows(self, unit_ids: Iterable[UnitId]) -> np.ndarray:
         """The rows of these units, in order (units not in the space left out)."""
-        handle = store.handle
+        handle = self.store.handle
         handles = np.fromiter((handle[u] for u in unit_ids if u in handle), dtype=np.intp)
         rows = np.searchsorted(self.space, handles)
         rows[rows == len(self.space)] = 0
@@ -241,7 +242,7 @@ class _Planner:
         recent = np.concatenate([sibling_rows[::-1], self.recent])
         links = []
         semantic = str(LinkKind.SEMANTIC)
-        ids = store.ids
+        ids = self.store.ids
         for unit in units:
             me = unit.pk.hex
             skip = self._rows(self.have.get((me, LinkKind.SEMANTIC), set()) | {me} | self.exclude)

@@ -14,11 +14,13 @@ on small integers, *handles*, instead of ids:
   array operations, not a Python loop.
 
 The store is emptied when it holds more than `MAX_VALUES` vector entries, only
-between two plans (`make_room`): handles stay valid for a whole plan.
+between two plans (`make_room`): handles stay valid for a whole plan. Each
+thread has its own (`kept`).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -65,16 +67,23 @@ class Packed(NamedTuple):
 
 
 # Dimension name -> id, for the vectors this process has packed (a few
-# thousand at most: the extractor's dimensions).
+# thousand at most: the extractor's dimensions), shared by its threads.
 _DIMENSIONS: dict[str, int] = {}
+_NEW_DIMENSION = threading.Lock()
 EMPTY = Packed(np.empty(0, dtype=np.intp), np.empty(0))
+
+
+def _dimension(name: str) -> int:
+    found = _DIMENSIONS.get(name)
+    if found is None:
+        with _NEW_DIMENSION:  # two threads must not give two names one id
+            found = _DIMENSIONS.setdefault(name, len(_DIMENSIONS))
+    return found
 
 
 def pack(vector: Vector) -> Packed:
     return Packed(
-        np.fromiter(
-            (_DIMENSIONS.setdefault(name, len(_DIMENSIONS)) for name in vector), dtype=np.intp, count=len(vector)
-        ),
+        np.fromiter((_dimension(name) for name in vector), dtype=np.intp, count=len(vector)),
         np.fromiter(vector.values(), dtype=np.float64, count=len(vector)),
     )
 
@@ -204,4 +213,13 @@ def _read(unit_ids: set[UnitId]) -> dict[UnitId, Packed]:
         return {unit: pack(orjson.loads(text)) for unit, text in cursor.fetchall()}
 
 
-store = Store()
+_local = threading.local()
+
+
+def kept() -> Store:
+    """This thread's store (one per thread, so that planning in a threaded
+    server never shares one: a worker process has one thread)."""
+    store: Store | None = getattr(_local, "store", None)
+    if store is None:
+        store = _local.store = Store()
+    return store
