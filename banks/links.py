@@ -130,6 +130,9 @@ class _Planner:
         entities_of: dict[UnitId, set[int]],
     ) -> None:
         self.have, self.exclude, self.entities_of = have, exclude, entities_of
+        # Units planned that are not siblings are no semantic candidates of
+        # one another (as before they were written).
+        self.outside = {u.pk.hex for u in units} - {s.pk.hex for s in siblings}
         self.before: dict[datetime, list[Near]] = {}
         self.after: dict[datetime, list[Near]] = {}
         temporal = [u for u in units if self._room(u, LinkKind.TEMPORAL) > 0]
@@ -245,7 +248,7 @@ class _Planner:
         ids = self.store.ids
         for unit in units:
             me = unit.pk.hex
-            skip = self._rows(self.have.get((me, LinkKind.SEMANTIC), set()) | {me} | self.exclude)
+            skip = self._rows(self.have.get((me, LinkKind.SEMANTIC), set()) | {me} | self.exclude | self.outside)
             shared = [sharers.get(e, _NONE) for e in self.entities_of.get(me, ())] + [_NONE]
             recency = np.concatenate([m[0] for m in shared])
             rows = np.concatenate([m[1] for m in shared])
@@ -329,8 +332,9 @@ def _in_index_order(sql: str, params: list[Any]) -> list[Any]:
             cursor.execute(sql, params)
             found: list[Any] = cursor.fetchall()
             return found
-        # One round trip (client-side binding sends the three as one query);
-        # the setting is put back in case a transaction is open.
+        # One round trip: Django binds parameters client-side and sends the
+        # three as one query (server-side binding would refuse it). The
+        # setting is put back in case a transaction is open.
         cursor.execute(f"SET LOCAL enable_sort = off; {sql}; SET LOCAL enable_sort TO DEFAULT", params)
         cursor.nextset()
         rows: list[Any] = cursor.fetchall()

@@ -45,8 +45,23 @@ def table_scans(explained: str) -> list[str]:
 
 
 def plan(sql: str, params: Any, *, analyze: bool = False) -> str:
+    """The plan of a read; of a read between settings of its own (`SET LOCAL
+    …; SELECT …; SET LOCAL …`), the plan under those settings."""
+    before: list[str] = []
+    after: list[str] = []
+    read = sql.strip()
+    while read.startswith("SET LOCAL"):
+        setting, _, read = read.partition(";")
+        before.append(setting)
+        read = read.strip()
+    while re.search(r";\s*SET LOCAL [^;]*$", read):
+        read, _, setting = read.rpartition(";")
+        after.insert(0, setting.strip())
+    explain = f"EXPLAIN {'(ANALYZE) ' if analyze else ''}{read}"
     with connection.cursor() as cursor:
-        cursor.execute(f"EXPLAIN {'(ANALYZE) ' if analyze else ''}{sql}", params)
+        cursor.execute("; ".join([*before, explain, *after]), params)
+        for _ in before:
+            cursor.nextset()
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
@@ -54,14 +69,15 @@ def explained_reads(
     run: Callable[[], Any], *, analyze: bool = False, tables: tuple[str, ...] = ("operations_operation",)
 ) -> list[str]:
     """EXPLAIN of every read of these tables (the operations table unless
-    told) that `run()` makes (`analyze`: run again, with the rows each node
-    returned)."""
+    told) that `run()` makes, under the settings it runs with (`analyze`:
+    run again, with the rows each node returned)."""
     with CaptureQueriesContext(connection) as queries:
         run()
     reads = [
         q["sql"]
         for q in queries.captured_queries
-        if q["sql"].lstrip().startswith("SELECT") and any(re.search(rf'\b"?{t}"?\b', q["sql"]) for t in tables)
+        if re.match(r"\s*(SET LOCAL [^;]*;\s*)*SELECT", q["sql"])
+        and any(re.search(rf'\b"?{t}"?\b', q["sql"]) for t in tables)
     ]
     assert reads, f"no read of {', '.join(tables)} was captured"
     return [plan(sql.replace("%", "%%"), [], analyze=analyze) for sql in reads]

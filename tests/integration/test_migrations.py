@@ -168,3 +168,31 @@ def test_the_operations_table_is_partitioned_keeping_its_rows_and_back(back_to_l
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM pg_partitioned_table")
             assert cursor.fetchone()[0] == 0
+
+
+def _memory_indexes() -> set[str]:
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename LIKE 'banks_%'")
+        else:
+            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name LIKE 'banks_%'")
+        return {name for (name,) in cursor.fetchall()}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_redundant_memory_indexes_go_without_a_lock_and_come_back(back_to_latest: None) -> None:
+    redundant = {
+        "banks_link_bank",
+        "banks_memoryunit_bank_id_4688fbfc",
+        "banks_document_bank_id_cdd18a46",
+        "banks_entity_bank_id_acb5f5a5",
+        "banks_unitentity_entity_id_cfcf935b",
+        "banks_unitentity_unit_id_36ffce80",
+    }
+    _migrate([("banks", "0010_stored_file_without_db_constraint")])
+    assert redundant <= _memory_indexes()
+    _migrate([("banks", "0011_leaner_memory_indexes")])
+    left = _memory_indexes()
+    assert not (redundant | {f"{name}_like" for name in redundant}) & left
+    # What planning and deletes read is still there.
+    assert {"banks_unit_time", "banks_unit_recent", "banks_entity_recent_units", "banks_unit_entity_unique"} <= left

@@ -530,6 +530,9 @@ def test_a_retain_reads_its_neighbours_in_index_order_while_statistics_are_young
         tables=("banks_memoryunit", "banks_unitentity"),
         analyze=True,
     )
+    # The neighbour reads are among those explained, each down its index.
+    for index in ("banks_unit_time", "banks_unit_recent", "banks_entity_recent_units"):
+        assert any(index in p for p in plans), f"no read went down {index}"
     sorted_reads = [p for p in plans if re.search(r"\bSort\b", p)]
     assert not sorted_reads, "\n\n".join(sorted_reads)
 

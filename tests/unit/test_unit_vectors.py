@@ -111,3 +111,18 @@ def test_numpy_runs_one_blas_thread() -> None:
     cores the other workers and PostgreSQL needed."""
     blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
     assert blas and all(pool["num_threads"] == 1 for pool in blas)
+
+
+def test_stored_units_planned_together_are_no_semantic_candidates_of_each_other(alpha: Any) -> None:
+    """Only siblings (units not written yet) are candidates among the units
+    planned; two stored units planned together (a top-up of both) are not."""
+    retained(alpha, [f"Ada met Grace in Zurich about note {i}. Grace wrote it down." for i in range(12)])
+    first, second = MemoryUnit.objects.filter(text="Grace wrote it down.").order_by("-created_at")[:2]
+
+    def semantic(planned: list[Any]) -> set[tuple[str, str]]:
+        return {(link.source, link.target) for link in links.plan(alpha.pk, planned) if link.kind == "semantic"}
+
+    assert (first.pk.hex, second.pk.hex) in semantic([first])
+    together = semantic([first, second])
+    assert together and (first.pk.hex, second.pk.hex) not in together
+    assert (second.pk.hex, first.pk.hex) not in together
