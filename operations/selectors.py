@@ -121,11 +121,16 @@ def operation_page(queryset: OperationQuerySet, *, limit: int, offset: int) -> P
     # Counted by creation time alone: the partition key is in no index of a
     # bank's rows, so a count bounded by it reads each row from the table;
     # unbounded, each older week costs one index descent that finds nothing.
-    rows, counted = _counted_page(window, queryset.filter(created_at__gte=since), limit, offset)
+    # The whole list is counted only when the window holds fewer than
+    # COUNT_CAP rows (PostgreSQL evaluates the CASE's other subquery only
+    # then): a long list's count stays in the recent weeks, and a short one's
+    # is exact in the page's own statement.
+    in_window, in_window_params = _capped_count(queryset.filter(created_at__gte=since))
+    whole, whole_params = _capped_count(unordered)
+    total = f"CASE WHEN ({in_window}) >= {COUNT_CAP} THEN {COUNT_CAP} ELSE ({whole}) END"
+    rows, counted = _counted_page(window, (total, in_window_params + whole_params), limit, offset)
     if len(rows) < limit:
-        rows, counted = _counted_page(queryset, unordered, limit, offset)
-    elif counted is not None and counted < COUNT_CAP:
-        counted = None  # the window's count, not the list's
+        rows, counted = _counted_page(queryset, (whole, whole_params), limit, offset)
     if counted is None:
         counted = unordered[:COUNT_CAP].count()
     if counted < COUNT_CAP:
@@ -133,14 +138,19 @@ def operation_page(queryset: OperationQuerySet, *, limit: int, offset: int) -> P
     return Page(max(_estimated_rows(unordered), COUNT_CAP), True, rows)
 
 
+def _capped_count(counting: QuerySet[Operation]) -> tuple[str, list[Any]]:
+    """A scalar subquery: how many rows `counting` holds, up to COUNT_CAP."""
+    capped, params = counting.order_by().values("pk")[:COUNT_CAP].query.sql_with_params()
+    return f"SELECT count(*) FROM ({capped}) capped", list(params)
+
+
 def _counted_page(
-    queryset: QuerySet[Operation], counting: QuerySet[Operation], limit: int, offset: int
+    queryset: QuerySet[Operation], count: tuple[str, list[Any]], limit: int, offset: int
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """A page's rows and how many rows `counting` holds, up to COUNT_CAP (None
-    for an empty page). The count rides on the page's own statement (an
-    InitPlan, evaluated once): one round trip instead of two."""
-    capped, capped_params = counting.order_by().values("pk")[:COUNT_CAP].query.sql_with_params()
-    counted = queryset.annotate(capped_total=RawSQL(f"SELECT count(*) FROM ({capped}) capped", capped_params))
+    """A page's rows and the value of the `count` subquery (None for an empty
+    page). The count rides on the page's own statement (an InitPlan,
+    evaluated once): one round trip instead of two."""
+    counted = queryset.annotate(capped_total=RawSQL(*count))
     rows = list(counted.values(*LIST_FIELDS, "capped_total")[offset : offset + limit])
     totals = [row.pop("capped_total") for row in rows]
     return rows, totals[0] if totals else None
