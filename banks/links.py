@@ -149,6 +149,7 @@ class _Planner:
             return
         self.store = store = kept()
         store.make_room()
+        # Packed only when new: the store keeps a unit's first vector anyway.
         store.add({u.pk.hex: pack(u.vector) for u in (*units, *siblings) if u.pk.hex not in store.handle})
         wanted = set().union(*(entities_of.get(u.pk.hex, set()) for u in semantic))
         sharers = _recent_sharers(wanted, ENTITY_CANDIDATES + 1 + len(exclude))

@@ -91,10 +91,12 @@ COUNT_CAP = 1_000
 # A list's first pages are its newest rows, and on a busy table those were
 # created in the last week: looked for there first (`created_since`: the live
 # rows and the last week's partitions), a page's rows come from the recent
-# partitions alone, and the older weeks, which a large table keeps on disk
-# rather than in memory, are only probed by its count (one index descent
-# each, finding nothing) and planned by the estimate. A list with fewer rows
-# in the window than the page asks is read whole, as before.
+# partitions alone, and when the window holds COUNT_CAP rows the older
+# weeks, which a large table keeps on disk rather than in memory, are only
+# probed by its count (one index descent each, finding nothing) and planned
+# by the estimate. A shorter window's count reads the whole list (up to
+# COUNT_CAP rows); a list with fewer rows in the window than the page asks is
+# read whole, as before.
 RECENT = timedelta(days=7)
 
 
