@@ -21,6 +21,7 @@ from rest_framework.response import Response
 
 from banks import follow_ups, memory, mental_models, submissions
 from banks.api import memory_serializers as s
+from banks.api.retain_input import retain_request
 from banks.api.serializers import PageSerializer
 from banks.models import Document, MemoryUnit, MentalModel
 from banks.schedules import RefreshSchedule
@@ -62,18 +63,16 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
     )
     def retain(self, request: Request, bank_id: str) -> Response:
         bank = self.get_or_create_bank()
-        data = _validated(s.RetainRequestSerializer, request.data)
-        item_serializer = s.RetainItemSerializer()
-        items = [item_serializer.to_item(item) for item in data["items"]]
-        document_tags = data.get("document_tags") or []
-        if data.get("async"):
+        retain = retain_request(request.data)
+        items, document_tags = retain.items, retain.document_tags
+        if retain.is_async:
             try:
                 parent, _ = submissions.retain_async(
                     bank=bank,
                     items=items,
                     document_tags=document_tags,
-                    operation_id=data.get("operation_id"),
-                    tag=data.get("tag") or None,
+                    operation_id=retain.operation_id,
+                    tag=retain.tag,
                 )
             except submissions.OperationIdConflict as exc:
                 raise Conflict(str(exc)) from None
