@@ -38,20 +38,21 @@ class BankScopedMixin:
         self._bank = bank
         return bank
 
-    def get_or_create_bank(self) -> Bank:
-        """For submissions: a bank in the key's scope is created on first use
-        (as Hindsight does); outside the scope it is 404 like any other."""
+    def submission_bank_id(self) -> str:
+        """For submissions, whose bank is created on first use (as Hindsight
+        does): the bank id, in the key's scope (else 404 like any other) and
+        valid (else 400). The view checks its body next and creates the bank
+        (`bank_ensure`) only then, so a refused body leaves no bank behind."""
         from django.core.exceptions import ValidationError as DjangoValidationError
         from rest_framework.exceptions import ValidationError
 
         from tenancy.models import bank_id_validator
-        from tenancy.services import bank_ensure
 
-        bank_id = self.kwargs["bank_id"]
+        bank_id: str = self.kwargs["bank_id"]
         if not access_of(self.request).can_access(bank_id):
             raise bank_not_found(bank_id)
         try:
             bank_id_validator(bank_id)
         except DjangoValidationError as exc:
             raise ValidationError({"bank_id": exc.messages}) from None
-        return bank_ensure(bank_id=bank_id)
+        return bank_id

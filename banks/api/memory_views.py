@@ -30,6 +30,7 @@ from core.api.parsers import parse_json
 from core.api.responses import AUTH_ERRORS, BAD_INPUT, ErrorSerializer
 from tenancy.models import Bank
 from tenancy.scoping import BankScopedMixin
+from tenancy.services import bank_ensure
 
 
 def _validated(serializer_class: type, data: Any, **kwargs: Any) -> dict[str, Any]:
@@ -62,9 +63,18 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
         },
     )
     def retain(self, request: Request, bank_id: str) -> Response:
-        bank = self.get_or_create_bank()
+        target = self.submission_bank_id()
         retain = retain_request(request.data)
         items, document_tags = retain.items, retain.document_tags
+        if not retain.is_async:
+            size = sum(len(item.content.encode()) for item in items)
+            if len(items) > settings.OPS_SYNC_RETAIN_MAX_ITEMS or size > settings.OPS_SYNC_RETAIN_MAX_BYTES:
+                raise PayloadTooLarge(
+                    f"a sync retain takes at most {settings.OPS_SYNC_RETAIN_MAX_ITEMS} items and "
+                    f"{settings.OPS_SYNC_RETAIN_MAX_BYTES} bytes of content (this one: {len(items)} items, "
+                    f'{size} bytes); send it with "async": true'
+                )
+        bank = bank_ensure(bank_id=target)  # only now: a refused request leaves no bank behind
         if retain.is_async:
             try:
                 parent, _ = submissions.retain_async(
@@ -84,13 +94,6 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
                     "async": True,
                     "operation_id": str(parent.pk),
                 }
-            )
-        size = sum(len(item.content.encode()) for item in items)
-        if len(items) > settings.OPS_SYNC_RETAIN_MAX_ITEMS or size > settings.OPS_SYNC_RETAIN_MAX_BYTES:
-            raise PayloadTooLarge(
-                f"a sync retain takes at most {settings.OPS_SYNC_RETAIN_MAX_ITEMS} items and "
-                f"{settings.OPS_SYNC_RETAIN_MAX_BYTES} bytes of content (this one: {len(items)} items, "
-                f'{size} bytes); send it with "async": true'
             )
         request_id = uuid.uuid4()
         outcome = memory.retain_items(
@@ -157,7 +160,7 @@ class FileViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
         },
     )
     def retain(self, request: Request, bank_id: str) -> Response:
-        bank = self.get_or_create_bank()
+        target = self.submission_bank_id()
         files = request.FILES.getlist("files")
         if not files:
             raise ValidationError({"files": ["upload one or more files in the 'files' field"]})
@@ -193,6 +196,7 @@ class FileViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
                     metadata=meta.get("metadata") or {},
                 )
             )
+        bank = bank_ensure(bank_id=target)
         operations = submissions.files_submit(bank=bank, uploads=uploads, tag=tag)
         return Response({"success": True, "bank_id": bank.pk, "operation_ids": [str(o.pk) for o in operations]})
 

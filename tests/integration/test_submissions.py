@@ -200,6 +200,19 @@ def test_bad_retain_bodies_are_400(admin: Any, alpha: Any, body: dict[str, Any],
     assert Operation.objects.count() == 0 and MemoryUnit.objects.count() == 0
 
 
+def test_a_refused_submission_leaves_no_bank_behind(admin: Any, settings: Any) -> None:
+    settings.OPS_SYNC_RETAIN_MAX_ITEMS = 1
+    refused = [
+        admin.post("banks/fresh/memories", {"items": [{"content": "   "}], "async": True}),
+        admin.post("banks/fresh/memories", {"items": [{"content": "a"}, {"content": "b"}]}),
+        admin.client.post("/v1/default/banks/fresh/files/retain", {"tags": "x"}, format="multipart"),
+    ]
+    assert [r.status_code for r in refused] == [400, 413, 400]
+    assert not Bank.objects.filter(pk="fresh").exists()
+    assert admin.post("banks/fresh/memories", {"items": [{"content": "a"}], "async": True}).status_code == 200
+    assert Bank.objects.filter(pk="fresh").exists()
+
+
 def test_scoped_key_cannot_create_a_bank_outside_its_scope(alice: Any) -> None:
     response = alice.post("banks/beta/memories", {"items": [{"content": "x"}]})
     assert response.status_code == 404 and not Bank.objects.filter(pk="beta").exists()
