@@ -19,13 +19,16 @@ on stderr), 2 a usage error.
 from __future__ import annotations
 
 import glob
+import ipaddress
 import json
+import os
 import string
 import time
 import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
@@ -55,11 +58,29 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
+def local_key_file(url: str) -> Path | None:
+    """The key `make run` (runplatform) wrote, when `url` is this machine's and
+    the file is there: OPS_DATA_DIR's, else ./var's (the project's default)."""
+    host = urlsplit(url).hostname or ""
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    path = Path(os.environ.get("OPS_DATA_DIR") or "var") / "api-key"
+    return path if local and path.is_file() else None
+
+
 def api_of(ctx: click.Context) -> Api:
     obj = ctx.find_root().obj
     if "api" not in obj:
         if not obj["api_key"]:
-            raise click.UsageError("no API key: set OPS_API_KEY or pass --api-key")
+            key_file = local_key_file(obj["url"])
+            if key_file is None:
+                raise click.UsageError(
+                    "no API key: set OPS_API_KEY or pass --api-key (`make run` writes its key to var/api-key, "
+                    "which opsctl reads by itself when run from the project's directory)"
+                )
+            obj["api_key"] = key_file.read_text().strip()
         obj["api"] = Api(obj["url"], obj["api_key"], timeout=obj["timeout"])
         ctx.find_root().call_on_close(obj["api"].close)
     api: Api = obj["api"]
@@ -114,7 +135,12 @@ def operation_id_of(api: Api, bank: str, given: str) -> str:
     show_default=True,
     help="The platform's service root [env: OPS_URL].",
 )
-@click.option("--api-key", envvar="OPS_API_KEY", default=None, help="An API key [env: OPS_API_KEY].")
+@click.option(
+    "--api-key",
+    envvar="OPS_API_KEY",
+    default=None,
+    help="An API key [env: OPS_API_KEY]; against this machine, var/api-key (as `make run` writes it) when unset.",
+)
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0.1),

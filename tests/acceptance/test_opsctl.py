@@ -16,6 +16,7 @@ import pytest
 
 from operations import lifecycle
 from operations.models import Operation
+from opsctl.cli import local_key_file
 from tenancy.api_keys import api_key_create
 from tests.conftest import wait_for
 from tests.consoles import make
@@ -28,7 +29,13 @@ class Opsctl:
         self.url, self.key = url, key
 
     def __call__(
-        self, *args: str, key: str | None = None, timeout: float = 120, columns: int = 220, terminal: bool = False
+        self,
+        *args: str,
+        key: str | None = None,
+        timeout: float = 120,
+        columns: int = 220,
+        terminal: bool = False,
+        cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPS_") and k != "DATABASE_URL"}
         env.update(OPS_URL=self.url, OPS_API_KEY=self.key if key is None else key, COLUMNS=str(columns), NO_COLOR="1")
@@ -36,7 +43,7 @@ class Opsctl:
             env["TTY_COMPATIBLE"] = "1"
         if key == "":
             env.pop("OPS_API_KEY")
-        done = subprocess.run([OPSCTL, *args], env=env, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run([OPSCTL, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
         if terminal:
             done.stdout = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", done.stdout)
         return done
@@ -127,7 +134,7 @@ def test_cancel_retry_delete_and_their_refusals(opsctl: Opsctl) -> None:
     assert Operation.objects.filter(bank_id="beta", status="pending").count() == 1
 
 
-def test_usage_errors_exit_2_and_api_errors_exit_1(opsctl: Opsctl) -> None:
+def test_usage_errors_exit_2_and_api_errors_exit_1(opsctl: Opsctl, tmp_path: Path) -> None:
     operation = make()
     usage = [
         ("operations", "list"),  # no bank
@@ -146,8 +153,8 @@ def test_usage_errors_exit_2_and_api_errors_exit_1(opsctl: Opsctl) -> None:
         done = opsctl(*args)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert "Error" in done.stderr and "Traceback" not in done.stderr
-    missing_key = opsctl("banks", "list", key="")
-    assert missing_key.returncode == 2 and "OPS_API_KEY" in missing_key.stderr
+    missing_key = opsctl("banks", "list", key="", cwd=tmp_path)  # no var/api-key here
+    assert missing_key.returncode == 2 and "OPS_API_KEY" in missing_key.stderr and "var/api-key" in missing_key.stderr
 
     api_errors: list[tuple[tuple[str, ...], dict[str, Any], str]] = [
         (("banks", "list"), {"key": "ops_not-a-key"}, "invalid or revoked API key (HTTP 401)"),
@@ -163,6 +170,22 @@ def test_usage_errors_exit_2_and_api_errors_exit_1(opsctl: Opsctl) -> None:
     assert forbidden.returncode == 1 and "admin API key (HTTP 403)" in forbidden.stderr
     unreachable = Opsctl("http://127.0.0.1:9", opsctl.key)("banks", "list")
     assert unreachable.returncode == 1 and "cannot reach http://127.0.0.1:9" in unreachable.stderr
+
+
+def test_the_key_make_run_wrote_is_read_from_the_project_directory(
+    opsctl: Opsctl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPS_DATA_DIR", raising=False)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "api-key").write_text(opsctl.key + "\n")
+    done = opsctl("banks", "list", key="", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "alpha" in done.stdout
+    # Another machine's URL never gets this machine's key (checked without sending it anything).
+    monkeypatch.chdir(tmp_path)
+    assert local_key_file("http://[::1]:8000") == Path("var/api-key")
+    assert local_key_file("http://192.0.2.1:8000") is None
+    assert local_key_file("https://ops.example.com") is None
 
 
 def test_short_ids_options_after_the_subcommand_and_one_line_rows(opsctl: Opsctl) -> None:
