@@ -58,29 +58,34 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
-def local_key_file(url: str) -> Path | None:
+def local_key_file(url: str) -> str | None:
     """The key `make run` (runplatform) wrote, when `url` is this machine's and
-    the file is there: OPS_DATA_DIR's, else ./var's (the project's default)."""
-    host = urlsplit(url).hostname or ""
+    the file holds one: OPS_DATA_DIR's, else ./var's (the project's default)."""
     try:
+        host = urlsplit(url).hostname or ""
         local = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        local = False
-    path = Path(os.environ.get("OPS_DATA_DIR") or "var") / "api-key"
-    return path if local and path.is_file() else None
+    except ValueError:  # not a URL, or its host is a name other than localhost
+        return None
+    if not local:
+        return None
+    try:
+        key = (Path(os.environ.get("OPS_DATA_DIR") or "var") / "api-key").read_text().strip()
+    except OSError:  # none there, or not ours to read
+        return None
+    return key if key.startswith("ops_") else None
 
 
 def api_of(ctx: click.Context) -> Api:
     obj = ctx.find_root().obj
     if "api" not in obj:
         if not obj["api_key"]:
-            key_file = local_key_file(obj["url"])
-            if key_file is None:
+            local_key = local_key_file(obj["url"])
+            if local_key is None:
                 raise click.UsageError(
                     "no API key: set OPS_API_KEY or pass --api-key (`make run` writes its key to var/api-key, "
                     "which opsctl reads by itself when run from the project's directory)"
                 )
-            obj["api_key"] = key_file.read_text().strip()
+            obj["api_key"] = local_key
         obj["api"] = Api(obj["url"], obj["api_key"], timeout=obj["timeout"])
         ctx.find_root().call_on_close(obj["api"].close)
     api: Api = obj["api"]

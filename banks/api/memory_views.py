@@ -5,6 +5,7 @@ consolidation and mental models. Views parse and authorize; the work is in
 from __future__ import annotations
 
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -66,26 +67,22 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
         target = self.submission_bank_id()
         retain = retain_request(request.data)
         items, document_tags = retain.items, retain.document_tags
-        if not retain.is_async:
-            size = sum(len(item.content.encode()) for item in items)
-            if len(items) > settings.OPS_SYNC_RETAIN_MAX_ITEMS or size > settings.OPS_SYNC_RETAIN_MAX_BYTES:
-                raise PayloadTooLarge(
-                    f"a sync retain takes at most {settings.OPS_SYNC_RETAIN_MAX_ITEMS} items and "
-                    f"{settings.OPS_SYNC_RETAIN_MAX_BYTES} bytes of content (this one: {len(items)} items, "
-                    f'{size} bytes); send it with "async": true'
-                )
-        bank = bank_ensure(bank_id=target)  # only now: a refused request leaves no bank behind
         if retain.is_async:
-            try:
-                parent, _ = submissions.retain_async(
-                    bank=bank,
-                    items=items,
-                    document_tags=document_tags,
-                    operation_id=retain.operation_id,
-                    tag=retain.tag,
-                )
-            except submissions.OperationIdConflict as exc:
-                raise Conflict(str(exc)) from None
+            # The bank is created only once the body is checked, so a refused
+            # request leaves none behind; a client's operation_id may still name another bank's
+            # operation (409), so with one the bank goes in the same transaction.
+            with transaction.atomic() if retain.operation_id else nullcontext():
+                bank = bank_ensure(bank_id=target)
+                try:
+                    parent, _ = submissions.retain_async(
+                        bank=bank,
+                        items=items,
+                        document_tags=document_tags,
+                        operation_id=retain.operation_id,
+                        tag=retain.tag,
+                    )
+                except submissions.OperationIdConflict as exc:
+                    raise Conflict(str(exc)) from None
             return Response(
                 {
                     "success": True,
@@ -95,6 +92,14 @@ class MemoryViewSet(BankScopedMixin, viewsets.GenericViewSet[Any]):
                     "operation_id": str(parent.pk),
                 }
             )
+        size = sum(len(item.content.encode()) for item in items)
+        if len(items) > settings.OPS_SYNC_RETAIN_MAX_ITEMS or size > settings.OPS_SYNC_RETAIN_MAX_BYTES:
+            raise PayloadTooLarge(
+                f"a sync retain takes at most {settings.OPS_SYNC_RETAIN_MAX_ITEMS} items and "
+                f"{settings.OPS_SYNC_RETAIN_MAX_BYTES} bytes of content (this one: {len(items)} items, "
+                f'{size} bytes); send it with "async": true'
+            )
+        bank = bank_ensure(bank_id=target)
         request_id = uuid.uuid4()
         outcome = memory.retain_items(
             bank=bank,

@@ -9,7 +9,11 @@ they trim it, the same limits, the same refusals). Anything else, and every
 body with a problem, goes through `RetainRequestSerializer`, which owns the
 error messages: a 400 says the same thing whichever way a body came.
 
-`tests/unit/test_retain_input.py` checks that both ways read every body alike.
+It reads bodies as the JSON parser gives them (`core.api.parsers`): object
+keys are strings, and any JSON value passes the fields Hindsight's clients
+send that this service ignores (`update_mode`, …), as their JSONFields take
+any. `tests/unit/test_retain_input.py` checks that both ways read every body
+alike.
 """
 
 from __future__ import annotations

@@ -183,9 +183,16 @@ def test_the_key_make_run_wrote_is_read_from_the_project_directory(
     assert "alpha" in done.stdout
     # Another machine's URL never gets this machine's key (checked without sending it anything).
     monkeypatch.chdir(tmp_path)
-    assert local_key_file("http://[::1]:8000") == Path("var/api-key")
-    assert local_key_file("http://192.0.2.1:8000") is None
-    assert local_key_file("https://ops.example.com") is None
+    assert local_key_file("http://[::1]:8000") == opsctl.key
+    for elsewhere in (
+        "http://192.0.2.1:8000",
+        "https://ops.example.com",
+        "http://localhost.example.com",
+        "http://[::1",
+    ):
+        assert local_key_file(elsewhere) is None, elsewhere
+    (tmp_path / "var" / "api-key").write_text("\n")  # an empty file is no key
+    assert local_key_file("http://127.0.0.1:8000") is None
 
 
 def test_short_ids_options_after_the_subcommand_and_one_line_rows(opsctl: Opsctl) -> None:

@@ -207,7 +207,11 @@ def test_a_refused_submission_leaves_no_bank_behind(admin: Any, settings: Any) -
         admin.post("banks/fresh/memories", {"items": [{"content": "a"}, {"content": "b"}]}),
         admin.client.post("/v1/default/banks/fresh/files/retain", {"tags": "x"}, format="multipart"),
     ]
-    assert [r.status_code for r in refused] == [400, 413, 400]
+    # A client's operation id that names another bank's operation.
+    taken = admin.post("banks/other/memories", {"items": [{"content": "a"}], "async": True}).json()["operation_id"]
+    body = {"items": [{"content": "a"}], "async": True, "operation_id": taken}
+    refused.append(admin.post("banks/fresh/memories", body))
+    assert [r.status_code for r in refused] == [400, 413, 400, 409]
     assert not Bank.objects.filter(pk="fresh").exists()
     assert admin.post("banks/fresh/memories", {"items": [{"content": "a"}], "async": True}).status_code == 200
     assert Bank.objects.filter(pk="fresh").exists()
