@@ -30,13 +30,15 @@ from banks.memory import RetainItem
 from core.api.validators import no_nul_characters
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_ENTITY = s.EntityField()
-_TIMESTAMP = s.RetainItemSerializer().fields["timestamp"]
-_ITEM_LIMITS = {
-    "content": s.CONTENT_MAX_CHARS,
-    "context": 20_000,
-    "document_id": 512,
-}
+# The limits are the serializers' own, read from their fields: one place to change them.
+_ITEM: dict[str, Any] = dict(s.RetainItemSerializer().fields)
+_REQUEST: dict[str, Any] = dict(s.RetainRequestSerializer().fields)
+_ENTITY = _ITEM["entities"].child
+_TIMESTAMP = _ITEM["timestamp"]
+_ITEMS_MAX = _REQUEST["items"].max_length
+_TAG_MAX = _REQUEST["tag"].max_length
+_LABELS_MAX, _LABEL_MAX = _ITEM["tags"].max_length, _ITEM["tags"].child.max_length
+_ENTITIES_MAX = _ITEM["entities"].max_length
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def _plain(data: Any) -> RetainRequest:
     if type(data) is not dict:
         raise _NotPlain
     raw_items = data.get("items")
-    if type(raw_items) is not list or not 0 < len(raw_items) <= 100_000:
+    if type(raw_items) is not list or not 0 < len(raw_items) <= _ITEMS_MAX:
         raise _NotPlain
     items = [_item(raw) for raw in raw_items]
     document_ids = [item.document_id for item in items if item.document_id]
@@ -101,7 +103,7 @@ def _plain(data: Any) -> RetainRequest:
         items=items,
         document_tags=_labels(data.get("document_tags")),
         operation_id=operation_id,
-        tag=None if tag is None else _text(tag, max_length=200, blank=True) or None,
+        tag=None if tag is None else _text(tag, max_length=_TAG_MAX, blank=True) or None,
         is_async=bool(is_async),
     )
 
@@ -112,15 +114,15 @@ def _item(raw: Any) -> RetainItem:
     content = raw.get("content")
     if type(content) is not str or not content.strip():
         raise _NotPlain
-    _check(content, max_length=_ITEM_LIMITS["content"])
+    _check(content, max_length=_ITEM["content"].max_length)
     context = raw.get("context")
     document_id = raw.get("document_id")
     return RetainItem(
         content=content,
         timestamp=_timestamp(raw.get("timestamp")),
-        context="" if context is None else _text(context, max_length=_ITEM_LIMITS["context"], blank=True),
+        context="" if context is None else _text(context, max_length=_ITEM["context"].max_length, blank=True),
         metadata=_metadata(raw.get("metadata")),
-        document_id=None if document_id is None else _text(document_id, max_length=_ITEM_LIMITS["document_id"]),
+        document_id=None if document_id is None else _text(document_id, max_length=_ITEM["document_id"].max_length),
         tags=_labels(raw.get("tags")),
         entities=_entities(raw.get("entities")),
     )
@@ -145,12 +147,12 @@ def _check(value: str, *, max_length: int) -> None:
 
 
 def _labels(value: Any) -> list[str]:
-    """Tags: a list of at most 100 non-blank labels of at most 100 characters."""
+    """Tags: a list of non-blank labels, as many and as long as the serializer takes."""
     if value is None:
         return []
-    if type(value) is not list or len(value) > 100:
+    if type(value) is not list or len(value) > _LABELS_MAX:
         raise _NotPlain
-    return [_text(label, max_length=100) for label in value]
+    return [_text(label, max_length=_LABEL_MAX) for label in value]
 
 
 def _metadata(value: Any) -> dict[str, Any]:
@@ -177,7 +179,7 @@ def _timestamp(value: Any) -> Any:
 def _entities(value: Any) -> list[Any]:
     if value is None:
         return []
-    if type(value) is not list or len(value) > 200:
+    if type(value) is not list or len(value) > _ENTITIES_MAX:
         raise _NotPlain
     try:
         return [_ENTITY.to_internal_value(entity) for entity in value]
